@@ -1,0 +1,438 @@
+#include "core/layout.h"
+
+#include <algorithm>
+#include <cassert>
+#include <climits>
+#include <string>
+
+#include "core/error.h"
+
+namespace cptune {
+namespace {
+
+using std::to_string;
+
+int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
+int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+int64_t round_up(int64_t a, int64_t m) { return ceil_div(a, m) * m; }
+
+// sum over x in [lo, hi) of clamp(x, 0, cap), cap >= 0.
+int64_t sum_clamp(int64_t lo, int64_t hi, int64_t cap) {
+  if (hi <= lo) return 0;
+  int64_t total = 0;
+  const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, cap);
+  if (b > a) total += (a + b - 1) * (b - a) / 2;
+  const int64_t at_cap = hi - std::max(lo, cap);
+  if (at_cap > 0) total += at_cap * cap;
+  return total;
+}
+
+// Number of keys j in [ka, kb) with j <= i, summed over i in [qa, qb) (shifted by `shift`).
+int64_t causal_sum(int64_t qa, int64_t qb, int64_t ka, int64_t kb, int64_t shift) {
+  // count(i) = clamp(i + 1 - shift - ka, 0, kb - ka)
+  return sum_clamp(qa + 1 - shift - ka, qb + 1 - shift - ka, kb - ka);
+}
+
+void require_positive(int64_t v, const char* what) {
+  if (v < 1) throw Error(std::string(what) + " " + to_string(v) + " must be at least 1");
+}
+
+void validate_shape(const AttentionShape& s, const Mesh& m) {
+  require_positive(s.batch, "batch");
+  require_positive(s.q_heads, "query heads");
+  require_positive(s.kv_heads, "kv heads");
+  require_positive(s.head_dim, "head dim");
+  require_positive(s.v_head_dim, "value head dim");
+  if (s.seq_lens.empty()) throw Error("no sequence length given; pass --seq S or --seq-list S1,S2,...");
+  if (s.seq_lens.size() > (1u << 20)) throw Error("more than 1048576 packed sequences");
+  if (m.world > (1 << 20)) throw Error("world " + to_string(m.world) + " exceeds the supported 1048576 ranks");
+  if (s.q_heads % s.kv_heads != 0)
+    throw Error(to_string(s.q_heads) + " query heads are not a multiple of " + to_string(s.kv_heads) +
+                " kv heads; GQA needs Hq % Hkv == 0");
+  if (s.mask.kind == MaskKind::sliding_window && s.mask.window < 1)
+    throw Error("sliding window " + to_string(s.mask.window) + " must be at least 1 token");
+  for (int64_t len : s.seq_lens) {
+    require_positive(len, "sequence length");
+    if (len < m.world)
+      throw Error("sequence length " + to_string(len) + " is smaller than world " + to_string(m.world) +
+                  "; every rank needs at least one token of every sequence: use fewer ranks");
+  }
+  // Bound every byte and FLOP count up front so the arithmetic below cannot overflow.
+  __int128 tokens = 0, square = 0;
+  for (int64_t len : s.seq_lens) {
+    const __int128 padded = static_cast<__int128>(len) + 2 * m.world;  // classic padding bound
+    tokens += padded;
+    square += padded * padded;
+  }
+  const __int128 width = static_cast<__int128>(s.q_heads) * (s.head_dim + s.v_head_dim) +
+                         static_cast<__int128>(s.kv_heads) * (s.head_dim + s.v_head_dim);
+  const __int128 bytes = tokens * s.batch * width * 4 * 8;  // every buffer held, with headroom
+  const __int128 flops = square * s.batch * s.q_heads * 2 * (s.head_dim + s.v_head_dim);
+  if (bytes > INT64_MAX || flops > INT64_MAX || bytes < 0 || flops < 0)
+    throw Error("this shape's byte or FLOP counts overflow 64 bits (batch " + to_string(s.batch) + ", " +
+                to_string(static_cast<int64_t>(std::min<__int128>(tokens, INT64_MAX))) +
+                " tokens, head dims " + to_string(s.head_dim) + "/" + to_string(s.v_head_dim) +
+                "); use smaller sizes");
+}
+
+std::string hybrid_hint(Strategy s) { return s == Strategy::hybrid ? "hybrid-uaa" : "uaa"; }
+
+}  // namespace
+
+int64_t mask_pairs(const Mask& mask, int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
+  if (qb <= qa || kb <= ka) return 0;
+  switch (mask.kind) {
+    case MaskKind::full:
+      return (qb - qa) * (kb - ka);
+    case MaskKind::causal:
+      return causal_sum(qa, qb, ka, kb, 0);
+    case MaskKind::sliding_window:
+      return causal_sum(qa, qb, ka, kb, 0) - causal_sum(qa, qb, ka, kb, mask.window);
+  }
+  return 0;
+}
+
+int64_t RankLayout::send_bytes() const {
+  return qkv_bytes.send() + o_bytes.send() + ring_bytes.send() + allgather_bytes.send() + gather_bytes.send();
+}
+int64_t RankLayout::recv_bytes() const {
+  return qkv_bytes.recv() + o_bytes.recv() + ring_bytes.recv() + allgather_bytes.recv() + gather_bytes.recv();
+}
+
+Layout Layout::build(const LayoutSpec& spec) {
+  Layout layout;
+  layout.spec_ = spec;
+  layout.spec_.mesh = resolve_mesh(spec.strategy, spec.mesh);
+  validate_shape(spec.shape, layout.spec_.mesh);
+  layout.zigzag_ = zigzag_chunks(spec.strategy, spec.shape.mask);
+  layout.place_heads();
+  layout.place_tokens();
+  layout.count_costs();
+  return layout;
+}
+
+int64_t Layout::nodes() const { return ceil_div(world(), spec_.mesh.ranks_per_node); }
+
+int64_t Layout::global_rank(int64_t u, int64_t r) const {
+  return spec_.mesh.order == RankOrder::ulysses_inner ? r * ulysses() + u : u * ring() + r;
+}
+
+void Layout::place_heads() {
+  const AttentionShape& s = spec_.shape;
+  const int64_t U = ulysses(), group = s.group_size();
+  const std::string U_str = to_string(U);
+  if (s.q_heads < U)
+    throw Error(to_string(s.q_heads) + " query heads over Ulysses degree " + U_str +
+                " would leave ranks without heads; use a Ulysses degree of at most " + to_string(s.q_heads));
+  if (pads_classic(spec_.strategy) && s.q_heads % U != 0)
+    throw Error(to_string(s.q_heads) + " query heads are not divisible by Ulysses degree " + U_str + "; use " +
+                hybrid_hint(spec_.strategy));
+  if (spec_.head_policy == HeadPolicy::kv_aligned && s.kv_heads < U)
+    throw Error("kv-aligned head policy needs at least one kv head per Ulysses rank: " + to_string(s.kv_heads) +
+                " kv heads < Ulysses degree " + U_str + "; use --head-policy balanced");
+  q_heads_by_u_.resize(static_cast<size_t>(U));
+  kv_heads_by_u_.resize(static_cast<size_t>(U));
+  for (int64_t u = 0; u < U; ++u) {
+    HeadRange q, kv;
+    if (spec_.head_policy == HeadPolicy::kv_aligned) {
+      kv = {split_begin(s.kv_heads, U, u), split_begin(s.kv_heads, U, u) + split_size(s.kv_heads, U, u)};
+      q = {kv.begin * group, kv.end * group};
+    } else {
+      q = {split_begin(s.q_heads, U, u), split_begin(s.q_heads, U, u) + split_size(s.q_heads, U, u)};
+      kv = {q.begin / group, (q.end - 1) / group + 1};  // exactly the KV heads its Q heads use
+    }
+    q_heads_by_u_[static_cast<size_t>(u)] = q;
+    kv_heads_by_u_[static_cast<size_t>(u)] = kv;
+  }
+  if (pads_classic(spec_.strategy)) {
+    // Classic Ulysses is an equal all-to-all: every rank must get as many heads of each kind.
+    for (int64_t u = 1; u < U; ++u) {
+      if (q_heads_by_u_[u].count() != q_heads_by_u_[0].count() || kv_heads_by_u_[u].count() != kv_heads_by_u_[0].count())
+        throw Error(to_string(s.kv_heads) + " kv heads (" + to_string(s.q_heads) + " query heads, " +
+                    std::string(to_string(spec_.head_policy)) + ") give unequal KV shards over Ulysses degree " + U_str +
+                    "; classic Ulysses needs Hkv % U == 0 or U % Hkv == 0; use " + hybrid_hint(spec_.strategy));
+    }
+  }
+  max_q_heads_ = 0;
+  for (const HeadRange& q : q_heads_by_u_) max_q_heads_ = std::max(max_q_heads_, q.count());
+}
+
+void Layout::place_tokens() {
+  const AttentionShape& s = spec_.shape;
+  const int64_t U = ulysses(), R = ring(), P = world();
+  const int64_t chunks = zigzag_ ? 2 * R : R;
+  const bool classic = pads_classic(spec_.strategy);
+
+  ranks_.assign(static_cast<size_t>(P), RankLayout{});
+  for (int64_t u = 0; u < U; ++u) {
+    for (int64_t r = 0; r < R; ++r) {
+      RankLayout& rl = ranks_[static_cast<size_t>(global_rank(u, r))];
+      rl.rank = global_rank(u, r);
+      rl.u = u;
+      rl.r = r;
+      rl.node = node_of(rl.rank);
+      rl.q_heads = q_heads_by_u_[static_cast<size_t>(u)];
+      rl.kv_heads = kv_heads_by_u_[static_cast<size_t>(u)];
+      rl.input_runs.reserve(s.seq_lens.size() * (zigzag_ ? 2 : 1));
+    }
+  }
+  shard_runs_by_r_.assign(static_cast<size_t>(R), {});
+  shard_tokens_.assign(static_cast<size_t>(R), 0);
+  shard_padded_.assign(static_cast<size_t>(R), 0);
+  padded_len_.resize(s.seq_lens.size());
+  padding_tokens_ = 0;
+
+  for (size_t seq = 0; seq < s.seq_lens.size(); ++seq) {
+    const int64_t len = s.seq_lens[seq];
+    const int64_t plen = classic ? round_up(len, chunks * U) : len;
+    padded_len_[seq] = plen;
+    padding_tokens_ += plen - len;
+    auto make_run = [&](int64_t begin, int64_t slot) {
+      const int64_t real = std::clamp<int64_t>(len - begin, 0, slot);
+      return TokenRun{static_cast<int32_t>(seq), begin, real, slot};
+    };
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t owned[2] = {r, chunks - 1 - r};
+      for (int64_t i = 0; i < (zigzag_ ? 2 : 1); ++i) {
+        const int64_t c = owned[i];
+        const int64_t cb = classic ? c * (plen / chunks) : split_begin(len, chunks, c);
+        const int64_t cl = classic ? plen / chunks : split_size(len, chunks, c);
+        if (cl > 0) {
+          TokenRun chunk = make_run(cb, cl);
+          shard_runs_by_r_[static_cast<size_t>(r)].push_back(chunk);
+          shard_tokens_[static_cast<size_t>(r)] += chunk.count;
+          shard_padded_[static_cast<size_t>(r)] += chunk.padded;
+        }
+        for (int64_t u = 0; u < U; ++u) {
+          const int64_t pb = cb + (classic ? u * (cl / U) : split_begin(cl, U, u));
+          const int64_t pl = classic ? cl / U : split_size(cl, U, u);
+          if (pl == 0) continue;
+          RankLayout& rl = ranks_[static_cast<size_t>(global_rank(u, r))];
+          TokenRun piece = make_run(pb, pl);
+          rl.input_runs.push_back(piece);
+          rl.input_tokens += piece.count;
+          rl.input_padded_tokens += piece.padded;
+        }
+      }
+    }
+  }
+}
+
+std::pair<int64_t, int64_t> Layout::ulysses_peers_on_node(int64_t rank) const {
+  const int64_t U = ulysses(), R = ring(), G = spec_.mesh.ranks_per_node;
+  const RankLayout& rl = ranks_[static_cast<size_t>(rank)];
+  const int64_t first = node_of(rank) * G, last = first + G;  // global ranks [first, last)
+  int64_t lo, hi;
+  if (spec_.mesh.order == RankOrder::ulysses_inner) {  // g = r*U + u
+    lo = first - rl.r * U;
+    hi = last - rl.r * U;
+  } else {  // g = u*R + r
+    lo = ceil_div(first - rl.r, R);
+    hi = ceil_div(last - rl.r, R);
+  }
+  return {std::clamp<int64_t>(lo, 0, U), std::clamp<int64_t>(hi, 0, U)};
+}
+
+std::pair<int64_t, int64_t> Layout::ring_peers_on_node(int64_t rank) const {
+  const int64_t U = ulysses(), R = ring(), G = spec_.mesh.ranks_per_node;
+  const RankLayout& rl = ranks_[static_cast<size_t>(rank)];
+  const int64_t first = node_of(rank) * G, last = first + G;
+  int64_t lo, hi;
+  if (spec_.mesh.order == RankOrder::ulysses_inner) {  // g = r*U + u
+    lo = ceil_div(first - rl.u, U);
+    hi = ceil_div(last - rl.u, U);
+  } else {  // g = u*R + r
+    lo = first - rl.u * R;
+    hi = last - rl.u * R;
+  }
+  return {std::clamp<int64_t>(lo, 0, R), std::clamp<int64_t>(hi, 0, R)};
+}
+
+void Layout::count_costs() {
+  const AttentionShape& s = spec_.shape;
+  const int64_t U = ulysses(), R = ring(), B = s.batch, D = s.head_dim, Dv = s.v_head_dim;
+  const int64_t eb = elem_bytes();
+  const int64_t qkv_width_total = s.q_heads * (D + Dv) + s.kv_heads * (D + Dv);  // Q,K,V,O per token
+
+  // Prefix sums over Ulysses index u: per-token Q,K,V widths of u's heads, and O widths.
+  std::vector<int64_t> in_width(static_cast<size_t>(U) + 1, 0), o_width(static_cast<size_t>(U) + 1, 0);
+  for (int64_t u = 0; u < U; ++u) {
+    const HeadRange q = q_heads_by_u_[u], kv = kv_heads_by_u_[u];
+    in_width[u + 1] = in_width[u] + q.count() * D + kv.count() * (D + Dv);
+    o_width[u + 1] = o_width[u] + q.count() * Dv;
+  }
+  // Prefix over u of stored input tokens, per ring index r; and over r of shard tokens.
+  std::vector<int64_t> tok_prefix(static_cast<size_t>((U + 1) * R), 0);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t u = 0; u < U; ++u)
+      tok_prefix[r * (U + 1) + u + 1] = tok_prefix[r * (U + 1) + u] + at(u, r).input_padded_tokens;
+  std::vector<int64_t> shard_prefix(static_cast<size_t>(R) + 1, 0);
+  int64_t max_shard = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    shard_prefix[r + 1] = shard_prefix[r] + shard_padded_[r];
+    max_shard = std::max(max_shard, shard_padded_[r]);
+  }
+  const int64_t all_shards = shard_prefix[R];
+  auto range = [](const std::vector<int64_t>& prefix, size_t base, int64_t lo, int64_t hi) {
+    return prefix[base + static_cast<size_t>(hi)] - prefix[base + static_cast<size_t>(lo)];
+  };
+  const bool gathers_lengths = (spec_.strategy == Strategy::uaa || spec_.strategy == Strategy::hybrid_uaa) && U > 1;
+  const int64_t length_bytes = 8 * static_cast<int64_t>(s.seq_lens.size());
+
+  ring_max_kv_heads_intra_.assign(static_cast<size_t>(R), 0);
+  ring_max_kv_heads_inter_.assign(static_cast<size_t>(R), 0);
+
+  for (RankLayout& rl : ranks_) {
+    const int64_t u = rl.u, r = rl.r;
+    const int64_t hq = rl.q_heads.count(), hkv = rl.kv_heads.count();
+    const int64_t own_tokens = rl.input_padded_tokens;
+    const size_t tbase = static_cast<size_t>(r * (U + 1));
+
+    if (U > 1) {
+      auto [lo, hi] = ulysses_peers_on_node(rl.rank);
+      const int64_t self_in = in_width[u + 1] - in_width[u], self_o = o_width[u + 1] - o_width[u];
+      const int64_t my_in = hq * D + hkv * (D + Dv);
+      const int64_t intra_in_width = range(in_width, 0, lo, hi) - self_in;
+      const int64_t intra_o_width = range(o_width, 0, lo, hi) - self_o;
+      const int64_t intra_tok = range(tok_prefix, tbase, lo, hi) - own_tokens;
+      const int64_t all_tok = tok_prefix[tbase + U] - own_tokens;
+      // Q,K,V: my tokens x peer's heads out; peers' tokens x my heads in.
+      rl.qkv_bytes.send_intra = own_tokens * intra_in_width * B * eb;
+      rl.qkv_bytes.send_inter = own_tokens * (in_width[U] - self_in - intra_in_width) * B * eb;
+      rl.qkv_bytes.recv_intra = intra_tok * my_in * B * eb;
+      rl.qkv_bytes.recv_inter = (all_tok - intra_tok) * my_in * B * eb;
+      // O: peers' tokens x my heads out; my tokens x peers' heads in.
+      rl.o_bytes.send_intra = intra_tok * hq * Dv * B * eb;
+      rl.o_bytes.send_inter = (all_tok - intra_tok) * hq * Dv * B * eb;
+      rl.o_bytes.recv_intra = own_tokens * intra_o_width * B * eb;
+      rl.o_bytes.recv_inter = own_tokens * (o_width[U] - self_o - intra_o_width) * B * eb;
+      if (gathers_lengths) {
+        const int64_t intra_peers = hi - lo - 1, inter_peers = U - (hi - lo);
+        rl.gather_bytes = {intra_peers * length_bytes, inter_peers * length_bytes, intra_peers * length_bytes,
+                           inter_peers * length_bytes};
+      }
+    }
+
+    const int64_t kv_width = hkv * (D + Dv) * B * eb;  // bytes per token of a K,V shard
+    if (rotates_kv(spec_.strategy) && R > 1) {
+      const bool next_intra = node_of(ring_next(rl.rank)) == rl.node;
+      const bool prev_intra = node_of(ring_prev(rl.rank)) == rl.node;
+      const int64_t sent = (all_shards - shard_padded_[(r + 1) % R]) * kv_width;
+      const int64_t recvd = (all_shards - shard_padded_[r]) * kv_width;
+      (next_intra ? rl.ring_bytes.send_intra : rl.ring_bytes.send_inter) = sent;
+      (prev_intra ? rl.ring_bytes.recv_intra : rl.ring_bytes.recv_inter) = recvd;
+      auto& best = next_intra ? ring_max_kv_heads_intra_ : ring_max_kv_heads_inter_;
+      best[r] = std::max(best[r], hkv);
+    }
+    if (spec_.strategy == Strategy::allgather_kv && R > 1) {
+      auto [lo, hi] = ring_peers_on_node(rl.rank);
+      const int64_t own = shard_padded_[r];
+      const int64_t intra_tok = range(shard_prefix, 0, lo, hi) - own;
+      rl.allgather_bytes.send_intra = own * (hi - lo - 1) * kv_width;
+      rl.allgather_bytes.send_inter = own * (R - (hi - lo)) * kv_width;
+      rl.allgather_bytes.recv_intra = intra_tok * kv_width;
+      rl.allgather_bytes.recv_inter = (all_shards - own - intra_tok) * kv_width;
+    }
+
+    // Attention of ring index r's shard (after the all-to-all) against its whole sequences.
+    int64_t padded_pairs = 0, real_pairs = 0;
+    for (const TokenRun& run : shard_runs_by_r_[static_cast<size_t>(r)]) {
+      padded_pairs += mask_pairs(s.mask, run.begin, run.begin + run.padded, 0, padded_len_[run.seq]);
+      real_pairs += mask_pairs(s.mask, run.begin, run.begin + run.count, 0, s.seq_lens[run.seq]);
+    }
+    const int64_t flops_per_pair = 2 * (D + Dv) * hq * B;
+    rl.flops = padded_pairs * flops_per_pair;
+    rl.useful_flops = real_pairs * flops_per_pair;
+
+    // Buffers held at once: input Q,K,V,O; post-all-to-all Q,K,V,O; K,V in flight; fp32 O + LSE.
+    const int64_t shard = shard_padded_[r];
+    int64_t elems = own_tokens * B * qkv_width_total;
+    if (U > 1) elems += shard * B * (hq * (D + Dv) + hkv * (D + Dv));
+    int64_t kv_extra_tokens = 0;
+    if (rotates_kv(spec_.strategy) && R > 1) kv_extra_tokens = max_shard;
+    if (spec_.strategy == Strategy::allgather_kv) kv_extra_tokens = all_shards - shard;
+    rl.peak_bytes = elems * eb + kv_extra_tokens * kv_width + shard * B * hq * (Dv + 1) * 4;
+  }
+}
+
+std::span<const TokenRun> Layout::shard_runs(int64_t r) const { return shard_runs_by_r_[static_cast<size_t>(r)]; }
+
+int64_t Layout::exchange_elems(Tensor t, int64_t from, int64_t to) const {
+  const RankLayout& a = rank(from);
+  const RankLayout& b = rank(to);
+  if (a.r != b.r) return 0;
+  const AttentionShape& s = spec_.shape;
+  switch (t) {
+    case Tensor::q:
+      return a.input_padded_tokens * b.q_heads.count() * s.head_dim * s.batch;
+    case Tensor::k:
+      return a.input_padded_tokens * b.kv_heads.count() * s.head_dim * s.batch;
+    case Tensor::v:
+      return a.input_padded_tokens * b.kv_heads.count() * s.v_head_dim * s.batch;
+    case Tensor::o:
+      return b.input_padded_tokens * a.q_heads.count() * s.v_head_dim * s.batch;
+  }
+  return 0;
+}
+
+std::vector<int64_t> Layout::send_counts(Tensor t, int64_t rank_id) const {
+  const RankLayout& rl = rank(rank_id);
+  std::vector<int64_t> counts(static_cast<size_t>(ulysses()));
+  for (int64_t u = 0; u < ulysses(); ++u) counts[u] = exchange_elems(t, rank_id, global_rank(u, rl.r));
+  return counts;
+}
+
+std::vector<int64_t> Layout::recv_counts(Tensor t, int64_t rank_id) const {
+  const RankLayout& rl = rank(rank_id);
+  std::vector<int64_t> counts(static_cast<size_t>(ulysses()));
+  for (int64_t u = 0; u < ulysses(); ++u) counts[u] = exchange_elems(t, global_rank(u, rl.r), rank_id);
+  return counts;
+}
+
+int64_t Layout::ring_kv_source(int64_t r, int64_t step) const { return ((r - step) % ring() + ring()) % ring(); }
+
+int64_t Layout::ring_next(int64_t rank_id) const {
+  const RankLayout& rl = rank(rank_id);
+  return global_rank(rl.u, (rl.r + 1) % ring());
+}
+
+int64_t Layout::ring_prev(int64_t rank_id) const {
+  const RankLayout& rl = rank(rank_id);
+  return global_rank(rl.u, (rl.r + ring() - 1) % ring());
+}
+
+int64_t Layout::run_pairs(std::span<const TokenRun> queries, std::span<const TokenRun> keys, bool padded) const {
+  int64_t total = 0;
+  for (const TokenRun& q : queries) {
+    for (const TokenRun& k : keys) {
+      if (q.seq != k.seq) continue;
+      total += padded ? mask_pairs(spec_.shape.mask, q.begin, q.begin + q.padded, k.begin, k.begin + k.padded)
+                      : mask_pairs(spec_.shape.mask, q.begin, q.end(), k.begin, k.end());
+    }
+  }
+  return total;
+}
+
+int64_t Layout::pairs(std::span<const TokenRun> queries, std::span<const TokenRun> keys) const {
+  return run_pairs(queries, keys, false);
+}
+
+RingStepMax Layout::ring_step_max(int64_t step) const {
+  const AttentionShape& s = spec_.shape;
+  const int64_t R = ring();
+  const int64_t token_bytes = (s.head_dim + s.v_head_dim) * s.batch * elem_bytes();
+  RingStepMax out;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t src = ring_kv_source(r, step);
+    const int64_t block_pairs = run_pairs(shard_runs(r), shard_runs(src), true);
+    out.flops = std::max(out.flops, block_pairs * 2 * (s.head_dim + s.v_head_dim) * max_q_heads_ * s.batch);
+    if (step + 1 < R && rotates_kv(spec_.strategy)) {
+      const int64_t block = shard_padded_[src] * token_bytes;
+      out.send_bytes_intra = std::max(out.send_bytes_intra, block * ring_max_kv_heads_intra_[r]);
+      out.send_bytes_inter = std::max(out.send_bytes_inter, block * ring_max_kv_heads_inter_[r]);
+    }
+  }
+  return out;
+}
+
+}  // namespace cptune

@@ -1,0 +1,165 @@
+#pragma once
+// core::Layout: the exact placement of every token and head for one strategy on one mesh.
+// The single source of truth: the simulator and the executor read split sizes, counts and
+// the ring schedule from here and never recompute them.
+//
+// How tokens are placed (DESIGN.md): every sequence is cut into C chunks, C = R (plain) or
+// 2R (zigzag: ring index r owns chunks r and 2R-1-r); each chunk is cut into U pieces and
+// Ulysses rank u of ring index r holds piece u of each chunk it owns (its input, before the
+// all-to-all). Cuts follow torch.tensor_split (part i of n gets floor(L/n) + (i < L mod n));
+// classic strategies (ulysses, hybrid) instead pad L up to a multiple of C*U and cut equally,
+// as the peers do. After the all-to-all, rank (u, r) holds all tokens of ring index r (its
+// "shard") for its own head range; the ring then rotates K,V shards across the R ring indices.
+#include <cstdint>
+#include <utility>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/types.h"
+
+namespace cptune {
+
+// A contiguous run of positions [begin, begin + count) of sequence `seq`.
+// Classic strategies store `padded` >= count tokens for the run (padding sits at the end of a
+// sequence, so the real tokens are the run's prefix); elsewhere padded == count.
+struct TokenRun {
+  int32_t seq = 0;
+  int64_t begin = 0;
+  int64_t count = 0;
+  int64_t padded = 0;
+  int64_t end() const { return begin + count; }
+};
+
+struct HeadRange {
+  int64_t begin = 0;
+  int64_t end = 0;
+  int64_t count() const { return end - begin; }
+};
+
+enum class Tensor { q, k, v, o };
+
+// Bytes a rank moves in one phase, split by link class (self-copies are not link traffic).
+struct LinkBytes {
+  int64_t send_intra = 0;
+  int64_t send_inter = 0;
+  int64_t recv_intra = 0;
+  int64_t recv_inter = 0;
+  int64_t send() const { return send_intra + send_inter; }
+  int64_t recv() const { return recv_intra + recv_inter; }
+};
+
+// What one rank does and holds. Token and byte counts include the batch where they are bytes.
+struct RankLayout {
+  int64_t rank = 0, u = 0, r = 0, node = 0;
+  std::vector<TokenRun> input_runs;  // real tokens held before the all-to-all, in storage order
+  int64_t input_tokens = 0;          // real tokens held (per sample)
+  int64_t input_padded_tokens = 0;   // tokens stored, padding included (classic strategies)
+  HeadRange q_heads;                 // query heads it computes after the all-to-all
+  HeadRange kv_heads;                // KV heads those query heads use (all it receives)
+
+  LinkBytes qkv_bytes;        // Ulysses all-to-all of Q, K, V
+  LinkBytes o_bytes;          // Ulysses all-to-all of O back to the token owners
+  LinkBytes ring_bytes;       // K,V rotation, all R-1 steps
+  LinkBytes allgather_bytes;  // all-gather of K,V (allgather-kv)
+  LinkBytes gather_bytes;     // UAA metadata: per-rank sequence lengths (int64 each)
+  int64_t flops = 0;          // attention FLOPs computed, padding included, mask exact
+  int64_t useful_flops = 0;   // the same over real tokens only
+  int64_t peak_bytes = 0;     // all buffers it holds at once (upper bound: their sum)
+
+  int64_t send_bytes() const;
+  int64_t recv_bytes() const;
+};
+
+// The slowest rank of one ring step (the sim's per-step max of communication and compute).
+struct RingStepMax {
+  int64_t send_bytes_intra = 0;  // largest K,V block sent over an intra-node link this step
+  int64_t send_bytes_inter = 0;  // ... over an inter-node link (0 if none)
+  int64_t flops = 0;             // largest attention block computed this step
+};
+
+class Layout {
+ public:
+  // Throws Error naming the bad value and the fix when the spec cannot be laid out.
+  static Layout build(const LayoutSpec& spec);
+
+  const LayoutSpec& spec() const { return spec_; }  // mesh resolved (U, R filled in)
+  const AttentionShape& shape() const { return spec_.shape; }
+  const Mesh& mesh() const { return spec_.mesh; }
+  Strategy strategy() const { return spec_.strategy; }
+  int64_t world() const { return spec_.mesh.world; }
+  int64_t ulysses() const { return spec_.mesh.ulysses; }
+  int64_t ring() const { return spec_.mesh.ring; }
+  bool zigzag() const { return zigzag_; }
+  int64_t nodes() const;
+
+  // Mesh coordinates. Ulysses groups: same r; ring groups: same u.
+  int64_t global_rank(int64_t u, int64_t r) const;
+  int64_t node_of(int64_t rank) const { return rank / spec_.mesh.ranks_per_node; }
+  std::span<const RankLayout> ranks() const { return ranks_; }
+  const RankLayout& rank(int64_t p) const { return ranks_[static_cast<size_t>(p)]; }
+  const RankLayout& at(int64_t u, int64_t r) const { return rank(global_rank(u, r)); }
+
+  // Tokens attended after the all-to-all by ring index r (its chunks), and their counts.
+  std::span<const TokenRun> shard_runs(int64_t r) const;
+  int64_t shard_tokens(int64_t r) const { return shard_tokens_[static_cast<size_t>(r)]; }
+  int64_t shard_padded_tokens(int64_t r) const { return shard_padded_[static_cast<size_t>(r)]; }
+
+  // Ulysses exchange of tensor t from rank `from` to rank `to` (same Ulysses group), in
+  // elements, batch included. For Q, K, V `from` is the token owner; for O it is the rank that
+  // computed the heads and `to` the token owner. Zero across Ulysses groups.
+  int64_t exchange_elems(Tensor t, int64_t from, int64_t to) const;
+  // The same for every member of rank's Ulysses group, in member (u) order.
+  std::vector<int64_t> send_counts(Tensor t, int64_t rank) const;
+  std::vector<int64_t> recv_counts(Tensor t, int64_t rank) const;
+
+  // Ring schedule: at step k (0..R-1) ring index r computes against the K,V shard of ring
+  // index (r - k) mod R and, for k < R-1, sends that shard on to r+1 while receiving the next.
+  int64_t ring_kv_source(int64_t r, int64_t step) const;
+  int64_t ring_next(int64_t rank) const;  // global rank of the next ring member
+  int64_t ring_prev(int64_t rank) const;
+  RingStepMax ring_step_max(int64_t step) const;  // O(R * sequences)
+
+  // Attention pairs (query, key) between two token sets under the mask, per head and sample.
+  int64_t pairs(std::span<const TokenRun> queries, std::span<const TokenRun> keys) const;
+
+  // Per sample, over all sequences: padding tokens added (classic only) and heads padded
+  // (always 0: cptune never pads heads; classic strategies refuse indivisible heads instead).
+  int64_t padding_tokens() const { return padding_tokens_; }
+  int64_t padding_heads() const { return 0; }
+
+  int64_t elem_bytes() const { return dtype_bytes(spec_.shape.dtype); }
+
+ private:
+  Layout() = default;
+  void place_heads();
+  void place_tokens();
+  void count_costs();
+  int64_t run_pairs(std::span<const TokenRun> queries, std::span<const TokenRun> keys, bool padded) const;
+  std::pair<int64_t, int64_t> ulysses_peers_on_node(int64_t rank) const;  // [lo, hi) of u
+  std::pair<int64_t, int64_t> ring_peers_on_node(int64_t rank) const;     // [lo, hi) of r
+
+  LayoutSpec spec_;
+  bool zigzag_ = false;
+  std::vector<RankLayout> ranks_;
+  std::vector<HeadRange> q_heads_by_u_, kv_heads_by_u_;
+  std::vector<std::vector<TokenRun>> shard_runs_by_r_;  // real tokens per ring index
+  std::vector<int64_t> shard_tokens_, shard_padded_;
+  std::vector<int64_t> padded_len_;  // per sequence, after padding (== length if uneven)
+  int64_t padding_tokens_ = 0;
+  int64_t max_q_heads_ = 0;
+  std::vector<int64_t> ring_max_kv_heads_intra_, ring_max_kv_heads_inter_;  // per r, next link
+};
+
+// Exact count of (i, j) with i in [qa, qb), j in [ka, kb) visible under the mask (one sequence).
+int64_t mask_pairs(const Mask& mask, int64_t qa, int64_t qb, int64_t ka, int64_t kb);
+
+// tensor_split rule: part i of n of length L starts at i*floor(L/n) + min(i, L mod n).
+inline int64_t split_begin(int64_t len, int64_t parts, int64_t i) {
+  return i * (len / parts) + (i < len % parts ? i : len % parts);
+}
+inline int64_t split_size(int64_t len, int64_t parts, int64_t i) {
+  return len / parts + (i < len % parts ? 1 : 0);
+}
+
+}  // namespace cptune

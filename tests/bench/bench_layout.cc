@@ -1,0 +1,41 @@
+// Time to build a Layout (what the tuner and simulator pay per candidate).
+// Goal (issue 2): well under 1 ms at P = 1024, S up to 1M. Run: build/bench/bench_layout
+#include <benchmark/benchmark.h>
+
+#include "core/layout.h"
+
+namespace {
+
+using namespace cptune;
+
+void BM_BuildLayout(benchmark::State& state, Strategy strategy) {
+  const int64_t P = state.range(0), S = state.range(1);
+  AttentionShape shape;
+  shape.seq_lens = {S};
+  shape.q_heads = 1536;  // enough heads for U = P = 1024 with uneven shares
+  shape.kv_heads = 256;
+  shape.head_dim = shape.v_head_dim = 128;
+  shape.mask = {MaskKind::causal, 0};
+  Mesh mesh{P, 0, 0, RankOrder::ulysses_inner, 8};
+  if (strategy == Strategy::hybrid_uaa) {
+    mesh.ulysses = 8;
+    mesh.ring = P / 8;
+  }
+  const LayoutSpec spec{shape, mesh, strategy, HeadPolicy::balanced};
+  for (auto _ : state) benchmark::DoNotOptimize(Layout::build(spec));
+  state.SetItemsProcessed(state.iterations());
+}
+
+void Args(benchmark::internal::Benchmark* b) {
+  for (int64_t P : {8, 64, 1024})
+    for (int64_t S : {int64_t{32768}, int64_t{1} << 20}) b->Args({P, S});
+}
+
+BENCHMARK_CAPTURE(BM_BuildLayout, uaa, Strategy::uaa)->Apply(Args)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_BuildLayout, ring_zigzag, Strategy::ring_zigzag)->Apply(Args)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_BuildLayout, hybrid_uaa, Strategy::hybrid_uaa)->Apply(Args)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_BuildLayout, allgather_kv, Strategy::allgather_kv)->Apply(Args)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,48 @@
+#pragma once
+// Enumerates small LayoutSpecs exhaustively for property tests.
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "core/error.h"
+#include "core/layout.h"
+
+namespace cptune::testing {
+
+// Every (U, R) with U * R == P.
+inline std::vector<std::pair<int64_t, int64_t>> factorizations(int64_t P) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t u = 1; u <= P; ++u)
+    if (P % u == 0) out.push_back({u, P / u});
+  return out;
+}
+
+// Calls fn for every strategy, U x R factorisation, order and head policy that applies to the
+// shape on P ranks (hybrids over all factorisations; others over their one fixed mesh).
+inline void for_each_spec(const AttentionShape& shape, int64_t P, int64_t ranks_per_node,
+                          const std::function<void(const LayoutSpec&)>& fn) {
+  for (Strategy s : kAllStrategies) {
+    const bool hybrid = s == Strategy::hybrid || s == Strategy::hybrid_uaa;
+    std::vector<std::pair<int64_t, int64_t>> meshes =
+        hybrid ? factorizations(P) : std::vector<std::pair<int64_t, int64_t>>{{0, 0}};
+    for (auto [U, R] : meshes) {
+      for (RankOrder order : {RankOrder::ulysses_inner, RankOrder::ring_inner}) {
+        for (HeadPolicy policy : {HeadPolicy::balanced, HeadPolicy::kv_aligned}) {
+          Mesh mesh{P, U, R, order, ranks_per_node};
+          fn(LayoutSpec{shape, mesh, s, policy});
+        }
+      }
+    }
+  }
+}
+
+// Builds the layout, or nullopt when the spec is refused with an Error.
+inline std::optional<Layout> try_build(const LayoutSpec& spec) {
+  try {
+    return Layout::build(spec);
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+}
+
+}  // namespace cptune::testing

@@ -1,0 +1,391 @@
+// Properties of core::Layout over every small shape, plus the shapes today's engines fail on.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "core/error.h"
+#include "core/layout.h"
+#include "tests/layout_sweep.h"
+
+namespace cptune {
+namespace {
+
+using testing::for_each_spec;
+using testing::try_build;
+
+AttentionShape make_shape(std::vector<int64_t> seqs, int64_t hq, int64_t hkv, Mask mask = {}, int64_t D = 4,
+                          int64_t Dv = 4) {
+  AttentionShape s;
+  s.seq_lens = std::move(seqs);
+  s.q_heads = hq;
+  s.kv_heads = hkv;
+  s.head_dim = D;
+  s.v_head_dim = Dv;
+  s.dtype = DType::bf16;
+  s.mask = mask;
+  return s;
+}
+
+std::string describe(const Layout& l) {
+  std::string seqs;
+  for (int64_t s : l.shape().seq_lens) seqs += std::to_string(s) + ",";
+  return std::string(to_string(l.strategy())) + " " + std::string(to_string(l.spec().head_policy)) + " " +
+         std::string(to_string(l.mesh().order)) + " U=" + std::to_string(l.ulysses()) + " R=" + std::to_string(l.ring()) +
+         " S=" + seqs + " Hq=" + std::to_string(l.shape().q_heads) + " Hkv=" + std::to_string(l.shape().kv_heads) +
+         " mask=" + to_string(l.shape().mask);
+}
+
+// Brute force: number of visible (i, j) pairs of a sequence of length n.
+int64_t brute_pairs(const Mask& m, int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
+  int64_t n = 0;
+  for (int64_t i = qa; i < qb; ++i)
+    for (int64_t j = ka; j < kb; ++j) {
+      bool visible = m.kind == MaskKind::full || (j <= i && (m.kind == MaskKind::causal || i - m.window < j));
+      n += visible;
+    }
+  return n;
+}
+
+TEST(MaskPairs, EqualsBruteForceForEveryRangeAndMask) {
+  for (Mask m : {Mask{MaskKind::full, 0}, Mask{MaskKind::causal, 0}, Mask{MaskKind::sliding_window, 1},
+                 Mask{MaskKind::sliding_window, 3}, Mask{MaskKind::sliding_window, 20}})
+    for (int64_t qa = 0; qa < 12; ++qa)
+      for (int64_t qb = qa; qb < 12; ++qb)
+        for (int64_t ka = 0; ka < 12; ++ka)
+          for (int64_t kb = ka; kb < 12; kb += 2)
+            ASSERT_EQ(mask_pairs(m, qa, qb, ka, kb), brute_pairs(m, qa, qb, ka, kb))
+                << to_string(m) << " q[" << qa << "," << qb << ") k[" << ka << "," << kb << ")";
+}
+
+// Heads: every Q head computed by exactly one Ulysses rank; each rank gets exactly the KV heads
+// its Q heads use; kv-aligned never sends a KV head twice; classic refuses what peers cannot do.
+TEST(LayoutHeads, EveryQueryHeadOnceAndExactlyTheKvHeadsItUses) {
+  int checked = 0;
+  for (int64_t hq = 1; hq <= 16; ++hq)
+    for (int64_t hkv = 1; hkv <= hq; ++hkv) {
+      if (hq % hkv) continue;
+      const int64_t group = hq / hkv;
+      for (int64_t P = 1; P <= 8; ++P)
+        for_each_spec(make_shape({40}, hq, hkv), P, P, [&](const LayoutSpec& spec) {
+          auto l = try_build(spec);
+          if (!l) return;
+          ++checked;
+          std::vector<int> q_owner(static_cast<size_t>(hq), 0);
+          std::vector<int> kv_sent(static_cast<size_t>(hkv), 0);
+          for (int64_t u = 0; u < l->ulysses(); ++u) {
+            const RankLayout& rl = l->at(u, 0);
+            ASSERT_GE(rl.q_heads.count(), 1) << describe(*l);
+            std::set<int64_t> used;
+            for (int64_t h = rl.q_heads.begin; h < rl.q_heads.end; ++h) {
+              ++q_owner[h];
+              used.insert(h / group);
+            }
+            std::set<int64_t> got;
+            for (int64_t k = rl.kv_heads.begin; k < rl.kv_heads.end; ++k) {
+              got.insert(k);
+              ++kv_sent[k];
+            }
+            ASSERT_EQ(used, got) << describe(*l) << " u=" << u;
+          }
+          for (int c : q_owner) ASSERT_EQ(c, 1) << describe(*l);
+          if (spec.head_policy == HeadPolicy::kv_aligned) {
+            for (int c : kv_sent) ASSERT_EQ(c, 1) << describe(*l);
+          }
+          if (pads_classic(spec.strategy)) {
+            for (int64_t u = 0; u < l->ulysses(); ++u)
+              ASSERT_EQ(l->at(u, 0).q_heads.count(), hq / l->ulysses()) << describe(*l);
+          }
+        });
+    }
+  EXPECT_GT(checked, 10000);
+}
+
+TEST(LayoutHeads, RefusalsAreExactlyThePeersLimits) {
+  for (int64_t hq = 1; hq <= 16; ++hq)
+    for (int64_t hkv = 1; hkv <= hq; ++hkv) {
+      if (hq % hkv) continue;
+      for (int64_t P = 1; P <= 8; ++P) {
+        // UAA (balanced) only refuses fewer heads than ranks.
+        LayoutSpec uaa{make_shape({64}, hq, hkv), Mesh{P, 0, 0, RankOrder::ulysses_inner, P}, Strategy::uaa,
+                       HeadPolicy::balanced};
+        EXPECT_EQ(try_build(uaa).has_value(), hq >= P) << "hq=" << hq << " P=" << P;
+        // Classic Ulysses is an equal all-to-all: Hq % P == 0 and every rank needs as many KV heads.
+        LayoutSpec classic = uaa;
+        classic.strategy = Strategy::ulysses;
+        bool ok = hq % P == 0;
+        for (int64_t u = 0; ok && u < P; ++u) {
+          const int64_t per = hq / P, g = hq / hkv;
+          const int64_t kv_count = (u * per + per - 1) / g - (u * per) / g + 1;
+          ok = kv_count == (per - 1) / g + 1;
+        }
+        EXPECT_EQ(try_build(classic).has_value(), ok) << "hq=" << hq << " hkv=" << hkv << " P=" << P;
+        // Ring and all-gather take any head count.
+        LayoutSpec ring = uaa;
+        ring.strategy = Strategy::ring;
+        EXPECT_TRUE(try_build(ring).has_value());
+      }
+    }
+}
+
+// Tokens: the input runs of all ranks partition every sequence; the ring shards partition it
+// too; each rank's input lies inside its ring index's shard; tensor_split and zigzag rules hold.
+TEST(LayoutTokens, InputsAndShardsPartitionEverySequence) {
+  int checked = 0;
+  for (int64_t P = 1; P <= 8; ++P)
+    for (int64_t S = P; S <= 40; ++S)
+      for (Mask mask : {Mask{MaskKind::full, 0}, Mask{MaskKind::causal, 0}})
+        for_each_spec(make_shape({S}, 8, 8, mask), P, P, [&](const LayoutSpec& spec) {
+          if (spec.head_policy == HeadPolicy::kv_aligned) return;  // tokens do not depend on it
+          auto l = try_build(spec);
+          if (!l) return;
+          ++checked;
+          std::vector<int> input_owner(static_cast<size_t>(S), 0), shard_owner(static_cast<size_t>(S), 0);
+          for (const RankLayout& rl : l->ranks()) {
+            int64_t count = 0;
+            for (const TokenRun& run : rl.input_runs) {
+              for (int64_t t = run.begin; t < run.end(); ++t) {
+                ++input_owner[t];
+                bool inside = false;
+                for (const TokenRun& sr : l->shard_runs(rl.r)) inside |= sr.begin <= t && t < sr.end();
+                ASSERT_TRUE(inside) << describe(*l) << " token " << t << " rank " << rl.rank;
+              }
+              count += run.count;
+            }
+            ASSERT_EQ(count, rl.input_tokens);
+          }
+          for (int64_t r = 0; r < l->ring(); ++r)
+            for (const TokenRun& run : l->shard_runs(r))
+              for (int64_t t = run.begin; t < run.end(); ++t) ++shard_owner[t];
+          for (int64_t t = 0; t < S; ++t) {
+            ASSERT_EQ(input_owner[t], 1) << describe(*l) << " token " << t;
+            ASSERT_EQ(shard_owner[t], 1) << describe(*l) << " token " << t;
+          }
+          if (spec.strategy == Strategy::uaa) {
+            for (const RankLayout& rl : l->ranks()) {
+              ASSERT_EQ(rl.input_runs.size(), 1u);
+              EXPECT_EQ(rl.input_runs[0].begin, split_begin(S, P, rl.rank));
+              EXPECT_EQ(rl.input_runs[0].count, split_size(S, P, rl.rank));
+            }
+          }
+          if (spec.strategy == Strategy::ring_zigzag) {
+            for (int64_t r = 0; r < P; ++r) {
+              auto runs = l->shard_runs(r);
+              std::vector<int64_t> begins;
+              for (const TokenRun& run : runs) begins.push_back(run.begin);
+              std::vector<int64_t> want;
+              for (int64_t c : {r, 2 * P - 1 - r})
+                if (split_size(S, 2 * P, c) > 0) want.push_back(split_begin(S, 2 * P, c));
+              EXPECT_EQ(begins, want) << describe(*l) << " r=" << r;
+            }
+          }
+        });
+  EXPECT_GT(checked, 5000);
+}
+
+TEST(LayoutTokens, UaaPadsNothingAndClassicPadsExactlyWhatPeersPad) {
+  for (int64_t P = 1; P <= 8; ++P)
+    for (int64_t S = P; S <= 40; ++S) {
+      Mesh mesh{P, 0, 0, RankOrder::ulysses_inner, P};
+      auto uaa = Layout::build({make_shape({S}, 8, 8), mesh, Strategy::uaa, HeadPolicy::balanced});
+      EXPECT_EQ(uaa.padding_tokens(), 0);
+      EXPECT_EQ(uaa.padding_heads(), 0);
+      for (const RankLayout& rl : uaa.ranks()) EXPECT_EQ(rl.input_padded_tokens, rl.input_tokens);
+      // Peers pad S up to a multiple of P; every rank stores ceil(S / P) tokens.
+      auto classic = Layout::build({make_shape({S}, 840, 840), mesh, Strategy::ulysses, HeadPolicy::balanced});
+      const int64_t per_rank = (S + P - 1) / P;
+      EXPECT_EQ(classic.padding_tokens(), per_rank * P - S) << "S=" << S << " P=" << P;
+      for (const RankLayout& rl : classic.ranks()) EXPECT_EQ(rl.input_padded_tokens, per_rank);
+    }
+}
+
+// Exchange counts: send and receive matrices are transposes; the Q,K,V all-to-all delivers a
+// rank exactly its ring shard for its heads; the O all-to-all returns every token, all heads.
+TEST(LayoutExchange, CountsDeliverShardsAndReturnEveryToken) {
+  int checked = 0;
+  for (int64_t P : {2, 3, 4, 6, 7, 8})
+    for (int64_t S : {P, P + 1, 2 * P + 3, int64_t{37}})
+      for (auto [hq, hkv] : {std::pair{8, 8}, {8, 2}, {12, 4}, {15, 5}, {16, 1}})
+        for_each_spec(make_shape({S, 2 * S + 1}, hq, hkv, {MaskKind::causal, 0}, 3, 5), P, P,
+                      [&](const LayoutSpec& spec) {
+                        auto l = try_build(spec);
+                        if (!l) return;
+                        ++checked;
+                        const int64_t D = 3, Dv = 5;
+                        for (const RankLayout& rl : l->ranks()) {
+                          for (Tensor t : {Tensor::q, Tensor::k, Tensor::v, Tensor::o}) {
+                            auto send = l->send_counts(t, rl.rank);
+                            for (int64_t u = 0; u < l->ulysses(); ++u) {
+                              auto peer_recv = l->recv_counts(t, l->global_rank(u, rl.r));
+                              ASSERT_EQ(send[u], peer_recv[rl.u]) << describe(*l);
+                            }
+                          }
+                          auto sum = [](const std::vector<int64_t>& v) {
+                            int64_t s = 0;
+                            for (int64_t x : v) s += x;
+                            return s;
+                          };
+                          const int64_t shard = l->shard_padded_tokens(rl.r);
+                          EXPECT_EQ(sum(l->recv_counts(Tensor::q, rl.rank)), shard * rl.q_heads.count() * D);
+                          EXPECT_EQ(sum(l->recv_counts(Tensor::k, rl.rank)), shard * rl.kv_heads.count() * D);
+                          EXPECT_EQ(sum(l->recv_counts(Tensor::v, rl.rank)), shard * rl.kv_heads.count() * Dv);
+                          EXPECT_EQ(sum(l->recv_counts(Tensor::o, rl.rank)),
+                                    rl.input_padded_tokens * l->shape().q_heads * Dv)
+                              << describe(*l);
+                        }
+                      });
+  EXPECT_GT(checked, 500);
+}
+
+// Link bytes from the O(P) prefix sums equal a brute-force sum over every peer, and what is
+// sent over each link class is what is received over it.
+TEST(LayoutBytes, MatchBruteForceAndConserve) {
+  int checked = 0;
+  for (int64_t P : {2, 4, 6, 8})
+    for (int64_t G : {1, 2, 3, 4, 8})
+      for_each_spec(make_shape({29, 13}, 12, 4, {MaskKind::causal, 0}, 8, 8), P, G, [&](const LayoutSpec& spec) {
+        auto l = try_build(spec);
+        if (!l) return;
+        ++checked;
+        const int64_t eb = l->elem_bytes();
+        int64_t send_intra = 0, send_inter = 0, recv_intra = 0, recv_inter = 0;
+        for (const RankLayout& rl : l->ranks()) {
+          int64_t want_send[2] = {0, 0}, want_recv[2] = {0, 0};
+          for (int64_t u = 0; u < l->ulysses(); ++u) {
+            const int64_t peer = l->global_rank(u, rl.r);
+            if (peer == rl.rank) continue;
+            const int inter = l->node_of(peer) != rl.node;
+            for (Tensor t : {Tensor::q, Tensor::k, Tensor::v}) {
+              want_send[inter] += l->exchange_elems(t, rl.rank, peer) * eb;
+              want_recv[inter] += l->exchange_elems(t, peer, rl.rank) * eb;
+            }
+          }
+          ASSERT_EQ(rl.qkv_bytes.send_intra, want_send[0]) << describe(*l) << " rank " << rl.rank;
+          ASSERT_EQ(rl.qkv_bytes.send_inter, want_send[1]) << describe(*l) << " rank " << rl.rank;
+          ASSERT_EQ(rl.qkv_bytes.recv_intra, want_recv[0]) << describe(*l);
+          ASSERT_EQ(rl.qkv_bytes.recv_inter, want_recv[1]) << describe(*l);
+          for (const LinkBytes* b : {&rl.qkv_bytes, &rl.o_bytes, &rl.ring_bytes, &rl.allgather_bytes}) {
+            send_intra += b->send_intra;
+            send_inter += b->send_inter;
+            recv_intra += b->recv_intra;
+            recv_inter += b->recv_inter;
+          }
+        }
+        EXPECT_EQ(send_intra, recv_intra) << describe(*l);
+        EXPECT_EQ(send_inter, recv_inter) << describe(*l);
+        if (l->nodes() == 1) {
+          EXPECT_EQ(send_inter, 0);
+        }
+      });
+  EXPECT_GT(checked, 300);
+}
+
+// FLOPs: the useful FLOPs of all ranks add up to the single-device attention's, every mask;
+// a ring step's maximum equals the brute-force maximum over ranks.
+TEST(LayoutFlops, RanksShareTheSingleDeviceWorkExactly) {
+  for (Mask mask : {Mask{MaskKind::full, 0}, Mask{MaskKind::causal, 0}, Mask{MaskKind::sliding_window, 5}})
+    for (int64_t P : {1, 2, 3, 4, 6, 8})
+      for_each_spec(make_shape({31, 9 + P}, 6, 2, mask, 4, 2), P, P, [&](const LayoutSpec& spec) {
+        auto l = try_build(spec);
+        if (!l) return;
+        int64_t total = 0;
+        for (const RankLayout& rl : l->ranks()) total += rl.useful_flops;
+        int64_t want = 0;
+        for (int64_t len : l->shape().seq_lens) want += brute_pairs(mask, 0, len, 0, len);
+        EXPECT_EQ(total, want * 6 * 2 * (4 + 2)) << describe(*l);
+        if (!rotates_kv(spec.strategy)) return;
+        for (int64_t k = 0; k < l->ring(); ++k) {
+          int64_t best = 0;
+          for (const RankLayout& rl : l->ranks()) {
+            int64_t pairs = 0;
+            for (const TokenRun& q : l->shard_runs(rl.r))
+              for (const TokenRun& kv : l->shard_runs(l->ring_kv_source(rl.r, k)))
+                if (q.seq == kv.seq) pairs += brute_pairs(mask, q.begin, q.begin + q.padded, kv.begin, kv.begin + kv.padded);
+            best = std::max(best, pairs * rl.q_heads.count() * 2 * (4 + 2));
+          }
+          EXPECT_EQ(l->ring_step_max(k).flops, best) << describe(*l) << " step " << k;
+        }
+      });
+}
+
+TEST(LayoutFlops, ZigzagBalancesCausalWorkBetterThanPlainRing) {
+  AttentionShape s = make_shape({4096}, 8, 8, {MaskKind::causal, 0}, 64, 64);
+  auto spread = [&](Strategy st) {
+    auto l = Layout::build({s, Mesh{8, 0, 0, RankOrder::ulysses_inner, 8}, st, HeadPolicy::balanced});
+    int64_t lo = INT64_MAX, hi = 0;
+    for (const RankLayout& rl : l.ranks()) {
+      lo = std::min(lo, rl.flops);
+      hi = std::max(hi, rl.flops);
+    }
+    return double(hi) / double(lo);
+  };
+  EXPECT_LT(spread(Strategy::ring_zigzag), 1.01);
+  EXPECT_GT(spread(Strategy::ring), 10.0);
+}
+
+// The shapes today's implementations pad or fail on all lay out here, unpadded.
+TEST(LayoutCases, ShapesPeersFailOn) {
+  struct Case {
+    int64_t S, hq, hkv, P, U, R;
+    Strategy strategy;
+  };
+  for (Case c : {Case{4096, 24, 24, 7, 0, 0, Strategy::uaa}, Case{4096, 30, 30, 16, 0, 0, Strategy::uaa},
+                 Case{4096, 32, 8, 16, 0, 0, Strategy::uaa}, Case{4097, 32, 32, 8, 0, 0, Strategy::uaa},
+                 Case{4097, 25, 5, 3, 0, 0, Strategy::uaa}, Case{1001, 24, 8, 6, 3, 2, Strategy::hybrid_uaa}}) {
+    for (HeadPolicy policy : {HeadPolicy::balanced, HeadPolicy::kv_aligned}) {
+      if (policy == HeadPolicy::kv_aligned && c.hkv < (c.U ? c.U : c.P)) continue;
+      auto l = Layout::build({make_shape({c.S}, c.hq, c.hkv, {MaskKind::causal, 0}),
+                              Mesh{c.P, c.U, c.R, RankOrder::ulysses_inner, 8}, c.strategy, policy});
+      EXPECT_EQ(l.padding_tokens(), 0);
+      int64_t heads = 0, tokens = 0;
+      for (int64_t u = 0; u < l.ulysses(); ++u) heads += l.at(u, 0).q_heads.count();
+      for (const RankLayout& rl : l.ranks()) tokens += rl.input_tokens;
+      EXPECT_EQ(heads, c.hq);
+      EXPECT_EQ(tokens, c.S);
+    }
+  }
+  // 24 heads on 7 ranks: 4,4,4,3,3,3,3 — nobody gets zero, nothing padded.
+  auto l = Layout::build({make_shape({4096}, 24, 24), Mesh{7, 0, 0, RankOrder::ulysses_inner, 7}, Strategy::uaa,
+                          HeadPolicy::balanced});
+  std::vector<int64_t> heads;
+  for (const RankLayout& rl : l.ranks()) heads.push_back(rl.q_heads.count());
+  EXPECT_EQ(heads, (std::vector<int64_t>{4, 4, 4, 3, 3, 3, 3}));
+}
+
+// Bad input: an Error whose message names the bad value, never a crash or a wrong layout.
+TEST(LayoutErrors, NameTheBadValueAndTheFix) {
+  auto expect_error = [](LayoutSpec spec, const std::string& needle) {
+    try {
+      Layout::build(spec);
+      ADD_FAILURE() << "expected an error containing '" << needle << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  Mesh m3{3, 0, 0, RankOrder::ulysses_inner, 3};
+  expect_error({make_shape({4097}, 25, 5), m3, Strategy::ulysses, HeadPolicy::balanced},
+               "25 query heads are not divisible by Ulysses degree 3; use uaa");
+  expect_error({make_shape({2}, 8, 8), m3, Strategy::uaa, HeadPolicy::balanced}, "sequence length 2 is smaller than world 3");
+  expect_error({make_shape({0}, 8, 8), m3, Strategy::uaa, HeadPolicy::balanced}, "sequence length 0");
+  expect_error({make_shape({-5}, 8, 8), m3, Strategy::uaa, HeadPolicy::balanced}, "sequence length -5");
+  expect_error({make_shape({64}, 8, 3), m3, Strategy::uaa, HeadPolicy::balanced}, "8 query heads are not a multiple of 3 kv heads");
+  expect_error({make_shape({64}, 0, 1), m3, Strategy::uaa, HeadPolicy::balanced}, "query heads 0");
+  expect_error({make_shape({64}, 8, 8), Mesh{6, 4, 2, RankOrder::ulysses_inner, 6}, Strategy::hybrid_uaa,
+                HeadPolicy::balanced},
+               "Ulysses degree 4 x ring degree 2 != world 6");
+  expect_error({make_shape({64}, 8, 2), Mesh{4, 0, 0, RankOrder::ulysses_inner, 4}, Strategy::uaa, HeadPolicy::kv_aligned},
+               "2 kv heads < Ulysses degree 4");
+  expect_error({make_shape({64}, 2, 2), Mesh{4, 0, 0, RankOrder::ulysses_inner, 4}, Strategy::uaa, HeadPolicy::balanced},
+               "2 query heads over Ulysses degree 4");
+  expect_error({make_shape({int64_t{1} << 40}, 128, 128, {}, 1024, 1024), Mesh{8, 0, 0, RankOrder::ulysses_inner, 8},
+                Strategy::uaa, HeadPolicy::balanced},
+               "overflow 64 bits");
+  expect_error({make_shape({64}, 8, 8), Mesh{0, 0, 0, RankOrder::ulysses_inner, 1}, Strategy::uaa, HeadPolicy::balanced},
+               "world size 0");
+  expect_error({make_shape({64}, 8, 8), Mesh{4, 2, 2, RankOrder::ulysses_inner, 4}, Strategy::uaa, HeadPolicy::balanced},
+               "uaa has no ring degree");
+}
+
+}  // namespace
+}  // namespace cptune

@@ -1,0 +1,49 @@
+#pragma once
+// Command-line flags shared by every sub-command that names a shape, a mesh and a strategy
+// (layout, simulate, run, tune, lookup), and their conversion into a LayoutSpec.
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+
+#include "core/types.h"
+
+namespace cptune::cli {
+
+struct ShapeArgs {
+  std::string seq;       // "4097", "32k", "1M" (k = 1024); simulate also takes ranges
+  std::string seq_list;  // "77,4097": a packed batch of independent sequences
+  int64_t batch = 1;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;    // 0: same as heads
+  int64_t head_dim = 128;
+  int64_t v_head_dim = 0;  // 0: same as head_dim
+  std::string dtype = "bf16";
+  std::string mask = "full";
+};
+
+struct MeshArgs {
+  int64_t world = 0;
+  int64_t ulysses = 0;  // 0: fixed by the strategy, or required for hybrids
+  int64_t ring = 0;
+  std::string order = "ulysses-inner";
+  int64_t ranks_per_node = 0;  // 0: all ranks on one node
+};
+
+void add_shape_options(boost::program_options::options_description& desc, ShapeArgs& args);
+void add_mesh_options(boost::program_options::options_description& desc, MeshArgs& args);
+
+// "4097", "32k", "1M", "2G" -> tokens. Throws Error naming the text.
+int64_t parse_count(const std::string& text, const std::string& what);
+std::vector<int64_t> parse_count_list(const std::string& text, const std::string& what);
+
+AttentionShape to_shape(const ShapeArgs& args);  // seq must be one value here
+Mesh to_mesh(const MeshArgs& args);
+
+// Parses argv with desc; returns nullopt after printing help when --help was given.
+std::optional<boost::program_options::variables_map> parse_args(
+    const std::vector<std::string>& args, const boost::program_options::options_description& desc,
+    const std::string& usage);
+
+}  // namespace cptune::cli
