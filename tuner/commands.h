@@ -9,5 +9,12 @@ namespace cptune::cli {
 using Args = std::vector<std::string>;
 
 int cmd_layout(const Args& args);
+int cmd_simulate(const Args& args);
+int cmd_run(const Args& args);
+int cmd_tune(const Args& args);
+int cmd_lookup(const Args& args);
+int cmd_db(const Args& args);
+int cmd_calibrate(const Args& args);
+int cmd_validate(const Args& args);
 
 }  // namespace cptune::cli
