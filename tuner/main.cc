@@ -21,6 +21,7 @@ struct Command {
 
 constexpr Command kCommands[] = {
     {"layout", cptune::cli::cmd_layout, "per-rank layout of one strategy for one shape"},
+    {"run", cptune::cli::cmd_run, "run one strategy across local CPU ranks (Gloo), verify and time it"},
 };
 
 void usage(FILE* out) {

@@ -1,0 +1,41 @@
+#pragma once
+// The executor: runs one Layout for real on every rank of a Comm (Gloo CPU ranks here, NCCL
+// GPU ranks on GPUs), optionally verifies the output rows against a single-device reference,
+// and times every phase (slowest rank, median of N after W warm-ups).
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "backends/phase_timer.h"
+#include "core/layout.h"
+
+namespace cptune::backends {
+
+class Comm;
+
+struct ExecutorOptions {
+  int warmups = 1;
+  int iterations = 5;
+  bool verify = false;
+  uint64_t seed = 1;
+};
+
+struct RunResult {
+  std::vector<PhaseStats> phases;  // slowest rank per iteration; median, min, max
+  Spread time;                     // whole forward pass, slowest rank
+  int iterations = 0;
+  std::optional<double> max_abs_err;  // with verify: largest |O - O_ref| over all ranks
+  double tolerance = 0;               // with verify: allowed max_abs_err for the dtype
+  bool verified() const { return max_abs_err && *max_abs_err <= tolerance; }
+};
+
+// Largest allowed |O - O_ref| for outputs stored in dtype (fp32 accumulation everywhere; the
+// reference accumulates in double from the same rounded inputs).
+double verify_tolerance(DType dtype);
+
+// Every rank of `world` calls this with the same layout and options. Throws Error when the
+// ranks disagree on them, when a peer fails or times out.
+RunResult execute(const Layout& layout, Comm& world, const ExecutorOptions& options);
+
+}  // namespace cptune::backends

@@ -1,0 +1,97 @@
+// cptune run: one strategy for one shape, run for real across ranks, verified and timed.
+#include <iostream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "backends/comm.h"
+#include "backends/executor.h"
+#include "backends/launcher.h"
+#include "core/error.h"
+#include "core/layout.h"
+#include "tuner/commands.h"
+#include "tuner/format.h"
+#include "tuner/run_options.h"
+#include "tuner/shape_options.h"
+
+namespace po = boost::program_options;
+
+namespace cptune::cli {
+namespace {
+
+nlohmann::json spread_json(const backends::Spread& s) {
+  return {{"median", s.median_s}, {"min", s.min_s}, {"max", s.max_s}};
+}
+
+nlohmann::json result_json(const Layout& layout, const backends::RunResult& r, const std::string& backend) {
+  nlohmann::json phases = nlohmann::json::object();
+  for (const auto& p : r.phases) phases[p.name] = spread_json(p.time);
+  nlohmann::json out = {{"strategy", to_string(layout.strategy())},
+                        {"head_policy", to_string(layout.spec().head_policy)},
+                        {"order", to_string(layout.mesh().order)},
+                        {"world", layout.world()},
+                        {"ulysses", layout.ulysses()},
+                        {"ring", layout.ring()},
+                        {"backend", backend},
+                        {"iterations", r.iterations},
+                        {"time_s", spread_json(r.time)},
+                        {"phases", phases},
+                        {"verified", r.max_abs_err ? nlohmann::json(r.verified()) : nlohmann::json(nullptr)},
+                        {"max_abs_err", r.max_abs_err ? nlohmann::json(*r.max_abs_err) : nlohmann::json(nullptr)},
+                        {"tolerance", r.max_abs_err ? nlohmann::json(r.tolerance) : nlohmann::json(nullptr)}};
+  return out;
+}
+
+void print_result(const Layout& layout, const backends::RunResult& r, const std::string& backend, int warmups) {
+  std::cout << fmt::format("cptune run: {} ({}), world {} = U {} x R {}, {} ranks, dtype {}\n", to_string(layout.strategy()),
+                           to_string(layout.spec().head_policy), layout.world(), layout.ulysses(), layout.ring(), backend,
+                           to_string(layout.shape().dtype));
+  if (r.max_abs_err)
+    std::cout << fmt::format("verify: max |O - O_ref| = {:.3e}, tolerance {:.3e}: {}\n", *r.max_abs_err, r.tolerance,
+                             r.verified() ? "PASSED" : "FAILED");
+  std::cout << fmt::format("time: slowest rank per iteration, {} iterations after {} warm-up(s)\n", r.iterations, warmups);
+  std::cout << fmt::format("{:<14} {:>12} {:>12} {:>12}\n", "phase", "median", "min", "max");
+  for (const auto& p : r.phases)
+    std::cout << fmt::format("{:<14} {:>12} {:>12} {:>12}\n", p.name, human_seconds(p.time.median_s),
+                             human_seconds(p.time.min_s), human_seconds(p.time.max_s));
+  std::cout << fmt::format("{:<14} {:>12} {:>12} {:>12}\n", "total", human_seconds(r.time.median_s),
+                           human_seconds(r.time.min_s), human_seconds(r.time.max_s));
+}
+
+}  // namespace
+
+int cmd_run(const Args& args) {
+  ShapeArgs shape;
+  MeshArgs mesh;
+  RunArgs run;
+  std::string strategy = "uaa", policy = "balanced";
+  bool json = false;
+  po::options_description desc("run options");
+  add_shape_options(desc, shape);
+  add_mesh_options(desc, mesh);
+  add_run_options(desc, run);
+  desc.add_options()("strategy", po::value(&strategy)->default_value("uaa"),
+                     "ulysses, uaa, ring, ring-zigzag, allgather-kv, hybrid, hybrid-uaa")(
+      "head-policy", po::value(&policy)->default_value("balanced"), "balanced or kv-aligned")(
+      "json", po::bool_switch(&json), "print JSON instead of a table");
+  if (!parse_args(args, desc,
+                  "usage: cptune run --world P --strategy NAME --seq S --heads H [--kv-heads K] [--verify] [options]\n"
+                  "Starts P local CPU ranks over Gloo, or with --rendezvous runs the one rank an outside launcher\n"
+                  "(torchrun, mpirun, srun) started."))
+    return 0;
+  const Layout layout =
+      Layout::build({to_shape(shape), to_mesh(mesh), parse_strategy(strategy), parse_head_policy(policy)});
+  const backends::ExecutorOptions options = executor_options(run);
+  return backends::run_ranks(rank_launch(run, layout.world()), [&](backends::Comm& world) {
+    const backends::RunResult result = backends::execute(layout, world, options);
+    if (world.rank() == 0) {
+      if (json)
+        std::cout << result_json(layout, result, world.backend()).dump(2) << std::endl;
+      else
+        print_result(layout, result, world.backend(), options.warmups);
+    }
+    return result.max_abs_err && !result.verified() ? 1 : 0;
+  }, std::cerr);
+}
+
+}  // namespace cptune::cli
