@@ -179,8 +179,9 @@ void RankExecution::make_inputs() {
   int64_t max_shard = 0;
   for (int64_t r = 0; r < L_.ring(); ++r) max_shard = std::max(max_shard, L_.shard_padded_tokens(r));
   if (rotates_kv(L_.strategy()) && L_.ring() > 1) {
+    // Both rotating buffers must hold the largest shard: uneven shards pass through each.
     kv_next_.resize(static_cast<size_t>(B_ * max_shard * hkv * (D_ + Dv_) * eb_));
-    if (L_.ulysses() == 1) kv_attn_.resize(kv_next_.size());  // rotating buffers
+    kv_attn_.resize(std::max(kv_attn_.size(), kv_next_.size()));
   }
 }
 
@@ -410,6 +411,16 @@ double RankExecution::verify() const {
   store_output(ref, s_.dtype, ref_out.data(), static_cast<int64_t>(ref_out.size()));
   std::vector<float> got(static_cast<size_t>(B_ * t_in_ * s_.q_heads * Dv_)), want(got.size());
   to_float(o_out_.data(), s_.dtype, got.data(), static_cast<int64_t>(got.size()));
+  if (options_.corrupt_rank == me_.rank) {
+    int64_t offset = 0;  // the first real output row
+    for (const TokenRun& run : me_.input_runs) {
+      if (run.count > 0) {
+        got[static_cast<size_t>(offset * s_.q_heads * Dv_)] += 0.25f;
+        break;
+      }
+      offset += run.padded;
+    }
+  }
   to_float(ref_out.data(), s_.dtype, want.data(), static_cast<int64_t>(want.size()));
   const int64_t row = s_.q_heads * Dv_;
   double worst = 0;

@@ -19,6 +19,9 @@ struct ExecutorOptions {
   int iterations = 5;
   bool verify = false;
   uint64_t seed = 1;
+  // Test hook: this rank perturbs one element of its output before verifying, proving that
+  // --verify catches a wrong result. -1: never.
+  int corrupt_rank = -1;
 };
 
 struct RunResult {
