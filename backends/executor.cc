@@ -469,27 +469,46 @@ double verify_tolerance(DType dtype) {
 }
 
 RunResult execute(const Layout& layout, Comm& world, const ExecutorOptions& options) {
+  return execute_interleaved(std::span<const Layout>(&layout, 1), world, options).front();
+}
+
+std::vector<RunResult> execute_interleaved(std::span<const Layout> layouts, Comm& world, const ExecutorOptions& options) {
   if (options.iterations < 1) throw Error("iterations " + std::to_string(options.iterations) + " must be at least 1");
   if (options.warmups < 0) throw Error("warm-ups " + std::to_string(options.warmups) + " must not be negative");
-  check_same_arguments(layout, options, world);
-  RankExecution run(layout, world, options);
-  PhaseTimer warm({"meta", "qkv_a2a", "attention", "allgather_kv", "out_a2a"});
-  for (int i = 0; i < options.warmups; ++i) run.iterate(warm);
-  PhaseTimer timer({"meta", "qkv_a2a", "attention", "allgather_kv", "out_a2a"});
-  for (int i = 0; i < options.iterations; ++i) run.iterate(timer);
-
-  RunResult result;
-  result.phases = timer.phase_stats();
-  result.time = timer.total();
-  result.iterations = options.iterations;
-  if (options.verify) {
-    const double mine = run.verify();
-    std::vector<double> all(static_cast<size_t>(world.size()));
-    world.allgather_host(&mine, sizeof(mine), all.data());
-    result.max_abs_err = *std::max_element(all.begin(), all.end());
-    result.tolerance = verify_tolerance(layout.shape().dtype);
+  const std::vector<std::string> phases{"meta", "qkv_a2a", "attention", "allgather_kv", "out_a2a"};
+  std::vector<std::unique_ptr<RankExecution>> runs;
+  std::vector<PhaseTimer> timers;
+  for (const Layout& layout : layouts) {
+    check_same_arguments(layout, options, world);
+    runs.push_back(std::make_unique<RankExecution>(layout, world, options));
+    timers.emplace_back(phases);
   }
-  return result;
+  const size_t n = runs.size();
+  PhaseTimer warm(phases);
+  for (int i = 0; i < options.warmups; ++i)
+    for (auto& run : runs) run->iterate(warm);
+  for (int i = 0; i < options.iterations; ++i)
+    for (size_t j = 0; j < n; ++j) {
+      const size_t k = (j + static_cast<size_t>(i)) % n;
+      runs[k]->iterate(timers[k]);
+    }
+
+  std::vector<RunResult> results(n);
+  for (size_t k = 0; k < n; ++k) {
+    RunResult& result = results[k];
+    result.phases = timers[k].phase_stats();
+    result.time = timers[k].total();
+    result.samples = timers[k].totals();
+    result.iterations = options.iterations;
+    if (options.verify) {
+      const double mine = runs[k]->verify();
+      std::vector<double> all(static_cast<size_t>(world.size()));
+      world.allgather_host(&mine, sizeof(mine), all.data());
+      result.max_abs_err = *std::max_element(all.begin(), all.end());
+      result.tolerance = verify_tolerance(layouts[k].shape().dtype);
+    }
+  }
+  return results;
 }
 
 }  // namespace cptune::backends

@@ -4,6 +4,7 @@
 // and times every phase (slowest rank, median of N after W warm-ups).
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,7 @@ struct ExecutorOptions {
 struct RunResult {
   std::vector<PhaseStats> phases;  // slowest rank per iteration; median, min, max
   Spread time;                     // whole forward pass, slowest rank
+  std::vector<double> samples;     // that time for every timed iteration, in order
   int iterations = 0;
   std::optional<double> max_abs_err;  // with verify: largest |O - O_ref| over all ranks
   double tolerance = 0;               // with verify: allowed max_abs_err for the dtype
@@ -40,5 +42,11 @@ double verify_tolerance(DType dtype);
 // Every rank of `world` calls this with the same layout and options. Throws Error when the
 // ranks disagree on them, when a peer fails or times out.
 RunResult execute(const Layout& layout, Comm& world, const ExecutorOptions& options);
+
+// Runs several layouts of the same world side by side: iteration i runs every layout once,
+// starting with a different one each time, so drift and noise of a shared machine hit all of
+// them alike. Used by the tuner to compare candidates and by the benchmarks.
+std::vector<RunResult> execute_interleaved(std::span<const Layout> layouts, Comm& world,
+                                           const ExecutorOptions& options);
 
 }  // namespace cptune::backends

@@ -31,6 +31,7 @@ class PhaseTimer {
   void end_iteration(Comm& comm);
   std::vector<PhaseStats> phase_stats() const;  // phases that took any time on any rank
   Spread total() const { return spread_of(totals_); }
+  const std::vector<double>& totals() const { return totals_; }
   size_t iterations() const { return totals_.size(); }
 
  private:

@@ -1,0 +1,398 @@
+#include "backends/attention_cpu.h"
+
+#include <fmt/format.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "backends/dtype_convert.h"
+#include "core/error.h"
+
+namespace cptune::backends {
+namespace {
+
+// Query rows x key rows per tile: a 64x64 fp32 score tile and the 64-row Q and K, V slices
+// (D, Dv <= 128) stay in L1/L2 while Eigen multiplies them.
+constexpr int64_t kQueryTile = 64;
+constexpr int64_t kKeyTile = 64;
+constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+// Stands for "no bound" in key windows; far from INT64 limits so window arithmetic cannot wrap.
+constexpr int64_t kFar = std::numeric_limits<int64_t>::max() / 4;
+
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MatrixMap = Eigen::Map<RowMatrix>;
+using ConstMatrixMap = Eigen::Map<const RowMatrix>;
+using RowMatrixD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// ---- arguments a caller can get wrong -------------------------------------------------------
+
+void check_tensor(const TensorView& t, const char* name) {
+  if (t.tokens < 0 || t.heads < 1 || t.dim < 1)
+    throw Error(fmt::format("attention: {} has tokens={} heads={} dim={}; need tokens >= 0, heads >= 1, dim >= 1", name,
+                            t.tokens, t.heads, t.dim));
+  if (t.tokens > 0 && t.data == nullptr)
+    throw Error(fmt::format("attention: {} has {} tokens but no data", name, t.tokens));
+}
+
+void check_runs(std::span<const StoredRun> runs, int64_t tensor_tokens, const char* name) {
+  for (const StoredRun& run : runs) {
+    if (run.seq < 0 || run.begin < 0 || run.count < 0 || run.offset < 0 || run.offset + run.count > tensor_tokens)
+      throw Error(
+          fmt::format("attention: {} run (seq {}, positions {}+{}, rows from {}) does not fit a tensor of "
+                      "{} tokens; seq, begin, count and offset must be >= 0 and rows inside the tensor",
+                      name, run.seq, run.begin, run.count, run.offset, tensor_tokens));
+  }
+}
+
+void check_heads(const HeadMap& heads, int64_t q_heads, int64_t kv_heads) {
+  if (heads.group_size < 1 || heads.q_head_begin < 0 || heads.kv_head_begin < 0)
+    throw Error(
+        fmt::format("attention: head map q_head_begin={} kv_head_begin={} group_size={}; need group_size >= 1 "
+                    "and begins >= 0",
+                    heads.q_head_begin, heads.kv_head_begin, heads.group_size));
+  // kv_of is monotone in h, so its ends bound every head in between.
+  for (int64_t h : {int64_t{0}, q_heads - 1}) {
+    const int64_t kv = heads.kv_of(h);
+    if (kv < 0 || kv >= kv_heads)
+      throw Error(fmt::format(
+          "attention: local q head {} (global {}) reads local kv head {}, outside the {} kv heads "
+          "held (global {}..{}); check q_head_begin, kv_head_begin and group_size",
+          h, heads.q_head_begin + h, kv, kv_heads, heads.kv_head_begin, heads.kv_head_begin + kv_heads - 1));
+  }
+}
+
+void check_arguments(const Queries& queries, const KvBlock& block, const AttentionParams& params,
+                     const AttentionState& state) {
+  check_tensor(queries.q, "Q");
+  check_tensor(block.k, "K");
+  check_tensor(block.v, "V");
+  const TensorView &q = queries.q, &k = block.k, &v = block.v;
+  if (k.dim != q.dim) throw Error(fmt::format("attention: K head dim {} differs from Q head dim {}", k.dim, q.dim));
+  if (v.tokens != k.tokens || v.heads != k.heads)
+    throw Error(fmt::format("attention: V has {} tokens x {} heads but K has {} x {}; they must match", v.tokens,
+                            v.heads, k.tokens, k.heads));
+  if (state.tokens() != q.tokens || state.q_heads() != q.heads || state.v_dim() != v.dim)
+    throw Error(fmt::format("attention: state is {} tokens x {} heads x {} dims but Q, V need {} x {} x {}",
+                            state.tokens(), state.q_heads(), state.v_dim(), q.tokens, q.heads, v.dim));
+  check_runs(queries.runs, q.tokens, "Q");
+  check_runs(block.runs, k.tokens, "K,V");
+  check_heads(params.heads, q.heads, k.heads);
+  if (params.mask.kind == MaskKind::sliding_window && params.mask.window < 1)
+    throw Error(fmt::format("attention: sliding window {} must be >= 1 token", params.mask.window));
+  if (params.scale && !std::isfinite(*params.scale))
+    throw Error(fmt::format("attention: scale {} must be finite", *params.scale));
+}
+
+float scale_of(const AttentionParams& params, int64_t head_dim) {
+  return params.scale.value_or(1.0f / std::sqrt(static_cast<float>(head_dim)));
+}
+
+// ---- the mask as key ranges -----------------------------------------------------------------
+
+// Key positions [lo, hi) that query position i sees. Windows only move forward as i grows, so
+// a tile's queries together see [window(first).lo, window(last).hi).
+struct KeyWindow {
+  int64_t lo, hi;
+};
+
+KeyWindow window_of(const Mask& mask, int64_t i) {
+  switch (mask.kind) {
+    case MaskKind::full:
+      return {-kFar, kFar};
+    case MaskKind::causal:
+      return {-kFar, i + 1};
+    case MaskKind::sliding_window:
+      return {i - std::min(mask.window, kFar) + 1, i + 1};
+  }
+  assert(false);
+  return {0, 0};
+}
+
+// ---- fp32 head-major copies -----------------------------------------------------------------
+
+// A tensor widened to fp32 (times `scale`) and regrouped [heads][tokens][dim], so each head's
+// rows form one dense matrix for the tile products.
+class HeadMajor {
+ public:
+  HeadMajor(const TensorView& t, float scale)
+      : tokens_(t.tokens), dim_(t.dim), data_(static_cast<size_t>(t.tokens * t.heads * t.dim)) {
+    const auto* src = static_cast<const unsigned char*>(t.data);
+    const int64_t row_bytes = t.dim * dtype_bytes(t.dtype);
+    for (int64_t token = 0; token < t.tokens; ++token)
+      for (int64_t head = 0; head < t.heads; ++head)
+        to_float(src + (token * t.heads + head) * row_bytes, t.dtype, mutable_rows(head, token), t.dim);
+    if (scale != 1.0f) Eigen::Map<Eigen::ArrayXf>(data_.data(), static_cast<Eigen::Index>(data_.size())) *= scale;
+  }
+  const float* rows(int64_t head, int64_t token) const { return data_.data() + (head * tokens_ + token) * dim_; }
+
+ private:
+  float* mutable_rows(int64_t head, int64_t token) { return data_.data() + (head * tokens_ + token) * dim_; }
+  int64_t tokens_, dim_;
+  std::vector<float> data_;
+};
+
+// ---- merge by log-sum-exp -------------------------------------------------------------------
+
+// Merges a partial result (unnormalised output `acc` with softmax sum `sum` and LSE lse_b) into
+// a state row. Empty partials never reach here, so lse_b is finite and nothing becomes NaN.
+void merge_row(float* out, float& lse, const float* acc, float sum, float lse_b, int64_t v_dim) {
+  Eigen::Map<Eigen::ArrayXf> o(out, v_dim);
+  const Eigen::Map<const Eigen::ArrayXf> partial(acc, v_dim);
+  if (lse == kMinusInf) {
+    o = partial / sum;
+    lse = lse_b;
+    return;
+  }
+  const float merged = std::max(lse, lse_b) + std::log1p(std::exp(-std::abs(lse - lse_b)));
+  const float weight_a = std::exp(lse - merged);
+  const float weight_b = std::exp(lse_b - merged) / sum;
+  o = o * weight_a + partial * weight_b;
+  lse = merged;
+}
+
+// ---- one query tile, one head: flash attention over key tiles ---------------------------------
+
+// Online softmax of up to kQueryTile consecutive query rows of one run and one head across the
+// key tiles of one attend() call: running max, running sum and unnormalised output per row.
+class QueryTile {
+ public:
+  QueryTile(const Mask& mask, int64_t head_dim, int64_t v_dim)
+      : mask_(mask),
+        head_dim_(head_dim),
+        v_dim_(v_dim),
+        scores_(static_cast<size_t>(kQueryTile * kKeyTile)),
+        acc_(static_cast<size_t>(kQueryTile * v_dim)),
+        max_(kQueryTile),
+        sum_(kQueryTile) {}
+
+  // Starts rows [0, rows) at position `first_pos`; q holds their (pre-scaled) rows.
+  void start(const float* q, int64_t first_pos, int64_t rows) {
+    assert(rows >= 1 && rows <= kQueryTile);
+    q_ = q;
+    first_pos_ = first_pos;
+    rows_ = rows;
+    std::fill_n(acc_.begin(), rows * v_dim_, 0.0f);
+    std::fill_n(max_.begin(), rows, kMinusInf);
+    std::fill_n(sum_.begin(), rows, 0.0f);
+  }
+
+  // Key positions of `run` that some row of the tile sees (may be empty).
+  KeyWindow visible_in(const StoredRun& run) const {
+    return {std::max(run.begin, window_of(mask_, first_pos_).lo),
+            std::min(run.begin + run.count, window_of(mask_, first_pos_ + rows_ - 1).hi)};
+  }
+
+  // Adds keys at positions [key_pos, key_pos + keys) with rows k, v (keys <= kKeyTile).
+  void add_keys(const float* k, const float* v, int64_t key_pos, int64_t keys) {
+    assert(keys >= 1 && keys <= kKeyTile);
+    const ConstMatrixMap q(q_, rows_, head_dim_), kt(k, keys, head_dim_), vt(v, keys, v_dim_);
+    MatrixMap scores(scores_.data(), rows_, keys);
+    scores.noalias() = q * kt.transpose();
+    const bool all_visible =
+        window_of(mask_, first_pos_ + rows_ - 1).lo <= key_pos && window_of(mask_, first_pos_).hi >= key_pos + keys;
+    for (int64_t r = 0; r < rows_; ++r) {
+      KeyWindow cols{0, keys};
+      if (!all_visible) {
+        const KeyWindow w = window_of(mask_, first_pos_ + r);
+        cols = {std::clamp(w.lo - key_pos, int64_t{0}, keys), std::clamp(w.hi - key_pos, int64_t{0}, keys)};
+      }
+      softmax_row(r, cols, keys);
+    }
+    MatrixMap(acc_.data(), rows_, v_dim_).noalias() += scores * vt;
+  }
+
+  // Merges every row that saw a key into state rows [first_row, first_row + rows) of `head`.
+  void merge_into(AttentionState& state, int64_t first_row, int64_t head) const {
+    for (int64_t r = 0; r < rows_; ++r) {
+      if (sum_[r] == 0.0f) continue;
+      merge_row(state.out_row(first_row + r, head), state.lse_at(first_row + r, head), acc_.data() + r * v_dim_,
+                sum_[r], max_[r] + std::log(sum_[r]), v_dim_);
+    }
+  }
+
+ private:
+  // Turns score row r into softmax weights over its visible columns [cols.lo, cols.hi) (the
+  // rest become 0) and rescales the row's running sum and output to the new maximum.
+  void softmax_row(int64_t r, KeyWindow cols, int64_t keys) {
+    float* s = scores_.data() + r * keys;
+    if (cols.lo >= cols.hi) {
+      std::fill_n(s, keys, 0.0f);
+      return;
+    }
+    Eigen::Map<Eigen::ArrayXf> visible(s + cols.lo, cols.hi - cols.lo);
+    const float new_max = std::max(max_[r], visible.maxCoeff());
+    const float rescale = std::exp(max_[r] - new_max);  // exp(-inf) = 0 on the first keys
+    visible = (visible - new_max).exp();
+    std::fill(s, s + cols.lo, 0.0f);
+    std::fill(s + cols.hi, s + keys, 0.0f);
+    sum_[r] = sum_[r] * rescale + visible.sum();
+    if (rescale != 1.0f) Eigen::Map<Eigen::ArrayXf>(acc_.data() + r * v_dim_, v_dim_) *= rescale;
+    max_[r] = new_max;
+  }
+
+  Mask mask_;
+  int64_t head_dim_, v_dim_;
+  const float* q_ = nullptr;
+  int64_t first_pos_ = 0, rows_ = 0;
+  std::vector<float> scores_, acc_, max_, sum_;
+};
+
+// Runs of the block in the same sequence as `run`: only those can be visible.
+std::vector<const StoredRun*> same_sequence(const StoredRun& run, std::span<const StoredRun> runs) {
+  std::vector<const StoredRun*> out;
+  for (const StoredRun& other : runs)
+    if (other.seq == run.seq && other.count > 0) out.push_back(&other);
+  return out;
+}
+
+// ---- the naive reference ----------------------------------------------------------------------
+
+// Query i sees key j: the Mask definition of core/types.h, written out independently of
+// window_of so that the reference checks the kernel's tiling rather than repeating it.
+bool visible(const Mask& mask, int64_t i, int64_t j) {
+  switch (mask.kind) {
+    case MaskKind::full:
+      return true;
+    case MaskKind::causal:
+      return j <= i;
+    case MaskKind::sliding_window:
+      return i - mask.window < j && j <= i;
+  }
+  return false;
+}
+
+// One head of a tensor, [tokens][dim], in double (exact for every storage dtype).
+RowMatrixD head_in_double(const TensorView& t, int64_t head) {
+  RowMatrixD out(t.tokens, t.dim);
+  std::vector<float> row(static_cast<size_t>(t.dim));
+  const auto* src = static_cast<const unsigned char*>(t.data);
+  for (int64_t token = 0; token < t.tokens; ++token) {
+    to_float(src + (token * t.heads + head) * t.dim * dtype_bytes(t.dtype), t.dtype, row.data(), t.dim);
+    out.row(token) = Eigen::Map<const Eigen::VectorXf>(row.data(), t.dim).cast<double>().transpose();
+  }
+  return out;
+}
+
+// Softmax(scale q.k) V for one query row over every visible key, two passes over the scores.
+void reference_row(const RowMatrixD& q, const RowMatrixD& k, const RowMatrixD& v, int64_t q_row, int64_t pos,
+                   const StoredRun& q_run, const KvBlock& keys, const Mask& mask, double scale, float* out,
+                   float& lse) {
+  std::vector<double> scores;
+  std::vector<int64_t> key_rows;
+  for (const StoredRun& run : keys.runs) {
+    if (run.seq != q_run.seq) continue;
+    for (int64_t t = 0; t < run.count; ++t) {
+      if (!visible(mask, pos, run.begin + t)) continue;
+      scores.push_back(scale * q.row(q_row).dot(k.row(run.offset + t)));
+      key_rows.push_back(run.offset + t);
+    }
+  }
+  Eigen::Map<Eigen::VectorXf> o(out, v.cols());
+  if (scores.empty()) {
+    o.setZero();
+    lse = kMinusInf;
+    return;
+  }
+  const double max = *std::max_element(scores.begin(), scores.end());
+  double sum = 0;
+  Eigen::VectorXd acc = Eigen::VectorXd::Zero(v.cols());
+  for (size_t i = 0; i < scores.size(); ++i) {
+    const double p = std::exp(scores[i] - max);
+    sum += p;
+    acc += p * v.row(key_rows[i]).transpose();
+  }
+  o = (acc / sum).cast<float>();
+  lse = static_cast<float>(max + std::log(sum));
+}
+
+}  // namespace
+
+std::vector<StoredRun> stored_runs(std::span<const TokenRun> runs) {
+  std::vector<StoredRun> out;
+  int64_t offset = 0;
+  for (const TokenRun& run : runs) {
+    out.push_back({run.seq, run.begin, run.count, offset});
+    offset += std::max(run.padded, run.count);
+  }
+  return out;
+}
+
+std::vector<StoredRun> packed_runs(std::span<const int64_t> seq_lens) {
+  std::vector<StoredRun> out;
+  int64_t offset = 0;
+  for (size_t seq = 0; seq < seq_lens.size(); ++seq) {
+    out.push_back({static_cast<int32_t>(seq), 0, seq_lens[seq], offset});
+    offset += seq_lens[seq];
+  }
+  return out;
+}
+
+HeadMap HeadMap::of_rank(const RankLayout& rank, const AttentionShape& shape) {
+  return {rank.q_heads.begin, rank.kv_heads.begin, shape.group_size()};
+}
+
+AttentionState::AttentionState(int64_t tokens, int64_t q_heads, int64_t v_dim)
+    : tokens_(tokens), q_heads_(q_heads), v_dim_(v_dim) {
+  if (tokens < 0 || q_heads < 1 || v_dim < 1)
+    throw Error(fmt::format("attention state: tokens={} q_heads={} v_dim={}; need tokens >= 0, heads and dims >= 1",
+                            tokens, q_heads, v_dim));
+  clear();
+}
+
+void AttentionState::clear() {
+  out_.assign(static_cast<size_t>(tokens_ * q_heads_ * v_dim_), 0.0f);
+  lse_.assign(static_cast<size_t>(tokens_ * q_heads_), kMinusInf);
+}
+
+void attend(const Queries& queries, const KvBlock& block, const AttentionParams& params, AttentionState& state) {
+  check_arguments(queries, block, params, state);
+  const HeadMajor q(queries.q, scale_of(params, queries.q.dim)), k(block.k, 1.0f), v(block.v, 1.0f);
+  QueryTile tile(params.mask, queries.q.dim, block.v.dim);
+  for (const StoredRun& q_run : queries.runs) {
+    const std::vector<const StoredRun*> kv_runs = same_sequence(q_run, block.runs);
+    if (kv_runs.empty()) continue;
+    for (int64_t t0 = 0; t0 < q_run.count; t0 += kQueryTile) {
+      const int64_t rows = std::min(kQueryTile, q_run.count - t0);
+      for (int64_t h = 0; h < queries.q.heads; ++h) {
+        const int64_t kv = params.heads.kv_of(h);
+        tile.start(q.rows(h, q_run.offset + t0), q_run.begin + t0, rows);
+        for (const StoredRun* kv_run : kv_runs) {
+          const KeyWindow keys = tile.visible_in(*kv_run);
+          for (int64_t pos = keys.lo; pos < keys.hi; pos += kKeyTile) {
+            const int64_t row = kv_run->offset + (pos - kv_run->begin);
+            tile.add_keys(k.rows(kv, row), v.rows(kv, row), pos, std::min(kKeyTile, keys.hi - pos));
+          }
+        }
+        tile.merge_into(state, q_run.offset + t0, h);
+      }
+    }
+  }
+}
+
+void reference_attention(const Queries& queries, const KvBlock& keys, const AttentionParams& params,
+                         AttentionState& state) {
+  check_arguments(queries, keys, params, state);
+  const double scale = params.scale ? double{*params.scale} : 1.0 / std::sqrt(static_cast<double>(queries.q.dim));
+  for (int64_t h = 0; h < queries.q.heads; ++h) {
+    const int64_t kv = params.heads.kv_of(h);
+    const RowMatrixD q = head_in_double(queries.q, h), k = head_in_double(keys.k, kv), v = head_in_double(keys.v, kv);
+    for (const StoredRun& run : queries.runs)
+      for (int64_t t = 0; t < run.count; ++t)
+        reference_row(q, k, v, run.offset + t, run.begin + t, run, keys, params.mask, scale,
+                      state.out_row(run.offset + t, h), state.lse_at(run.offset + t, h));
+  }
+}
+
+void store_output(const AttentionState& state, DType dtype, void* out, int64_t out_bytes) {
+  const auto elems = static_cast<int64_t>(state.out().size());
+  if (out_bytes < elems * dtype_bytes(dtype))
+    throw Error(fmt::format("attention: output buffer of {} bytes is smaller than O ({} {} values, {} bytes)",
+                            out_bytes, elems, to_string(dtype), elems * dtype_bytes(dtype)));
+  from_float(state.out().data(), dtype, out, elems);
+}
+
+}  // namespace cptune::backends
