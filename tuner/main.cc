@@ -21,7 +21,11 @@ struct Command {
 
 constexpr Command kCommands[] = {
     {"layout", cptune::cli::cmd_layout, "per-rank layout of one strategy for one shape"},
+    {"simulate", cptune::cli::cmd_simulate, "predict and rank every candidate layout on a cluster (no hardware)"},
     {"run", cptune::cli::cmd_run, "run one strategy across local CPU ranks (Gloo), verify and time it"},
+    {"tune", cptune::cli::cmd_tune, "measure the promising candidates per shape and store the best (SQLite)"},
+    {"lookup", cptune::cli::cmd_lookup, "the best layout for a shape: measured, nearest measured, or simulated"},
+    {"db", cptune::cli::cmd_db, "list, show or export a tuning database"},
 };
 
 void usage(FILE* out) {

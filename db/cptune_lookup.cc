@@ -1,0 +1,196 @@
+// The C ABI over db::Lookup: checks every pointer and struct_size, converts, and turns every
+// exception into a status code and a thread-local message.
+#include "db/cptune_lookup.h"
+
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "core/error.h"
+#include "cptune/version.h"
+#include "db/lookup.h"
+
+struct cptune_lookup {
+  cptune::db::Lookup lookup;
+};
+
+namespace {
+
+using cptune::db::Answer;
+using cptune::db::ShapeView;
+
+thread_local std::string last_error;
+
+int fail(int status, const char* message) noexcept {
+  try {
+    last_error = message;
+  } catch (...) {
+    last_error.clear();  // out of memory for the message itself: the status still says what happened
+  }
+  return status;
+}
+
+// Runs body, mapping what it throws: Error (a user's mistake) to user_error, anything else
+// to CPTUNE_LOOKUP_ERROR_INTERNAL.
+template <typename Body>
+int guarded(int user_error, Body body) noexcept {
+  try {
+    return body();
+  } catch (const cptune::Error& e) {
+    return fail(user_error, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(CPTUNE_LOOKUP_ERROR_INTERNAL, "out of memory");
+  } catch (const std::exception& e) {
+    return fail(CPTUNE_LOOKUP_ERROR_INTERNAL, e.what());
+  } catch (...) {
+    return fail(CPTUNE_LOOKUP_ERROR_INTERNAL, "unknown exception");
+  }
+}
+
+const char* or_empty(const char* s) { return s ? s : ""; }
+
+// Messages formatted into a stack buffer: argument checks allocate nothing that could throw.
+int check_struct(const void* ptr, size_t struct_size, size_t expected, const char* name) noexcept {
+  char message[192];
+  if (!ptr) {
+    std::snprintf(message, sizeof message, "%s pointer is NULL", name);
+    return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, message);
+  }
+  if (struct_size < expected) {
+    std::snprintf(message, sizeof message, "%s.struct_size is %zu, expected at least %zu; set it to sizeof(%s)", name,
+                  struct_size, expected, name);
+    return fail(CPTUNE_LOOKUP_ERROR_STRUCT_SIZE, message);
+  }
+  return CPTUNE_LOOKUP_OK;
+}
+
+cptune::db::Fingerprint to_fingerprint(const cptune_fingerprint& fp) {
+  if (!fp.backend || !fp.device_model) throw cptune::Error("fingerprint backend and device_model must not be NULL");
+  if (fp.world < 1 || fp.ranks_per_node < 1 || fp.nodes < 1)
+    throw cptune::Error("fingerprint world, ranks_per_node and nodes must be at least 1");
+  return cptune::db::Fingerprint{fp.backend, fp.device_model, fp.world, fp.ranks_per_node,
+                                 fp.nodes,   or_empty(fp.library_versions), or_empty(fp.cptune_version)};
+}
+
+// No allocation for a valid shape: the exact-hit path stays allocation-free through the ABI.
+ShapeView to_view(const cptune_shape& s) {
+  if (s.num_seqs == 0 || !s.seq_lens) throw cptune::Error("shape needs seq_lens and num_seqs >= 1");
+  for (size_t i = 0; i < s.num_seqs; ++i)
+    if (s.seq_lens[i] < 1) throw cptune::Error("shape seq_lens[" + std::to_string(i) + "] must be at least 1");
+  if (s.batch < 1 || s.q_heads < 1 || s.kv_heads < 0 || s.head_dim < 1 || s.v_head_dim < 0)
+    throw cptune::Error("shape batch, q_heads and head_dim must be at least 1, kv_heads and v_head_dim at least 0");
+  ShapeView v;
+  v.batch = s.batch;
+  v.seq_lens = {s.seq_lens, s.num_seqs};
+  v.q_heads = s.q_heads;
+  v.kv_heads = s.kv_heads ? s.kv_heads : s.q_heads;
+  v.head_dim = s.head_dim;
+  v.v_head_dim = s.v_head_dim ? s.v_head_dim : s.head_dim;
+  v.dtype = s.dtype ? cptune::parse_dtype(s.dtype) : cptune::DType::bf16;
+  v.mask = s.mask ? cptune::parse_mask(s.mask) : cptune::Mask{};
+  return v;
+}
+
+void copy_name(char (&dst)[CPTUNE_LOOKUP_NAME_SIZE], std::string_view name) {
+  const size_t n = std::min(name.size(), sizeof(dst) - 1);
+  std::memcpy(dst, name.data(), n);
+  dst[n] = '\0';
+}
+
+void fill_choice(const Answer& a, cptune_choice& out) {
+  copy_name(out.strategy, cptune::to_string(a.strategy));
+  out.ulysses = a.ulysses;
+  out.ring = a.ring;
+  copy_name(out.rank_order, cptune::to_string(a.order));
+  copy_name(out.head_policy, cptune::to_string(a.head_policy));
+  out.time_s = a.time_s;
+  out.source = int32_t(a.source);
+  out.measured_tokens = a.measured_tokens;
+}
+
+static_assert(int(cptune::db::Source::exact) == CPTUNE_LOOKUP_SOURCE_EXACT);
+static_assert(int(cptune::db::Source::nearest) == CPTUNE_LOOKUP_SOURCE_NEAREST);
+static_assert(int(cptune::db::Source::simulated) == CPTUNE_LOOKUP_SOURCE_SIMULATED);
+
+}  // namespace
+
+extern "C" {
+
+int cptune_lookup_version(void) { return CPTUNE_LOOKUP_ABI_VERSION; }
+
+const char* cptune_lookup_library_version(void) { return CPTUNE_VERSION_STRING; }
+
+int cptune_lookup_open(const char* db_path, const cptune_fingerprint* fp, cptune_lookup** out) {
+  if (!out) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "out is NULL");
+  *out = nullptr;
+  if (!db_path) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "db_path is NULL");
+  if (int status = check_struct(fp, fp ? fp->struct_size : 0, sizeof(cptune_fingerprint), "cptune_fingerprint"))
+    return status;
+  cptune::db::Fingerprint fingerprint;
+  if (int status = guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
+        fingerprint = to_fingerprint(*fp);
+        return CPTUNE_LOOKUP_OK;
+      }))
+    return status;
+  return guarded(CPTUNE_LOOKUP_ERROR_DATABASE, [&] {
+    *out = new cptune_lookup{cptune::db::Lookup::open(db_path, fingerprint)};
+    return CPTUNE_LOOKUP_OK;
+  });
+}
+
+int cptune_lookup_query(const cptune_lookup* lookup, const cptune_shape* shape, cptune_choice* out) {
+  if (!lookup) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "lookup is NULL");
+  if (int status = check_struct(shape, shape ? shape->struct_size : 0, sizeof(cptune_shape), "cptune_shape"))
+    return status;
+  if (int status = check_struct(out, out ? out->struct_size : 0, sizeof(cptune_choice), "cptune_choice"))
+    return status;
+  return guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
+    const std::optional<Answer> answer = lookup->lookup.query(to_view(*shape));
+    if (!answer) return CPTUNE_LOOKUP_NOT_FOUND;
+    fill_choice(*answer, *out);
+    return CPTUNE_LOOKUP_OK;
+  });
+}
+
+size_t cptune_lookup_shapes(const cptune_lookup* lookup) { return lookup ? lookup->lookup.shapes() : 0; }
+
+void cptune_lookup_close(cptune_lookup* lookup) { delete lookup; }
+
+const char* cptune_lookup_last_error(void) { return last_error.c_str(); }
+
+const char* cptune_lookup_status_name(int status) {
+  switch (status) {
+    case CPTUNE_LOOKUP_OK:
+      return "ok";
+    case CPTUNE_LOOKUP_NOT_FOUND:
+      return "not-found";
+    case CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT:
+      return "null-argument";
+    case CPTUNE_LOOKUP_ERROR_STRUCT_SIZE:
+      return "struct-size";
+    case CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT:
+      return "invalid-argument";
+    case CPTUNE_LOOKUP_ERROR_DATABASE:
+      return "database";
+    case CPTUNE_LOOKUP_ERROR_INTERNAL:
+      return "internal";
+    default:
+      return "unknown";
+  }
+}
+
+const char* cptune_lookup_source_name(int source) {
+  switch (source) {
+    case CPTUNE_LOOKUP_SOURCE_EXACT:
+      return "exact";
+    case CPTUNE_LOOKUP_SOURCE_NEAREST:
+      return "nearest";
+    case CPTUNE_LOOKUP_SOURCE_SIMULATED:
+      return "simulated";
+    default:
+      return "unknown";
+  }
+}
+
+}  // extern "C"

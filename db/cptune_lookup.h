@@ -1,0 +1,128 @@
+/* cptune_lookup.h: the C ABI of the cptune lookup library (libcptune_lookup.so).
+ *
+ * An engine asks which context-parallel layout is fastest for an attention shape on its
+ * cluster. The library opens a database written by `cptune tune` read-only, keeps the rows of
+ * the caller's fingerprint in memory and closes the file; a query is then a hash lookup.
+ *
+ * Conventions: every struct starts with struct_size, which the caller sets to sizeof(struct);
+ * every function returns a status code (0 success, 1 no answer, negative an error) and never
+ * lets an exception or a crash through; after a negative status, cptune_lookup_last_error()
+ * says what was wrong. A handle may be queried from several threads at once.
+ *
+ *   cptune_fingerprint fp = {sizeof fp, "gloo", "cpu", 4, 4, 1, NULL, NULL};
+ *   cptune_lookup* lookup = NULL;
+ *   if (cptune_lookup_open("tune.db", &fp, &lookup) != CPTUNE_LOOKUP_OK) { ...last_error()... }
+ *   int64_t seq = 4096;
+ *   cptune_shape shape = {sizeof shape, 1, &seq, 1, 32, 8, 128, 128, "bf16", "causal"};
+ *   cptune_choice choice = {sizeof choice};
+ *   int status = cptune_lookup_query(lookup, &shape, &choice);
+ *   cptune_lookup_close(lookup);
+ */
+#ifndef CPTUNE_LOOKUP_H
+#define CPTUNE_LOOKUP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define CPTUNE_LOOKUP_API __attribute__((visibility("default")))
+#else
+#define CPTUNE_LOOKUP_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped when a struct or function changes incompatibly; the soname carries it too. */
+#define CPTUNE_LOOKUP_ABI_VERSION 1
+
+/* Status codes. */
+#define CPTUNE_LOOKUP_OK 0
+#define CPTUNE_LOOKUP_NOT_FOUND 1                /* no measurement and no simulator answer */
+#define CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT (-1)    /* a required pointer was NULL */
+#define CPTUNE_LOOKUP_ERROR_STRUCT_SIZE (-2)      /* struct_size smaller than this ABI's struct */
+#define CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT (-3) /* a bad value: unknown dtype, empty seq_lens, ... */
+#define CPTUNE_LOOKUP_ERROR_DATABASE (-4)         /* missing, unreadable, corrupt or newer database */
+#define CPTUNE_LOOKUP_ERROR_INTERNAL (-5)         /* out of memory or a bug; the message says which */
+
+/* Where an answer came from (cptune_choice.source). */
+#define CPTUNE_LOOKUP_SOURCE_EXACT 0     /* this shape was measured */
+#define CPTUNE_LOOKUP_SOURCE_NEAREST 1   /* the closest measured sequence length of the same family */
+#define CPTUNE_LOOKUP_SOURCE_SIMULATED 2 /* no data for the family: the simulator's pick */
+
+#define CPTUNE_LOOKUP_NAME_SIZE 32
+
+typedef struct cptune_lookup cptune_lookup;
+
+/* The cluster the caller runs on. Rows measured on another fingerprint are never returned.
+ * library_versions and cptune_version: NULL or "" matches any, the fingerprint recorded last
+ * among those with equal hardware fields winning. */
+typedef struct cptune_fingerprint {
+  size_t struct_size;
+  const char* backend;      /* "gloo", "nccl" */
+  const char* device_model; /* "cpu", "NVIDIA H100 80GB HBM3" */
+  int64_t world;            /* ranks in the context-parallel group */
+  int64_t ranks_per_node;
+  int64_t nodes;
+  const char* library_versions;
+  const char* cptune_version;
+} cptune_fingerprint;
+
+/* One attention call. kv_heads 0 means q_heads; v_head_dim 0 means head_dim; dtype NULL means
+ * "bf16"; mask NULL means "full". */
+typedef struct cptune_shape {
+  size_t struct_size;
+  int64_t batch;
+  const int64_t* seq_lens; /* tokens of each packed sequence */
+  size_t num_seqs;
+  int64_t q_heads;
+  int64_t kv_heads;
+  int64_t head_dim;
+  int64_t v_head_dim;
+  const char* dtype; /* "bf16", "fp16", "fp32" */
+  const char* mask;  /* "full", "causal", "sliding:4096" */
+} cptune_shape;
+
+/* The layout to run. Names as the cptune CLI spells them, NUL-terminated. */
+typedef struct cptune_choice {
+  size_t struct_size;
+  char strategy[CPTUNE_LOOKUP_NAME_SIZE];    /* "ulysses", "uaa", "ring", "ring-zigzag", "allgather-kv",
+                                                "hybrid", "hybrid-uaa" */
+  int64_t ulysses;                           /* U */
+  int64_t ring;                              /* R */
+  char rank_order[CPTUNE_LOOKUP_NAME_SIZE];  /* "ulysses-inner", "ring-inner" */
+  char head_policy[CPTUNE_LOOKUP_NAME_SIZE]; /* "balanced", "kv-aligned" */
+  double time_s;            /* measured median (exact; nearest: of the shape measured) or predicted */
+  int32_t source;           /* CPTUNE_LOOKUP_SOURCE_* */
+  int64_t measured_tokens;  /* total tokens of the shape measured; 0 when simulated */
+} cptune_choice;
+
+/* CPTUNE_LOOKUP_ABI_VERSION of the library actually loaded. */
+CPTUNE_LOOKUP_API int cptune_lookup_version(void);
+/* The cptune release the library was built from, e.g. "0.1.0". */
+CPTUNE_LOOKUP_API const char* cptune_lookup_library_version(void);
+
+/* Loads the rows of fp from db_path. On success *out is a handle for cptune_lookup_close; on
+ * failure *out is NULL. A fingerprint with no rows is a success with no measured shapes. */
+CPTUNE_LOOKUP_API int cptune_lookup_open(const char* db_path, const cptune_fingerprint* fp, cptune_lookup** out);
+/* Fills *out and returns CPTUNE_LOOKUP_OK, or returns CPTUNE_LOOKUP_NOT_FOUND or an error. */
+CPTUNE_LOOKUP_API int cptune_lookup_query(const cptune_lookup* lookup, const cptune_shape* shape, cptune_choice* out);
+/* Shapes measured under the fingerprint (0 when it has no rows); 0 for NULL. */
+CPTUNE_LOOKUP_API size_t cptune_lookup_shapes(const cptune_lookup* lookup);
+/* Frees the handle; NULL is a no-op. */
+CPTUNE_LOOKUP_API void cptune_lookup_close(cptune_lookup* lookup);
+
+/* Message of the most recent failed call on this thread ("" if none); valid until the next
+ * failed call on this thread. */
+CPTUNE_LOOKUP_API const char* cptune_lookup_last_error(void);
+/* "ok", "not-found", "null-argument", ...; "unknown" for other values. */
+CPTUNE_LOOKUP_API const char* cptune_lookup_status_name(int status);
+/* "exact", "nearest", "simulated"; "unknown" for other values. */
+CPTUNE_LOOKUP_API const char* cptune_lookup_source_name(int source);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CPTUNE_LOOKUP_H */

@@ -1,0 +1,75 @@
+#pragma once
+// db::Lookup: what an engine asks at run time. Opens the store read-only once, keeps the best
+// row of every shape measured under the caller's fingerprint in memory, and closes the file.
+// A query answers, in this order: the exact shape (a hash probe, no allocation); the nearest
+// measured shape of the same family (closest total tokens in log distance); the injected
+// fallback, the simulator's pick; or nothing.
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "db/flat_index.h"
+#include "db/records.h"
+
+namespace cptune::db {
+
+enum class Source { exact, nearest, simulated };
+std::string_view to_string(Source s);  // "exact", "nearest", "simulated"
+
+struct Answer {
+  Strategy strategy = Strategy::uaa;
+  int64_t ulysses = 1;
+  int64_t ring = 1;
+  RankOrder order = RankOrder::ulysses_inner;
+  HeadPolicy head_policy = HeadPolicy::balanced;
+  double time_s = 0;           // measured median (exact, nearest: of the shape measured) or predicted
+  Source source = Source::exact;
+  int64_t measured_tokens = 0;  // total tokens of the shape the answer was measured on; 0 if simulated
+};
+
+// The simulator's pick for a shape the store has no family for; nullopt if it has none either.
+// Called only on that path, so it may allocate and take its time.
+using Fallback = std::function<std::optional<Answer>(const ShapeKey&)>;
+
+class Lookup {
+ public:
+  // Throws Error when the database cannot be read (missing, not a database, corrupt, newer).
+  // A fingerprint with no rows in the file is not an error: every query goes to the fallback.
+  // See Store::match_fingerprint for how fp is matched (empty version fields match any).
+  static Lookup open(const std::string& db_path, const Fingerprint& fp, Fallback fallback = {});
+  // The same from rows already read, for callers that hold a Store open. Takes the rows by
+  // value so their shapes move into the table instead of being copied.
+  explicit Lookup(std::vector<BestRow> rows, Fallback fallback = {});
+
+  std::optional<Answer> query(const ShapeView& shape) const;
+  std::optional<Answer> query(const ShapeKey& shape) const { return query(view_of(shape)); }
+
+  size_t shapes() const { return entries_.size(); }
+  std::optional<int64_t> fingerprint_id() const { return fingerprint_id_; }
+
+ private:
+  struct Entry {
+    ShapeKey shape;
+    Answer answer;
+  };
+  // Shapes of one family, by log of total tokens ascending, for the nearest answer.
+  struct Family {
+    ShapeFamily family;
+    std::vector<std::pair<double, uint32_t>> by_log_tokens;  // (log tokens, entry)
+  };
+
+  std::optional<Answer> exact(const ShapeView& shape, uint64_t hash) const;
+  std::optional<Answer> nearest(const ShapeView& shape) const;
+  void add_to_family(uint32_t entry);
+
+  std::vector<Entry> entries_;
+  FlatIndex by_shape_;
+  std::vector<Family> families_;
+  FlatIndex by_family_;
+  Fallback fallback_;
+  std::optional<int64_t> fingerprint_id_;
+};
+
+}  // namespace cptune::db

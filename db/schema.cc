@@ -1,0 +1,184 @@
+#include "db/schema.h"
+
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "core/error.h"
+#include "db/sqlite.h"
+
+namespace cptune::db {
+namespace {
+
+// kMigrations[v] takes a database from user_version v to v + 1. Append; never edit a shipped one.
+constexpr const char* kMigrations[] = {
+    // 0 -> 1: the whole first schema.
+    R"sql(
+CREATE TABLE fingerprints (
+  id INTEGER PRIMARY KEY,
+  backend TEXT NOT NULL,
+  device_model TEXT NOT NULL,
+  world INTEGER NOT NULL CHECK (world >= 1),
+  ranks_per_node INTEGER NOT NULL CHECK (ranks_per_node >= 1),
+  nodes INTEGER NOT NULL CHECK (nodes >= 1),
+  library_versions TEXT NOT NULL,
+  cptune_version TEXT NOT NULL,
+  UNIQUE (backend, device_model, world, ranks_per_node, nodes, library_versions, cptune_version)
+);
+CREATE TABLE shapes (
+  id INTEGER PRIMARY KEY,
+  batch INTEGER NOT NULL CHECK (batch >= 1),
+  seq_lens TEXT NOT NULL,          -- "77,4097": tokens of each packed sequence
+  total_tokens INTEGER NOT NULL,   -- their sum, for the nearest-shape rule and sorting
+  q_heads INTEGER NOT NULL,
+  kv_heads INTEGER NOT NULL,
+  head_dim INTEGER NOT NULL,
+  v_head_dim INTEGER NOT NULL,
+  dtype TEXT NOT NULL,             -- "bf16", "fp16", "fp32"
+  mask TEXT NOT NULL,              -- "full", "causal", "sliding:4096"
+  UNIQUE (batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask)
+);
+CREATE TABLE candidates (
+  id INTEGER PRIMARY KEY,
+  strategy TEXT NOT NULL,
+  ulysses INTEGER NOT NULL CHECK (ulysses >= 1),
+  ring INTEGER NOT NULL CHECK (ring >= 1),
+  rank_order TEXT NOT NULL,
+  head_policy TEXT NOT NULL,
+  UNIQUE (strategy, ulysses, ring, rank_order, head_policy)
+);
+CREATE TABLE measurements (
+  id INTEGER PRIMARY KEY,
+  fingerprint_id INTEGER NOT NULL REFERENCES fingerprints (id),
+  shape_id INTEGER NOT NULL REFERENCES shapes (id),
+  candidate_id INTEGER NOT NULL REFERENCES candidates (id),
+  median_s REAL NOT NULL,           -- slowest rank, median over iterations
+  min_s REAL NOT NULL,
+  max_s REAL NOT NULL,
+  iterations INTEGER NOT NULL,
+  phase_medians_s TEXT NOT NULL,    -- JSON object: phase -> median seconds
+  verify_max_abs_error REAL,        -- NULL: not verified
+  predicted_s REAL,                 -- the simulator's time, NULL when it did not rank it
+  profile TEXT NOT NULL,            -- hardware profile that ranked the candidate
+  measured_at TEXT NOT NULL         -- ISO 8601 UTC
+);
+-- Serves the best view, has_shape and the lookup's load: one index range per fingerprint,
+-- covering (candidate_id included), so the winners are found without reading the table.
+CREATE INDEX measurements_by_shape ON measurements (fingerprint_id, shape_id, median_s, candidate_id);
+-- The fastest candidate per (fingerprint, shape). SQLite takes the bare columns of a query
+-- with a single min() from the row that holds the minimum.
+CREATE VIEW best AS
+SELECT w.fingerprint_id, w.shape_id, w.candidate_id, w.measurement_id, w.median_s, w.measurements,
+       s.batch, s.seq_lens, s.total_tokens, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, s.dtype, s.mask,
+       c.strategy, c.ulysses, c.ring, c.rank_order, c.head_policy
+FROM (SELECT fingerprint_id, shape_id, candidate_id, id AS measurement_id, min(median_s) AS median_s,
+             count(*) AS measurements
+      FROM measurements GROUP BY fingerprint_id, shape_id) AS w
+JOIN shapes AS s ON s.id = w.shape_id
+JOIN candidates AS c ON c.id = w.candidate_id;
+)sql",
+};
+static_assert(std::size(kMigrations) == kSchemaVersion);
+
+struct Header {
+  int64_t application_id = 0;
+  int64_t user_version = 0;
+  int64_t schema_objects = 0;
+};
+
+int64_t pragma_int(const Connection& conn, const char* sql) {
+  Statement st(conn, sql);
+  return st.step() ? st.column_int(0) : 0;
+}
+
+// Reading sqlite_schema makes SQLite read the file header: this is where a file that is not
+// a database, or is damaged at the start, is found, before anything is written. One read
+// transaction, so the three values come from one snapshot even while another tuner migrates.
+Header read_header(const Connection& conn) {
+  Transaction snapshot(conn, Transaction::Kind::read);
+  Header h;
+  h.application_id = pragma_int(conn, "PRAGMA application_id");
+  h.user_version = pragma_int(conn, "PRAGMA user_version");
+  h.schema_objects = pragma_int(conn, "SELECT count(*) FROM sqlite_schema");
+  snapshot.commit();
+  return h;
+}
+
+void check_header(const Connection& conn, const Header& h) {
+  const std::string& path = conn.path();
+  if (h.application_id != 0 && h.application_id != kApplicationId)
+    throw Error("database '" + path + "' belongs to another program (application id " +
+                std::to_string(h.application_id) + "); pass a cptune database or a new file name");
+  if (h.application_id == 0 && h.user_version == 0 && h.schema_objects > 0)
+    throw Error("database '" + path + "' is an SQLite database of another program, not cptune's; " +
+                "pass a cptune database or a new file name");
+  if (h.user_version > kSchemaVersion)
+    throw Error("database '" + path + "' was written by a newer cptune (schema version " +
+                std::to_string(h.user_version) + "; this cptune knows up to " + std::to_string(kSchemaVersion) +
+                "); use that cptune or a new file name");
+}
+
+// Writers check every page once before they add to a file; readers find damage as they read.
+void quick_check(const Connection& conn) {
+  Statement st(conn, "PRAGMA quick_check");
+  std::string problems;
+  while (st.step()) {
+    const std::string line = st.column_text(0);
+    if (line != "ok") problems += (problems.empty() ? "" : "; ") + line;
+  }
+  if (!problems.empty())
+    throw Error("database '" + conn.path() + "' is corrupt (" + problems +
+                "); restore it from a copy or tune again into a new file");
+}
+
+void migrate(const Connection& conn) {
+  for (;;) {
+    Transaction tx(conn, Transaction::Kind::write);
+    // Read again under the write lock: another tuner may have migrated the file meanwhile.
+    const int64_t version = pragma_int(conn, "PRAGMA user_version");
+    if (version >= kSchemaVersion) return;
+    conn.exec(kMigrations[version]);
+    conn.exec(("PRAGMA user_version = " + std::to_string(version + 1)).c_str());
+    conn.exec(("PRAGMA application_id = " + std::to_string(kApplicationId)).c_str());
+    tx.commit();
+  }
+}
+
+// WAL lets readers (the lookup, cptune db) run while a tuner writes. Switching needs the file to
+// itself, and SQLite answers BUSY at once instead of waiting, so two tuners starting on a new
+// file retry here for as long as the busy timeout would have waited.
+void enable_wal(const Connection& conn) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!conn.try_exec("PRAGMA journal_mode = WAL")) {
+    if (std::chrono::steady_clock::now() > deadline)
+      throw Error("database '" + conn.path() + "' stayed locked by another process for 10 s while switching to WAL; " +
+                  "try again");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+}  // namespace
+
+void open_for_writing(const Connection& conn) {
+  check_header(conn, read_header(conn));
+  quick_check(conn);
+  migrate(conn);
+  enable_wal(conn);
+  // NORMAL in WAL keeps every committed shape when the process is killed (only a power cut
+  // may lose the last commits), at a fraction of FULL's fsyncs.
+  conn.exec("PRAGMA synchronous = NORMAL");
+  conn.exec("PRAGMA foreign_keys = ON");
+}
+
+void check_for_reading(const Connection& conn) {
+  const Header h = read_header(conn);
+  check_header(conn, h);
+  if (h.user_version == 0)
+    throw Error("database '" + conn.path() + "' holds no cptune data yet; run 'cptune tune --db " + conn.path() +
+                "' first");
+  if (h.user_version < kSchemaVersion)
+    throw Error("database '" + conn.path() + "' has the older schema version " + std::to_string(h.user_version) +
+                "; run 'cptune tune --db " + conn.path() + "' once to migrate it");
+}
+
+}  // namespace cptune::db

@@ -1,0 +1,22 @@
+#pragma once
+// The versioned schema of the store. PRAGMA user_version holds the version; each migration
+// takes the database one version up inside one write transaction. PRAGMA application_id
+// marks the file as cptune's, so another program's SQLite database is refused, not altered.
+#include <cstdint>
+
+namespace cptune::db {
+
+class Connection;
+
+inline constexpr int kSchemaVersion = 1;
+inline constexpr int32_t kApplicationId = 0x43505455;  // "CPTU"
+
+// Writers: checks the file, then brings it to kSchemaVersion (an empty or new file gets the
+// whole schema), and switches it to WAL. Throws Error, with the file untouched, when it is not
+// a database, is corrupt, belongs to another program, or comes from a newer cptune.
+void open_for_writing(const Connection& conn);
+
+// Readers: the same checks, read-only; the schema must already be kSchemaVersion.
+void check_for_reading(const Connection& conn);
+
+}  // namespace cptune::db

@@ -1,0 +1,12 @@
+#pragma once
+// The lookup's last resort: when nothing of a shape's family was measured, answer with the
+// simulator's fastest feasible candidate on the given hardware description and cluster.
+#include "db/lookup.h"
+#include "sim/candidates.h"
+#include "sim/hardware.h"
+
+namespace cptune::db {
+
+Fallback simulator_fallback(sim::Hardware hardware, sim::Cluster cluster, sim::PredictOptions options = {});
+
+}  // namespace cptune::db

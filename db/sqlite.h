@@ -1,0 +1,94 @@
+#pragma once
+// A thin RAII layer over the SQLite C API: one connection, prepared statements with bound
+// parameters (values never become SQL text), and errors that name the database file.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace cptune::db {
+
+enum class OpenMode {
+  read_write,  // the tuner: creates a missing file
+  read_only,   // readers and the lookup: the file must exist; SQLITE_OPEN_READONLY
+};
+
+// One thread at a time may use a Connection and its Statements.
+class Connection {
+ public:
+  // Throws Error naming the path when it cannot be opened. Nothing is read or written yet.
+  Connection(std::string path, OpenMode mode);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  sqlite3* handle() const { return db_; }
+  const std::string& path() const { return path_; }
+  OpenMode mode() const { return mode_; }
+
+  // Runs SQL without parameters (schema, pragmas, BEGIN/COMMIT).
+  void exec(const char* sql) const;
+  // The same, but returns false instead of throwing when another connection holds a lock.
+  bool try_exec(const char* sql) const;
+  // Throws Error for SQLite result code rc: the path, what was being done, SQLite's message
+  // and what the user can do about it.
+  [[noreturn]] void fail(int rc, std::string_view doing) const;
+
+ private:
+  sqlite3* db_ = nullptr;
+  std::string path_;
+  OpenMode mode_;
+};
+
+class Statement {
+ public:
+  Statement(const Connection& conn, const char* sql);
+  ~Statement();
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  // Parameters are 1-based, as in SQLite.
+  Statement& bind(int index, int64_t value);
+  Statement& bind(int index, double value);
+  Statement& bind(int index, std::string_view value);
+  Statement& bind(int index, std::optional<double> value);  // nullopt binds NULL
+
+  bool step();   // true: a row is ready; false: done
+  void reset();  // ready to bind and step again; keeps nothing bound from before
+  void run();    // steps a statement that returns no rows
+
+  int64_t column_int(int col) const;
+  double column_double(int col) const;
+  std::string column_text(int col) const;
+  std::optional<double> column_optional_double(int col) const;
+
+ private:
+  void check_bind(int rc, int index) const;
+
+  const Connection& conn_;
+  sqlite3_stmt* stmt_ = nullptr;
+  const char* sql_;
+};
+
+// A transaction that rolls back unless committed. A write transaction is BEGIN IMMEDIATE: it
+// takes the write lock at once, so two writers queue on busy_timeout instead of failing when
+// a read transaction would have to upgrade. A read transaction (BEGIN) gives several reads
+// one snapshot.
+class Transaction {
+ public:
+  enum class Kind { read, write };
+  Transaction(const Connection& conn, Kind kind);
+  ~Transaction();
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+  void commit();
+
+ private:
+  const Connection& conn_;
+  bool open_ = true;
+};
+
+}  // namespace cptune::db

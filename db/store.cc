@@ -1,0 +1,258 @@
+#include "db/store.h"
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "db/schema.h"
+#include "db/sqlite.h"
+
+namespace cptune::db {
+namespace {
+
+// Parameter order shared by the insert and the select of each table, so one bind helper
+// serves both: fingerprint ?1..?7, shape ?1..?8, candidate ?1..?5.
+constexpr const char* kInsertFingerprint =
+    "INSERT INTO fingerprints (backend, device_model, world, ranks_per_node, nodes, library_versions, cptune_version) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING";
+constexpr const char* kSelectFingerprint =
+    "SELECT id FROM fingerprints WHERE backend = ?1 AND device_model = ?2 AND world = ?3 AND ranks_per_node = ?4 "
+    "AND nodes = ?5 AND library_versions = ?6 AND cptune_version = ?7";
+constexpr const char* kInsertShape =
+    "INSERT INTO shapes (batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask, total_tokens) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING";
+constexpr const char* kSelectShape =
+    "SELECT id FROM shapes WHERE batch = ?1 AND seq_lens = ?2 AND q_heads = ?3 AND kv_heads = ?4 AND head_dim = ?5 "
+    "AND v_head_dim = ?6 AND dtype = ?7 AND mask = ?8";
+constexpr const char* kInsertCandidate =
+    "INSERT INTO candidates (strategy, ulysses, ring, rank_order, head_policy) VALUES (?1, ?2, ?3, ?4, ?5) "
+    "ON CONFLICT DO NOTHING";
+constexpr const char* kSelectCandidate =
+    "SELECT id FROM candidates WHERE strategy = ?1 AND ulysses = ?2 AND ring = ?3 AND rank_order = ?4 "
+    "AND head_policy = ?5";
+constexpr const char* kInsertMeasurement =
+    "INSERT INTO measurements (fingerprint_id, shape_id, candidate_id, median_s, min_s, max_s, iterations, "
+    "phase_medians_s, verify_max_abs_error, predicted_s, profile, measured_at) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
+    "coalesce(nullif(?12, ''), strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))";
+
+void bind_fingerprint(Statement& st, const Fingerprint& fp) {
+  st.bind(1, fp.backend).bind(2, fp.device_model).bind(3, fp.world).bind(4, fp.ranks_per_node).bind(5, fp.nodes);
+  st.bind(6, fp.library_versions).bind(7, fp.cptune_version);
+}
+
+void bind_shape(Statement& st, const ShapeKey& s) {
+  st.bind(1, s.batch).bind(2, seq_lens_text(s.seq_lens)).bind(3, s.q_heads).bind(4, s.kv_heads);
+  st.bind(5, s.head_dim).bind(6, s.v_head_dim).bind(7, to_string(s.dtype)).bind(8, to_string(s.mask));
+}
+
+// The stored row also carries the total, which identifies nothing (it follows from seq_lens).
+void bind_shape_row(Statement& st, const ShapeKey& s) {
+  bind_shape(st, s);
+  st.bind(9, total_tokens(view_of(s)));
+}
+
+void bind_candidate(Statement& st, const CandidateKey& c) {
+  st.bind(1, to_string(c.strategy)).bind(2, c.ulysses).bind(3, c.ring).bind(4, to_string(c.order));
+  st.bind(5, to_string(c.head_policy));
+}
+
+std::optional<int64_t> select_id(Statement& select) {
+  std::optional<int64_t> id;
+  if (select.step()) id = select.column_int(0);
+  select.reset();
+  return id;
+}
+
+// Insert-or-ignore, then read the id: the row may come from this call or another tuner.
+template <typename Key, typename BindInsert, typename BindSelect>
+int64_t upsert_id(Statement& insert, Statement& select, const Key& key, BindInsert bind_insert,
+                  BindSelect bind_select) {
+  bind_insert(insert, key);
+  insert.run();
+  insert.reset();
+  bind_select(select, key);
+  return *select_id(select);
+}
+
+std::string phases_json(const std::map<std::string, double>& phases) { return nlohmann::json(phases).dump(); }
+
+std::map<std::string, double> parse_phases(const std::string& text, int64_t measurement_id) {
+  try {
+    return nlohmann::json::parse(text).get<std::map<std::string, double>>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error("measurement " + std::to_string(measurement_id) + " has unreadable phase medians '" + text +
+                "'; the database was edited by hand");
+  }
+}
+
+// Columns batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask from col on.
+ShapeKey read_shape(const Statement& st, int col) {
+  ShapeKey s;
+  s.batch = st.column_int(col);
+  s.seq_lens = parse_seq_lens(st.column_text(col + 1));
+  s.q_heads = st.column_int(col + 2);
+  s.kv_heads = st.column_int(col + 3);
+  s.head_dim = st.column_int(col + 4);
+  s.v_head_dim = st.column_int(col + 5);
+  s.dtype = parse_dtype(st.column_text(col + 6));
+  s.mask = parse_mask(st.column_text(col + 7));
+  return s;
+}
+
+// Columns strategy, ulysses, ring, rank_order, head_policy from col on.
+CandidateKey read_candidate(const Statement& st, int col) {
+  CandidateKey c;
+  c.strategy = parse_strategy(st.column_text(col));
+  c.ulysses = st.column_int(col + 1);
+  c.ring = st.column_int(col + 2);
+  c.order = parse_rank_order(st.column_text(col + 3));
+  c.head_policy = parse_head_policy(st.column_text(col + 4));
+  return c;
+}
+
+}  // namespace
+
+// Statements prepared once per Store: a tuner records thousands of rows.
+struct Store::Writer {
+  explicit Writer(const Connection& c)
+      : insert_fingerprint(c, kInsertFingerprint),
+        select_fingerprint(c, kSelectFingerprint),
+        insert_shape(c, kInsertShape),
+        select_shape(c, kSelectShape),
+        insert_candidate(c, kInsertCandidate),
+        select_candidate(c, kSelectCandidate),
+        insert_measurement(c, kInsertMeasurement) {}
+
+  Statement insert_fingerprint, select_fingerprint, insert_shape, select_shape, insert_candidate, select_candidate,
+      insert_measurement;
+};
+
+Store::Store(std::unique_ptr<Connection> conn) : conn_(std::move(conn)) {}
+Store::Store(Store&&) noexcept = default;
+Store& Store::operator=(Store&&) noexcept = default;
+Store::~Store() = default;
+
+Store Store::open(const std::string& path) {
+  auto conn = std::make_unique<Connection>(path, OpenMode::read_write);
+  open_for_writing(*conn);
+  return Store(std::move(conn));
+}
+
+Store Store::open_read_only(const std::string& path) {
+  auto conn = std::make_unique<Connection>(path, OpenMode::read_only);
+  check_for_reading(*conn);
+  return Store(std::move(conn));
+}
+
+const std::string& Store::path() const { return conn_->path(); }
+
+void Store::record_shape(const Fingerprint& fp, const ShapeKey& shape, const std::vector<MeasurementRow>& rows) {
+  if (rows.empty()) return;
+  if (!writer_) writer_ = std::make_unique<Writer>(*conn_);
+  Writer& w = *writer_;
+  Transaction tx(*conn_, Transaction::Kind::write);
+  const int64_t fingerprint_id =
+      upsert_id(w.insert_fingerprint, w.select_fingerprint, fp, bind_fingerprint, bind_fingerprint);
+  const int64_t shape_id = upsert_id(w.insert_shape, w.select_shape, shape, bind_shape_row, bind_shape);
+  for (const MeasurementRow& row : rows) {
+    const int64_t candidate_id =
+        upsert_id(w.insert_candidate, w.select_candidate, row.candidate, bind_candidate, bind_candidate);
+    Statement& m = w.insert_measurement;
+    m.bind(1, fingerprint_id).bind(2, shape_id).bind(3, candidate_id);
+    m.bind(4, row.median_s).bind(5, row.min_s).bind(6, row.max_s).bind(7, row.iterations);
+    m.bind(8, phases_json(row.phase_medians_s)).bind(9, row.verify_max_abs_error).bind(10, row.predicted_s);
+    m.bind(11, row.profile).bind(12, row.measured_at);
+    m.run();
+    m.reset();
+  }
+  tx.commit();
+}
+
+bool Store::has_shape(const Fingerprint& fp, const ShapeKey& shape) const {
+  Statement select_fp(*conn_, kSelectFingerprint);
+  bind_fingerprint(select_fp, fp);
+  const std::optional<int64_t> fingerprint_id = select_id(select_fp);
+  if (!fingerprint_id) return false;
+  Statement select_shape(*conn_, kSelectShape);
+  bind_shape(select_shape, shape);
+  const std::optional<int64_t> shape_id = select_id(select_shape);
+  if (!shape_id) return false;
+  Statement any(*conn_, "SELECT 1 FROM measurements WHERE fingerprint_id = ?1 AND shape_id = ?2 LIMIT 1");
+  any.bind(1, *fingerprint_id).bind(2, *shape_id);
+  return any.step();
+}
+
+std::vector<FingerprintSummary> Store::fingerprints() const {
+  Statement st(*conn_,
+               "SELECT f.id, f.backend, f.device_model, f.world, f.ranks_per_node, f.nodes, f.library_versions, "
+               "f.cptune_version, count(DISTINCT m.shape_id), count(m.id), coalesce(max(m.measured_at), '') "
+               "FROM fingerprints AS f LEFT JOIN measurements AS m ON m.fingerprint_id = f.id "
+               "GROUP BY f.id ORDER BY f.id");
+  std::vector<FingerprintSummary> out;
+  while (st.step()) {
+    FingerprintSummary s;
+    s.id = st.column_int(0);
+    s.fingerprint = Fingerprint{st.column_text(1), st.column_text(2), st.column_int(3), st.column_int(4),
+                                st.column_int(5),  st.column_text(6), st.column_text(7)};
+    s.shapes = st.column_int(8);
+    s.measurements = st.column_int(9);
+    s.last_measured_at = st.column_text(10);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::optional<int64_t> Store::match_fingerprint(const Fingerprint& fp) const {
+  Statement st(*conn_,
+               "SELECT f.id FROM fingerprints AS f "
+               "WHERE f.backend = ?1 AND f.device_model = ?2 AND f.world = ?3 AND f.ranks_per_node = ?4 "
+               "AND f.nodes = ?5 AND (?6 = '' OR f.library_versions = ?6) AND (?7 = '' OR f.cptune_version = ?7) "
+               "ORDER BY f.id DESC LIMIT 1");
+  bind_fingerprint(st, fp);
+  return select_id(st);
+}
+
+std::vector<BestRow> Store::best(std::optional<int64_t> fingerprint_id) const {
+  constexpr const char* kColumns =
+      "SELECT fingerprint_id, batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask, "
+      "strategy, ulysses, ring, rank_order, head_policy, median_s, measurements FROM best ";
+  const std::string sql = std::string(kColumns) + (fingerprint_id ? "WHERE fingerprint_id = ?1" : "");
+  Statement st(*conn_, sql.c_str());
+  if (fingerprint_id) st.bind(1, *fingerprint_id);
+  std::vector<BestRow> out;
+  while (st.step())
+    out.push_back(BestRow{st.column_int(0), read_shape(st, 1), read_candidate(st, 9), st.column_double(14),
+                          st.column_int(15)});
+  return out;
+}
+
+std::vector<StoredMeasurement> Store::measurements() const {
+  Statement st(*conn_,
+               "SELECT m.id, m.fingerprint_id, s.batch, s.seq_lens, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, "
+               "s.dtype, s.mask, c.strategy, c.ulysses, c.ring, c.rank_order, c.head_policy, m.median_s, m.min_s, "
+               "m.max_s, m.iterations, m.phase_medians_s, m.verify_max_abs_error, m.predicted_s, m.profile, "
+               "m.measured_at FROM measurements AS m JOIN shapes AS s ON s.id = m.shape_id "
+               "JOIN candidates AS c ON c.id = m.candidate_id ORDER BY m.id");
+  std::vector<StoredMeasurement> out;
+  while (st.step()) {
+    StoredMeasurement sm;
+    sm.id = st.column_int(0);
+    sm.fingerprint_id = st.column_int(1);
+    sm.shape = read_shape(st, 2);
+    MeasurementRow& r = sm.row;
+    r.candidate = read_candidate(st, 10);
+    r.median_s = st.column_double(15);
+    r.min_s = st.column_double(16);
+    r.max_s = st.column_double(17);
+    r.iterations = st.column_int(18);
+    r.phase_medians_s = parse_phases(st.column_text(19), sm.id);
+    r.verify_max_abs_error = st.column_optional_double(20);
+    r.predicted_s = st.column_optional_double(21);
+    r.profile = st.column_text(22);
+    r.measured_at = st.column_text(23);
+    out.push_back(std::move(sm));
+  }
+  return out;
+}
+
+}  // namespace cptune::db

@@ -1,0 +1,70 @@
+#pragma once
+// db::Store: the tuner's SQLite database. Every measurement is kept, scoped by the fingerprint
+// of the cluster it was taken on; the view `best` gives the winner per fingerprint and shape.
+// One write transaction per finished shape: a killed tuner loses at most the shape in flight,
+// and has_shape lets the rerun skip what is already stored.
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "db/records.h"
+
+namespace cptune::db {
+
+class Connection;
+
+struct FingerprintSummary {
+  int64_t id = 0;
+  Fingerprint fingerprint;
+  int64_t shapes = 0;        // distinct shapes measured
+  int64_t measurements = 0;
+  std::string last_measured_at;
+};
+
+struct StoredMeasurement {
+  int64_t id = 0;
+  int64_t fingerprint_id = 0;
+  ShapeKey shape;
+  MeasurementRow row;
+};
+
+class Store {
+ public:
+  // The tuner's handle: creates the file when missing, migrates an older schema, WAL mode.
+  static Store open(const std::string& path);
+  // Readers (cptune db, the lookup): SQLITE_OPEN_READONLY; the file must exist and be current.
+  static Store open_read_only(const std::string& path);
+
+  Store(Store&&) noexcept;
+  Store& operator=(Store&&) noexcept;
+  ~Store();
+
+  const std::string& path() const;
+
+  // Stores all candidates measured for one shape in ONE write transaction (BEGIN IMMEDIATE).
+  // An empty list records nothing, so has_shape stays false and a rerun measures the shape.
+  void record_shape(const Fingerprint& fp, const ShapeKey& shape, const std::vector<MeasurementRow>& rows);
+  bool has_shape(const Fingerprint& fp, const ShapeKey& shape) const;
+
+  std::vector<FingerprintSummary> fingerprints() const;
+  // The fingerprint the lookup uses for fp: the hardware fields (backend, device model, world,
+  // ranks per node, nodes) must be equal; library_versions and cptune_version must be equal
+  // when given and match anything when empty, the fingerprint recorded last winning.
+  std::optional<int64_t> match_fingerprint(const Fingerprint& fp) const;
+  // Best rows of one fingerprint, or of all when none is given; in no particular order (the
+  // lookup loads them into a hash table; a sort would only cost it time).
+  std::vector<BestRow> best(std::optional<int64_t> fingerprint_id = std::nullopt) const;
+  // Every measurement, in the order stored.
+  std::vector<StoredMeasurement> measurements() const;
+
+ private:
+  struct Writer;
+  explicit Store(std::unique_ptr<Connection> conn);
+
+  std::unique_ptr<Connection> conn_;
+  std::unique_ptr<Writer> writer_;  // prepared write statements, made on the first write
+};
+
+}  // namespace cptune::db

@@ -1,0 +1,118 @@
+#include "sim/candidates.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+namespace cptune::sim {
+namespace {
+
+bool is_hybrid(Strategy s) { return s == Strategy::hybrid || s == Strategy::hybrid_uaa; }
+
+// Both policies give the same layout when every Ulysses rank gets the same heads either way.
+bool same_heads(const Layout& a, const Layout& b) {
+  for (int64_t u = 0; u < a.ulysses(); ++u) {
+    const RankLayout& x = a.at(u, 0);
+    const RankLayout& y = b.at(u, 0);
+    if (x.q_heads.begin != y.q_heads.begin || x.q_heads.end != y.q_heads.end || x.kv_heads.begin != y.kv_heads.begin ||
+        x.kv_heads.end != y.kv_heads.end)
+      return false;
+  }
+  return true;
+}
+
+std::optional<Layout> try_build(const Candidate& c, const AttentionShape& shape, const Cluster& cluster,
+                                std::vector<Refusal>* refused) {
+  try {
+    return Layout::build(c.to_spec(shape, cluster));
+  } catch (const Error& e) {
+    if (refused) refused->push_back({c, e.what()});
+    return std::nullopt;
+  }
+}
+
+// One mesh (strategy, U, R, order): balanced, and kv-aligned where it places heads differently.
+void visit_policies(Candidate c, const AttentionShape& shape, const Cluster& cluster,
+                    const std::function<void(const Candidate&, const Layout&)>& feasible, std::vector<Refusal>* refused) {
+  c.head_policy = HeadPolicy::balanced;
+  std::optional<Layout> balanced = try_build(c, shape, cluster, refused);
+  if (balanced) feasible(c, *balanced);
+  if (c.ulysses < 2) return;  // one Ulysses rank holds every head under either policy
+  c.head_policy = HeadPolicy::kv_aligned;
+  std::optional<Layout> aligned = try_build(c, shape, cluster, refused);
+  if (aligned && !(balanced && same_heads(*balanced, *aligned))) feasible(c, *aligned);
+}
+
+}  // namespace
+
+LayoutSpec Candidate::to_spec(const AttentionShape& shape, const Cluster& cluster) const {
+  return LayoutSpec{shape, Mesh{cluster.world, ulysses, ring, order, cluster.ranks_per_node}, strategy, head_policy};
+}
+
+Candidate Candidate::from_spec(const LayoutSpec& spec) {
+  const Mesh mesh = resolve_mesh(spec.strategy, spec.mesh);
+  return Candidate{spec.strategy, mesh.ulysses, mesh.ring, mesh.order, spec.head_policy};
+}
+
+std::string Candidate::label() const {
+  return fmt::format("{} U={} R={} {} {}", to_string(strategy), ulysses, ring, to_string(order), to_string(head_policy));
+}
+
+void for_each_candidate(const AttentionShape& shape, const Cluster& cluster,
+                        const std::function<void(const Candidate&, const Layout&)>& feasible,
+                        std::vector<Refusal>* refused) {
+  const int64_t P = cluster.world;
+  const bool orders_differ = cluster.nodes() > 1 && cluster.ranks_per_node > 1;
+  for (Strategy s : kAllStrategies) {
+    if (!is_hybrid(s)) {
+      const bool ulysses_only = uses_ulysses(s);
+      visit_policies(Candidate{s, ulysses_only ? P : 1, ulysses_only ? 1 : P}, shape, cluster, feasible, refused);
+      continue;
+    }
+    for (int64_t U = 2; U < P; ++U) {
+      if (P % U != 0) continue;
+      for (RankOrder order : {RankOrder::ulysses_inner, RankOrder::ring_inner}) {
+        if (order == RankOrder::ring_inner && !orders_differ) continue;
+        visit_policies(Candidate{s, U, P / U, order}, shape, cluster, feasible, refused);
+      }
+    }
+  }
+}
+
+std::vector<Candidate> enumerate_candidates(const AttentionShape& shape, const Cluster& cluster,
+                                            std::vector<Refusal>* refused) {
+  std::vector<Candidate> out;
+  for_each_candidate(shape, cluster, [&](const Candidate& c, const Layout&) { out.push_back(c); }, refused);
+  return out;
+}
+
+Ranking rank_candidates(const AttentionShape& shape, const Cluster& cluster, const Hardware& hw,
+                        const PredictOptions& options) {
+  Ranking ranking;
+  for_each_candidate(
+      shape, cluster,
+      [&](const Candidate& c, const Layout& layout) {
+        ranking.candidates.push_back({c, predict(prepare(layout), hw, options), 1.0, std::nullopt});
+      },
+      &ranking.refused);
+  std::stable_sort(ranking.candidates.begin(), ranking.candidates.end(),
+                   [](const RankedCandidate& a, const RankedCandidate& b) {
+                     if (a.prediction.fits != b.prediction.fits) return a.prediction.fits;
+                     return a.prediction.total_s < b.prediction.total_s;
+                   });
+  const bool any_fits = !ranking.candidates.empty() && ranking.candidates.front().prediction.fits;
+  for (const RankedCandidate& rc : ranking.candidates) {
+    if (rc.prediction.fits || !any_fits) ranking.worst_s = std::max(ranking.worst_s, rc.prediction.total_s);
+    if (rc.candidate.strategy == Strategy::ulysses)
+      ranking.ulysses_s = std::min(ranking.ulysses_s.value_or(rc.prediction.total_s), rc.prediction.total_s);
+  }
+  for (RankedCandidate& rc : ranking.candidates) {
+    rc.speedup_over_worst = ranking.worst_s / rc.prediction.total_s;
+    if (ranking.ulysses_s) rc.speedup_over_ulysses = *ranking.ulysses_s / rc.prediction.total_s;
+  }
+  return ranking;
+}
+
+}  // namespace cptune::sim

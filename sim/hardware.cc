@@ -1,0 +1,262 @@
+#include "sim/hardware.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+namespace cptune::sim {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// A numeric field with the rule it must satisfy; validate() and from_vector() share these.
+struct Field {
+  std::string_view name;
+  double value;
+  bool zero_allowed;  // latencies may be 0; rates, sizes and counts may not
+};
+
+std::vector<Field> numeric_fields(const Hardware& hw) {
+  return {
+      {"nodes", double(hw.nodes), false},
+      {"ranks_per_node", double(hw.ranks_per_node), false},
+      {"intra.alpha_s", hw.intra.alpha_s, true},
+      {"intra.bandwidth_bytes_per_s", hw.intra.bandwidth_bytes_per_s, false},
+      {"inter.alpha_s", hw.inter.alpha_s, true},
+      {"inter.bandwidth_bytes_per_s", hw.inter.bandwidth_bytes_per_s, false},
+      {"attention_flops_per_s.bf16", hw.attention_flops_per_s.bf16, false},
+      {"attention_flops_per_s.fp16", hw.attention_flops_per_s.fp16, false},
+      {"attention_flops_per_s.fp32", hw.attention_flops_per_s.fp32, false},
+      {"peak_flops_per_s.bf16", hw.peak_flops_per_s.bf16, false},
+      {"peak_flops_per_s.fp16", hw.peak_flops_per_s.fp16, false},
+      {"peak_flops_per_s.fp32", hw.peak_flops_per_s.fp32, false},
+      {"memory_bandwidth_bytes_per_s", hw.memory_bandwidth_bytes_per_s, false},
+      {"device_memory_bytes", double(hw.device_memory_bytes), false},
+      {"device_sync_s", hw.device_sync_s, true},
+      {"host_gather_alpha_s", hw.host_gather_alpha_s, true},
+  };
+}
+
+// The fitted parameters, in kFitParameterNames order.
+std::array<double*, kFitParameterNames.size()> fit_parameters(Hardware& hw) {
+  return {&hw.intra.alpha_s,
+          &hw.intra.bandwidth_bytes_per_s,
+          &hw.inter.alpha_s,
+          &hw.inter.bandwidth_bytes_per_s,
+          &hw.attention_flops_per_s.bf16,
+          &hw.attention_flops_per_s.fp16,
+          &hw.attention_flops_per_s.fp32,
+          &hw.memory_bandwidth_bytes_per_s,
+          &hw.device_sync_s,
+          &hw.host_gather_alpha_s};
+}
+
+// Reads one JSON object field by field and rejects keys it never read (typos such as
+// "bandwith" would otherwise silently keep a default).
+class ObjectReader {
+ public:
+  ObjectReader(const json& obj, std::string where, std::string prefix)
+      : obj_(obj), where_(std::move(where)), prefix_(std::move(prefix)) {
+    if (!obj_.is_object()) fail(prefix_.empty() ? "the document" : prefix_, "must be a JSON object");
+  }
+
+  double number(const char* key) {
+    const json& v = field(key);
+    if (!v.is_number()) fail(path(key), "must be a number, got " + v.dump());
+    return v.get<double>();
+  }
+  int64_t integer(const char* key) {
+    const double v = number(key);
+    if (v != std::floor(v) || std::fabs(v) > 9e18) fail(path(key), fmt::format("must be a whole number, got {}", v));
+    return static_cast<int64_t>(v);
+  }
+  // A string, or an array of strings joined by newlines (JSON has no multi-line strings).
+  std::string text(const char* key, bool required) {
+    if (!obj_.contains(key)) {
+      if (required) fail(path(key), "is missing");
+      return {};
+    }
+    const json& v = field(key);
+    if (v.is_string()) return v.get<std::string>();
+    std::string out;
+    if (!v.is_array()) fail(path(key), "must be a string or an array of strings");
+    for (const json& line : v) {
+      if (!line.is_string()) fail(path(key), "must be a string or an array of strings");
+      out += (out.empty() ? "" : "\n") + line.get<std::string>();
+    }
+    return out;
+  }
+  ObjectReader child(const char* key) { return ObjectReader(field(key), where_, path(key)); }
+  void reject_unknown() const {
+    for (const auto& item : obj_.items())
+      if (!read_.count(item.key()))
+        fail(path(item.key().c_str()), "is not a hardware field (misspelt?); see sim/hardware/h100-sxm.json");
+  }
+
+ private:
+  const json& field(const char* key) {
+    if (!obj_.contains(key)) fail(path(key), "is missing");
+    read_.insert(key);
+    return obj_.at(key);
+  }
+  std::string path(const char* key) const { return prefix_.empty() ? key : prefix_ + "." + key; }
+  [[noreturn]] void fail(const std::string& field, const std::string& what) const {
+    throw Error(fmt::format("{}: field '{}' {}", where_, field, what));
+  }
+
+  const json& obj_;
+  std::string where_, prefix_;
+  std::set<std::string> read_;
+};
+
+LinkClass read_link(ObjectReader r) {
+  LinkClass link{r.number("alpha_s"), r.number("bandwidth_bytes_per_s")};
+  r.reject_unknown();
+  return link;
+}
+
+DTypeRates read_rates(ObjectReader r) {
+  DTypeRates rates{r.number("bf16"), r.number("fp16"), r.number("fp32")};
+  r.reject_unknown();
+  return rates;
+}
+
+json source_lines(const std::string& text) {
+  json lines = json::array();
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+std::vector<fs::path> preset_dirs() { return {CPTUNE_HARDWARE_DIR, CPTUNE_INSTALLED_HARDWARE_DIR}; }
+
+bool looks_like_path(const std::string& s) {
+  return s.find('/') != std::string::npos || (s.size() > 5 && s.substr(s.size() - 5) == ".json");
+}
+
+Hardware load_file(const fs::path& path) {
+  const std::string where = "hardware file " + path.string();
+  std::ifstream in(path);
+  if (!in) throw Error(where + ": cannot be read; check the path");
+  json doc;
+  try {
+    doc = json::parse(in);
+  } catch (const json::exception& e) {
+    throw Error(where + ": not valid JSON: " + e.what());
+  }
+  return hardware_from_json(doc, where);
+}
+
+}  // namespace
+
+void validate(const Hardware& hw, const std::string& where) {
+  for (const Field& f : numeric_fields(hw)) {
+    if (!std::isfinite(f.value) || f.value < 0 || (!f.zero_allowed && f.value == 0))
+      throw Error(fmt::format("{}: field '{}' must be {} and finite, got {}", where, f.name,
+                              f.zero_allowed ? "zero or more" : "positive", f.value));
+  }
+  for (DType d : {DType::bf16, DType::fp16, DType::fp32}) {
+    if (hw.attention_flops_per_s.of(d) > hw.peak_flops_per_s.of(d))
+      throw Error(fmt::format("{}: field 'attention_flops_per_s.{}' ({}) exceeds the device's peak_flops_per_s.{} ({}); "
+                              "the achieved rate cannot beat the peak",
+                              where, to_string(d), hw.attention_flops_per_s.of(d), to_string(d), hw.peak_flops_per_s.of(d)));
+  }
+}
+
+Eigen::VectorXd to_vector(const Hardware& hw) {
+  Hardware copy = hw;
+  const auto params = fit_parameters(copy);
+  Eigen::VectorXd v(static_cast<Eigen::Index>(params.size()));
+  for (size_t i = 0; i < params.size(); ++i) v[static_cast<Eigen::Index>(i)] = *params[i];
+  return v;
+}
+
+Hardware from_vector(Hardware base, const Eigen::VectorXd& params) {
+  const auto fields = fit_parameters(base);
+  if (params.size() != static_cast<Eigen::Index>(fields.size()))
+    throw Error(fmt::format("hardware parameter vector has {} entries; expected {}", params.size(), fields.size()));
+  for (size_t i = 0; i < fields.size(); ++i) *fields[i] = params[static_cast<Eigen::Index>(i)];
+  // A fit may push a rate past the preset's peak; the peak then follows, the floor stays sound.
+  for (DType d : {DType::bf16, DType::fp16, DType::fp32})
+    base.peak_flops_per_s.at(d) = std::max(base.peak_flops_per_s.of(d), base.attention_flops_per_s.of(d));
+  validate(base, "fitted hardware '" + base.name + "'");
+  return base;
+}
+
+json to_json(const Hardware& hw) {
+  auto rates = [](const DTypeRates& r) { return json{{"bf16", r.bf16}, {"fp16", r.fp16}, {"fp32", r.fp32}}; };
+  auto link = [](const LinkClass& l) { return json{{"alpha_s", l.alpha_s}, {"bandwidth_bytes_per_s", l.bandwidth_bytes_per_s}}; };
+  return {{"name", hw.name},
+          {"source", source_lines(hw.source)},
+          {"nodes", hw.nodes},
+          {"ranks_per_node", hw.ranks_per_node},
+          {"intra", link(hw.intra)},
+          {"inter", link(hw.inter)},
+          {"attention_flops_per_s", rates(hw.attention_flops_per_s)},
+          {"peak_flops_per_s", rates(hw.peak_flops_per_s)},
+          {"memory_bandwidth_bytes_per_s", hw.memory_bandwidth_bytes_per_s},
+          {"device_memory_bytes", hw.device_memory_bytes},
+          {"device_sync_s", hw.device_sync_s},
+          {"host_gather_alpha_s", hw.host_gather_alpha_s}};
+}
+
+Hardware hardware_from_json(const json& doc, const std::string& where) {
+  ObjectReader r(doc, where, "");
+  Hardware hw;
+  hw.name = r.text("name", true);
+  hw.source = r.text("source", true);
+  hw.nodes = r.integer("nodes");
+  hw.ranks_per_node = r.integer("ranks_per_node");
+  hw.intra = read_link(r.child("intra"));
+  hw.inter = read_link(r.child("inter"));
+  hw.attention_flops_per_s = read_rates(r.child("attention_flops_per_s"));
+  hw.peak_flops_per_s = read_rates(r.child("peak_flops_per_s"));
+  hw.memory_bandwidth_bytes_per_s = r.number("memory_bandwidth_bytes_per_s");
+  hw.device_memory_bytes = r.integer("device_memory_bytes");
+  hw.device_sync_s = r.number("device_sync_s");
+  hw.host_gather_alpha_s = r.number("host_gather_alpha_s");
+  r.reject_unknown();
+  validate(hw, where);
+  return hw;
+}
+
+std::vector<std::string> preset_names() {
+  std::set<std::string> names;
+  for (const fs::path& dir : preset_dirs()) {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir, ec))
+      if (entry.path().extension() == ".json") names.insert(entry.path().stem().string());
+  }
+  return {names.begin(), names.end()};
+}
+
+Hardware load_hardware(const std::string& name_or_path) {
+  if (looks_like_path(name_or_path)) return load_file(name_or_path);
+  for (const fs::path& dir : preset_dirs()) {
+    const fs::path file = dir / (name_or_path + ".json");
+    if (fs::exists(file)) return load_file(file);
+  }
+  if (fs::exists(name_or_path)) return load_file(name_or_path);
+  std::string presets;
+  for (const std::string& n : preset_names()) presets += (presets.empty() ? "" : ", ") + n;
+  throw Error(fmt::format("unknown hardware '{}'; use a preset ({}) or a path to a JSON file like sim/hardware/h100-sxm.json",
+                          name_or_path, presets.empty() ? "none installed" : presets));
+}
+
+void save_hardware(const Hardware& hw, const std::string& path) {
+  validate(hw, "hardware '" + hw.name + "'");
+  std::ofstream out(path);
+  if (!out) throw Error("cannot write hardware file " + path + "; check the folder exists and is writable");
+  out << to_json(hw).dump(2) << "\n";
+  if (!out) throw Error("writing hardware file " + path + " failed");
+}
+
+}  // namespace cptune::sim

@@ -1,0 +1,73 @@
+#pragma once
+// sim::PreparedLayout: everything the cost model reads from one Layout, reduced once so that
+// a prediction is a few dozen flops (the calibration fit and hardware what-if studies predict
+// the same layouts many times). Every number is read from the Layout: link bytes per phase,
+// FLOPs, peak memory, ring-step maxima, shard sizes; nothing is re-derived from the shape.
+//
+// Exactness: the slowest rank of a phase depends on the hardware (a rank with more peers but
+// fewer bytes may be slower on a high-latency network), so the per-rank loads are kept, not
+// their separate maxima; only loads that another load matches or exceeds in every coordinate
+// are dropped, which cannot change any maximum because every term is non-decreasing in them.
+#include <cstdint>
+#include <vector>
+
+#include "core/layout.h"
+
+namespace cptune::sim {
+
+// One rank's side of an all-to-all-v (Ulysses Q,K,V or O) or of the metadata gather.
+struct ExchangeLoad {
+  int64_t intra_peers = 0, inter_peers = 0;  // group members on its node / on other nodes
+  int64_t intra_bytes = 0, inter_bytes = 0;  // max(sent, received) per link class: full duplex
+  int64_t copy_bytes = 0;  // local memory traffic: pack the send buffer, unpack the receive buffer
+};
+
+// One ring step's slowest rank, and how many consecutive steps share the same numbers.
+struct RingStepLoad {
+  int64_t intra_bytes = 0, inter_bytes = 0;  // largest K,V block sent on each link class
+  int64_t flops = 0;                          // largest attention block computed
+  int64_t merge_bytes = 0;                    // online-softmax merge traffic (0 on step 0)
+  int64_t repeat = 1;
+};
+
+// Bytes sent over each link class, summed over all ranks.
+struct ClassBytes {
+  int64_t intra = 0, inter = 0;
+  ClassBytes& operator+=(const ClassBytes& o) {
+    intra += o.intra;
+    inter += o.inter;
+    return *this;
+  }
+};
+
+struct PreparedLayout {
+  DType dtype = DType::bf16;
+
+  // Ulysses all-to-alls (empty when U = 1) and the UAA gather of sequence lengths.
+  std::vector<ExchangeLoad> qkv, o, gather;
+
+  // Ring attention (rotating strategies with R > 1): steps in order, runs of equal steps merged.
+  std::vector<RingStepLoad> ring_steps;
+  // Backward only: the final hop that returns each dK,dV block to its owner.
+  int64_t ring_return_intra_bytes = 0, ring_return_inter_bytes = 0;
+  ClassBytes ring_return_total;
+
+  // All-gather of K,V (allgather-kv): R-1 ring steps of the largest shard's K,V bytes.
+  int64_t allgather_steps = 0;
+  int64_t allgather_block_bytes = 0;
+  bool allgather_intra = false, allgather_inter = false;  // link classes its ring uses
+
+  // Attention without a ring: the rank with the most FLOPs (padding included) and its useful part.
+  int64_t max_flops = 0;
+  int64_t useful_flops_of_max = 0;
+
+  int64_t peak_bytes = 0;           // forward, largest rank
+  double padding_fraction = 0;      // padding tokens / stored tokens (classic strategies)
+  ClassBytes qkv_total, o_total, ring_total, allgather_total, gather_total;  // per Layout phase
+
+  bool has_ring() const { return !ring_steps.empty(); }
+};
+
+PreparedLayout prepare(const Layout& layout);
+
+}  // namespace cptune::sim

@@ -1,0 +1,47 @@
+#include "sim/ranking_json.h"
+
+namespace cptune::sim {
+
+using nlohmann::json;
+
+json to_json(const Candidate& c) {
+  return {{"strategy", to_string(c.strategy)},
+          {"ulysses", c.ulysses},
+          {"ring", c.ring},
+          {"order", to_string(c.order)},
+          {"head_policy", to_string(c.head_policy)}};
+}
+
+json to_json(const Prediction& p, Pass pass) {
+  json phases = json::object();
+  for (Phase ph : kAllPhases) {
+    if (!is_backward(ph) || pass == Pass::forward_backward) phases[std::string(to_string(ph))] = p.phase(ph);
+  }
+  return {{"time_s", p.total_s},
+          {"phases", phases},
+          {"bytes", {{"intra", p.bytes_intra}, {"inter", p.bytes_inter}}},
+          {"peak_bytes", p.peak_bytes},
+          {"fits", p.fits},
+          {"padding_waste_s", p.padding_waste_s}};
+}
+
+json to_json(const RankedCandidate& rc, Pass pass) {
+  json out = to_json(rc.candidate);
+  out.update(to_json(rc.prediction, pass));
+  out["speedup_over_worst"] = rc.speedup_over_worst;
+  out["speedup_over_ulysses"] = rc.speedup_over_ulysses ? json(*rc.speedup_over_ulysses) : json(nullptr);
+  return out;
+}
+
+json to_json(const Ranking& ranking, Pass pass) {
+  json candidates = json::array(), refused = json::array();
+  for (const RankedCandidate& rc : ranking.candidates) candidates.push_back(to_json(rc, pass));
+  for (const Refusal& r : ranking.refused) {
+    json item = to_json(r.candidate);
+    item["reason"] = r.reason;
+    refused.push_back(std::move(item));
+  }
+  return {{"candidates", candidates}, {"refused", refused}};
+}
+
+}  // namespace cptune::sim

@@ -1,0 +1,98 @@
+// Predictions per second (issue 3's goal: at least 1,000,000 per second on one core for P <= 64).
+// Two numbers per strategy and P, both single-threaded, items/s = predictions per second:
+//   BM_PredictPrepared: predict() on a PreparedLayout (the calibration fit and hardware what-if
+//     studies re-predict the same layouts);
+//   BM_PreparePredict: prepare + predict on a built Layout (the simulator's own share);
+//   BM_BuildPreparePredict: Layout::build + prepare + predict, what a sweep over new shapes pays.
+// BM_RankCandidates times a whole `cptune simulate` ranking (every candidate of one shape).
+// Shape: S = 128k causal, Hq = 64, Hkv = 8, D = Dv = 128, bf16, 8 ranks per node, H100 preset;
+// hybrids use U = 8 (U = 4 at P = 8). Run: build/bench/bench_sim
+#include <benchmark/benchmark.h>
+
+#include "core/layout.h"
+#include "sim/candidates.h"
+#include "sim/cost_model.h"
+#include "sim/hardware.h"
+#include "sim/prepared_layout.h"
+
+namespace {
+
+using namespace cptune;
+
+AttentionShape bench_shape() {
+  AttentionShape s;
+  s.seq_lens = {131072};
+  s.q_heads = 64;
+  s.kv_heads = 8;
+  s.head_dim = s.v_head_dim = 128;
+  s.mask = {MaskKind::causal, 0};
+  return s;
+}
+
+LayoutSpec bench_spec(Strategy strategy, int64_t P) {
+  Mesh mesh{P, 0, 0, RankOrder::ulysses_inner, 8};
+  if (strategy == Strategy::hybrid || strategy == Strategy::hybrid_uaa) {
+    mesh.ulysses = P > 8 ? 8 : 4;
+    mesh.ring = P / mesh.ulysses;
+  }
+  return LayoutSpec{bench_shape(), mesh, strategy, HeadPolicy::balanced};
+}
+
+const sim::Hardware& h100() {
+  static const sim::Hardware hw = sim::load_hardware("h100-sxm");
+  return hw;
+}
+
+void BM_PredictPrepared(benchmark::State& state, Strategy strategy) {
+  const sim::PreparedLayout prepared = sim::prepare(Layout::build(bench_spec(strategy, state.range(0))));
+  const sim::PredictOptions options{sim::Pass::forward_backward, sim::MetadataChannel::cpu};
+  for (auto _ : state) benchmark::DoNotOptimize(sim::predict(prepared, h100(), options));
+  state.SetItemsProcessed(state.iterations());
+}
+
+void BM_PreparePredict(benchmark::State& state, Strategy strategy) {
+  const Layout layout = Layout::build(bench_spec(strategy, state.range(0)));
+  const sim::PredictOptions options{sim::Pass::forward_backward, sim::MetadataChannel::cpu};
+  for (auto _ : state) benchmark::DoNotOptimize(sim::predict(sim::prepare(layout), h100(), options));
+  state.SetItemsProcessed(state.iterations());
+}
+
+void BM_BuildPreparePredict(benchmark::State& state, Strategy strategy) {
+  const LayoutSpec spec = bench_spec(strategy, state.range(0));
+  const sim::PredictOptions options{sim::Pass::forward_backward, sim::MetadataChannel::cpu};
+  for (auto _ : state) benchmark::DoNotOptimize(sim::predict(sim::prepare(Layout::build(spec)), h100(), options));
+  state.SetItemsProcessed(state.iterations());
+}
+
+void BM_RankCandidates(benchmark::State& state) {
+  const sim::Cluster cluster{state.range(0), 8};
+  int64_t candidates = 0;
+  for (auto _ : state) {
+    const sim::Ranking r = sim::rank_candidates(bench_shape(), cluster, h100(), {});
+    candidates += static_cast<int64_t>(r.candidates.size());
+    benchmark::DoNotOptimize(r);
+  }
+  state.SetItemsProcessed(candidates);  // candidates ranked per second
+}
+
+void Worlds(benchmark::internal::Benchmark* b) {
+  for (int64_t P : {8, 16, 64}) b->Arg(P);
+}
+
+#define CPTUNE_SIM_BENCH(name, strategy)                                                                  \
+  BENCHMARK_CAPTURE(BM_PredictPrepared, name, strategy)->Apply(Worlds)->Unit(benchmark::kNanosecond);     \
+  BENCHMARK_CAPTURE(BM_PreparePredict, name, strategy)->Apply(Worlds)->Unit(benchmark::kMicrosecond);     \
+  BENCHMARK_CAPTURE(BM_BuildPreparePredict, name, strategy)->Apply(Worlds)->Unit(benchmark::kMicrosecond)
+
+CPTUNE_SIM_BENCH(ulysses, Strategy::ulysses);
+CPTUNE_SIM_BENCH(uaa, Strategy::uaa);
+CPTUNE_SIM_BENCH(ring, Strategy::ring);
+CPTUNE_SIM_BENCH(ring_zigzag, Strategy::ring_zigzag);
+CPTUNE_SIM_BENCH(allgather_kv, Strategy::allgather_kv);
+CPTUNE_SIM_BENCH(hybrid, Strategy::hybrid);
+CPTUNE_SIM_BENCH(hybrid_uaa, Strategy::hybrid_uaa);
+BENCHMARK(BM_RankCandidates)->Apply(Worlds)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();

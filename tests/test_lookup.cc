@@ -1,0 +1,495 @@
+// db::Lookup and its C ABI: exact, nearest, simulated and not-found answers, fingerprint
+// scoping, an allocation-free exact hit, status codes for every misuse, and the installed
+// library used from C through pkg-config and find_package.
+#include <gtest/gtest.h>
+
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <new>
+#include <random>
+#include <sstream>
+
+#include "core/error.h"
+#include "db/cptune_lookup.h"
+#include "db/lookup.h"
+#include "db/store.h"
+
+// Counts every allocation of this program, to show that an exact hit makes none. libstdc++'s
+// operator delete frees with free(), so only new is replaced.
+namespace {
+std::atomic<int64_t> allocations{0};
+}
+void* operator new(size_t size) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(size ? size : 1)) return p;
+  throw std::bad_alloc();
+}
+
+namespace cptune::db {
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/cptune_lookup_XXXXXX";
+    path_ = mkdtemp(pattern);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+Fingerprint cpu_fingerprint(int64_t world = 4) { return {"gloo", "cpu", world, world, 1, "gloo 0.5.0", "0.1.0"}; }
+
+ShapeKey shape_of(std::vector<int64_t> seq_lens, int64_t hq = 32, int64_t hkv = 8, Mask mask = {MaskKind::causal, 0}) {
+  return ShapeKey{1, std::move(seq_lens), hq, hkv, 128, 128, DType::bf16, mask};
+}
+
+const CandidateKey kUaa{Strategy::uaa, 4, 1, RankOrder::ulysses_inner, HeadPolicy::balanced};
+const CandidateKey kZigzag{Strategy::ring_zigzag, 1, 4, RankOrder::ulysses_inner, HeadPolicy::balanced};
+const CandidateKey kHybrid{Strategy::hybrid_uaa, 2, 2, RankOrder::ring_inner, HeadPolicy::kv_aligned};
+
+MeasurementRow measurement(const CandidateKey& c, double median_s) {
+  MeasurementRow r;
+  r.candidate = c;
+  r.median_s = r.min_s = r.max_s = median_s;
+  r.iterations = 5;
+  return r;
+}
+
+BestRow best_row(const ShapeKey& shape, const CandidateKey& c, double median_s) {
+  return BestRow{1, shape, c, median_s, 1};
+}
+
+TEST(LookupExact, AMeasuredShapeAnswersItsWinnerWithSourceExact) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  {
+    Store store = Store::open(path);
+    store.record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(kUaa, 3e-3), measurement(kZigzag, 2e-3)});
+    store.record_shape(cpu_fingerprint(), shape_of({77, 4097}), {measurement(kHybrid, 1e-3), measurement(kUaa, 4e-3)});
+  }
+  const Lookup lookup = Lookup::open(path, cpu_fingerprint());
+  EXPECT_EQ(lookup.shapes(), 2u);
+  const auto a = lookup.query(shape_of({4096}));
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->source, Source::exact);
+  EXPECT_EQ(a->strategy, Strategy::ring_zigzag);
+  EXPECT_EQ(a->ring, 4);
+  EXPECT_EQ(a->time_s, 2e-3);
+  EXPECT_EQ(a->measured_tokens, 4096);
+  const auto packed = lookup.query(shape_of({77, 4097}));
+  ASSERT_TRUE(packed);
+  EXPECT_EQ(packed->source, Source::exact);
+  EXPECT_EQ(packed->strategy, Strategy::hybrid_uaa);
+  EXPECT_EQ(packed->order, RankOrder::ring_inner);
+  EXPECT_EQ(packed->head_policy, HeadPolicy::kv_aligned);
+  EXPECT_EQ(packed->ulysses, 2);
+  // The same tokens packed in another order are another shape: nearest, not exact.
+  EXPECT_EQ(lookup.query(shape_of({4097, 77}))->source, Source::nearest);
+}
+
+TEST(LookupExact, EveryMeasuredShapeOfALargeSweepIsFoundExactly) {
+  std::vector<BestRow> rows;
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int64_t> len(1, 1 << 20);
+  for (int i = 0; i < 5000; ++i) {
+    std::vector<int64_t> seqs(size_t(1 + i % 3));
+    for (int64_t& s : seqs) s = len(rng);
+    rows.push_back(best_row(shape_of(seqs, 8 << (i % 3), 8, {MaskKind::sliding_window, 1 + i % 5}), kUaa, double(i)));
+  }
+  const Lookup lookup(rows);
+  for (const BestRow& row : rows) {
+    const auto a = lookup.query(row.shape);
+    ASSERT_TRUE(a);
+    EXPECT_EQ(a->source, Source::exact);
+    if (row.median_s == a->time_s) continue;
+    // Only a duplicate shape drawn twice may answer with its first row's time.
+    EXPECT_TRUE(std::any_of(rows.begin(), rows.end(),
+                            [&](const BestRow& r) { return r.shape == row.shape && r.median_s == a->time_s; }));
+  }
+}
+
+TEST(LookupExact, AnExactHitAllocatesNothing) {
+  std::vector<BestRow> rows;
+  for (int64_t s = 1024; s <= (1 << 20); s *= 2) rows.push_back(best_row(shape_of({s, 77}), kUaa, 1e-3));
+  const Lookup lookup(rows);
+  const std::vector<int64_t> seqs = {65536, 77};
+  const ShapeView view{1, seqs, 32, 8, 128, 128, DType::bf16, {MaskKind::causal, 0}};
+  const int64_t before = allocations.load();
+  std::optional<Answer> a;
+  for (int i = 0; i < 1000; ++i) a = lookup.query(view);
+  EXPECT_EQ(allocations.load(), before);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->source, Source::exact);
+}
+
+TEST(LookupNearest, PicksTheMeasuredLengthClosestInLogDistanceForEveryQuery) {
+  const std::vector<int64_t> measured = {1000, 4000, 16000, 64000, 250000};
+  std::vector<BestRow> rows;
+  for (size_t i = 0; i < measured.size(); ++i) rows.push_back(best_row(shape_of({measured[i]}), kUaa, double(i)));
+  const Lookup lookup(rows);
+  for (int64_t q = 1; q < 2'000'000; q = q * 11 / 10 + 1) {
+    if (std::find(measured.begin(), measured.end(), q) != measured.end()) continue;
+    const auto distance = [&](size_t i) { return std::abs(std::log(double(q) / double(measured[i]))); };
+    size_t expected = 0;
+    for (size_t i = 1; i < measured.size(); ++i)
+      if (distance(i) <= distance(expected)) expected = i;  // a tie goes to the longer
+    const auto a = lookup.query(shape_of({q}));
+    ASSERT_TRUE(a) << q;
+    EXPECT_EQ(a->source, Source::nearest) << q;
+    EXPECT_EQ(a->measured_tokens, measured[expected]) << q;
+    EXPECT_EQ(a->time_s, double(expected)) << q;
+  }
+}
+
+TEST(LookupNearest, UsesTheSumOfAPackedBatchsLengths) {
+  const Lookup lookup({best_row(shape_of({8192}), kUaa, 1.0), best_row(shape_of({1024}), kZigzag, 2.0)});
+  const auto a = lookup.query(shape_of({4000, 4000, 100}));
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->source, Source::nearest);
+  EXPECT_EQ(a->measured_tokens, 8192);
+}
+
+TEST(LookupNearest, NeverCrossesAFamily) {
+  const Lookup lookup({best_row(shape_of({4096}), kUaa, 1.0)});
+  ASSERT_EQ(lookup.query(shape_of({5000}))->source, Source::nearest);
+  std::vector<ShapeKey> other_families;
+  for (int field = 0; field < 8; ++field) {
+    ShapeKey s = shape_of({5000});
+    switch (field) {
+      case 0: s.batch = 2; break;
+      case 1: s.q_heads = 24; break;
+      case 2: s.kv_heads = 4; break;
+      case 3: s.head_dim = 64; break;
+      case 4: s.v_head_dim = 64; break;
+      case 5: s.dtype = DType::fp16; break;
+      case 6: s.mask = {MaskKind::full, 0}; break;
+      case 7: s.mask = {MaskKind::sliding_window, 4096}; break;
+    }
+    EXPECT_FALSE(lookup.query(s)) << describe(s);
+  }
+}
+
+TEST(LookupSimulated, TheFallbackAnswersOnlyWhenTheFamilyHasNoMeasurement) {
+  int calls = 0;
+  ShapeKey asked;
+  Fallback simulator = [&](const ShapeKey& shape) -> std::optional<Answer> {
+    ++calls;
+    asked = shape;
+    return Answer{Strategy::ring, 1, 4, RankOrder::ulysses_inner, HeadPolicy::balanced, 5e-3, Source::exact, 99};
+  };
+  const Lookup lookup({best_row(shape_of({4096}), kUaa, 1e-3)}, simulator);
+  EXPECT_EQ(lookup.query(shape_of({4096}))->source, Source::exact);
+  EXPECT_EQ(lookup.query(shape_of({9000}))->source, Source::nearest);
+  EXPECT_EQ(calls, 0);
+  const auto a = lookup.query(shape_of({9000}, 48, 8));
+  ASSERT_TRUE(a);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(asked, shape_of({9000}, 48, 8));
+  EXPECT_EQ(a->source, Source::simulated);
+  EXPECT_EQ(a->strategy, Strategy::ring);
+  EXPECT_EQ(a->time_s, 5e-3);
+  EXPECT_EQ(a->measured_tokens, 0);
+}
+
+TEST(LookupSimulated, WithoutFallbackOrWhenTheFallbackHasNoPickTheAnswerIsNotFound) {
+  EXPECT_FALSE(Lookup({best_row(shape_of({4096}), kUaa, 1e-3)}).query(shape_of({4096}, 48, 8)));
+  const Lookup none({}, [](const ShapeKey&) { return std::optional<Answer>(); });
+  EXPECT_FALSE(none.query(shape_of({4096})));
+}
+
+TEST(LookupFingerprint, ALookupNeverReturnsARowOfAnotherFingerprint) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  Fingerprint nccl = cpu_fingerprint();
+  nccl.backend = "nccl";
+  {
+    Store store = Store::open(path);
+    store.record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(kUaa, 1e-3), measurement(kZigzag, 2e-3)});
+    store.record_shape(nccl, shape_of({4096}), {measurement(kUaa, 2e-3), measurement(kZigzag, 1e-3)});
+    store.record_shape(nccl, shape_of({4096}, 64, 8), {measurement(kHybrid, 1e-3)});
+  }
+  EXPECT_EQ(Lookup::open(path, cpu_fingerprint()).query(shape_of({4096}))->strategy, Strategy::uaa);
+  EXPECT_EQ(Lookup::open(path, nccl).query(shape_of({4096}))->strategy, Strategy::ring_zigzag);
+  // The gloo fingerprint measured no 64-head shape: no answer borrowed from nccl.
+  EXPECT_FALSE(Lookup::open(path, cpu_fingerprint()).query(shape_of({4096}, 64, 8)));
+  const Lookup elsewhere = Lookup::open(path, cpu_fingerprint(8));
+  EXPECT_EQ(elsewhere.shapes(), 0u);
+  EXPECT_FALSE(elsewhere.fingerprint_id());
+  EXPECT_FALSE(elsewhere.query(shape_of({4096})));
+}
+
+TEST(LookupFiles, OpensReadOnlyAndLeavesTheFileAsItWas) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  { Store::open(path).record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(kUaa, 1e-3)}); }
+  std::ifstream in(path, std::ios::binary);
+  const std::string before((std::istreambuf_iterator<char>(in)), {});
+  const auto mtime = std::filesystem::last_write_time(path);
+  { Lookup::open(path, cpu_fingerprint()); }
+  std::ifstream again(path, std::ios::binary);
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(again)), {}), before);
+  EXPECT_EQ(std::filesystem::last_write_time(path), mtime);
+}
+
+TEST(LookupFiles, OpensWhileATunerHoldsTheDatabaseAndSeesEveryCommittedShape) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  Store tuner = Store::open(path);
+  tuner.record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(kUaa, 1e-3)});
+  EXPECT_EQ(Lookup::open(path, cpu_fingerprint()).shapes(), 1u);
+  tuner.record_shape(cpu_fingerprint(), shape_of({8192}), {measurement(kZigzag, 1e-3)});
+  const Lookup lookup = Lookup::open(path, cpu_fingerprint());
+  EXPECT_EQ(lookup.shapes(), 2u);
+  EXPECT_EQ(lookup.query(shape_of({8192}))->strategy, Strategy::ring_zigzag);
+}
+
+TEST(LookupFiles, AMissingOrNonDatabaseFileIsAnError) {
+  TempDir dir;
+  EXPECT_THROW(Lookup::open(dir.file("missing.db"), cpu_fingerprint()), Error);
+  std::ofstream(dir.file("notes.txt")) << std::string(5000, 'n');
+  EXPECT_THROW(Lookup::open(dir.file("notes.txt"), cpu_fingerprint()), Error);
+}
+
+// --- the C ABI --------------------------------------------------------------------------------
+
+class CAbi : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_.file("tune.db");
+    Store store = Store::open(path_);
+    store.record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(kUaa, 3e-3), measurement(kHybrid, 2e-3)});
+  }
+  cptune_fingerprint fingerprint() const {
+    return {sizeof(cptune_fingerprint), "gloo", "cpu", 4, 4, 1, nullptr, nullptr};
+  }
+  cptune_shape shape(const int64_t* seq_lens, size_t n, const char* mask = "causal") const {
+    return {sizeof(cptune_shape), 1, seq_lens, n, 32, 8, 128, 0, "bf16", mask};
+  }
+  cptune_lookup* open() {
+    const cptune_fingerprint fp = fingerprint();
+    cptune_lookup* lookup = nullptr;
+    EXPECT_EQ(cptune_lookup_open(path_.c_str(), &fp, &lookup), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+    return lookup;
+  }
+
+  TempDir dir_;
+  std::string path_;
+};
+
+TEST_F(CAbi, AnswersExactAndNearestWithNamesAndSource) {
+  cptune_lookup* lookup = open();
+  ASSERT_NE(lookup, nullptr);
+  EXPECT_EQ(cptune_lookup_shapes(lookup), 1u);
+  const int64_t exact_len = 4096, near_len = 5000;
+  cptune_choice choice{};
+  choice.struct_size = sizeof choice;
+  cptune_shape s = shape(&exact_len, 1);
+  ASSERT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_OK);
+  EXPECT_STREQ(choice.strategy, "hybrid-uaa");
+  EXPECT_STREQ(choice.rank_order, "ring-inner");
+  EXPECT_STREQ(choice.head_policy, "kv-aligned");
+  EXPECT_EQ(choice.ulysses, 2);
+  EXPECT_EQ(choice.ring, 2);
+  EXPECT_EQ(choice.time_s, 2e-3);
+  EXPECT_EQ(choice.source, CPTUNE_LOOKUP_SOURCE_EXACT);
+  EXPECT_STREQ(cptune_lookup_source_name(choice.source), "exact");
+  s = shape(&near_len, 1);
+  ASSERT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(choice.source, CPTUNE_LOOKUP_SOURCE_NEAREST);
+  EXPECT_EQ(choice.measured_tokens, 4096);
+  s = shape(&exact_len, 1, "full");
+  EXPECT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_NOT_FOUND);
+  cptune_lookup_close(lookup);
+}
+
+TEST_F(CAbi, AnExactHitThroughTheAbiAllocatesNothing) {
+  cptune_lookup* lookup = open();
+  const int64_t len = 4096;
+  const cptune_shape s = shape(&len, 1);
+  cptune_choice choice{};
+  choice.struct_size = sizeof choice;
+  const int64_t before = allocations.load();
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(allocations.load(), before);
+  cptune_lookup_close(lookup);
+}
+
+TEST_F(CAbi, NullPointersAreStatusCodesNeverCrashes) {
+  const cptune_fingerprint fp = fingerprint();
+  cptune_lookup* lookup = nullptr;
+  EXPECT_EQ(cptune_lookup_open(path_.c_str(), &fp, nullptr), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_open(nullptr, &fp, &lookup), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_open(path_.c_str(), nullptr, &lookup), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(lookup, nullptr);
+  cptune_fingerprint no_backend = fp;
+  no_backend.backend = nullptr;
+  EXPECT_EQ(cptune_lookup_open(path_.c_str(), &no_backend, &lookup), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  lookup = open();
+  const int64_t len = 4096;
+  const cptune_shape s = shape(&len, 1);
+  cptune_choice choice{};
+  choice.struct_size = sizeof choice;
+  EXPECT_EQ(cptune_lookup_query(nullptr, &s, &choice), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_query(lookup, nullptr, &choice), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_query(lookup, &s, nullptr), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  const cptune_shape no_lens = shape(nullptr, 1);
+  EXPECT_EQ(cptune_lookup_query(lookup, &no_lens, &choice), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_shapes(nullptr), 0u);
+  cptune_lookup_close(nullptr);
+  cptune_lookup_close(lookup);
+}
+
+TEST_F(CAbi, AStructSizeSmallerThanThisAbisIsRefused) {
+  cptune_fingerprint fp = fingerprint();
+  cptune_lookup* lookup = nullptr;
+  for (size_t size : {size_t(0), size_t(8), sizeof(cptune_fingerprint) - 1}) {
+    fp.struct_size = size;
+    EXPECT_EQ(cptune_lookup_open(path_.c_str(), &fp, &lookup), CPTUNE_LOOKUP_ERROR_STRUCT_SIZE);
+    EXPECT_NE(std::string(cptune_lookup_last_error()).find("struct_size"), std::string::npos);
+  }
+  lookup = open();
+  const int64_t len = 4096;
+  cptune_shape s = shape(&len, 1);
+  cptune_choice choice{};
+  choice.struct_size = sizeof choice - 1;
+  EXPECT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_ERROR_STRUCT_SIZE);
+  choice.struct_size = sizeof choice;
+  s.struct_size = 0;
+  EXPECT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_ERROR_STRUCT_SIZE);
+  // A newer caller's larger struct is accepted: the fields this ABI knows come first.
+  s.struct_size = sizeof s + 64;
+  choice.struct_size = sizeof choice + 64;
+  EXPECT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_OK);
+  cptune_lookup_close(lookup);
+}
+
+TEST_F(CAbi, BadValuesAreInvalidArgumentsWithAMessage) {
+  cptune_lookup* lookup = open();
+  const int64_t len = 4096, zero = 0;
+  cptune_choice choice{};
+  choice.struct_size = sizeof choice;
+  cptune_shape s = shape(&len, 1);
+  s.dtype = "bf17";
+  EXPECT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(cptune_lookup_last_error()).find("bf17"), std::string::npos);
+  s = shape(&len, 1, "sliding");
+  EXPECT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  s = shape(&len, 0);
+  EXPECT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  s = shape(&zero, 1);
+  EXPECT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  s = shape(&len, 1);
+  s.q_heads = 0;
+  EXPECT_EQ(cptune_lookup_query(lookup, &s, &choice), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  cptune_lookup_close(lookup);
+}
+
+TEST_F(CAbi, AMissingOrBadDatabaseIsADatabaseErrorNamingThePath) {
+  const cptune_fingerprint fp = fingerprint();
+  cptune_lookup* lookup = reinterpret_cast<cptune_lookup*>(&lookup);
+  const std::string missing = dir_.file("missing.db");
+  EXPECT_EQ(cptune_lookup_open(missing.c_str(), &fp, &lookup), CPTUNE_LOOKUP_ERROR_DATABASE);
+  EXPECT_EQ(lookup, nullptr);
+  EXPECT_NE(std::string(cptune_lookup_last_error()).find(missing), std::string::npos);
+  const std::string text = dir_.file("notes.txt");
+  std::ofstream(text) << std::string(5000, 'n');
+  EXPECT_EQ(cptune_lookup_open(text.c_str(), &fp, &lookup), CPTUNE_LOOKUP_ERROR_DATABASE);
+  EXPECT_NE(std::string(cptune_lookup_last_error()).find("not a database"), std::string::npos);
+}
+
+TEST_F(CAbi, VersionAndNamesDescribeThemselves) {
+  EXPECT_EQ(cptune_lookup_version(), CPTUNE_LOOKUP_ABI_VERSION);
+  EXPECT_STRNE(cptune_lookup_library_version(), "");
+  EXPECT_STREQ(cptune_lookup_status_name(CPTUNE_LOOKUP_NOT_FOUND), "not-found");
+  EXPECT_STREQ(cptune_lookup_status_name(-99), "unknown");
+  EXPECT_STREQ(cptune_lookup_source_name(CPTUNE_LOOKUP_SOURCE_SIMULATED), "simulated");
+  EXPECT_STREQ(cptune_lookup_source_name(7), "unknown");
+}
+
+// --- the installed library ------------------------------------------------------------------
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;
+};
+
+CommandResult run(const std::string& command) {
+  CommandResult result;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return result;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) result.output.append(buffer, n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+std::string find_under(const std::string& root, const std::string& name) {
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(root))
+    if (entry.path().filename() == name) return entry.path().string();
+  return "";
+}
+
+TEST(InstalledLookup, ExportsOnlyTheCAbi) {
+  const CommandResult nm = run("nm -D --defined-only " CPTUNE_BUILD_DIR "/db/libcptune_lookup.so");
+  ASSERT_EQ(nm.exit_code, 0) << nm.output;
+  std::istringstream lines(nm.output);
+  int symbols = 0;
+  for (std::string line; std::getline(lines, line);) {
+    const std::string name = line.substr(line.rfind(' ') + 1);
+    EXPECT_TRUE(name.rfind("cptune_lookup_", 0) == 0 || name == "CPTUNE_LOOKUP_1") << name;
+    ++symbols;
+  }
+  EXPECT_EQ(symbols, 10);  // 9 functions and the version node
+}
+
+TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPackage) {
+  TempDir dir;
+  const std::string prefix = dir.file("prefix"), db = dir.file("tune.db");
+  {
+    Store store = Store::open(db);
+    store.record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(kZigzag, 1e-3), measurement(kUaa, 2e-3)});
+  }
+  const CommandResult install =
+      run("cmake --install " CPTUNE_BUILD_DIR " --component lookup --prefix " + prefix);
+  ASSERT_EQ(install.exit_code, 0) << install.output;
+  const std::string pc = find_under(prefix, "cptune-lookup.pc"), header = find_under(prefix, "cptune_lookup.h");
+  const std::string config = find_under(prefix, "cptuneConfig.cmake"), example = find_under(prefix, "lookup_example.c");
+  ASSERT_FALSE(pc.empty() || header.empty() || config.empty() || example.empty()) << install.output;
+  const std::string libdir = std::filesystem::path(pc).parent_path().parent_path().string();
+  ASSERT_TRUE(std::filesystem::exists(libdir + "/libcptune_lookup.so")) << install.output;
+  const std::string args = db + " gloo cpu 4 4 4096 32 8 128 bf16 causal";
+
+  const std::string pkg = "PKG_CONFIG_PATH=" + libdir + "/pkgconfig pkg-config";
+  const std::string flags = "$(" + pkg + " --cflags --libs cptune-lookup) -Wl,-rpath," + libdir;
+  const CommandResult cc = run("cc -std=c99 -Wall -Werror " + example + " " + flags + " -o " + dir.file("example_pc"));
+  ASSERT_EQ(cc.exit_code, 0) << cc.output;
+  const CommandResult by_pc = run(dir.file("example_pc") + " " + args);
+  EXPECT_EQ(by_pc.exit_code, 0) << by_pc.output;
+  EXPECT_EQ(by_pc.output, "exact ring-zigzag U=1 R=4 ulysses-inner balanced 0.001\n");
+
+  const std::string source = std::filesystem::path(example).parent_path().string(), build = dir.file("example_build");
+  const CommandResult configure = run("cmake -S " + source + " -B " + build + " -DCMAKE_PREFIX_PATH=" + prefix);
+  ASSERT_EQ(configure.exit_code, 0) << configure.output;
+  const CommandResult make = run("cmake --build " + build);
+  ASSERT_EQ(make.exit_code, 0) << make.output;
+  const CommandResult by_cmake = run(build + "/lookup_example " + args);
+  EXPECT_EQ(by_cmake.output, by_pc.output);
+  const CommandResult missing =
+      run(build + "/lookup_example " + dir.file("missing.db") + " gloo cpu 4 4 4096 32 8 128 bf16 causal");
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_NE(missing.output.find("does not exist"), std::string::npos) << missing.output;
+}
+
+}  // namespace
+}  // namespace cptune::db

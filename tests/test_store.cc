@@ -1,0 +1,585 @@
+// db::Store: records round-trip, the best view, resume, schema versions, bad files, what two
+// writers at once and a writer killed mid-run leave behind, and `cptune db` reading it all.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <iterator>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "db/schema.h"
+#include "db/sqlite.h"
+#include "db/store.h"
+#include "tuner/commands.h"
+
+namespace cptune::db {
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/cptune_store_XXXXXX";
+    path_ = mkdtemp(pattern);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+Fingerprint cpu_fingerprint(int64_t world = 4) { return {"gloo", "cpu", world, world, 1, "gloo 0.5.0", "0.1.0"}; }
+
+ShapeKey shape_of(std::vector<int64_t> seq_lens, int64_t hq = 32, int64_t hkv = 8, Mask mask = {MaskKind::causal, 0},
+                  DType dtype = DType::bf16) {
+  return ShapeKey{1, std::move(seq_lens), hq, hkv, 128, 128, dtype, mask};
+}
+
+std::vector<CandidateKey> candidates_for_world_4() {
+  std::vector<CandidateKey> out = {{Strategy::ulysses, 4, 1, RankOrder::ulysses_inner, HeadPolicy::balanced},
+                                   {Strategy::uaa, 4, 1, RankOrder::ulysses_inner, HeadPolicy::balanced},
+                                   {Strategy::uaa, 4, 1, RankOrder::ulysses_inner, HeadPolicy::kv_aligned},
+                                   {Strategy::ring, 1, 4, RankOrder::ulysses_inner, HeadPolicy::balanced},
+                                   {Strategy::ring_zigzag, 1, 4, RankOrder::ulysses_inner, HeadPolicy::balanced},
+                                   {Strategy::allgather_kv, 1, 4, RankOrder::ulysses_inner, HeadPolicy::balanced}};
+  for (Strategy s : {Strategy::hybrid, Strategy::hybrid_uaa})
+    for (RankOrder o : {RankOrder::ulysses_inner, RankOrder::ring_inner})
+      for (HeadPolicy p : {HeadPolicy::balanced, HeadPolicy::kv_aligned}) out.push_back({s, 2, 2, o, p});
+  return out;
+}
+
+MeasurementRow measurement(const CandidateKey& c, double median_s) {
+  MeasurementRow r;
+  r.candidate = c;
+  r.median_s = median_s;
+  r.min_s = median_s * 0.9;
+  r.max_s = median_s * 1.25;
+  r.iterations = 20;
+  r.phase_medians_s = {{"attention", median_s * 0.6}, {"qkv_all_to_all", median_s * 0.3}};
+  r.verify_max_abs_error = 3.0517578125e-05;
+  r.predicted_s = median_s * 1.1;
+  r.profile = "cpu-gloo-loopback";
+  r.measured_at = "2025-01-02T03:04:05.678Z";
+  return r;
+}
+
+// One measurement per candidate, medians drawn at random: the property tests' input.
+std::vector<MeasurementRow> random_rows(std::mt19937& rng, size_t count = candidates_for_world_4().size()) {
+  std::uniform_real_distribution<double> median(1e-4, 1e-1);
+  std::vector<MeasurementRow> rows;
+  const auto candidates = candidates_for_world_4();
+  for (size_t i = 0; i < count; ++i) rows.push_back(measurement(candidates[i % candidates.size()], median(rng)));
+  return rows;
+}
+
+std::vector<ShapeKey> shape_sweep() {
+  std::vector<ShapeKey> shapes;
+  for (std::vector<int64_t> seqs : std::vector<std::vector<int64_t>>{{1}, {7}, {4097}, {77, 4097}, {4097, 77}})
+    for (auto [hq, hkv] : {std::pair{24, 8}, std::pair{32, 32}})
+      for (Mask mask : {Mask{MaskKind::full, 0}, Mask{MaskKind::causal, 0}, Mask{MaskKind::sliding_window, 128}})
+        for (DType dtype : {DType::bf16, DType::fp32}) shapes.push_back(shape_of(seqs, hq, hkv, mask, dtype));
+  return shapes;
+}
+
+int64_t count_rows(const std::string& path, const char* sql) {
+  Connection conn(path, OpenMode::read_only);
+  Statement st(conn, sql);
+  return st.step() ? st.column_int(0) : -1;
+}
+
+std::string integrity(const std::string& path) {
+  Connection conn(path, OpenMode::read_only);
+  Statement st(conn, "PRAGMA integrity_check");
+  return st.step() ? st.column_text(0) : "";
+}
+
+void expect_error_naming(const std::function<void()>& action, const std::string& path, const std::string& words) {
+  try {
+    action();
+    ADD_FAILURE() << "expected an Error about '" << path << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+  }
+}
+
+TEST(StoreRecords, EveryFieldRoundTripsForEveryShapeOfTheSweep) {
+  TempDir dir;
+  std::mt19937 rng(1);
+  std::map<std::string, std::pair<ShapeKey, std::vector<MeasurementRow>>> written;
+  {
+    Store store = Store::open(dir.file("tune.db"));
+    for (const ShapeKey& shape : shape_sweep()) {
+      std::vector<MeasurementRow> rows = random_rows(rng);
+      rows[0].verify_max_abs_error.reset();  // unverified and unranked rows keep their NULLs
+      rows[1].predicted_s.reset();
+      rows[2].phase_medians_s.clear();
+      store.record_shape(cpu_fingerprint(), shape, rows);
+      written[describe(shape)] = {shape, rows};
+    }
+  }
+  const Store store = Store::open_read_only(dir.file("tune.db"));
+  std::map<std::string, std::vector<MeasurementRow>> read;
+  for (const StoredMeasurement& m : store.measurements()) read[describe(m.shape)].push_back(m.row);
+  ASSERT_EQ(read.size(), written.size());
+  for (const auto& [name, shape_rows] : written) EXPECT_EQ(read[name], shape_rows.second) << name;
+}
+
+TEST(StoreRecords, EmptyTimestampIsFilledWithUtcNow) {
+  TempDir dir;
+  Store store = Store::open(dir.file("tune.db"));
+  MeasurementRow row = measurement(candidates_for_world_4()[0], 1e-3);
+  row.measured_at.clear();
+  store.record_shape(cpu_fingerprint(), shape_of({4096}), {row});
+  const std::string at = store.measurements().at(0).row.measured_at;
+  ASSERT_EQ(at.size(), 24u) << at;  // 2025-01-02T03:04:05.678Z
+  EXPECT_EQ(at[10], 'T');
+  EXPECT_EQ(at.back(), 'Z');
+}
+
+TEST(StoreBest, PicksTheMinimumMedianOfEveryShapeAndFingerprint) {
+  TempDir dir;
+  Store store = Store::open(dir.file("tune.db"));
+  std::mt19937 rng(2);
+  std::map<std::pair<int64_t, std::string>, std::pair<CandidateKey, double>> fastest;
+  for (int64_t world : {2, 4}) {
+    for (const ShapeKey& shape : shape_sweep()) {
+      const std::vector<MeasurementRow> rows = random_rows(rng);
+      store.record_shape(cpu_fingerprint(world), shape, rows);
+      const auto best = std::min_element(rows.begin(), rows.end(),
+                                         [](const auto& a, const auto& b) { return a.median_s < b.median_s; });
+      fastest[{world, describe(shape)}] = {best->candidate, best->median_s};
+    }
+  }
+  const auto fingerprints = store.fingerprints();
+  ASSERT_EQ(fingerprints.size(), 2u);
+  std::map<int64_t, int64_t> world_of;
+  for (const auto& f : fingerprints) world_of[f.id] = f.fingerprint.world;
+  const std::vector<BestRow> best = store.best();
+  ASSERT_EQ(best.size(), fastest.size());
+  for (const BestRow& row : best) {
+    const auto& [candidate, median_s] = fastest.at({world_of.at(row.fingerprint_id), describe(row.shape)});
+    EXPECT_EQ(row.candidate, candidate) << describe(row.shape);
+    EXPECT_EQ(row.median_s, median_s);
+    EXPECT_EQ(row.measurements, int64_t(candidates_for_world_4().size()));
+  }
+  EXPECT_EQ(store.best(fingerprints[0].id).size(), shape_sweep().size());
+}
+
+TEST(StoreBest, ASecondMeasurementOfTheSameShapeCompetesWithTheFirst) {
+  TempDir dir;
+  Store store = Store::open(dir.file("tune.db"));
+  const auto candidates = candidates_for_world_4();
+  store.record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(candidates[0], 2e-3)});
+  store.record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(candidates[3], 1e-3)});
+  const auto best = store.best();
+  ASSERT_EQ(best.size(), 1u);
+  EXPECT_EQ(best[0].candidate, candidates[3]);
+  EXPECT_EQ(best[0].measurements, 2);
+}
+
+TEST(StoreResume, HasShapeIsTrueOnlyForAShapeRecordedUnderThatFingerprint) {
+  TempDir dir;
+  Store store = Store::open(dir.file("tune.db"));
+  std::mt19937 rng(3);
+  const ShapeKey shape = shape_of({77, 4097});
+  EXPECT_FALSE(store.has_shape(cpu_fingerprint(), shape));
+  store.record_shape(cpu_fingerprint(), shape, {});  // nothing measured: nothing to skip on a rerun
+  EXPECT_FALSE(store.has_shape(cpu_fingerprint(), shape));
+  store.record_shape(cpu_fingerprint(), shape, random_rows(rng));
+  EXPECT_TRUE(store.has_shape(cpu_fingerprint(), shape));
+  EXPECT_FALSE(store.has_shape(cpu_fingerprint(8), shape));
+  Fingerprint newer = cpu_fingerprint();
+  newer.cptune_version = "0.2.0";
+  EXPECT_FALSE(store.has_shape(newer, shape));
+  EXPECT_FALSE(store.has_shape(cpu_fingerprint(), shape_of({4097, 77})));
+  EXPECT_FALSE(store.has_shape(cpu_fingerprint(), shape_of({77, 4097}, 32, 8, {MaskKind::full, 0})));
+}
+
+TEST(StoreFingerprints, ListsShapeAndMeasurementCountsPerFingerprint) {
+  TempDir dir;
+  Store store = Store::open(dir.file("tune.db"));
+  std::mt19937 rng(4);
+  for (int i = 0; i < 3; ++i) store.record_shape(cpu_fingerprint(4), shape_of({1024 << i}), random_rows(rng, 5));
+  store.record_shape(cpu_fingerprint(2), shape_of({1024}), random_rows(rng, 2));
+  const auto fps = store.fingerprints();
+  ASSERT_EQ(fps.size(), 2u);
+  EXPECT_EQ(fps[0].fingerprint, cpu_fingerprint(4));
+  EXPECT_EQ(fps[0].shapes, 3);
+  EXPECT_EQ(fps[0].measurements, 15);
+  EXPECT_EQ(fps[1].shapes, 1);
+  EXPECT_EQ(fps[1].measurements, 2);
+}
+
+TEST(StoreFingerprints, MatchWantsEqualHardwareAndTakesTheLastRecordedWhenVersionsAreOpen) {
+  TempDir dir;
+  Store store = Store::open(dir.file("tune.db"));
+  std::mt19937 rng(5);
+  Fingerprint old_version = cpu_fingerprint(), new_version = cpu_fingerprint();
+  new_version.cptune_version = "0.2.0";
+  store.record_shape(new_version, shape_of({1024}), random_rows(rng, 1));
+  store.record_shape(old_version, shape_of({2048}), random_rows(rng, 1));  // recorded last
+  const auto id_of = [&](const Fingerprint& fp) {
+    for (const auto& f : store.fingerprints())
+      if (f.fingerprint == fp) return f.id;
+    return int64_t(-1);
+  };
+  EXPECT_EQ(store.match_fingerprint(old_version), id_of(old_version));
+  EXPECT_EQ(store.match_fingerprint(new_version), id_of(new_version));
+  Fingerprint any_version = cpu_fingerprint();
+  any_version.cptune_version.clear();
+  any_version.library_versions.clear();
+  EXPECT_EQ(store.match_fingerprint(any_version), id_of(old_version));
+  for (Fingerprint other : {cpu_fingerprint(8), Fingerprint{"nccl", "cpu", 4, 4, 1, "", ""},
+                            Fingerprint{"gloo", "H100", 4, 4, 1, "", ""}, Fingerprint{"gloo", "cpu", 4, 2, 2, "", ""}})
+    EXPECT_FALSE(store.match_fingerprint(other)) << describe(other);
+}
+
+TEST(StoreSchema, AnEmptyOrMissingFileIsMigratedToTheCurrentVersion) {
+  TempDir dir;
+  write_bytes(dir.file("empty.db"), "");
+  for (const std::string& path : {dir.file("empty.db"), dir.file("new.db")}) {
+    { Store::open(path); }
+    EXPECT_EQ(count_rows(path, "PRAGMA user_version"), kSchemaVersion);
+    EXPECT_EQ(count_rows(path, "PRAGMA application_id"), kApplicationId);
+    EXPECT_EQ(count_rows(path, "SELECT count(*) FROM sqlite_schema WHERE name = 'best' AND type = 'view'"), 1);
+    EXPECT_EQ(integrity(path), "ok");
+  }
+}
+
+TEST(StoreSchema, ReopeningKeepsEveryRowAndDoesNotMigrateAgain) {
+  TempDir dir;
+  std::mt19937 rng(6);
+  const std::string path = dir.file("tune.db");
+  { Store::open(path).record_shape(cpu_fingerprint(), shape_of({4096}), random_rows(rng)); }
+  { Store::open(path).record_shape(cpu_fingerprint(), shape_of({8192}), random_rows(rng)); }
+  EXPECT_EQ(Store::open_read_only(path).best().size(), 2u);
+  EXPECT_EQ(count_rows(path, "PRAGMA user_version"), kSchemaVersion);
+}
+
+TEST(StoreSchema, ADatabaseFromANewerCptuneIsRefusedAndLeftAlone) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  { Store::open(path); }
+  { Connection(path, OpenMode::read_write).exec("PRAGMA user_version = 99"); }
+  const std::string before = read_bytes(path);
+  expect_error_naming([&] { Store::open(path); }, path, "newer cptune");
+  expect_error_naming([&] { Store::open_read_only(path); }, path, "newer cptune");
+  EXPECT_EQ(read_bytes(path), before);
+}
+
+TEST(StoreSchema, AnotherProgramsSqliteDatabaseIsRefusedAndLeftAlone) {
+  TempDir dir;
+  const std::string path = dir.file("other.db");
+  { Connection(path, OpenMode::read_write).exec("CREATE TABLE photos (id INTEGER PRIMARY KEY, name TEXT)"); }
+  const std::string before = read_bytes(path);
+  expect_error_naming([&] { Store::open(path); }, path, "another program");
+  EXPECT_EQ(read_bytes(path), before);
+  { Connection(path, OpenMode::read_write).exec("PRAGMA application_id = 1234"); }
+  const std::string marked = read_bytes(path);
+  expect_error_naming([&] { Store::open(path); }, path, "another program");
+  EXPECT_EQ(read_bytes(path), marked);
+}
+
+TEST(StoreFiles, ATextFileIsNotADatabaseAndIsLeftAlone) {
+  TempDir dir;
+  const std::string path = dir.file("shapes.csv");
+  std::string text = "seq,heads\n";
+  for (int i = 0; i < 400; ++i) text += std::to_string(1024 + i) + ",32\n";
+  write_bytes(path, text);
+  expect_error_naming([&] { Store::open(path); }, path, "not a database");
+  expect_error_naming([&] { Store::open_read_only(path); }, path, "not a database");
+  EXPECT_EQ(read_bytes(path), text);
+}
+
+// A database of many pages, closed cleanly (WAL checkpointed into the file).
+std::string filled_database(const TempDir& dir) {
+  const std::string path = dir.file("tune.db");
+  Store store = Store::open(path);
+  std::mt19937 rng(7);
+  for (int i = 0; i < 200; ++i) store.record_shape(cpu_fingerprint(), shape_of({1000 + i}), random_rows(rng));
+  return path;
+}
+
+TEST(StoreFiles, ATruncatedDatabaseIsCorruptForWritersAndReadersAndIsLeftAlone) {
+  TempDir dir;
+  const std::string path = filled_database(dir);
+  std::string bytes = read_bytes(path);
+  ASSERT_GT(bytes.size(), 64u * 1024);
+  bytes.resize(bytes.size() / 2);
+  write_bytes(path, bytes);
+  expect_error_naming([&] { Store::open(path); }, path, "corrupt");
+  expect_error_naming([&] { Store::open_read_only(path).measurements(); }, path, "malformed");
+  EXPECT_EQ(read_bytes(path), bytes);
+}
+
+TEST(StoreFiles, APageOfGarbageIsCorruptForWritersAndIsLeftAlone) {
+  TempDir dir;
+  const std::string path = filled_database(dir);
+  std::string bytes = read_bytes(path);
+  const size_t page = 4096, middle = bytes.size() / page / 2;
+  std::fill(bytes.begin() + long(middle * page), bytes.begin() + long((middle + 1) * page), '\xab');
+  write_bytes(path, bytes);
+  expect_error_naming([&] { Store::open(path); }, path, "corrupt");
+  EXPECT_EQ(read_bytes(path), bytes);
+}
+
+TEST(StoreFiles, AGarbledHeaderIsNotADatabase) {
+  TempDir dir;
+  const std::string path = filled_database(dir);
+  std::string bytes = read_bytes(path);
+  std::fill(bytes.begin(), bytes.begin() + 100, 'x');
+  write_bytes(path, bytes);
+  expect_error_naming([&] { Store::open(path); }, path, "not a database");
+  EXPECT_EQ(read_bytes(path), bytes);
+}
+
+TEST(StoreFiles, AMissingFileOrAnUnopenablePathIsAnErrorNamingThePath) {
+  TempDir dir;
+  expect_error_naming([&] { Store::open_read_only(dir.file("missing.db")); }, dir.file("missing.db"), "does not exist");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("missing.db")));
+  expect_error_naming([&] { Store::open(dir.file("no/such/folder/tune.db")); }, dir.file("no/such/folder/tune.db"),
+                      "cannot open");
+  std::filesystem::create_directory(dir.file("folder.db"));
+  expect_error_naming([&] { Store::open(dir.file("folder.db")); }, dir.file("folder.db"), "directory");
+  expect_error_naming([&] { Store::open_read_only(dir.file("folder.db")); }, dir.file("folder.db"), "directory");
+}
+
+TEST(StoreFiles, AReadOnlyStoreRefusesToWrite) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  { Store::open(path); }
+  Store reader = Store::open_read_only(path);
+  std::mt19937 rng(8);
+  expect_error_naming([&] { reader.record_shape(cpu_fingerprint(), shape_of({4096}), random_rows(rng)); }, path,
+                      "read-only");
+}
+
+TEST(StoreRecords, SequenceLengthsParseOnlyFromPositiveCommaSeparatedCounts) {
+  EXPECT_EQ(parse_seq_lens("77,4097"), (std::vector<int64_t>{77, 4097}));
+  EXPECT_EQ(seq_lens_text(std::vector<int64_t>{77, 4097}), "77,4097");
+  for (const char* bad : {"", ",", "77,", ",77", "77,,4097", "0", "-5", "4k", "77;4097"})
+    EXPECT_THROW(parse_seq_lens(bad), Error) << bad;
+}
+
+// --- processes ------------------------------------------------------------------------------
+
+// The shapes a child process tunes: distinct per writer, plus some both writers measure.
+std::vector<ShapeKey> writer_shapes(int writer, int count) {
+  std::vector<ShapeKey> shapes;
+  for (int i = 0; i < count; ++i) shapes.push_back(shape_of({1 + i + (i % 4 == 0 ? 0 : writer * 100000)}));
+  return shapes;
+}
+
+// Runs body in a child process; its exit code is 0 only if body returned without throwing.
+pid_t fork_child(const std::function<void()>& body) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    int code = 0;
+    try {
+      body();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "child %d: %s\n", getpid(), e.what());
+      code = 1;
+    }
+    _exit(code);
+  }
+  return pid;
+}
+
+int wait_exit_code(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(StoreProcesses, TwoWritersAtOnceOnANewFileLoseNothing) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  constexpr int kShapes = 150, kRows = 8;
+  int start[2];
+  ASSERT_EQ(pipe(start), 0);
+  std::vector<pid_t> children;
+  for (int writer = 0; writer < 2; ++writer) {
+    children.push_back(fork_child([&, writer] {
+      char go = 0;
+      close(start[1]);
+      if (read(start[0], &go, 1) != 1) throw std::runtime_error("no start signal");
+      Store store = Store::open(path);  // both create and migrate the same new file at once
+      std::mt19937 rng(writer);
+      for (const ShapeKey& shape : writer_shapes(writer, kShapes))
+        store.record_shape(cpu_fingerprint(), shape, random_rows(rng, kRows));
+    }));
+  }
+  close(start[0]);
+  ASSERT_EQ(write(start[1], "gg", 2), 2);
+  close(start[1]);
+  for (pid_t pid : children) EXPECT_EQ(wait_exit_code(pid), 0);
+  EXPECT_EQ(integrity(path), "ok");
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM measurements"), 2 * kShapes * kRows);
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM fingerprints"), 1);
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM candidates"), kRows);
+  std::set<std::string> all_shapes;
+  for (int writer = 0; writer < 2; ++writer)
+    for (const ShapeKey& s : writer_shapes(writer, kShapes)) all_shapes.insert(describe(s));
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM shapes"), int64_t(all_shapes.size()));
+}
+
+// Tunes every shape not yet stored, reporting each finished one (its index) through fd.
+void tune_remaining(const std::string& path, const std::vector<ShapeKey>& shapes, int report_fd, int rows_per_shape) {
+  Store store = Store::open(path);
+  std::mt19937 rng(9);
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    if (store.has_shape(cpu_fingerprint(), shapes[i])) continue;
+    store.record_shape(cpu_fingerprint(), shapes[i], random_rows(rng, size_t(rows_per_shape)));
+    const auto index = uint32_t(i);
+    if (report_fd >= 0 && write(report_fd, &index, sizeof index) != sizeof index) throw std::runtime_error("pipe");
+  }
+}
+
+TEST(StoreProcesses, AWriterKilledMidRunKeepsEveryFinishedShapeAndTheRerunCompletesTheRest) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  constexpr int kShapes = 400, kRows = 300;  // large shapes: the kill lands inside a transaction
+  std::vector<ShapeKey> shapes;
+  for (int i = 0; i < kShapes; ++i) shapes.push_back(shape_of({100 + i}));
+  int reports[2];
+  ASSERT_EQ(pipe(reports), 0);
+  const pid_t child = fork_child([&] {
+    close(reports[0]);
+    tune_remaining(path, shapes, reports[1], kRows);
+  });
+  close(reports[1]);
+  std::set<uint32_t> finished;
+  uint32_t index = 0;
+  while (finished.size() < 20 && read(reports[0], &index, sizeof index) == sizeof index) finished.insert(index);
+  kill(child, SIGKILL);
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the tuner finished before it was killed; give it more work";
+  while (read(reports[0], &index, sizeof index) == sizeof index) finished.insert(index);
+  close(reports[0]);
+
+  EXPECT_EQ(integrity(path), "ok");
+  {
+    const Store store = Store::open_read_only(path);
+    for (uint32_t i : finished) EXPECT_TRUE(store.has_shape(cpu_fingerprint(), shapes[i])) << "shape " << i;
+    // A shape is stored whole or not at all: the one in flight left no rows behind.
+    for (const BestRow& row : store.best()) EXPECT_EQ(row.measurements, kRows) << describe(row.shape);
+    EXPECT_LT(store.best().size(), size_t(kShapes));
+  }
+  tune_remaining(path, shapes, -1, kRows);
+  EXPECT_EQ(integrity(path), "ok");
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM measurements"), int64_t(kShapes) * kRows);
+  const Store store = Store::open_read_only(path);
+  EXPECT_EQ(store.best().size(), size_t(kShapes));
+}
+
+// --- cptune db -------------------------------------------------------------------------------
+
+std::string cptune_db(const std::vector<std::string>& args) {
+  std::ostringstream out;
+  std::streambuf* const console = std::cout.rdbuf(out.rdbuf());
+  try {
+    cli::cmd_db(args);
+  } catch (...) {
+    std::cout.rdbuf(console);
+    throw;
+  }
+  std::cout.rdbuf(console);
+  return out.str();
+}
+
+class DbCommand : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_.file("tune.db");
+    Store store = Store::open(path_);
+    std::mt19937 rng(10);
+    const auto candidates = candidates_for_world_4();
+    store.record_shape(cpu_fingerprint(), shape_of({77, 4097}),
+                       {measurement(candidates[0], 2e-3), measurement(candidates[7], 1e-3)});
+    store.record_shape(cpu_fingerprint(), shape_of({8192}), random_rows(rng, 4));
+    store.record_shape(cpu_fingerprint(8), shape_of({8192}), random_rows(rng, 3));
+  }
+  TempDir dir_;
+  std::string path_;
+};
+
+TEST_F(DbCommand, ListShowsEveryFingerprintWithItsShapeAndMeasurementCounts) {
+  std::istringstream lines(cptune_db({"list", "--db", path_}));
+  std::vector<std::string> rows;
+  for (std::string line; std::getline(lines, line);) rows.push_back(line);
+  ASSERT_EQ(rows.size(), 3u);
+  const auto words = [](const std::string& line) {
+    std::istringstream in(line);
+    return std::vector<std::string>(std::istream_iterator<std::string>(in), {});
+  };
+  const std::vector<std::string> a = words(rows[1]), b = words(rows[2]);
+  EXPECT_EQ((std::vector<std::string>(a.begin(), a.begin() + 8)),
+            (std::vector<std::string>{"1", "gloo", "cpu", "4", "4", "1", "2", "6"}));
+  EXPECT_EQ((std::vector<std::string>(b.begin(), b.begin() + 8)),
+            (std::vector<std::string>{"2", "gloo", "cpu", "8", "8", "1", "1", "3"}));
+}
+
+TEST_F(DbCommand, ShowPrintsTheBestCandidateOfEveryShapeOfOneFingerprint) {
+  const std::string all = cptune_db({"show", "--db", path_});
+  EXPECT_EQ(std::count(all.begin(), all.end(), '\n'), 4);  // header and three shapes
+  const std::string one = cptune_db({"show", "--db", path_, "--fingerprint", "1"});
+  EXPECT_EQ(std::count(one.begin(), one.end(), '\n'), 3);
+  const size_t at = one.find("77,4097");
+  ASSERT_NE(at, std::string::npos) << one;
+  const std::string packed = one.substr(at, one.find('\n', at) - at);  // the faster: hybrid U=2 R=2 kv-aligned
+  EXPECT_NE(packed.find("hybrid "), std::string::npos) << packed;
+  EXPECT_NE(packed.find("kv-aligned"), std::string::npos) << packed;
+  EXPECT_THROW(cptune_db({"show", "--db", path_, "--fingerprint", "9"}), Error);
+}
+
+TEST_F(DbCommand, ExportGivesEveryMeasurementAsJsonAndAsCsv) {
+  const auto json = nlohmann::json::parse(cptune_db({"export", "--db", path_, "--json"}));
+  ASSERT_EQ(json.size(), 9u);
+  EXPECT_EQ(json[0]["seq_lens"], (std::vector<int64_t>{77, 4097}));
+  EXPECT_EQ(json[0]["median_s"], 2e-3);
+  EXPECT_EQ(json[0]["phase_medians_s"]["attention"], 2e-3 * 0.6);
+  EXPECT_EQ(json[0]["world"], 4);
+  EXPECT_EQ(json[8]["world"], 8);
+  const std::string csv = cptune_db({"export", "--db", path_, "--csv"});
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 10);
+  EXPECT_EQ(csv.substr(0, csv.find(',')), "measurement_id");
+  EXPECT_NE(csv.find(",\"77,4097\","), std::string::npos);
+  EXPECT_NE(csv.find("\"{\"\"attention\"\":"), std::string::npos);  // JSON inside CSV, quotes doubled
+  EXPECT_THROW(cptune_db({"export", "--db", path_}), Error);
+  EXPECT_THROW(cptune_db({"export", "--db", path_, "--csv", "--json"}), Error);
+}
+
+TEST_F(DbCommand, AMissingDatabaseOrAnUnknownActionIsAnError) {
+  expect_error_naming([&] { cptune_db({"list", "--db", dir_.file("missing.db")}); }, dir_.file("missing.db"),
+                      "does not exist");
+  EXPECT_THROW(cptune_db({"frob", "--db", path_}), Error);
+  EXPECT_THROW(cptune_db({}), Error);
+}
+
+}  // namespace
+}  // namespace cptune::db

@@ -1,0 +1,42 @@
+#include "tuner/fingerprint.h"
+
+#include <sqlite3.h>
+
+#include <fstream>
+
+#include <Eigen/Core>
+
+#include "cptune/version.h"
+
+namespace cptune::cli {
+
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) != 0) continue;
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) break;
+    std::string name = line.substr(colon + 1);
+    name.erase(0, name.find_first_not_of(" \t"));
+    if (!name.empty()) return name;
+  }
+  return "cpu";
+}
+
+db::Fingerprint local_fingerprint(const std::string& backend, int64_t world, int64_t ranks_per_node) {
+  db::Fingerprint fp;
+  fp.backend = backend;
+  fp.device_model = cpu_model_name();
+  fp.world = world;
+  fp.ranks_per_node = ranks_per_node;
+  fp.nodes = (world + ranks_per_node - 1) / ranks_per_node;
+  // Gloo's Debian build reports no version of its own beyond its package (0.5.0 snapshot).
+  fp.library_versions = "gloo 0.5.0; eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." +
+                        std::to_string(EIGEN_MAJOR_VERSION) + "." + std::to_string(EIGEN_MINOR_VERSION) + "; sqlite " +
+                        sqlite3_libversion();
+  fp.cptune_version = CPTUNE_VERSION_STRING;
+  return fp;
+}
+
+}  // namespace cptune::cli
