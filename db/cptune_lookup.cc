@@ -10,6 +10,8 @@
 #include "core/error.h"
 #include "cptune/version.h"
 #include "db/lookup.h"
+#include "db/sim_fallback.h"
+#include "sim/hardware.h"
 
 struct cptune_lookup {
   cptune::db::Lookup lookup;
@@ -122,19 +124,28 @@ int cptune_lookup_version(void) { return CPTUNE_LOOKUP_ABI_VERSION; }
 const char* cptune_lookup_library_version(void) { return CPTUNE_VERSION_STRING; }
 
 int cptune_lookup_open(const char* db_path, const cptune_fingerprint* fp, cptune_lookup** out) {
+  return cptune_lookup_open_with_simulator(db_path, fp, nullptr, out);
+}
+
+int cptune_lookup_open_with_simulator(const char* db_path, const cptune_fingerprint* fp, const char* hardware,
+                                      cptune_lookup** out) {
   if (!out) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "out is NULL");
   *out = nullptr;
   if (!db_path) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "db_path is NULL");
   if (int status = check_struct(fp, fp ? fp->struct_size : 0, sizeof(cptune_fingerprint), "cptune_fingerprint"))
     return status;
   cptune::db::Fingerprint fingerprint;
+  cptune::db::Fallback fallback;
   if (int status = guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
         fingerprint = to_fingerprint(*fp);
+        if (hardware && *hardware)
+          fallback = cptune::db::simulator_fallback(cptune::sim::load_hardware(hardware),
+                                                    {fingerprint.world, fingerprint.ranks_per_node});
         return CPTUNE_LOOKUP_OK;
       }))
     return status;
   return guarded(CPTUNE_LOOKUP_ERROR_DATABASE, [&] {
-    *out = new cptune_lookup{cptune::db::Lookup::open(db_path, fingerprint)};
+    *out = new cptune_lookup{cptune::db::Lookup::open(db_path, fingerprint, std::move(fallback))};
     return CPTUNE_LOOKUP_OK;
   });
 }

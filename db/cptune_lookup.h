@@ -106,6 +106,13 @@ CPTUNE_LOOKUP_API const char* cptune_lookup_library_version(void);
 /* Loads the rows of fp from db_path. On success *out is a handle for cptune_lookup_close; on
  * failure *out is NULL. A fingerprint with no rows is a success with no measured shapes. */
 CPTUNE_LOOKUP_API int cptune_lookup_open(const char* db_path, const cptune_fingerprint* fp, cptune_lookup** out);
+/* As cptune_lookup_open, and a shape whose family has no measurement gets the simulator's pick
+ * (source CPTUNE_LOOKUP_SOURCE_SIMULATED) on the cluster of fp, described by `hardware`: a preset
+ * name ("h100-sxm", "h200", "a100", "l20", "cpu-gloo") or the path of a hardware JSON file, e.g.
+ * one written by `cptune calibrate`. NULL or "" behaves like cptune_lookup_open. A hardware
+ * description that cannot be read is CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT. */
+CPTUNE_LOOKUP_API int cptune_lookup_open_with_simulator(const char* db_path, const cptune_fingerprint* fp,
+                                                        const char* hardware, cptune_lookup** out);
 /* Fills *out and returns CPTUNE_LOOKUP_OK, or returns CPTUNE_LOOKUP_NOT_FOUND or an error. */
 CPTUNE_LOOKUP_API int cptune_lookup_query(const cptune_lookup* lookup, const cptune_shape* shape, cptune_choice* out);
 /* Shapes measured under the fingerprint (0 when it has no rows); 0 for NULL. */

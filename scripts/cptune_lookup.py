@@ -83,6 +83,9 @@ def _load(lib_path):
     lib.cptune_lookup_version.argtypes = []
     lib.cptune_lookup_open.restype = ctypes.c_int
     lib.cptune_lookup_open.argtypes = [ctypes.c_char_p, ctypes.POINTER(_Fingerprint), ctypes.POINTER(ctypes.c_void_p)]
+    lib.cptune_lookup_open_with_simulator.restype = ctypes.c_int
+    lib.cptune_lookup_open_with_simulator.argtypes = [ctypes.c_char_p, ctypes.POINTER(_Fingerprint), ctypes.c_char_p,
+                                                      ctypes.POINTER(ctypes.c_void_p)]
     lib.cptune_lookup_query.restype = ctypes.c_int
     lib.cptune_lookup_query.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Shape), ctypes.POINTER(_Choice)]
     lib.cptune_lookup_shapes.restype = ctypes.c_size_t
@@ -115,7 +118,9 @@ def _text(value):
 class CptuneLookup:
     """One open lookup: the database's rows for one fingerprint, held by the C library."""
 
-    def __init__(self, lib_path, db_path, fingerprint):
+    def __init__(self, lib_path, db_path, fingerprint, hardware=None):
+        """hardware: a preset name or hardware JSON path; shapes of unmeasured families then get
+        the simulator's pick (source "simulated"). None: measured answers only."""
         self._lib = _load(lib_path or default_library_path())
         fp = _Fingerprint(
             ctypes.sizeof(_Fingerprint),
@@ -128,7 +133,8 @@ class CptuneLookup:
             _text(fingerprint.get("cptune_version")),
         )
         self._handle = ctypes.c_void_p()
-        self._check(self._lib.cptune_lookup_open(os.fsencode(db_path), ctypes.byref(fp), ctypes.byref(self._handle)))
+        self._check(self._lib.cptune_lookup_open_with_simulator(os.fsencode(db_path), ctypes.byref(fp), _text(hardware),
+                                                                ctypes.byref(self._handle)))
 
     def _check(self, status):
         if status < 0:
@@ -197,6 +203,7 @@ def main(argv=None):
     p.add_argument("--v-head-dim", type=int, default=0, help="default: --head-dim")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--mask", default="full", help="full, causal or sliding:W")
+    p.add_argument("--hardware", default="", help="simulate unmeasured families on this preset or JSON file")
     p.add_argument("--json", action="store_true", help="print JSON instead of one line")
     args = p.parse_args(argv)
 
@@ -212,7 +219,7 @@ def main(argv=None):
     }
     try:
         seq_lens = [int(s) for s in args.seq.split(",")]
-        with CptuneLookup(args.lib, args.db, fingerprint) as lookup:
+        with CptuneLookup(args.lib, args.db, fingerprint, args.hardware or None) as lookup:
             choice = lookup.query(seq_lens, args.heads, args.kv_heads, args.head_dim, args.v_head_dim, args.dtype,
                                   args.mask, args.batch)
     except (CptuneLookupError, RuntimeError, OSError, ValueError) as e:

@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "db/cptune_lookup.h"
 #include "db/lookup.h"
+#include "sim/candidates.h"
 #include "db/store.h"
 
 // Counts every allocation of this program, to show that an exact hit makes none. libstdc++'s
@@ -312,6 +313,35 @@ TEST_F(CAbi, AnswersExactAndNearestWithNamesAndSource) {
   cptune_lookup_close(lookup);
 }
 
+TEST_F(CAbi, WithASimulatorAFamilyWithoutMeasurementsGetsTheSimulatorsPick) {
+  const cptune_fingerprint fp = fingerprint();
+  cptune_lookup* lookup = nullptr;
+  ASSERT_EQ(cptune_lookup_open_with_simulator(path_.c_str(), &fp, "cpu-gloo", &lookup), CPTUNE_LOOKUP_OK)
+      << cptune_lookup_last_error();
+  const int64_t len = 4096;
+  cptune_choice choice{};
+  choice.struct_size = sizeof choice;
+  cptune_shape measured = shape(&len, 1);
+  ASSERT_EQ(cptune_lookup_query(lookup, &measured, &choice), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(choice.source, CPTUNE_LOOKUP_SOURCE_EXACT);  // measurements still win
+  cptune_shape unmeasured = shape(&len, 1, "full");
+  ASSERT_EQ(cptune_lookup_query(lookup, &unmeasured, &choice), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(choice.source, CPTUNE_LOOKUP_SOURCE_SIMULATED);
+  EXPECT_EQ(choice.measured_tokens, 0);
+  EXPECT_GT(choice.time_s, 0);
+  EXPECT_EQ(choice.ulysses * choice.ring, 4);  // a layout of the caller's world
+  // The same answer as the simulator's own ranking on that cluster.
+  const auto hw = cptune::sim::load_hardware("cpu-gloo");
+  const auto ranking = cptune::sim::rank_candidates(attention_shape(shape_of({4096}, 32, 8, Mask{})), {4, 4}, hw);
+  EXPECT_STREQ(choice.strategy, std::string(to_string(ranking.best()->candidate.strategy)).c_str());
+  cptune_lookup_close(lookup);
+
+  EXPECT_EQ(cptune_lookup_open_with_simulator(path_.c_str(), &fp, "no-such-hardware", &lookup),
+            CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(cptune_lookup_last_error()).find("no-such-hardware"), std::string::npos)
+      << cptune_lookup_last_error();
+}
+
 TEST_F(CAbi, AnExactHitThroughTheAbiAllocatesNothing) {
   cptune_lookup* lookup = open();
   const int64_t len = 4096;
@@ -450,7 +480,7 @@ TEST(InstalledLookup, ExportsOnlyTheCAbi) {
     EXPECT_TRUE(name.rfind("cptune_lookup_", 0) == 0 || name == "CPTUNE_LOOKUP_1") << name;
     ++symbols;
   }
-  EXPECT_EQ(symbols, 10);  // 9 functions and the version node
+  EXPECT_EQ(symbols, 11);  // 10 functions and the version node
 }
 
 TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPackage) {
