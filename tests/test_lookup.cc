@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "tests/command.h"
 #include "db/cptune_lookup.h"
 #include "db/lookup.h"
 #include "sim/candidates.h"
@@ -448,21 +449,8 @@ TEST_F(CAbi, VersionAndNamesDescribeThemselves) {
 
 // --- the installed library ------------------------------------------------------------------
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;
-};
-
-CommandResult run(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (!pipe) return result;
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) result.output.append(buffer, n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using testing::CommandResult;
+CommandResult run(const std::string& command) { return testing::run_command(command); }
 
 std::string find_under(const std::string& root, const std::string& name) {
   for (const auto& entry : std::filesystem::recursive_directory_iterator(root))

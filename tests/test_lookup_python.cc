@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/command.h"
 #include "db/store.h"
 
 namespace cptune::db {
@@ -20,21 +21,8 @@ constexpr const char* kPython = "/usr/bin/python3 -B";  // -B: no __pycache__ in
 constexpr const char* kClient = CPTUNE_SOURCE_DIR "/scripts/cptune_lookup.py";
 constexpr const char* kLibrary = CPTUNE_BUILD_DIR "/db/libcptune_lookup.so";
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;
-};
-
-CommandResult run(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (!pipe) return result;
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) result.output.append(buffer, n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using testing::CommandResult;
+CommandResult run(const std::string& command) { return testing::run_command(command); }
 
 class PythonClient : public ::testing::Test {
  protected:
