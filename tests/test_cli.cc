@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "db/store.h"
 #include "tests/command.h"
+#include "tests/temp_dir.h"
 
 namespace cptune {
 namespace {
@@ -23,18 +24,7 @@ using testing::run_command;
 
 std::string cptune(const std::string& args) { return std::string(CPTUNE_BINARY) + " " + args; }
 
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/cptune_cli_XXXXXX";
-    path_ = mkdtemp(pattern);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 TEST(CliLayout, JsonHasEveryPromisedKeyForEveryRank) {
   const auto r = run_command(cptune("layout --seq 4097 --heads 25 --kv-heads 5 --head-dim 128 --world 3 --strategy uaa --json"));
@@ -149,11 +139,17 @@ TEST(CliTune, KilledMidRunKeepsFinishedShapesAndTheRerunCompletesTheRest) {
     }
   };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (stored() == 0 && std::chrono::steady_clock::now() < deadline)
+  bool exited = false;
+  while (stored() == 0 && !exited && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    exited = waitpid(pid, nullptr, WNOHANG) == pid;
+  }
+  ASSERT_FALSE(exited && stored() == 0) << "the tune ended before storing a shape: run `" << cptune(args) << "`";
   run_command("pkill -9 -f 'cptune tune --db " + db + "'");
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
+  if (!exited) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  }
   const size_t before = stored();
   ASSERT_GE(before, 1u);
   const auto check = run_command("sqlite3 " + db + " 'PRAGMA integrity_check;'");

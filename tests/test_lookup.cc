@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "tests/command.h"
+#include "tests/temp_dir.h"
 #include "db/cptune_lookup.h"
 #include "db/lookup.h"
 #include "sim/candidates.h"
@@ -36,18 +37,7 @@ void* operator new(size_t size) {
 namespace cptune::db {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/cptune_lookup_XXXXXX";
-    path_ = mkdtemp(pattern);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 Fingerprint cpu_fingerprint(int64_t world = 4) { return {"gloo", "cpu", world, world, 1, "gloo 0.5.0", "0.1.0"}; }
 

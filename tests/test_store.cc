@@ -23,23 +23,13 @@
 #include "db/schema.h"
 #include "db/sqlite.h"
 #include "db/store.h"
+#include "tests/temp_dir.h"
 #include "tuner/commands.h"
 
 namespace cptune::db {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/cptune_store_XXXXXX";
-    path_ = mkdtemp(pattern);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -49,20 +49,16 @@ void print_table(const Layout& layout) {
 int cmd_layout(const Args& args) {
   ShapeArgs shape;
   MeshArgs mesh;
-  std::string strategy = "uaa", policy = "balanced";
-  bool json = false;
+  StrategyArgs choice;
   po::options_description desc("layout options");
   add_shape_options(desc, shape);
   add_mesh_options(desc, mesh);
-  desc.add_options()("strategy", po::value(&strategy)->default_value("uaa"),
-                     "ulysses, uaa, ring, ring-zigzag, allgather-kv, hybrid, hybrid-uaa")(
-      "head-policy", po::value(&policy)->default_value("balanced"), "balanced or kv-aligned")(
-      "json", po::bool_switch(&json), "print JSON instead of a table");
+  add_strategy_options(desc, choice);
   if (!parse_args(args, desc, "usage: cptune layout --seq S --heads H [--kv-heads K] --world P --strategy NAME [options]"))
     return 0;
-  LayoutSpec spec{to_shape(shape), to_mesh(mesh), parse_strategy(strategy), parse_head_policy(policy)};
+  const LayoutSpec spec = to_spec(shape, mesh, choice);
   const Layout layout = Layout::build(spec);
-  if (json)
+  if (choice.json)
     std::cout << to_json(layout).dump(2) << "\n";
   else
     print_table(layout);

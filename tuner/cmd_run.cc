@@ -64,28 +64,23 @@ int cmd_run(const Args& args) {
   ShapeArgs shape;
   MeshArgs mesh;
   RunArgs run;
-  std::string strategy = "uaa", policy = "balanced";
-  bool json = false;
+  StrategyArgs choice;
   po::options_description desc("run options");
   add_shape_options(desc, shape);
   add_mesh_options(desc, mesh);
   add_run_options(desc, run);
-  desc.add_options()("strategy", po::value(&strategy)->default_value("uaa"),
-                     "ulysses, uaa, ring, ring-zigzag, allgather-kv, hybrid, hybrid-uaa")(
-      "head-policy", po::value(&policy)->default_value("balanced"), "balanced or kv-aligned")(
-      "json", po::bool_switch(&json), "print JSON instead of a table");
+  add_strategy_options(desc, choice);
   if (!parse_args(args, desc,
                   "usage: cptune run --world P --strategy NAME --seq S --heads H [--kv-heads K] [--verify] [options]\n"
                   "Starts P local CPU ranks over Gloo, or with --rendezvous runs the one rank an outside launcher\n"
                   "(torchrun, mpirun, srun) started."))
     return 0;
-  const Layout layout =
-      Layout::build({to_shape(shape), to_mesh(mesh), parse_strategy(strategy), parse_head_policy(policy)});
+  const Layout layout = Layout::build(to_spec(shape, mesh, choice));
   const backends::ExecutorOptions options = executor_options(run);
   return backends::run_ranks(rank_launch(run, layout.world()), [&](backends::Comm& world) {
     const backends::RunResult result = backends::execute(layout, world, options);
     if (world.rank() == 0) {
-      if (json)
+      if (choice.json)
         std::cout << result_json(layout, result, world.backend()).dump(2) << std::endl;
       else
         print_result(layout, result, world.backend(), options.warmups);

@@ -22,6 +22,18 @@ void add_shape_options(po::options_description& desc, ShapeArgs& a) {
       ("mask", po::value(&a.mask)->default_value("full"), "full, causal or sliding:W");
 }
 
+void add_strategy_options(po::options_description& desc, StrategyArgs& a) {
+  desc.add_options()
+      ("strategy", po::value(&a.strategy)->default_value("uaa"),
+       "ulysses, uaa, ring, ring-zigzag, allgather-kv, hybrid, hybrid-uaa")
+      ("head-policy", po::value(&a.head_policy)->default_value("balanced"), "balanced or kv-aligned")
+      ("json", po::bool_switch(&a.json), "print JSON instead of a table");
+}
+
+LayoutSpec to_spec(const ShapeArgs& shape, const MeshArgs& mesh, const StrategyArgs& strategy) {
+  return {to_shape(shape), to_mesh(mesh), parse_strategy(strategy.strategy), parse_head_policy(strategy.head_policy)};
+}
+
 void add_mesh_options(po::options_description& desc, MeshArgs& a) {
   desc.add_options()
       ("world", po::value(&a.world), "ranks P in the context-parallel group")

@@ -31,7 +31,17 @@ struct MeshArgs {
   int64_t ranks_per_node = 0;  // 0: all ranks on one node
 };
 
+// --strategy and --head-policy, for the commands that name one candidate (layout, run).
+struct StrategyArgs {
+  std::string strategy = "uaa";
+  std::string head_policy = "balanced";
+  bool json = false;  // --json: print JSON instead of a table
+};
+
 void add_shape_options(boost::program_options::options_description& desc, ShapeArgs& args);
+void add_strategy_options(boost::program_options::options_description& desc, StrategyArgs& args);
+// The one layout these flags name (throws Error naming a bad value).
+LayoutSpec to_spec(const ShapeArgs& shape, const MeshArgs& mesh, const StrategyArgs& strategy);
 void add_mesh_options(boost::program_options::options_description& desc, MeshArgs& args);
 
 // "4097", "32k", "1M", "2G" -> tokens. Throws Error naming the text.
