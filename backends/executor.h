@@ -1,7 +1,8 @@
 #pragma once
-// The executor: runs one Layout for real on every rank of a Comm (Gloo CPU ranks here, NCCL
-// GPU ranks on GPUs), optionally verifies the output rows against a single-device reference,
-// and times every phase (slowest rank, median of N after W warm-ups).
+// The executor: runs one Layout for real on every rank of a Comm (Gloo: CPU ranks and host
+// buffers; NCCL: one GPU per rank, device buffers and the CUDA kernel, see device.h),
+// optionally verifies the output rows against a single-device reference, and times every
+// phase (slowest rank, median of N after W warm-ups; GPU phases end with a stream sync).
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -15,6 +16,12 @@ namespace cptune::backends {
 
 class Comm;
 
+// How UAA's per-rank sequence lengths travel before its all-to-all.
+enum class MetadataChannel {
+  cpu,     // the host channel (Gloo, also beside NCCL): no device-to-host sync
+  device,  // gathered over the Comm into device memory and copied back with a sync (peers' way)
+};
+
 struct ExecutorOptions {
   int warmups = 1;
   int iterations = 5;
@@ -23,6 +30,7 @@ struct ExecutorOptions {
   // Test hook: this rank perturbs one element of its output before verifying, proving that
   // --verify catches a wrong result. -1: never.
   int corrupt_rank = -1;
+  MetadataChannel metadata = MetadataChannel::cpu;
 };
 
 struct RunResult {
@@ -40,7 +48,8 @@ struct RunResult {
 double verify_tolerance(DType dtype);
 
 // Every rank of `world` calls this with the same layout and options. Throws Error when the
-// ranks disagree on them, when a peer fails or times out.
+// ranks disagree on them, when a peer fails or times out, or when the device cannot run the
+// shape (the CUDA kernel: bf16 / fp16, head dims multiples of 8 up to 128).
 RunResult execute(const Layout& layout, Comm& world, const ExecutorOptions& options);
 
 // Runs several layouts of the same world side by side: iteration i runs every layout once,

@@ -9,48 +9,21 @@ namespace {
 
 double over(int64_t bytes, double bytes_per_s) { return double(bytes) / bytes_per_s; }
 
-// All-to-all-v, as NCCL runs it (one group of send/recv, a pair per peer): every peer costs
-// its link's alpha, since the proxy posts them one after another; NVLink and the NIC are
-// separate engines and all transfers run at once, so intra and inter bytes overlap and the
-// slower class sets the time. The local pack and unpack copies run before and after it.
-double exchange_s(const ExchangeLoad& e, const Hardware& hw) {
-  return double(e.intra_peers) * hw.intra.alpha_s + double(e.inter_peers) * hw.inter.alpha_s +
-         std::max(over(e.intra_bytes, hw.intra.bandwidth_bytes_per_s), over(e.inter_bytes, hw.inter.bandwidth_bytes_per_s)) +
-         over(e.copy_bytes, hw.memory_bandwidth_bytes_per_s);
-}
-
 double slowest_exchange_s(const std::vector<ExchangeLoad>& loads, const Hardware& hw) {
   double worst = 0;
-  for (const ExchangeLoad& e : loads) worst = std::max(worst, exchange_s(e, hw));
+  for (const ExchangeLoad& e : loads) worst = std::max(worst, exchange_time_s(e, hw));
   return worst;
 }
 
-// UAA's lengths. CPU channel: a Gloo gather whose exposed latency per peer is the hardware's
-// host_gather_alpha_s. Device: an all-gather on the device links, then the device-to-host copy
-// and sync the all-to-all-v needs to size its buffers (the stream drains meanwhile).
 double gather_s(const std::vector<ExchangeLoad>& loads, const Hardware& hw, MetadataChannel channel) {
   double worst = 0;
-  for (const ExchangeLoad& e : loads) {
-    const double bytes_s =
-        std::max(over(e.intra_bytes, hw.intra.bandwidth_bytes_per_s), over(e.inter_bytes, hw.inter.bandwidth_bytes_per_s));
-    const double t = channel == MetadataChannel::cpu
-                         ? double(e.intra_peers + e.inter_peers) * hw.host_gather_alpha_s + bytes_s
-                         : exchange_s(e, hw) + hw.device_sync_s;
-    worst = std::max(worst, t);
-  }
+  for (const ExchangeLoad& e : loads) worst = std::max(worst, gather_time_s(e, hw, channel));
   return worst;
 }
 
-// One message to the ring neighbour; the slowest rank's hop may be on either link class.
-double hop_s(int64_t intra_bytes, int64_t inter_bytes, const Hardware& hw) {
-  double t = 0;
-  if (intra_bytes > 0) t = hw.intra.alpha_s + over(intra_bytes, hw.intra.bandwidth_bytes_per_s);
-  if (inter_bytes > 0) t = std::max(t, hw.inter.alpha_s + over(inter_bytes, hw.inter.bandwidth_bytes_per_s));
-  return t;
-}
-
-double compute_s(int64_t flops, double factor, const Hardware& hw, DType dtype) {
-  return factor * double(flops) / hw.attention_flops_per_s.of(dtype);
+// The slowest rank's attention, or the busiest node's when its ranks share compute units.
+double compute_s(int64_t max_flops, const NodeWork& node, double factor, const Hardware& hw, DType dtype) {
+  return factor * std::max(attention_time_s(max_flops, dtype, hw), node_attention_time_s(node, dtype, hw));
 }
 
 // Ring attention, bulk-synchronous: step k computes against the block it holds while sending
@@ -58,8 +31,8 @@ double compute_s(int64_t flops, double factor, const Hardware& hw, DType dtype) 
 double ring_forward_s(const PreparedLayout& p, const Hardware& hw) {
   double total = 0;
   for (const RingStepLoad& s : p.ring_steps) {
-    const double compute = compute_s(s.flops, 1.0, hw, p.dtype) + over(s.merge_bytes, hw.memory_bandwidth_bytes_per_s);
-    total += double(s.repeat) * std::max(hop_s(s.intra_bytes, s.inter_bytes, hw), compute);
+    const double compute = compute_s(s.flops, s.node, 1.0, hw, p.dtype) + over(s.merge_bytes, hw.memory_bandwidth_bytes_per_s);
+    total += double(s.repeat) * std::max(hop_time_s(s.intra_bytes, s.inter_bytes, hw), compute);
   }
   return total;
 }
@@ -70,11 +43,11 @@ double ring_forward_s(const PreparedLayout& p, const Hardware& hw) {
 double ring_backward_s(const PreparedLayout& p, const Hardware& hw) {
   double total = 0;
   for (const RingStepLoad& s : p.ring_steps) {
-    const double compute = compute_s(s.flops, kBackwardComputeFactor, hw, p.dtype) +
+    const double compute = compute_s(s.flops, s.node, kBackwardComputeFactor, hw, p.dtype) +
                            over(s.merge_bytes, hw.memory_bandwidth_bytes_per_s);
-    total += double(s.repeat) * std::max(2 * hop_s(s.intra_bytes, s.inter_bytes, hw), compute);
+    total += double(s.repeat) * std::max(2 * hop_time_s(s.intra_bytes, s.inter_bytes, hw), compute);
   }
-  return total + hop_s(p.ring_return_intra_bytes, p.ring_return_inter_bytes, hw);
+  return total + hop_time_s(p.ring_return_intra_bytes, p.ring_return_inter_bytes, hw);
 }
 
 // All-gather as NCCL's ring runs it: R-1 steps, each forwarding one shard to the neighbour.
@@ -85,13 +58,14 @@ double allgather_s(const PreparedLayout& p, const Hardware& hw) {
   if (p.allgather_steps == 0) return 0;
   const int64_t intra = p.allgather_intra ? p.allgather_block_bytes : 0;
   const int64_t inter = p.allgather_inter ? p.allgather_block_bytes : 0;
-  return double(p.allgather_steps) * hop_s(intra, inter, hw);
+  return double(p.allgather_steps) * hop_time_s(intra, inter, hw);
 }
 
 double attention_s(const PreparedLayout& p, const Hardware& hw, Pass pass) {
   if (pass == Pass::forward)
-    return p.has_ring() ? ring_forward_s(p, hw) : compute_s(p.max_flops, 1.0, hw, p.dtype);
-  return p.has_ring() ? ring_backward_s(p, hw) : compute_s(p.max_flops, kBackwardComputeFactor, hw, p.dtype);
+    return p.has_ring() ? ring_forward_s(p, hw) : compute_s(p.max_flops, p.attention_node, 1.0, hw, p.dtype);
+  return p.has_ring() ? ring_backward_s(p, hw)
+                      : compute_s(p.max_flops, p.attention_node, kBackwardComputeFactor, hw, p.dtype);
 }
 
 void add_bytes(Prediction& out, const ClassBytes& b, int64_t times = 1) {
@@ -110,6 +84,58 @@ double padding_waste_s(const PreparedLayout& p, const Prediction& out) {
 }
 
 }  // namespace
+
+// All-to-all-v, as NCCL runs it (one group of send/recv, a pair per peer): every peer costs
+// its link's alpha, since the proxy posts them one after another; NVLink and the NIC are
+// separate engines and all transfers run at once, so intra and inter bytes overlap and the
+// slower class sets the time. The local pack and unpack copies run before and after it.
+double exchange_time_s(const ExchangeLoad& e, const Hardware& hw) {
+  const double start = e.intra_peers + e.inter_peers > 0 ? hw.operation_latency_s : 0.0;
+  return start + double(e.intra_peers) * hw.intra.alpha_s + double(e.inter_peers) * hw.inter.alpha_s +
+         std::max(over(e.intra_bytes, hw.intra.bandwidth_bytes_per_s), over(e.inter_bytes, hw.inter.bandwidth_bytes_per_s)) +
+         over(e.copy_bytes, hw.memory_bandwidth_bytes_per_s);
+}
+
+// UAA's lengths. CPU channel: a Gloo gather whose exposed latency per peer is the hardware's
+// host_gather_alpha_s. Device: an all-gather on the device links, then the device-to-host copy
+// and sync the all-to-all-v needs to size its buffers (the stream drains meanwhile).
+double gather_time_s(const ExchangeLoad& e, const Hardware& hw, MetadataChannel channel) {
+  const double bytes_s =
+      std::max(over(e.intra_bytes, hw.intra.bandwidth_bytes_per_s), over(e.inter_bytes, hw.inter.bandwidth_bytes_per_s));
+  const int64_t peers = e.intra_peers + e.inter_peers;
+  return channel == MetadataChannel::cpu
+             ? (peers > 0 ? hw.operation_latency_s : 0.0) + double(peers) * hw.host_gather_alpha_s + bytes_s
+             : exchange_time_s(e, hw) + hw.device_sync_s;
+}
+
+// One message to the ring neighbour; the slowest rank's hop may be on either link class.
+double hop_time_s(int64_t intra_bytes, int64_t inter_bytes, const Hardware& hw) {
+  double t = 0;
+  if (intra_bytes > 0) t = hw.intra.alpha_s + over(intra_bytes, hw.intra.bandwidth_bytes_per_s);
+  if (inter_bytes > 0) t = std::max(t, hw.inter.alpha_s + over(inter_bytes, hw.inter.bandwidth_bytes_per_s));
+  return t > 0 ? hw.operation_latency_s + t : 0.0;
+}
+
+double attention_time_s(int64_t flops, DType dtype, const Hardware& hw) {
+  return double(flops) / hw.attention_flops_per_s.of(dtype);
+}
+
+// Processor sharing, as an OS scheduler shares cores among busy processes: while m ranks still
+// compute, each gets min(1, units / m) of a unit, so a rank that finishes early (an idle ring
+// step, fewer heads) hands its share to the rest. Ranks sorted by work finish in that order.
+double node_attention_time_s(const NodeWork& node, DType dtype, const Hardware& hw) {
+  if (hw.compute_units_per_node <= 0 || node.flops_ranks.empty()) return 0;
+  int64_t busy = 0;
+  for (const auto& [flops, ranks] : node.flops_ranks) busy += ranks;
+  double t = 0, done_flops = 0;
+  for (const auto& [flops, ranks] : node.flops_ranks) {
+    const double share = std::min(1.0, hw.compute_units_per_node / double(busy));
+    t += (double(flops) - done_flops) / (share * hw.attention_flops_per_s.of(dtype));
+    done_flops = double(flops);
+    busy -= ranks;
+  }
+  return t;
+}
 
 std::string_view to_string(Pass p) { return p == Pass::forward ? "fwd" : "fwd-bwd"; }
 std::string_view to_string(MetadataChannel m) { return m == MetadataChannel::cpu ? "cpu" : "device"; }

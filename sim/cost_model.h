@@ -65,6 +65,17 @@ struct Prediction {
 };
 
 Prediction predict(const PreparedLayout& layout, const Hardware& hw, const PredictOptions& options = {});
+
+// The terms predict() adds up, one rank's view each. Public so that calibration predicts a
+// micro-measurement (one all-to-all-v, one ring hop, one attention call) with exactly the term
+// that predicts the same operation inside a layout.
+double exchange_time_s(const ExchangeLoad& load, const Hardware& hw);  // all-to-all-v + pack/unpack
+double gather_time_s(const ExchangeLoad& load, const Hardware& hw, MetadataChannel channel);
+double hop_time_s(int64_t intra_bytes, int64_t inter_bytes, const Hardware& hw);  // one ring message
+double attention_time_s(int64_t flops, DType dtype, const Hardware& hw);           // forward FLOPs, one rank
+// The node's ranks computing at once on hw.compute_units_per_node shared units (0 when units
+// are not shared); a phase takes the larger of this and its slowest rank's attention_time_s.
+double node_attention_time_s(const NodeWork& node, DType dtype, const Hardware& hw);
 // The same as predict(prepare(layout), ...); prepare once when predicting a layout many times.
 Prediction predict(const Layout& layout, const Hardware& hw, const PredictOptions& options = {});
 

@@ -42,6 +42,8 @@ std::vector<Field> numeric_fields(const Hardware& hw) {
       {"device_memory_bytes", double(hw.device_memory_bytes), false},
       {"device_sync_s", hw.device_sync_s, true},
       {"host_gather_alpha_s", hw.host_gather_alpha_s, true},
+      {"compute_units_per_node", hw.compute_units_per_node, true},
+      {"operation_latency_s", hw.operation_latency_s, true},
   };
 }
 
@@ -56,7 +58,9 @@ std::array<double*, kFitParameterNames.size()> fit_parameters(Hardware& hw) {
           &hw.attention_flops_per_s.fp32,
           &hw.memory_bandwidth_bytes_per_s,
           &hw.device_sync_s,
-          &hw.host_gather_alpha_s};
+          &hw.host_gather_alpha_s,
+          &hw.compute_units_per_node,
+          &hw.operation_latency_s};
 }
 
 // Reads one JSON object field by field and rejects keys it never read (typos such as
@@ -68,6 +72,8 @@ class ObjectReader {
     if (!obj_.is_object()) fail(prefix_.empty() ? "the document" : prefix_, "must be a JSON object");
   }
 
+  // Fields added after the first presets are optional, so older files keep loading.
+  double number_or(const char* key, double fallback) { return obj_.contains(key) ? number(key) : fallback; }
   double number(const char* key) {
     const json& v = field(key);
     if (!v.is_number()) fail(path(key), "must be a number, got " + v.dump());
@@ -205,7 +211,9 @@ json to_json(const Hardware& hw) {
           {"memory_bandwidth_bytes_per_s", hw.memory_bandwidth_bytes_per_s},
           {"device_memory_bytes", hw.device_memory_bytes},
           {"device_sync_s", hw.device_sync_s},
-          {"host_gather_alpha_s", hw.host_gather_alpha_s}};
+          {"host_gather_alpha_s", hw.host_gather_alpha_s},
+          {"compute_units_per_node", hw.compute_units_per_node},
+          {"operation_latency_s", hw.operation_latency_s}};
 }
 
 Hardware hardware_from_json(const json& doc, const std::string& where) {
@@ -223,6 +231,8 @@ Hardware hardware_from_json(const json& doc, const std::string& where) {
   hw.device_memory_bytes = r.integer("device_memory_bytes");
   hw.device_sync_s = r.number("device_sync_s");
   hw.host_gather_alpha_s = r.number("host_gather_alpha_s");
+  hw.compute_units_per_node = r.number_or("compute_units_per_node", 0);
+  hw.operation_latency_s = r.number_or("operation_latency_s", 0);
   r.reject_unknown();
   validate(hw, where);
   return hw;
@@ -249,6 +259,11 @@ Hardware load_hardware(const std::string& name_or_path) {
   for (const std::string& n : preset_names()) presets += (presets.empty() ? "" : ", ") + n;
   throw Error(fmt::format("unknown hardware '{}'; use a preset ({}) or a path to a JSON file like sim/hardware/h100-sxm.json",
                           name_or_path, presets.empty() ? "none installed" : presets));
+}
+
+std::string profile_label(const Hardware& hw, const std::string& name_or_path) {
+  if (name_or_path == hw.name) return hw.name;
+  return hw.name + " (" + fs::path(name_or_path).filename().string() + ")";
 }
 
 void save_hardware(const Hardware& hw, const std::string& path) {

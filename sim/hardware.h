@@ -47,13 +47,22 @@ struct Hardware {
   // latency per peer (it runs while the device still works on earlier kernels).
   double device_sync_s = 0;
   double host_gather_alpha_s = 0;
+  // How many ranks of a node can compute at full rate at once: the cores CPU ranks share (a
+  // fraction when other work takes part of them). 0: every rank has a device of its own (GPUs).
+  // With fewer units than busy ranks the node's attention is shared by processor sharing, so an
+  // idle rank's unit helps the others (see shared_compute_s in cost_model.cc).
+  double compute_units_per_node = 0;
+  // Fixed software cost of one communication operation (an all-to-all-v, a ring send/receive
+  // pair, a gather) on top of the per-peer alphas: on CPU ranks over Gloo, waking processes
+  // that sleep on the transport while other ranks hold the cores. 0 on the GPU presets.
+  double operation_latency_s = 0;
 
   int64_t world() const { return nodes * ranks_per_node; }
 };
 
 // The parameters predict() reads for time, flat, for calibration by least squares. Names are
 // the JSON paths of the fields ("intra.alpha_s", "attention_flops_per_s.bf16", ...).
-inline constexpr std::array<std::string_view, 10> kFitParameterNames = {
+inline constexpr std::array<std::string_view, 12> kFitParameterNames = {
     "intra.alpha_s",
     "intra.bandwidth_bytes_per_s",
     "inter.alpha_s",
@@ -64,6 +73,8 @@ inline constexpr std::array<std::string_view, 10> kFitParameterNames = {
     "memory_bandwidth_bytes_per_s",
     "device_sync_s",
     "host_gather_alpha_s",
+    "compute_units_per_node",
+    "operation_latency_s",
 };
 Eigen::VectorXd to_vector(const Hardware& hw);
 // `base` with the fitted parameters replaced; throws Error naming a parameter that is not a
@@ -80,6 +91,9 @@ Hardware hardware_from_json(const nlohmann::json& doc, const std::string& where)
 // sim/hardware, then the installed share/cptune/hardware; or a path to a JSON file.
 Hardware load_hardware(const std::string& name_or_path);
 void save_hardware(const Hardware& hw, const std::string& path);
+// What the store records as the profile that ranked a tuner's candidates: a preset's name, or a
+// file's name field with the file ("gloo-p4-calibrated (profile.json)").
+std::string profile_label(const Hardware& hw, const std::string& name_or_path);
 std::vector<std::string> preset_names();  // sorted, from whichever preset folders exist
 
 }  // namespace cptune::sim

@@ -73,6 +73,48 @@ void prepare_exchanges(const Layout& l, PreparedLayout& p) {
   }
 }
 
+// Per-rank FLOPs -> the busiest node's ranks as sorted runs of equal values.
+NodeWork busiest_node(const Layout& l, const std::vector<int64_t>& flops_by_rank) {
+  std::vector<int64_t> node_total(static_cast<size_t>(l.nodes()), 0);
+  for (int64_t p = 0; p < l.world(); ++p) node_total[static_cast<size_t>(l.node_of(p))] += flops_by_rank[size_t(p)];
+  const int64_t busiest = std::max_element(node_total.begin(), node_total.end()) - node_total.begin();
+  std::vector<int64_t> mine;
+  for (int64_t p = 0; p < l.world(); ++p)
+    if (l.node_of(p) == busiest) mine.push_back(flops_by_rank[size_t(p)]);
+  std::sort(mine.begin(), mine.end());
+  NodeWork w;
+  for (int64_t f : mine) {
+    if (!w.flops_ranks.empty() && w.flops_ranks.back().first == f)
+      ++w.flops_ranks.back().second;
+    else
+      w.flops_ranks.emplace_back(f, 1);
+  }
+  return w;
+}
+
+// Query x key pairs of two shards with padding counted, as Layout::ring_step_max counts them
+// for its FLOPs (the Layout keeps that count private; mask_pairs is its public building block).
+int64_t padded_pairs(const Layout& l, std::span<const TokenRun> queries, std::span<const TokenRun> keys) {
+  int64_t total = 0;
+  for (const TokenRun& q : queries)
+    for (const TokenRun& k : keys)
+      if (q.seq == k.seq)
+        total += mask_pairs(l.shape().mask, q.begin, q.begin + q.padded, k.begin, k.begin + k.padded);
+  return total;
+}
+
+// Every rank's FLOPs at ring step k: its Q heads against the block of ring index r - k.
+NodeWork ring_step_node(const Layout& l, int64_t step) {
+  const AttentionShape& s = l.shape();
+  std::vector<int64_t> block_pairs(static_cast<size_t>(l.ring()));
+  for (int64_t r = 0; r < l.ring(); ++r)
+    block_pairs[size_t(r)] = padded_pairs(l, l.shard_runs(r), l.shard_runs(l.ring_kv_source(r, step)));
+  std::vector<int64_t> flops(static_cast<size_t>(l.world()));
+  for (const RankLayout& rl : l.ranks())
+    flops[size_t(rl.rank)] = block_pairs[size_t(rl.r)] * 2 * (s.head_dim + s.v_head_dim) * rl.q_heads.count() * s.batch;
+  return busiest_node(l, flops);
+}
+
 // Online-softmax merge of one block into the fp32 output and log-sum-exp: read the running
 // state, read the block's result, write the state (3 passes over [shard][heads][Dv + 1] fp32).
 int64_t largest_merge_bytes(const Layout& l) {
@@ -88,10 +130,11 @@ void prepare_ring(const Layout& l, PreparedLayout& p) {
   const int64_t merge = largest_merge_bytes(l);
   for (int64_t k = 0; k < l.ring(); ++k) {
     const RingStepMax m = l.ring_step_max(k);
-    const RingStepLoad step{m.send_bytes_intra, m.send_bytes_inter, m.flops, k > 0 && m.flops > 0 ? merge : 0, 1};
+    const RingStepLoad step{m.send_bytes_intra, m.send_bytes_inter, m.flops, k > 0 && m.flops > 0 ? merge : 0,
+                            ring_step_node(l, k), 1};
     RingStepLoad* last = p.ring_steps.empty() ? nullptr : &p.ring_steps.back();
     if (last && last->intra_bytes == step.intra_bytes && last->inter_bytes == step.inter_bytes &&
-        last->flops == step.flops && last->merge_bytes == step.merge_bytes)
+        last->flops == step.flops && last->merge_bytes == step.merge_bytes && last->node == step.node)
       ++last->repeat;
     else
       p.ring_steps.push_back(step);
@@ -130,13 +173,16 @@ PreparedLayout prepare(const Layout& l) {
   prepare_exchanges(l, p);
   prepare_ring(l, p);
   prepare_allgather(l, p);
+  std::vector<int64_t> flops_by_rank(static_cast<size_t>(l.world()), 0);
   for (const RankLayout& rl : l.ranks()) {
     if (rl.flops > p.max_flops) {
       p.max_flops = rl.flops;
       p.useful_flops_of_max = rl.useful_flops;
     }
     p.peak_bytes = std::max(p.peak_bytes, rl.peak_bytes);
+    flops_by_rank[size_t(rl.rank)] = rl.flops;
   }
+  p.attention_node = busiest_node(l, flops_by_rank);
   const int64_t stored = l.shape().total_tokens() + l.padding_tokens();
   p.padding_fraction = stored > 0 ? double(l.padding_tokens()) / double(stored) : 0.0;
   return p;

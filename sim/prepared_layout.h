@@ -22,11 +22,21 @@ struct ExchangeLoad {
   int64_t copy_bytes = 0;  // local memory traffic: pack the send buffer, unpack the receive buffer
 };
 
+// The attention FLOPs of every rank of one node, as runs of equal values in ascending order:
+// what the node's ranks wait on when they share its compute units (CPU ranks on fewer cores,
+// Hardware::compute_units_per_node). Kept for the node that computes the most in total; on one
+// node, the only case where units are shared today, it is exact.
+struct NodeWork {
+  std::vector<std::pair<int64_t, int64_t>> flops_ranks;  // (FLOPs of a rank, ranks with that many)
+  bool operator==(const NodeWork&) const = default;
+};
+
 // One ring step's slowest rank, and how many consecutive steps share the same numbers.
 struct RingStepLoad {
   int64_t intra_bytes = 0, inter_bytes = 0;  // largest K,V block sent on each link class
   int64_t flops = 0;                          // largest attention block computed
   int64_t merge_bytes = 0;                    // online-softmax merge traffic (0 on step 0)
+  NodeWork node;                              // every rank's block on the busiest node
   int64_t repeat = 1;
 };
 
@@ -60,6 +70,7 @@ struct PreparedLayout {
   // Attention without a ring: the rank with the most FLOPs (padding included) and its useful part.
   int64_t max_flops = 0;
   int64_t useful_flops_of_max = 0;
+  NodeWork attention_node;  // every rank's attention FLOPs on the busiest node
 
   int64_t peak_bytes = 0;           // forward, largest rank
   double padding_fraction = 0;      // padding tokens / stored tokens (classic strategies)

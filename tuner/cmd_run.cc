@@ -77,7 +77,7 @@ int cmd_run(const Args& args) {
     return 0;
   const Layout layout = Layout::build(to_spec(shape, mesh, choice));
   const backends::ExecutorOptions options = executor_options(run);
-  return backends::run_ranks(rank_launch(run, layout.world()), [&](backends::Comm& world) {
+  return run_ranks(run, layout.world(), [&](backends::Comm& world) {
     const backends::RunResult result = backends::execute(layout, world, options);
     if (world.rank() == 0) {
       if (choice.json)

@@ -141,7 +141,7 @@ int cmd_tune(const Args& args) {
   tuner::TuneOptions options;
   options.db_path = db_path;
   options.hardware = sim::load_hardware(hardware);
-  options.profile = hardware;
+  options.profile = sim::profile_label(options.hardware, hardware);
   options.ranks_per_node = m.ranks_per_node;
   options.top_k = top_k;
   options.exhaustive = exhaustive;
@@ -150,7 +150,7 @@ int cmd_tune(const Args& args) {
   options.fingerprint = local_fingerprint(run.backend, m.world, m.ranks_per_node);
   db::Store::open(db_path);  // a bad path or file fails here, before any rank starts
 
-  return backends::run_ranks(rank_launch(run, m.world), [&](backends::Comm& world) {
+  return run_ranks(run, m.world, [&](backends::Comm& world) {
     ProgressReport report;
     tuner::TuneProgress progress;
     progress.measuring = [&](size_t i, size_t n, const db::ShapeKey& s, const std::vector<sim::Candidate>& c, size_t d,

@@ -8,6 +8,12 @@
 
 #include "cptune/version.h"
 
+#ifdef CPTUNE_HAVE_CUDA
+#include <nccl.h>
+
+#include "backends/nccl_launch.h"
+#endif
+
 namespace cptune::cli {
 
 std::string cpu_model_name() {
@@ -36,6 +42,14 @@ db::Fingerprint local_fingerprint(const std::string& backend, int64_t world, int
                         std::to_string(EIGEN_MAJOR_VERSION) + "." + std::to_string(EIGEN_MINOR_VERSION) + "; sqlite " +
                         sqlite3_libversion();
   fp.cptune_version = CPTUNE_VERSION_STRING;
+#ifdef CPTUNE_HAVE_CUDA
+  if (backend == "nccl") {  // the GPU, not the host CPU, is what an NCCL measurement depends on
+    const backends::CudaDevices devices = backends::probe_cuda_devices();
+    if (!devices.model.empty()) fp.device_model = devices.model;
+    fp.library_versions = "nccl " + std::to_string(NCCL_MAJOR) + "." + std::to_string(NCCL_MINOR) + "." +
+                          std::to_string(NCCL_PATCH) + "; " + fp.library_versions;
+  }
+#endif
   return fp;
 }
 

@@ -22,10 +22,12 @@ struct Command {
 constexpr Command kCommands[] = {
     {"layout", cptune::cli::cmd_layout, "per-rank layout of one strategy for one shape"},
     {"simulate", cptune::cli::cmd_simulate, "predict and rank every candidate layout on a cluster (no hardware)"},
-    {"run", cptune::cli::cmd_run, "run one strategy across local CPU ranks (Gloo), verify and time it"},
+    {"run", cptune::cli::cmd_run, "run one strategy across ranks (Gloo CPU ranks, or --backend nccl), verify and time it"},
     {"tune", cptune::cli::cmd_tune, "measure the promising candidates per shape and store the best (SQLite)"},
     {"lookup", cptune::cli::cmd_lookup, "the best layout for a shape: measured, nearest measured, or simulated"},
     {"db", cptune::cli::cmd_db, "list, show or export a tuning database"},
+    {"calibrate", cptune::cli::cmd_calibrate, "probe links and kernels on P ranks, fit a hardware file to them"},
+    {"validate", cptune::cli::cmd_validate, "measure every candidate of held-out shapes, report the model's error"},
 };
 
 void usage(FILE* out) {

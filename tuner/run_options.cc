@@ -2,9 +2,42 @@
 
 #include "core/error.h"
 
+#if CPTUNE_HAVE_CUDA
+#include "backends/nccl_launch.h"
+#endif
+
 namespace po = boost::program_options;
 
 namespace cptune::cli {
+namespace {
+
+// The launch of these flags for any backend, after the checks every backend shares.
+backends::RankLaunch launch_of(const RunArgs& a, int64_t world) {
+  if (!(a.timeout_s > 0) || a.timeout_s > 86400)
+    throw Error("--timeout " + std::to_string(a.timeout_s) + " must be between 0 and 86400 seconds");
+  if (a.backend != "gloo" && a.backend != "nccl")
+    throw Error("--backend " + a.backend + " is not a backend; use gloo (CPU ranks) or nccl (one GPU per rank)");
+  if (world > 4096 && a.rendezvous.empty())
+    throw Error("world " + std::to_string(world) + " is too many local ranks; start ranks with an outside launcher");
+  backends::RankLaunch launch;
+  launch.world = static_cast<int>(world);
+  launch.rendezvous = a.rendezvous;
+  launch.prefix = a.run_id;
+  launch.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
+  return launch;
+}
+
+// Throws Error unless this build and this machine can run NCCL ranks.
+void check_nccl_available([[maybe_unused]] const RunArgs& a, [[maybe_unused]] int64_t world) {
+#if CPTUNE_HAVE_CUDA
+  backends::check_gpus_for(static_cast<int>(world), a.rendezvous.empty());
+#else
+  throw Error("--backend nccl: this cptune was built without CUDA and NCCL; rebuild where nvcc and nccl.h are found, "
+              "or use --backend gloo");
+#endif
+}
+
+}  // namespace
 
 void add_run_options(po::options_description& desc, RunArgs& a) {
   desc.add_options()
@@ -17,26 +50,45 @@ void add_run_options(po::options_description& desc, RunArgs& a) {
        "store of an outside launch: file:///shared/dir or redis://host:port (rank from RANK/WORLD_SIZE, "
        "OMPI_COMM_WORLD_*, SLURM_*)")
       ("run-id", po::value(&a.run_id)->default_value("cptune"), "key prefix in a shared rendezvous store")
-      ("backend", po::value(&a.backend)->default_value("gloo"), "gloo (CPU ranks)");
+      ("backend", po::value(&a.backend)->default_value("gloo"),
+       "gloo (CPU ranks) or nccl (one GPU per rank, Gloo beside it for metadata)")
+      ("metadata", po::value(&a.metadata)->default_value("cpu"),
+       "how UAA's per-rank lengths travel: cpu (host channel, no device sync) or device (through GPU memory "
+       "and the Comm, with a device-to-host sync)");
 }
 
 backends::ExecutorOptions executor_options(const RunArgs& a) {
   if (a.iterations < 1) throw Error("--iterations " + std::to_string(a.iterations) + " must be at least 1");
   if (a.warmups < 0) throw Error("--warmups " + std::to_string(a.warmups) + " must not be negative");
-  return {a.warmups, a.iterations, a.verify, a.seed};
+  if (a.metadata != "cpu" && a.metadata != "device")
+    throw Error("--metadata " + a.metadata + " is not a channel; use cpu or device");
+  backends::ExecutorOptions options;
+  options.warmups = a.warmups;
+  options.iterations = a.iterations;
+  options.verify = a.verify;
+  options.seed = a.seed;
+  options.metadata = a.metadata == "device" ? backends::MetadataChannel::device : backends::MetadataChannel::cpu;
+  return options;
+}
+
+int run_ranks(const RunArgs& a, int64_t world, const std::function<int(backends::Comm&)>& body, std::ostream& err) {
+  const backends::RankLaunch launch = launch_of(a, world);
+  if (a.backend == "gloo") return backends::run_ranks(launch, body, err);
+  check_nccl_available(a, world);
+#if CPTUNE_HAVE_CUDA
+  return backends::run_nccl_ranks(launch, body, err);
+#else
+  return 2;  // unreachable: check_nccl_available threw
+#endif
 }
 
 backends::RankLaunch rank_launch(const RunArgs& a, int64_t world) {
-  if (!(a.timeout_s > 0) || a.timeout_s > 86400)
-    throw Error("--timeout " + std::to_string(a.timeout_s) + " must be between 0 and 86400 seconds");
-  if (a.backend != "gloo") throw Error("--backend " + a.backend + " is not available in this build; use gloo");
-  if (world > 4096 && a.rendezvous.empty())
-    throw Error("world " + std::to_string(world) + " is too many local ranks; start ranks with an outside launcher");
-  backends::RankLaunch launch;
-  launch.world = static_cast<int>(world);
-  launch.rendezvous = a.rendezvous;
-  launch.prefix = a.run_id;
-  launch.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
+  const backends::RankLaunch launch = launch_of(a, world);
+  if (a.backend == "nccl") {
+    check_nccl_available(a, world);
+    throw Error("--backend nccl: this command starts Gloo ranks only (it launches through rank_launch, not "
+                "run_ranks); use --backend gloo");
+  }
   return launch;
 }
 

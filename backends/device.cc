@@ -1,0 +1,93 @@
+#include "backends/device.h"
+
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "backends/comm.h"
+#include "core/error.h"
+
+namespace cptune::backends {
+namespace {
+
+class HostAttention final : public DeviceAttention {
+ public:
+  HostAttention(int64_t tokens, int64_t q_heads, int64_t v_dim) : state_(tokens, q_heads, v_dim) {}
+  void clear() override { state_.clear(); }
+  void attend(const Queries& queries, const KvBlock& block, const AttentionParams& params) override {
+    backends::attend(queries, block, params, state_);
+  }
+  void store_output(DType dtype, std::byte* out, int64_t out_bytes) override {
+    backends::store_output(state_, dtype, out, out_bytes);
+  }
+
+ private:
+  AttentionState state_;
+};
+
+class HostDevice final : public Device {
+ public:
+  std::string name() const override { return "cpu"; }
+  DeviceBuffer allocate(int64_t bytes) override {
+    auto* data = new std::byte[static_cast<size_t>(bytes)]();
+    return {data, bytes, [](std::byte* p) { delete[] p; }};
+  }
+  void copy_rows(std::byte* dst, int64_t dst_pitch, const std::byte* src, int64_t src_pitch, int64_t width,
+                 int64_t rows) override {
+    if (width == 0 || rows == 0) return;
+    if (dst_pitch == width && src_pitch == width) {  // contiguous rows: one copy
+      std::memcpy(dst, src, static_cast<size_t>(width * rows));
+      return;
+    }
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(dst + i * dst_pitch, src + i * src_pitch, static_cast<size_t>(width));
+  }
+  void upload(std::byte* dst, const void* host, int64_t bytes) override {
+    if (bytes > 0) std::memcpy(dst, host, static_cast<size_t>(bytes));
+  }
+  void download(void* host, const std::byte* src, int64_t bytes) override {
+    if (bytes > 0) std::memcpy(host, src, static_cast<size_t>(bytes));
+  }
+  std::unique_ptr<DeviceAttention> attention(int64_t tokens, int64_t q_heads, int64_t v_dim) override {
+    return std::make_unique<HostAttention>(tokens, q_heads, v_dim);
+  }
+  void synchronize() override {}
+};
+
+struct Registry {
+  std::mutex mutex;
+  std::map<std::string, DeviceFactory, std::less<>> factories;
+};
+
+Registry& registry() {
+  static Registry instance;
+  return instance;
+}
+
+}  // namespace
+
+std::unique_ptr<Device> make_host_device() { return std::make_unique<HostDevice>(); }
+
+void register_device_factory(std::string_view backend, DeviceFactory factory) {
+  Registry& r = registry();
+  const std::lock_guard lock(r.mutex);
+  r.factories[std::string(backend)] = factory;
+}
+
+std::unique_ptr<Device> device_for(Comm& comm) {
+  const std::string backend = comm.backend();
+  if (backend == "gloo") return make_host_device();
+  Registry& r = registry();
+  DeviceFactory factory = nullptr;
+  {
+    const std::lock_guard lock(r.mutex);
+    const auto it = r.factories.find(backend);
+    if (it != r.factories.end()) factory = it->second;
+  }
+  if (factory == nullptr)
+    throw Error("the executor has no device for backend '" + backend +
+                "': this build registered none (is the GPU library linked and the comm created through it?)");
+  return factory(comm);
+}
+
+}  // namespace cptune::backends

@@ -1,0 +1,377 @@
+// Calibration and validation: the fit recovers known hardware from the model's own predictions,
+// residuals and validation statistics mean what they say on hand-made cases, the model's shared
+// compute units and operation latency keep its floor and monotonicity, bad input exits 2, and a
+// tiny real calibrate -> validate -> tune round trip produces files that parse and numbers in range.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "db/store.h"
+#include "sim/candidates.h"
+#include "sim/cost_model.h"
+#include "sim/hardware.h"
+#include "tests/command.h"
+#include "tests/temp_dir.h"
+#include "tuner/calibrate.h"
+#include "tuner/probes.h"
+#include "tuner/validation_stats.h"
+
+namespace cptune::tuner {
+namespace {
+
+using testing::run_command;
+using testing::TempDir;
+
+std::string cptune(const std::string& args) { return std::string(CPTUNE_BINARY) + " " + args; }
+
+// A machine unlike the cpu-gloo preset the fit starts from, in every fitted parameter.
+sim::Hardware truth() {
+  sim::Hardware hw = sim::load_hardware("cpu-gloo");
+  hw.name = "truth";
+  hw.intra = {3e-4, 7e8};
+  hw.attention_flops_per_s = {2.2e10, 1.3e10, 1.7e10};
+  hw.memory_bandwidth_bytes_per_s = 3e9;
+  hw.host_gather_alpha_s = 6e-4;
+  hw.compute_units_per_node = 1.4;
+  hw.operation_latency_s = 2.5e-3;
+  return hw;
+}
+
+Probe exchange_probe(ProbeKind kind, int64_t peers, int64_t bytes, int64_t copy) {
+  Probe p;
+  p.kind = kind;
+  p.label = std::string(to_string(kind));
+  p.exchange.intra_peers = peers;
+  p.exchange.intra_bytes = bytes;
+  p.exchange.copy_bytes = copy;
+  return p;
+}
+
+Probe attention_probe(int64_t flops, int active, DType dtype) {
+  Probe p;
+  p.kind = ProbeKind::attention;
+  p.label = "attention";
+  p.flops = flops;
+  p.node.flops_ranks = {{flops, active}};
+  p.dtype = dtype;
+  return p;
+}
+
+// The loads of a 4-rank plan like the default one, "measured" as the model predicts them on
+// `hw` times (1 + Gaussian noise of `noise` relative standard deviation).
+std::vector<Probe> synthetic_probes(const sim::Hardware& hw, double noise, uint64_t seed) {
+  std::vector<Probe> probes;
+  for (int64_t g : {4, 2}) {
+    probes.push_back(exchange_probe(ProbeKind::gather, g - 1, 16 * (g - 1), 0));
+    for (int64_t bytes : {1 << 10, 16 << 10, 128 << 10, 512 << 10, 2 << 20})
+      probes.push_back(exchange_probe(ProbeKind::alltoallv, g - 1, bytes * (g - 1), 0));
+  }
+  for (int64_t bytes : {4 << 10, 64 << 10, 512 << 10, 2 << 20, 8 << 20}) {
+    Probe hop;
+    hop.kind = ProbeKind::ring_hop;
+    hop.label = "ring";
+    hop.hop_bytes = bytes;
+    probes.push_back(hop);
+  }
+  for (int64_t bytes : {256 << 10, 2 << 20, 16 << 20}) probes.push_back(exchange_probe(ProbeKind::copy, 0, 0, 2 * bytes));
+  for (int64_t flops : {int64_t(3e7), int64_t(3e8), int64_t(1.2e9)}) probes.push_back(attention_probe(flops, 4, DType::bf16));
+  for (DType d : {DType::fp16, DType::fp32}) probes.push_back(attention_probe(int64_t(3e8), 4, d));
+  for (int active : {1, 2, 3}) probes.push_back(attention_probe(int64_t(5e8), active, DType::bf16));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> jitter(0.0, noise);
+  for (Probe& p : probes) p.measured_s = predict_probe(p, hw) * (1 + jitter(rng));
+  return probes;
+}
+
+double relative_gap(double got, double want) { return std::fabs(got - want) / want; }
+
+TEST(CalibrationFit, RecoversKnownParametersFromTheModelsOwnPredictionsWithNoise) {
+  const sim::Hardware want = truth();
+  const FitResult fit = fit_hardware(synthetic_probes(want, 0.02, 7), sim::load_hardware("cpu-gloo"));
+  const Eigen::VectorXd got = sim::to_vector(fit.hardware), expected = sim::to_vector(want);
+  for (const std::string& name : fit.fitted) {
+    const size_t i = size_t(std::find(sim::kFitParameterNames.begin(), sim::kFitParameterNames.end(), name) -
+                            sim::kFitParameterNames.begin());
+    EXPECT_LT(relative_gap(got[Eigen::Index(i)], expected[Eigen::Index(i)]), 0.1)
+        << name << ": fitted " << got[Eigen::Index(i)] << ", true " << expected[Eigen::Index(i)];
+  }
+  EXPECT_EQ(fit.fitted.size(), 9u);
+  // One host: nothing crosses a network, and CPU ranks have no device to sync.
+  EXPECT_EQ(fit.kept, (std::vector<std::string>{"inter.alpha_s", "inter.bandwidth_bytes_per_s", "device_sync_s"}));
+  EXPECT_EQ(fit.hardware.inter.alpha_s, sim::load_hardware("cpu-gloo").inter.alpha_s);
+}
+
+TEST(CalibrationFit, NoiselessProbesAreFitExactly) {
+  const FitResult fit = fit_hardware(synthetic_probes(truth(), 0.0, 1), sim::load_hardware("cpu-gloo"));
+  for (const Residual& r : fit.residuals) EXPECT_LT(std::fabs(r.relative()), 1e-4) << r.probe.label;
+}
+
+TEST(CalibrationFit, ResidualsAreSummarisedPerProbeKindThenOverall) {
+  Probe hop;
+  hop.kind = ProbeKind::ring_hop;
+  hop.measured_s = 1.0;
+  Probe attention = attention_probe(1, 1, DType::bf16);
+  attention.measured_s = 2.0;
+  const std::vector<Residual> residuals{{hop, 1.1}, {hop, 0.7}, {hop, 1.0}, {attention, 2.5}};
+  const std::vector<ResidualSummary> s = summarize(residuals);
+  ASSERT_EQ(s.size(), 3u);
+  EXPECT_EQ(s[0].kind, "ring-hop");
+  EXPECT_EQ(s[0].probes, 3u);
+  EXPECT_NEAR(s[0].median_abs, 0.1, 1e-12);
+  EXPECT_NEAR(s[0].max_abs, 0.3, 1e-12);
+  EXPECT_EQ(s[1].kind, "attention");
+  EXPECT_NEAR(s[1].median_abs, 0.25, 1e-12);
+  EXPECT_EQ(s[2].kind, "all");
+  EXPECT_EQ(s[2].probes, 4u);
+  EXPECT_NEAR(s[2].median_abs, 0.175, 1e-12);
+  EXPECT_NEAR(s[2].max_abs, 0.3, 1e-12);
+}
+
+TEST(CalibrationFit, RejectsNoProbesAndTimesThatAreNotPositive) {
+  const sim::Hardware base = sim::load_hardware("cpu-gloo");
+  EXPECT_THROW(fit_hardware({}, base), Error);
+  std::vector<Probe> probes = synthetic_probes(truth(), 0.0, 1);
+  probes[3].measured_s = 0;
+  EXPECT_THROW(fit_hardware(probes, base), Error);
+  probes[3].measured_s = NAN;
+  EXPECT_THROW(fit_hardware(probes, base), Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model's terms for CPU ranks: shared compute units and a fixed cost per operation.
+
+TEST(SharedComputeUnits, ProcessorSharingWorkedByHand) {
+  sim::Hardware hw = truth();
+  hw.attention_flops_per_s.bf16 = 1.0;  // one FLOP per second: times read as work
+  const sim::NodeWork ranks{{{1, 1}, {3, 1}, {5, 1}, {7, 1}}};
+  hw.compute_units_per_node = 2;
+  // 4 ranks share 2 units (1/2 each) until t=2, 3 ranks (2/3 each) until 5, then one unit each: 7, 9.
+  EXPECT_NEAR(sim::node_attention_time_s(ranks, DType::bf16, hw), 9.0, 1e-9);
+  hw.compute_units_per_node = 1;
+  EXPECT_NEAR(sim::node_attention_time_s(ranks, DType::bf16, hw), 16.0, 1e-9);  // all the work, one unit
+  hw.compute_units_per_node = 4;
+  EXPECT_NEAR(sim::node_attention_time_s(ranks, DType::bf16, hw), 7.0, 1e-9);  // the slowest rank alone
+  hw.compute_units_per_node = 0;
+  EXPECT_EQ(sim::node_attention_time_s(ranks, DType::bf16, hw), 0.0);  // devices of their own: not shared
+}
+
+TEST(SharedComputeUnits, MoreUnitsAreNeverSlowerAndNoPhaseBeatsItsSlowestRank) {
+  AttentionShape shape;
+  shape.seq_lens = {1000};
+  shape.q_heads = 6;
+  shape.kv_heads = 2;
+  shape.head_dim = 64;
+  shape.v_head_dim = 64;
+  shape.mask = {MaskKind::causal, 0};
+  const sim::Cluster cluster{4, 4};
+  sim::Hardware hw = truth();
+  sim::for_each_candidate(shape, cluster, [&](const sim::Candidate& c, const Layout& layout) {
+    const sim::PreparedLayout p = sim::prepare(layout);
+    double previous = INFINITY;
+    for (double units : {0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0}) {
+      hw.compute_units_per_node = units;
+      const double t = sim::predict(p, hw).phase(sim::Phase::attention);
+      EXPECT_LE(t, previous * (1 + 1e-12)) << c.label() << " units " << units;
+      EXPECT_GE(t * (1 + 1e-12), sim::attention_time_s(p.max_flops, DType::bf16, hw)) << c.label();
+      previous = t;
+    }
+  });
+}
+
+TEST(OperationLatency, AddsOncePerOperationWhateverThePeers) {
+  sim::Hardware hw = truth();
+  sim::ExchangeLoad a2a;
+  a2a.intra_peers = 3;
+  a2a.intra_bytes = 3000;
+  const double without = [&] {
+    sim::Hardware h = hw;
+    h.operation_latency_s = 0;
+    return sim::exchange_time_s(a2a, h);
+  }();
+  EXPECT_NEAR(sim::exchange_time_s(a2a, hw) - without, hw.operation_latency_s, 1e-15);
+  EXPECT_EQ(sim::exchange_time_s(sim::ExchangeLoad{}, hw), 0.0);  // no peers: no operation
+  EXPECT_EQ(sim::hop_time_s(0, 0, hw), 0.0);
+  EXPECT_NEAR(sim::hop_time_s(7e8, 0, hw), hw.operation_latency_s + hw.intra.alpha_s + 1.0, 1e-12);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation statistics on hand-made cases.
+
+TEST(KendallTau, OrdersAgreeingDisagreeingAndTied) {
+  const std::vector<double> x{1, 2, 3, 4};
+  EXPECT_DOUBLE_EQ(kendall_tau_b(x, std::vector<double>{10, 20, 30, 40}), 1.0);
+  EXPECT_DOUBLE_EQ(kendall_tau_b(x, std::vector<double>{4, 3, 2, 1}), -1.0);
+  // One swapped neighbour pair of six: (5 - 1) / 6.
+  EXPECT_DOUBLE_EQ(kendall_tau_b(x, std::vector<double>{1, 3, 2, 4}), 4.0 / 6.0);
+  // tau-b with a tie in y: 5 concordant, 0 discordant, 6 untied in x, 5 in y.
+  EXPECT_DOUBLE_EQ(kendall_tau_b(x, std::vector<double>{1, 2, 2, 4}), 5.0 / std::sqrt(30.0));
+  EXPECT_TRUE(std::isnan(kendall_tau_b(std::vector<double>{1}, std::vector<double>{1})));
+  EXPECT_TRUE(std::isnan(kendall_tau_b(x, std::vector<double>{2, 2, 2, 2})));
+}
+
+TEST(KendallTau, ResolvedPairsLeaveOutThoseTheMeasurementCannotOrder) {
+  // 100 and 103 are 3% apart: within a 5% tolerance that pair is left out, the other two agree.
+  size_t pairs = 0;
+  EXPECT_DOUBLE_EQ(resolved_tau(std::vector<double>{1, 2, 3}, std::vector<double>{103, 100, 200}, 0.05, &pairs), 1.0);
+  EXPECT_EQ(pairs, 2u);
+  EXPECT_TRUE(std::isnan(resolved_tau(std::vector<double>{1, 2}, std::vector<double>{100, 101}, 0.05, &pairs)));
+  EXPECT_EQ(pairs, 0u);
+}
+
+ShapeValidation hand_made_shape(const std::vector<std::pair<Strategy, double>>& predicted_order,
+                                const std::vector<double>& measured) {
+  ShapeValidation s;
+  for (size_t i = 0; i < measured.size(); ++i) {
+    CandidateMeasurement c;
+    c.candidate.strategy = predicted_order[i].first;
+    c.predicted_s = predicted_order[i].second;
+    c.measured_s = c.min_s = c.max_s = measured[i];
+    s.candidates.push_back(c);
+  }
+  return s;
+}
+
+TEST(TopK, WithinToleranceOfTheExhaustiveBest) {
+  EXPECT_TRUE(within_tolerance(1.05, 1.0, 0.05));
+  EXPECT_FALSE(within_tolerance(1.0501, 1.0, 0.05));
+  // Six candidates of two strategies; the measured best (0.90) is predicted 5th.
+  const ShapeValidation s = hand_made_shape({{Strategy::uaa, 1.0},
+                                             {Strategy::uaa, 1.1},
+                                             {Strategy::uaa, 1.2},
+                                             {Strategy::uaa, 1.3},
+                                             {Strategy::ring, 1.4},
+                                             {Strategy::ring, 1.5}},
+                                            {0.95, 1.0, 1.0, 1.0, 0.90, 2.0});
+  const SelectionOutcome plain = outcome_of(s, plain_top_k(s, 3));
+  EXPECT_EQ(plain.measured, 3u);
+  EXPECT_DOUBLE_EQ(plain.found_s, 0.95);
+  EXPECT_DOUBLE_EQ(plain.best_s, 0.90);
+  EXPECT_FALSE(within_tolerance(plain.found_s, plain.best_s, 0.05));  // 5.6% slower
+  EXPECT_TRUE(within_tolerance(plain.found_s, plain.best_s, 0.06));
+  // The tuner's rule adds the best predicted ring, which is the measured best.
+  EXPECT_EQ(tuner_selection(s, 3), (std::vector<size_t>{0, 1, 2, 4}));
+  const SelectionOutcome tuner = outcome_of(s, tuner_selection(s, 3));
+  EXPECT_DOUBLE_EQ(tuner.found_s, 0.90);
+  EXPECT_DOUBLE_EQ(tuner.fraction(), 4.0 / 6.0);
+}
+
+TEST(TopK, ReportCountsShapesAndTheCurveEndsAtEverything) {
+  const std::vector<ShapeValidation> shapes{
+      hand_made_shape({{Strategy::uaa, 1}, {Strategy::ring, 2}, {Strategy::ulysses, 3}}, {1.0, 2.0, 3.0}),
+      hand_made_shape({{Strategy::uaa, 1}, {Strategy::ring, 2}, {Strategy::ulysses, 3}}, {3.0, 2.0, 1.0})};
+  const ValidationReport r = summarize_validation(shapes, 1, 0.05);
+  EXPECT_EQ(r.top_is_best, 1u);
+  EXPECT_EQ(r.top_within, 1u);
+  EXPECT_DOUBLE_EQ(r.median_tau, 0.0);  // +1 and -1
+  EXPECT_EQ(r.plain_within, 1u);
+  EXPECT_EQ(r.tuner_within, 2u);  // one per strategy: every candidate measured
+  EXPECT_DOUBLE_EQ(r.tuner_mean_fraction, 1.0);
+  ASSERT_EQ(r.curve.size(), 3u);
+  EXPECT_EQ(r.curve.back().within, 2u);
+  EXPECT_DOUBLE_EQ(r.curve.back().mean_fraction, 1.0);
+  ASSERT_EQ(r.errors.back().group, "all");
+  EXPECT_EQ(r.errors.back().count, 6u);
+  EXPECT_THROW(summarize_validation(shapes, 0, 0.05), Error);
+  EXPECT_THROW(summarize_validation(shapes, 3, -1), Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI.
+
+TEST(CalibrateCli, BadInputIsNamedWithExitCode2) {
+  TempDir dir;
+  const std::string shapes = dir.file("shapes.csv");
+  std::ofstream(shapes) << "seq,heads\n64,2\n";
+  struct Case {
+    std::string args, needle;
+  };
+  const std::vector<Case> cases = {
+      {"calibrate --world 1 --out " + dir.file("p.json"), "--world 1"},
+      {"calibrate --world 2", "--out is required"},
+      {"calibrate --world 2 --out /nonexistent/folder/p.json", "does not exist"},
+      {"calibrate --world 2 --out " + dir.path(), "is a folder"},
+      {"calibrate --world 2 --backend mpi --out " + dir.file("p.json"), "--backend mpi"},
+      {"calibrate --world 2 --scale 0 --out " + dir.file("p.json"), "--scale"},
+      {"calibrate --world 2 --statistic mean --out " + dir.file("p.json"), "--statistic mean"},
+      {"calibrate --world 2 --backend nccl --out " + dir.file("p.json"), "--backend nccl"},
+      {"validate --world 0 --shapes " + shapes, "--world 0"},
+      {"validate --world 2", "--shapes is required"},
+      {"validate --world 2 --shapes " + dir.file("missing.csv"), "missing.csv"},
+      {"validate --world 2 --shapes " + shapes + " --hardware " + dir.file("none.json"), "none.json"},
+      {"validate --world 2 --shapes " + shapes + " --top-k 0", "--top-k 0"},
+      {"validate --world 2 --shapes " + shapes + " --csv /nonexistent/v.csv", "does not exist"},
+      {"validate --world 2 --shapes " + shapes + " --backend mpi", "--backend mpi"},
+  };
+  for (const Case& c : cases) {
+    const auto r = run_command(cptune(c.args));
+    EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.needle), std::string::npos) << c.args << "\n" << r.output;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir.file("p.json"))) << "a refused calibration writes nothing";
+}
+
+// Two ranks, small sizes: the whole path a user takes, in seconds.
+TEST(CalibrateCli, CalibrateThenValidateThenTuneEndToEnd) {
+  TempDir dir;
+  const std::string profile = dir.file("profile.json");
+  const auto cal = run_command(cptune("calibrate --backend gloo --world 2 --scale 0.15 --warmups 0 --iterations 2 "
+                                      "--json --out " + profile));
+  ASSERT_EQ(cal.exit_code, 0) << cal.output;
+  const auto fit = nlohmann::json::parse(cal.output.substr(cal.output.find('{')));
+  EXPECT_EQ(fit["out"], profile);
+  EXPECT_GT(fit["probes"].size(), 20u);
+  for (const auto& p : fit["probes"]) {
+    EXPECT_GT(p["measured_s"].get<double>(), 0) << p;
+    EXPECT_GT(p["predicted_s"].get<double>(), 0) << p;
+  }
+  EXPECT_EQ(fit["residuals"].back()["kind"], "all");
+  const sim::Hardware hw = sim::load_hardware(profile);  // the simulator accepts it
+  EXPECT_EQ(hw.name, "gloo-p2-calibrated");
+  EXPECT_EQ(hw.ranks_per_node, 2);
+  EXPECT_NE(hw.source.find("cptune calibrate"), std::string::npos);
+
+  const std::string shapes = dir.file("held_out.csv");
+  std::ofstream(shapes) << "seq,heads,kv_heads,head_dim,mask\n96,4,2,16,causal\n80,3,3,16,full\n";
+  const std::string csv = dir.file("validation.csv");
+  const auto val = run_command(cptune("validate --world 2 --warmups 0 --iterations 2 --json - --hardware " + profile +
+                                      " --shapes " + shapes + " --csv " + csv));
+  ASSERT_EQ(val.exit_code, 0) << val.output;
+  const auto report = nlohmann::json::parse(val.output.substr(val.output.find('{')));
+  EXPECT_EQ(report["hardware"], "gloo-p2-calibrated");
+  ASSERT_EQ(report["shapes"].size(), 2u);
+  for (const char* key : {"top_is_best_fraction", "top_within_fraction", "tuner_within_fraction",
+                          "tuner_mean_measured_fraction", "plain_within_fraction", "plain_mean_measured_fraction"}) {
+    EXPECT_GE(report[key].get<double>(), 0) << key;
+    EXPECT_LE(report[key].get<double>(), 1) << key;
+  }
+  for (const auto& shape : report["shapes"]) {
+    EXPECT_GE(shape["candidates"].size(), 2u);
+    if (!shape["tau"].is_null()) {
+      EXPECT_GE(shape["tau"].get<double>(), -1);
+      EXPECT_LE(shape["tau"].get<double>(), 1);
+    }
+  }
+  EXPECT_GE(report["errors"].back()["median"].get<double>(), 0);
+  std::ifstream rows(csv);
+  std::string header;
+  std::getline(rows, header);
+  EXPECT_EQ(header, "shape_index,shape,strategy,candidate,predicted_s,measured_s,min_s,max_s");
+
+  // The tuner ranks with the calibrated file and records which one.
+  const std::string db = dir.file("tune.db");
+  const auto tune = run_command(cptune("tune --world 2 --seq 64 --heads 2 --head-dim 16 --top-k 1 --iterations 1 "
+                                       "--warmups 0 --db " + db + " --hardware " + profile));
+  ASSERT_EQ(tune.exit_code, 0) << tune.output;
+  const auto rows_json = run_command(cptune("db export --json --db " + db));
+  ASSERT_EQ(rows_json.exit_code, 0) << rows_json.output;
+  for (const auto& row : nlohmann::json::parse(rows_json.output))
+    EXPECT_EQ(row["profile"], "gloo-p2-calibrated (profile.json)");
+}
+
+}  // namespace
+}  // namespace cptune::tuner

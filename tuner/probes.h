@@ -1,0 +1,81 @@
+#pragma once
+// Calibration probes: micro-measurements of the operations the executor is built from (one
+// all-to-all-v, one ring hop, one attention call, one pack/unpack copy, one gather of sequence
+// lengths), each run with the real Comm and kernel on every rank at once, as in a real run.
+// Each probe carries its load in the cost model's own terms, so predict_probe() prices it
+// with exactly the term that prices the same operation inside a layout.
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/types.h"
+#include "sim/hardware.h"
+#include "sim/prepared_layout.h"
+
+namespace cptune::backends {
+class Comm;
+}
+
+namespace cptune::tuner {
+
+enum class ProbeKind { alltoallv, ring_hop, attention, copy, gather };
+inline constexpr ProbeKind kAllProbeKinds[] = {ProbeKind::alltoallv, ProbeKind::ring_hop, ProbeKind::attention,
+                                               ProbeKind::copy, ProbeKind::gather};
+std::string_view to_string(ProbeKind kind);  // "alltoallv", "ring-hop", "attention", "copy", "gather"
+
+struct Probe {
+  ProbeKind kind = ProbeKind::alltoallv;
+  std::string label;            // what ran, e.g. "alltoallv group 4, 64 KiB per peer"
+  sim::ExchangeLoad exchange;   // alltoallv, copy, gather: one rank's load
+  int64_t hop_bytes = 0;        // ring_hop: bytes each rank sends to its neighbour
+  int64_t flops = 0;            // attention: forward FLOPs of one rank, counted as the Layout counts them
+  sim::NodeWork node;           // attention: every computing rank's FLOPs (one node)
+  DType dtype = DType::bf16;    // attention
+  double measured_s = 0;        // median over iterations of the slowest rank
+};
+
+// The cost model's time for the probe on `hw`.
+double predict_probe(const Probe& probe, const sim::Hardware& hw);
+
+// One attention call: `tokens` queries against the same `tokens` keys of one sequence, on
+// `active_ranks` ranks at once while the others wait (0: every rank), so the fit sees how
+// ranks share the node's compute units.
+struct AttentionProbeSpec {
+  int64_t tokens = 0;
+  int64_t q_heads = 2, kv_heads = 2;
+  int64_t head_dim = 64;  // D = Dv
+  Mask mask;
+  DType dtype = DType::bf16;
+  int active_ranks = 0;
+};
+
+// bf16 (the default dtype) over tokens x head dim x {full, causal} on every rank; fp16 and
+// fp32 on fewer; one size on 1, 2, ... ranks at once.
+std::vector<AttentionProbeSpec> default_attention_probes();
+
+// What to measure. Sizes are per message (alltoallv: per peer; ring: per hop); copies are
+// row by row, as the executor packs. The default is a minute or so on 4 ranks of 2 cores.
+struct ProbePlan {
+  std::vector<int64_t> alltoallv_bytes{1 << 10, 16 << 10, 128 << 10, 512 << 10, 2 << 20};
+  std::vector<int64_t> ring_bytes{4 << 10, 64 << 10, 512 << 10, 2 << 20, 8 << 20};
+  std::vector<int64_t> copy_bytes{256 << 10, 2 << 20, 16 << 20};
+  std::vector<AttentionProbeSpec> attention = default_attention_probes();
+  int warmups = 1;
+  int iterations = 5;        // attention
+  int comm_iterations = 7;   // messages, copies, gathers: each iteration 10 back to back
+  // What a probe's time is over its iterations: the median (the default), or the minimum, the
+  // least disturbed run on a machine shared with other work.
+  bool fastest = false;
+  uint64_t seed = 1;
+
+  // Every size scaled by `factor` (at least one byte, 16 tokens): tests use small plans.
+  ProbePlan scaled(double factor) const;
+};
+
+// Runs every probe of the plan; every rank of `world` calls it and gets the same probes back.
+// Ulysses-like groups: the whole world, and groups of 2 when the world splits into them (the
+// hybrids' U = 2), so the fit sees per-peer latency apart from bandwidth.
+std::vector<Probe> measure_probes(backends::Comm& world, const ProbePlan& plan);
+
+}  // namespace cptune::tuner
