@@ -126,6 +126,25 @@ def noise_floor(rows, repeat_rows, tolerance=0.05):
           f"same best {same_best}/{n}; A's best within {100 * tolerance:.0f}% of B's best {within}/{n}")
 
 
+def common_mode(rows):
+    """Splits the error into each shape's common factor (all its candidates predicted too fast or
+    too slow alike: machine load that moved between calibration and measurement, or a kernel
+    rate off for that shape) and what is left within the shape (the order the tuner needs)."""
+    by_shape = defaultdict(list)
+    for r in rows:
+        by_shape[r["shape_index"]].append(r["predicted_s"] / r["measured_s"])
+    factors, within = [], []
+    for ratios in by_shape.values():
+        g = 1.0
+        for x in ratios:
+            g *= x ** (1.0 / len(ratios))
+        factors.append(g)
+        within += [abs(x / g - 1) for x in ratios]
+    print(f"per-shape common factor predicted/measured: median {median(factors):.2f}, "
+          f"range {min(factors):.2f}..{max(factors):.2f}; error within shapes once it is divided out: "
+          f"median {100 * median(within):.1f}%, worst {100 * max(within):.1f}%")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", help="output of cptune validate --csv")
@@ -134,6 +153,7 @@ def main():
     parser.add_argument("--repeat", help="a second validate --csv of the same shapes: print the noise floor")
     args = parser.parse_args()
     rows = read_rows(args.csv)
+    common_mode(rows)
     if args.repeat:
         noise_floor(rows, read_rows(args.repeat))
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))

@@ -27,12 +27,13 @@ double compute_s(int64_t max_flops, const NodeWork& node, double factor, const H
 }
 
 // Ring attention, bulk-synchronous: step k computes against the block it holds while sending
-// that block on, so a step lasts max(hop, compute + merge) of its slowest rank.
+// that block on, so a step lasts max(hop, compute + merge) of its slowest rank, plus the part
+// of the shorter one that does not overlap (ring_step_time_s).
 double ring_forward_s(const PreparedLayout& p, const Hardware& hw) {
   double total = 0;
   for (const RingStepLoad& s : p.ring_steps) {
     const double compute = compute_s(s.flops, s.node, 1.0, hw, p.dtype) + over(s.merge_bytes, hw.memory_bandwidth_bytes_per_s);
-    total += double(s.repeat) * std::max(hop_time_s(s.intra_bytes, s.inter_bytes, hw), compute);
+    total += double(s.repeat) * ring_step_time_s(hop_time_s(s.intra_bytes, s.inter_bytes, hw), compute, hw);
   }
   return total;
 }
@@ -45,7 +46,7 @@ double ring_backward_s(const PreparedLayout& p, const Hardware& hw) {
   for (const RingStepLoad& s : p.ring_steps) {
     const double compute = compute_s(s.flops, s.node, kBackwardComputeFactor, hw, p.dtype) +
                            over(s.merge_bytes, hw.memory_bandwidth_bytes_per_s);
-    total += double(s.repeat) * std::max(2 * hop_time_s(s.intra_bytes, s.inter_bytes, hw), compute);
+    total += double(s.repeat) * ring_step_time_s(2 * hop_time_s(s.intra_bytes, s.inter_bytes, hw), compute, hw);
   }
   return total + hop_time_s(p.ring_return_intra_bytes, p.ring_return_inter_bytes, hw);
 }
@@ -114,6 +115,10 @@ double hop_time_s(int64_t intra_bytes, int64_t inter_bytes, const Hardware& hw) 
   if (intra_bytes > 0) t = hw.intra.alpha_s + over(intra_bytes, hw.intra.bandwidth_bytes_per_s);
   if (inter_bytes > 0) t = std::max(t, hw.inter.alpha_s + over(inter_bytes, hw.inter.bandwidth_bytes_per_s));
   return t > 0 ? hw.operation_latency_s + t : 0.0;
+}
+
+double ring_step_time_s(double hop_s, double compute_s, const Hardware& hw) {
+  return std::max(hop_s, compute_s) + hw.overlap_exposed_fraction * std::min(hop_s, compute_s);
 }
 
 double attention_time_s(int64_t flops, DType dtype, const Hardware& hw) {

@@ -72,6 +72,8 @@ Prediction predict(const PreparedLayout& layout, const Hardware& hw, const Predi
 double exchange_time_s(const ExchangeLoad& load, const Hardware& hw);  // all-to-all-v + pack/unpack
 double gather_time_s(const ExchangeLoad& load, const Hardware& hw, MetadataChannel channel);
 double hop_time_s(int64_t intra_bytes, int64_t inter_bytes, const Hardware& hw);  // one ring message
+// A ring step that sends while it computes: max(hop, compute) + overlap_exposed_fraction x min.
+double ring_step_time_s(double hop_s, double compute_s, const Hardware& hw);
 double attention_time_s(int64_t flops, DType dtype, const Hardware& hw);           // forward FLOPs, one rank
 // The node's ranks computing at once on hw.compute_units_per_node shared units (0 when units
 // are not shared); a phase takes the larger of this and its slowest rank's attention_time_s.

@@ -44,6 +44,7 @@ std::vector<Field> numeric_fields(const Hardware& hw) {
       {"host_gather_alpha_s", hw.host_gather_alpha_s, true},
       {"compute_units_per_node", hw.compute_units_per_node, true},
       {"operation_latency_s", hw.operation_latency_s, true},
+      {"overlap_exposed_fraction", hw.overlap_exposed_fraction, true},
   };
 }
 
@@ -60,7 +61,8 @@ std::array<double*, kFitParameterNames.size()> fit_parameters(Hardware& hw) {
           &hw.device_sync_s,
           &hw.host_gather_alpha_s,
           &hw.compute_units_per_node,
-          &hw.operation_latency_s};
+          &hw.operation_latency_s,
+          &hw.overlap_exposed_fraction};
 }
 
 // Reads one JSON object field by field and rejects keys it never read (typos such as
@@ -213,7 +215,8 @@ json to_json(const Hardware& hw) {
           {"device_sync_s", hw.device_sync_s},
           {"host_gather_alpha_s", hw.host_gather_alpha_s},
           {"compute_units_per_node", hw.compute_units_per_node},
-          {"operation_latency_s", hw.operation_latency_s}};
+          {"operation_latency_s", hw.operation_latency_s},
+          {"overlap_exposed_fraction", hw.overlap_exposed_fraction}};
 }
 
 Hardware hardware_from_json(const json& doc, const std::string& where) {
@@ -233,6 +236,7 @@ Hardware hardware_from_json(const json& doc, const std::string& where) {
   hw.host_gather_alpha_s = r.number("host_gather_alpha_s");
   hw.compute_units_per_node = r.number_or("compute_units_per_node", 0);
   hw.operation_latency_s = r.number_or("operation_latency_s", 0);
+  hw.overlap_exposed_fraction = r.number_or("overlap_exposed_fraction", 0);
   r.reject_unknown();
   validate(hw, where);
   return hw;

@@ -56,13 +56,17 @@ struct Hardware {
   // pair, a gather) on top of the per-peer alphas: on CPU ranks over Gloo, waking processes
   // that sleep on the transport while other ranks hold the cores. 0 on the GPU presets.
   double operation_latency_s = 0;
+  // The share of the shorter of a ring step's hop and compute that still adds to the step when
+  // both run at once (a step lasts max + this x min). 0: the link moves bytes without the
+  // compute units (copy engines, NICs); near 1: CPU ranks whose transfers need the same cores.
+  double overlap_exposed_fraction = 0;
 
   int64_t world() const { return nodes * ranks_per_node; }
 };
 
 // The parameters predict() reads for time, flat, for calibration by least squares. Names are
 // the JSON paths of the fields ("intra.alpha_s", "attention_flops_per_s.bf16", ...).
-inline constexpr std::array<std::string_view, 12> kFitParameterNames = {
+inline constexpr std::array<std::string_view, 13> kFitParameterNames = {
     "intra.alpha_s",
     "intra.bandwidth_bytes_per_s",
     "inter.alpha_s",
@@ -75,6 +79,7 @@ inline constexpr std::array<std::string_view, 12> kFitParameterNames = {
     "host_gather_alpha_s",
     "compute_units_per_node",
     "operation_latency_s",
+    "overlap_exposed_fraction",
 };
 Eigen::VectorXd to_vector(const Hardware& hw);
 // `base` with the fitted parameters replaced; throws Error naming a parameter that is not a

@@ -39,6 +39,7 @@ sim::Hardware truth() {
   hw.host_gather_alpha_s = 6e-4;
   hw.compute_units_per_node = 1.4;
   hw.operation_latency_s = 2.5e-3;
+  hw.overlap_exposed_fraction = 0.6;
   return hw;
 }
 
@@ -82,6 +83,13 @@ std::vector<Probe> synthetic_probes(const sim::Hardware& hw, double noise, uint6
   for (int64_t flops : {int64_t(3e7), int64_t(3e8), int64_t(1.2e9)}) probes.push_back(attention_probe(flops, 4, DType::bf16));
   for (DType d : {DType::fp16, DType::fp32}) probes.push_back(attention_probe(int64_t(3e8), 4, d));
   for (int active : {1, 2, 3}) probes.push_back(attention_probe(int64_t(5e8), active, DType::bf16));
+  for (auto [flops, bytes] : {std::pair<int64_t, int64_t>{int64_t(3e7), 64 << 10}, {int64_t(3e7), 1 << 20},
+                              {int64_t(1.3e8), 2 << 20}, {int64_t(3e8), 512 << 10}}) {
+    Probe step = attention_probe(flops, 4, DType::bf16);
+    step.kind = ProbeKind::ring_step;
+    step.hop_bytes = bytes;
+    probes.push_back(step);
+  }
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> jitter(0.0, noise);
   for (Probe& p : probes) p.measured_s = predict_probe(p, hw) * (1 + jitter(rng));
@@ -100,7 +108,7 @@ TEST(CalibrationFit, RecoversKnownParametersFromTheModelsOwnPredictionsWithNoise
     EXPECT_LT(relative_gap(got[Eigen::Index(i)], expected[Eigen::Index(i)]), 0.1)
         << name << ": fitted " << got[Eigen::Index(i)] << ", true " << expected[Eigen::Index(i)];
   }
-  EXPECT_EQ(fit.fitted.size(), 9u);
+  EXPECT_EQ(fit.fitted.size(), 10u);
   // One host: nothing crosses a network, and CPU ranks have no device to sync.
   EXPECT_EQ(fit.kept, (std::vector<std::string>{"inter.alpha_s", "inter.bandwidth_bytes_per_s", "device_sync_s"}));
   EXPECT_EQ(fit.hardware.inter.alpha_s, sim::load_hardware("cpu-gloo").inter.alpha_s);
@@ -181,6 +189,14 @@ TEST(SharedComputeUnits, MoreUnitsAreNeverSlowerAndNoPhaseBeatsItsSlowestRank) {
       previous = t;
     }
   });
+}
+
+TEST(RingOverlap, AStepLastsTheLongerPlusTheExposedShareOfTheShorter) {
+  sim::Hardware hw = truth();
+  EXPECT_NEAR(sim::ring_step_time_s(2.0, 5.0, hw), 5.0 + 0.6 * 2.0, 1e-12);
+  EXPECT_NEAR(sim::ring_step_time_s(5.0, 2.0, hw), 5.0 + 0.6 * 2.0, 1e-12);
+  hw.overlap_exposed_fraction = 0;  // the GPU presets: a perfect overlap, as before
+  EXPECT_EQ(sim::ring_step_time_s(2.0, 5.0, hw), 5.0);
 }
 
 TEST(OperationLatency, AddsOncePerOperationWhateverThePeers) {

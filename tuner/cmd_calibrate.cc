@@ -9,7 +9,6 @@
 #include <nlohmann/json.hpp>
 
 #include "backends/comm.h"
-#include "backends/launcher.h"
 #include "core/error.h"
 #include "sim/hardware.h"
 #include "tuner/calibrate.h"

@@ -8,7 +8,6 @@
 #include <nlohmann/json.hpp>
 
 #include "backends/comm.h"
-#include "backends/launcher.h"
 #include "core/error.h"
 #include "db/records.h"
 #include "sim/hardware.h"

@@ -211,7 +211,46 @@ struct AttentionInputs {
     params.mask = a.mask;
     params.heads = {0, 0, a.q_heads / a.kv_heads};
   }
+  void attend(const AttentionProbeSpec& a) {
+    const backends::Queries queries{{q.data(), a.dtype, a.tokens, a.q_heads, a.head_dim}, runs};
+    const backends::KvBlock block{{k.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim},
+                                  {v.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim},
+                                  runs};
+    backends::attend(queries, block, params, state);
+  }
 };
+
+// Hop and attention at once, as RankExecution::attend_ring runs a step: post the transfers,
+// compute, then wait for them.
+void add_ring_steps(Comm& world, const ProbePlan& plan, std::vector<PendingProbe>& out) {
+  const int P = world.size();
+  const int next = (world.rank() + 1) % P, prev = (world.rank() + P - 1) % P;
+  auto tag = std::make_shared<int>(1 << 20);  // apart from the ring-hop probes' tags
+  for (const RingStepProbeSpec& step : plan.ring_steps) {
+    const AttentionProbeSpec& a = step.attention;
+    auto in = std::make_shared<AttentionInputs>(a, plan.seed);
+    auto send = std::make_shared<Bytes>(static_cast<size_t>(step.bytes), std::byte{4});
+    auto recv = std::make_shared<Bytes>(send->size());
+    PendingProbe p;
+    p.probe.kind = ProbeKind::ring_step;
+    p.probe.label = fmt::format("ring step: attention {} tokens, {} heads, D {} + hop {}", a.tokens, a.q_heads,
+                                a.head_dim, cli::human_bytes(double(step.bytes)));
+    p.probe.hop_bytes = step.bytes;
+    p.probe.flops = mask_pairs(a.mask, 0, a.tokens, 0, a.tokens) * 2 * (2 * a.head_dim) * a.q_heads;
+    p.probe.node.flops_ranks = {{p.probe.flops, P}};
+    p.probe.dtype = a.dtype;
+    p.before = [in] { in->state.clear(); };
+    p.run = [=, &world] {
+      auto s = world.isend(send->data(), step.bytes, next, *tag);
+      auto r = world.irecv(recv->data(), step.bytes, prev, *tag);
+      in->attend(a);
+      s->wait();
+      r->wait();
+      ++*tag;
+    };
+    out.push_back(std::move(p));
+  }
+}
 
 void add_attention(Comm& world, const ProbePlan& plan, std::vector<PendingProbe>& out) {
   for (const AttentionProbeSpec& a : plan.attention) {
@@ -228,15 +267,16 @@ void add_attention(Comm& world, const ProbePlan& plan, std::vector<PendingProbe>
     p.probe.dtype = a.dtype;
     p.before = [in] { in->state.clear(); };
     p.run = [in, computes, a] {
-      if (!computes) return;
-      const backends::Queries queries{{in->q.data(), a.dtype, a.tokens, a.q_heads, a.head_dim}, in->runs};
-      const backends::KvBlock block{{in->k.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim},
-                                    {in->v.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim},
-                                    in->runs};
-      attend(queries, block, in->params, in->state);
+      if (computes) in->attend(a);
     };
     out.push_back(std::move(p));
   }
+}
+
+// The slowest rank's attention, or the node's when its ranks share compute units (as predict()).
+double compute_s(const Probe& probe, const sim::Hardware& hw) {
+  return std::max(sim::attention_time_s(probe.flops, probe.dtype, hw),
+                  sim::node_attention_time_s(probe.node, probe.dtype, hw));
 }
 
 }  // namespace
@@ -245,6 +285,7 @@ std::string_view to_string(ProbeKind kind) {
   switch (kind) {
     case ProbeKind::alltoallv: return "alltoallv";
     case ProbeKind::ring_hop: return "ring-hop";
+    case ProbeKind::ring_step: return "ring-step";
     case ProbeKind::attention: return "attention";
     case ProbeKind::copy: return "copy";
     case ProbeKind::gather: return "gather";
@@ -258,9 +299,8 @@ double predict_probe(const Probe& probe, const sim::Hardware& hw) {
     case ProbeKind::copy: return sim::exchange_time_s(probe.exchange, hw);
     case ProbeKind::gather: return sim::gather_time_s(probe.exchange, hw, sim::MetadataChannel::cpu);
     case ProbeKind::ring_hop: return sim::hop_time_s(probe.hop_bytes, 0, hw);
-    case ProbeKind::attention:
-      return std::max(sim::attention_time_s(probe.flops, probe.dtype, hw),
-                      sim::node_attention_time_s(probe.node, probe.dtype, hw));
+    case ProbeKind::attention: return compute_s(probe, hw);
+    case ProbeKind::ring_step: return sim::ring_step_time_s(sim::hop_time_s(probe.hop_bytes, 0, hw), compute_s(probe, hw), hw);
   }
   return 0;
 }
@@ -270,11 +310,19 @@ std::vector<AttentionProbeSpec> default_attention_probes() {
   const Mask full{MaskKind::full, 0}, causal{MaskKind::causal, 0};
   for (int64_t tokens : {256, 768, 1536})
     for (int64_t dim : {64, 128})
-      for (Mask mask : {full, causal}) out.push_back({tokens, 2, 2, dim, mask, DType::bf16});
-  out.push_back({1024, 4, 1, 64, causal, DType::bf16});  // GQA: one KV head read by four Q heads
+      for (Mask mask : {full, causal}) out.push_back({tokens, 2, 2, dim, mask, DType::bf16, 0});
+  out.push_back({1024, 4, 1, 64, causal, DType::bf16, 0});  // GQA: one KV head read by four Q heads
   for (DType dtype : {DType::fp16, DType::fp32})
-    for (int64_t dim : {64, 128}) out.push_back({768, 2, 2, dim, full, dtype});
+    for (int64_t dim : {64, 128}) out.push_back({768, 2, 2, dim, full, dtype, 0});
   for (int active : {1, 2, 3, 0}) out.push_back({1024, 2, 2, 64, full, DType::bf16, active});
+  return out;
+}
+
+std::vector<RingStepProbeSpec> default_ring_step_probes() {
+  const Mask full{MaskKind::full, 0};
+  std::vector<RingStepProbeSpec> out;
+  for (auto [tokens, bytes] : {std::pair<int64_t, int64_t>{256, 64 << 10}, {256, 1 << 20}, {512, 2 << 20}, {768, 512 << 10}})
+    out.push_back({{tokens, 2, 2, 64, full, DType::bf16, 0}, bytes});
   return out;
 }
 
@@ -284,6 +332,10 @@ ProbePlan ProbePlan::scaled(double factor) const {
   for (auto* list : {&p.alltoallv_bytes, &p.ring_bytes, &p.copy_bytes})
     for (int64_t& n : *list) n = scale(n, 1);
   for (AttentionProbeSpec& a : p.attention) a.tokens = scale(a.tokens, 16);
+  for (RingStepProbeSpec& r : p.ring_steps) {
+    r.attention.tokens = scale(r.attention.tokens, 16);
+    r.bytes = scale(r.bytes, 1);
+  }
   return p;
 }
 
@@ -297,8 +349,9 @@ std::vector<Probe> measure_probes(Comm& world, const ProbePlan& plan) {
   add_ring(world, plan, messages);
   add_copy(plan, messages);
   add_attention(world, plan, compute);
+  add_ring_steps(world, plan, compute);
   std::vector<Probe> out;
-  // Messages and copies take milliseconds and scatter with the scheduler: more iterations.
+  // Messages and copies take milliseconds and scatter with the scheduler: many per iteration.
   runner.run(messages, kMessagesPerIteration, plan.warmups, plan.comm_iterations, plan.fastest, out);
   runner.run(compute, 1, plan.warmups, plan.iterations, plan.fastest, out);
   return out;

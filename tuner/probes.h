@@ -19,20 +19,21 @@ class Comm;
 
 namespace cptune::tuner {
 
-enum class ProbeKind { alltoallv, ring_hop, attention, copy, gather };
+enum class ProbeKind { alltoallv, ring_hop, attention, ring_step, copy, gather };
 inline constexpr ProbeKind kAllProbeKinds[] = {ProbeKind::alltoallv, ProbeKind::ring_hop, ProbeKind::attention,
-                                               ProbeKind::copy, ProbeKind::gather};
-std::string_view to_string(ProbeKind kind);  // "alltoallv", "ring-hop", "attention", "copy", "gather"
+                                               ProbeKind::ring_step, ProbeKind::copy, ProbeKind::gather};
+// "alltoallv", "ring-hop", "attention", "ring-step", "copy", "gather"
+std::string_view to_string(ProbeKind kind);
 
 struct Probe {
   ProbeKind kind = ProbeKind::alltoallv;
   std::string label;            // what ran, e.g. "alltoallv group 4, 64 KiB per peer"
   sim::ExchangeLoad exchange;   // alltoallv, copy, gather: one rank's load
-  int64_t hop_bytes = 0;        // ring_hop: bytes each rank sends to its neighbour
-  int64_t flops = 0;            // attention: forward FLOPs of one rank, counted as the Layout counts them
-  sim::NodeWork node;           // attention: every computing rank's FLOPs (one node)
-  DType dtype = DType::bf16;    // attention
-  double measured_s = 0;        // median over iterations of the slowest rank
+  int64_t hop_bytes = 0;        // ring_hop, ring_step: bytes each rank sends to its neighbour
+  int64_t flops = 0;            // attention, ring_step: forward FLOPs of one rank, as the Layout counts them
+  sim::NodeWork node;           // attention, ring_step: every computing rank's FLOPs (one node)
+  DType dtype = DType::bf16;    // attention, ring_step
+  double measured_s = 0;        // first rank's start to last rank's end: median (or min) over iterations
 };
 
 // The cost model's time for the probe on `hw`.
@@ -50,9 +51,19 @@ struct AttentionProbeSpec {
   int active_ranks = 0;
 };
 
+// A ring step: every rank attends while its K,V block travels to the next rank, so the fit sees
+// how much of the shorter of the two the other hides.
+struct RingStepProbeSpec {
+  AttentionProbeSpec attention;
+  int64_t bytes = 0;
+};
+
 // bf16 (the default dtype) over tokens x head dim x {full, causal} on every rank; fp16 and
 // fp32 on fewer; one size on 1, 2, ... ranks at once.
 std::vector<AttentionProbeSpec> default_attention_probes();
+
+// Hop and compute of comparable length, hop shorter and longer: what the overlap term needs.
+std::vector<RingStepProbeSpec> default_ring_step_probes();
 
 // What to measure. Sizes are per message (alltoallv: per peer; ring: per hop); copies are
 // row by row, as the executor packs. The default is a minute or so on 4 ranks of 2 cores.
@@ -61,6 +72,7 @@ struct ProbePlan {
   std::vector<int64_t> ring_bytes{4 << 10, 64 << 10, 512 << 10, 2 << 20, 8 << 20};
   std::vector<int64_t> copy_bytes{256 << 10, 2 << 20, 16 << 20};
   std::vector<AttentionProbeSpec> attention = default_attention_probes();
+  std::vector<RingStepProbeSpec> ring_steps = default_ring_step_probes();
   int warmups = 1;
   int iterations = 5;        // attention
   int comm_iterations = 7;   // messages, copies, gathers: each iteration 10 back to back
