@@ -51,11 +51,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds of (3)")
     ap.add_argument("--iterations", type=int, default=15, help="paired iterations of (1) and (2)")
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--skip-pairs", action="store_true")
     args = ap.parse_args()
     b, n, it = args.build, args.rounds, args.iterations
     # (1) and (2): both layouts in the same rank processes, alternating iteration by iteration.
-    subprocess.run([os.path.join(b, "bench", "bench_executor_pairs"), str(it)], check=True)
-    print()
+    if not args.skip_pairs:
+        subprocess.run([os.path.join(b, "bench", "bench_executor_pairs"), str(it)], check=True)
+        print()
     if args.skip_torch:
         return
     shape = ["--seq", "4097", "--heads", "25", "--kv-heads", "5", "--head-dim", "64"]
