@@ -9,6 +9,7 @@
 #include <limits>
 #include <string>
 
+#include "backends/attention_tiles.h"
 #include "backends/dtype_convert.h"
 #include "core/error.h"
 
@@ -20,8 +21,6 @@ namespace {
 constexpr int64_t kQueryTile = 64;
 constexpr int64_t kKeyTile = 64;
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
-// Stands for "no bound" in key windows; far from INT64 limits so window arithmetic cannot wrap.
-constexpr int64_t kFar = std::numeric_limits<int64_t>::max() / 4;
 
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MatrixMap = Eigen::Map<RowMatrix>;
@@ -93,24 +92,6 @@ float scale_of(const AttentionParams& params, int64_t head_dim) {
 
 // ---- the mask as key ranges -----------------------------------------------------------------
 
-// Key positions [lo, hi) that query position i sees. Windows only move forward as i grows, so
-// a tile's queries together see [window(first).lo, window(last).hi).
-struct KeyWindow {
-  int64_t lo, hi;
-};
-
-KeyWindow window_of(const Mask& mask, int64_t i) {
-  switch (mask.kind) {
-    case MaskKind::full:
-      return {-kFar, kFar};
-    case MaskKind::causal:
-      return {-kFar, i + 1};
-    case MaskKind::sliding_window:
-      return {i - std::min(mask.window, kFar) + 1, i + 1};
-  }
-  assert(false);
-  return {0, 0};
-}
 
 // ---- fp32 head-major copies -----------------------------------------------------------------
 
@@ -182,8 +163,8 @@ class QueryTile {
 
   // Key positions of `run` that some row of the tile sees (may be empty).
   KeyWindow visible_in(const StoredRun& run) const {
-    return {std::max(run.begin, window_of(mask_, first_pos_).lo),
-            std::min(run.begin + run.count, window_of(mask_, first_pos_ + rows_ - 1).hi)};
+    return {std::max(run.begin, key_window(mask_, first_pos_).lo),
+            std::min(run.begin + run.count, key_window(mask_, first_pos_ + rows_ - 1).hi)};
   }
 
   // Adds keys at positions [key_pos, key_pos + keys) with rows k, v (keys <= kKeyTile).
@@ -193,11 +174,11 @@ class QueryTile {
     MatrixMap scores(scores_.data(), rows_, keys);
     scores.noalias() = q * kt.transpose();
     const bool all_visible =
-        window_of(mask_, first_pos_ + rows_ - 1).lo <= key_pos && window_of(mask_, first_pos_).hi >= key_pos + keys;
+        key_window(mask_, first_pos_ + rows_ - 1).lo <= key_pos && key_window(mask_, first_pos_).hi >= key_pos + keys;
     for (int64_t r = 0; r < rows_; ++r) {
       KeyWindow cols{0, keys};
       if (!all_visible) {
-        const KeyWindow w = window_of(mask_, first_pos_ + r);
+        const KeyWindow w = key_window(mask_, first_pos_ + r);
         cols = {std::clamp(w.lo - key_pos, int64_t{0}, keys), std::clamp(w.hi - key_pos, int64_t{0}, keys)};
       }
       softmax_row(r, cols, keys);

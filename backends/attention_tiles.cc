@@ -8,35 +8,27 @@
 #include "core/error.h"
 
 namespace cptune::backends {
-namespace {
 
-// Stands for "no bound" in key windows; far from INT64 limits so window arithmetic cannot wrap.
-constexpr int64_t kFar = std::numeric_limits<int64_t>::max() / 4;
-
-// Key positions [lo, hi) that query position i sees (the Mask rule of core/types.h). Both ends
-// only move forward as i grows, so a tile's rows together see [lo(first), hi(last)).
-struct KeyWindow {
-  int64_t lo, hi;
-};
-
-KeyWindow window_of(const Mask& mask, int64_t i) {
+KeyWindow key_window(const Mask& mask, int64_t i) {
   switch (mask.kind) {
     case MaskKind::full:
-      return {-kFar, kFar};
+      return {-kFarPosition, kFarPosition};
     case MaskKind::causal:
-      return {-kFar, i + 1};
+      return {-kFarPosition, i + 1};
     case MaskKind::sliding_window:
-      return {i - std::min(mask.window, kFar) + 1, i + 1};
+      return {i - std::min(mask.window, kFarPosition) + 1, i + 1};
   }
   return {0, 0};
 }
+
+namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Appends the segments of `kv_runs` that rows [pos, pos + rows) of sequence `seq` can see.
 int64_t add_segments(std::span<const StoredRun> kv_runs, int32_t seq, int64_t pos, int64_t rows, const Mask& mask,
                      std::vector<KeySegment>& out) {
-  const int64_t lo = window_of(mask, pos).lo, hi = window_of(mask, pos + rows - 1).hi;
+  const int64_t lo = key_window(mask, pos).lo, hi = key_window(mask, pos + rows - 1).hi;
   int64_t key_tiles = 0;
   for (const StoredRun& run : kv_runs) {
     if (run.seq != seq) continue;

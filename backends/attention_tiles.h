@@ -4,6 +4,7 @@
 // see under the mask, so the kernel never visits a key tile the mask removes and never mixes
 // sequences. Plain structs: the same bytes are copied to the GPU.
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -11,6 +12,16 @@
 #include "core/types.h"
 
 namespace cptune::backends {
+
+// Stands for "no bound" in key windows; far from INT64 limits so window arithmetic cannot wrap.
+inline constexpr int64_t kFarPosition = std::numeric_limits<int64_t>::max() / 4;
+
+// Key positions [lo, hi) that query position i sees (the Mask rule of core/types.h). Both ends
+// only move forward as i grows, so a tile's rows together see [lo(first), hi(last)).
+struct KeyWindow {
+  int64_t lo, hi;
+};
+KeyWindow key_window(const Mask& mask, int64_t i);
 
 inline constexpr int64_t kCudaQueryTile = 128;  // query rows per thread block: 8 warps x 16 rows
 inline constexpr int64_t kCudaKeyTile = 64;     // keys per step of the online softmax
