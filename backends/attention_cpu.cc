@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <string_view>
 
 #include "backends/attention_tiles.h"
 #include "backends/dtype_convert.h"
@@ -29,62 +30,66 @@ using RowMatrixD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::
 
 // ---- arguments a caller can get wrong -------------------------------------------------------
 
-void check_tensor(const TensorView& t, const char* name) {
+void check_tensor(const TensorView& t, const char* name, std::string_view kernel) {
   if (t.tokens < 0 || t.heads < 1 || t.dim < 1)
-    throw Error(fmt::format("attention: {} has tokens={} heads={} dim={}; need tokens >= 0, heads >= 1, dim >= 1", name,
+    throw Error(fmt::format("{}: {} has tokens={} heads={} dim={}; need tokens >= 0, heads >= 1, dim >= 1", kernel, name,
                             t.tokens, t.heads, t.dim));
   if (t.tokens > 0 && t.data == nullptr)
-    throw Error(fmt::format("attention: {} has {} tokens but no data", name, t.tokens));
+    throw Error(fmt::format("{}: {} has {} tokens but no data", kernel, name, t.tokens));
 }
 
-void check_runs(std::span<const StoredRun> runs, int64_t tensor_tokens, const char* name) {
+void check_runs(std::span<const StoredRun> runs, int64_t tensor_tokens, const char* name, std::string_view kernel) {
   for (const StoredRun& run : runs) {
     if (run.seq < 0 || run.begin < 0 || run.count < 0 || run.offset < 0 || run.offset + run.count > tensor_tokens)
       throw Error(
-          fmt::format("attention: {} run (seq {}, positions {}+{}, rows from {}) does not fit a tensor of "
+          fmt::format("{}: {} run (seq {}, positions {}+{}, rows from {}) does not fit a tensor of "
                       "{} tokens; seq, begin, count and offset must be >= 0 and rows inside the tensor",
-                      name, run.seq, run.begin, run.count, run.offset, tensor_tokens));
+                      kernel, name, run.seq, run.begin, run.count, run.offset, tensor_tokens));
   }
 }
 
-void check_heads(const HeadMap& heads, int64_t q_heads, int64_t kv_heads) {
+void check_heads(const HeadMap& heads, int64_t q_heads, int64_t kv_heads, std::string_view kernel) {
   if (heads.group_size < 1 || heads.q_head_begin < 0 || heads.kv_head_begin < 0)
     throw Error(
-        fmt::format("attention: head map q_head_begin={} kv_head_begin={} group_size={}; need group_size >= 1 "
+        fmt::format("{}: head map q_head_begin={} kv_head_begin={} group_size={}; need group_size >= 1 "
                     "and begins >= 0",
-                    heads.q_head_begin, heads.kv_head_begin, heads.group_size));
+                    kernel, heads.q_head_begin, heads.kv_head_begin, heads.group_size));
   // kv_of is monotone in h, so its ends bound every head in between.
   for (int64_t h : {int64_t{0}, q_heads - 1}) {
     const int64_t kv = heads.kv_of(h);
     if (kv < 0 || kv >= kv_heads)
       throw Error(fmt::format(
-          "attention: local q head {} (global {}) reads local kv head {}, outside the {} kv heads "
+          "{}: local q head {} (global {}) reads local kv head {}, outside the {} kv heads "
           "held (global {}..{}); check q_head_begin, kv_head_begin and group_size",
-          h, heads.q_head_begin + h, kv, kv_heads, heads.kv_head_begin, heads.kv_head_begin + kv_heads - 1));
+          kernel, h, heads.q_head_begin + h, kv, kv_heads, heads.kv_head_begin, heads.kv_head_begin + kv_heads - 1));
   }
 }
 
-void check_arguments(const Queries& queries, const KvBlock& block, const AttentionParams& params,
-                     const AttentionState& state) {
-  check_tensor(queries.q, "Q");
-  check_tensor(block.k, "K");
-  check_tensor(block.v, "V");
+}  // namespace
+
+void check_attention_arguments(const Queries& queries, const KvBlock& block, const AttentionParams& params,
+                               StateShape state, std::string_view kernel) {
+  check_tensor(queries.q, "Q", kernel);
+  check_tensor(block.k, "K", kernel);
+  check_tensor(block.v, "V", kernel);
   const TensorView &q = queries.q, &k = block.k, &v = block.v;
-  if (k.dim != q.dim) throw Error(fmt::format("attention: K head dim {} differs from Q head dim {}", k.dim, q.dim));
+  if (k.dim != q.dim) throw Error(fmt::format("{}: K head dim {} differs from Q head dim {}", kernel, k.dim, q.dim));
   if (v.tokens != k.tokens || v.heads != k.heads)
-    throw Error(fmt::format("attention: V has {} tokens x {} heads but K has {} x {}; they must match", v.tokens,
+    throw Error(fmt::format("{}: V has {} tokens x {} heads but K has {} x {}; they must match", kernel, v.tokens,
                             v.heads, k.tokens, k.heads));
-  if (state.tokens() != q.tokens || state.q_heads() != q.heads || state.v_dim() != v.dim)
-    throw Error(fmt::format("attention: state is {} tokens x {} heads x {} dims but Q, V need {} x {} x {}",
-                            state.tokens(), state.q_heads(), state.v_dim(), q.tokens, q.heads, v.dim));
-  check_runs(queries.runs, q.tokens, "Q");
-  check_runs(block.runs, k.tokens, "K,V");
-  check_heads(params.heads, q.heads, k.heads);
+  if (state.tokens != q.tokens || state.q_heads != q.heads || state.v_dim != v.dim)
+    throw Error(fmt::format("{}: state is {} tokens x {} heads x {} dims but Q, V need {} x {} x {}", kernel,
+                            state.tokens, state.q_heads, state.v_dim, q.tokens, q.heads, v.dim));
+  check_runs(queries.runs, q.tokens, "Q", kernel);
+  check_runs(block.runs, k.tokens, "K,V", kernel);
+  check_heads(params.heads, q.heads, k.heads, kernel);
   if (params.mask.kind == MaskKind::sliding_window && params.mask.window < 1)
-    throw Error(fmt::format("attention: sliding window {} must be >= 1 token", params.mask.window));
+    throw Error(fmt::format("{}: sliding window {} must be >= 1 token", kernel, params.mask.window));
   if (params.scale && !std::isfinite(*params.scale))
-    throw Error(fmt::format("attention: scale {} must be finite", *params.scale));
+    throw Error(fmt::format("{}: scale {} must be finite", kernel, *params.scale));
 }
+
+namespace {
 
 float scale_of(const AttentionParams& params, int64_t head_dim) {
   return params.scale.value_or(1.0f / std::sqrt(static_cast<float>(head_dim)));
@@ -330,7 +335,7 @@ void AttentionState::clear() {
 }
 
 void attend(const Queries& queries, const KvBlock& block, const AttentionParams& params, AttentionState& state) {
-  check_arguments(queries, block, params, state);
+  check_attention_arguments(queries, block, params, {state.tokens(), state.q_heads(), state.v_dim()}, "attention");
   const HeadMajor q(queries.q, scale_of(params, queries.q.dim)), k(block.k, 1.0f), v(block.v, 1.0f);
   QueryTile tile(params.mask, queries.q.dim, block.v.dim);
   for (const StoredRun& q_run : queries.runs) {
@@ -356,7 +361,7 @@ void attend(const Queries& queries, const KvBlock& block, const AttentionParams&
 
 void reference_attention(const Queries& queries, const KvBlock& keys, const AttentionParams& params,
                          AttentionState& state) {
-  check_arguments(queries, keys, params, state);
+  check_attention_arguments(queries, keys, params, {state.tokens(), state.q_heads(), state.v_dim()}, "attention");
   const double scale = params.scale ? double{*params.scale} : 1.0 / std::sqrt(static_cast<double>(queries.q.dim));
   for (int64_t h = 0; h < queries.q.heads; ++h) {
     const int64_t kv = params.heads.kv_of(h);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "core/layout.h"
@@ -105,6 +106,15 @@ void attend(const Queries& queries, const KvBlock& block, const AttentionParams&
 // runs. The single-device reference of --verify and of the tests.
 void reference_attention(const Queries& queries, const KvBlock& keys, const AttentionParams& params,
                          AttentionState& state);
+
+// The checks every attention kernel (CPU, CUDA) runs on its arguments: tensor sizes, runs inside
+// their tensors, Q heads reading KV heads that are held, a state of the right size, mask and
+// scale. Throws Error prefixed with `kernel` ("attention", "CUDA attention").
+struct StateShape {
+  int64_t tokens = 0, q_heads = 0, v_dim = 0;
+};
+void check_attention_arguments(const Queries& queries, const KvBlock& block, const AttentionParams& params,
+                               StateShape state, std::string_view kernel);
 
 // Writes O [tokens][q_heads][v_dim] to `out` in `dtype` (round to nearest even). Throws Error
 // when out_bytes is too small.

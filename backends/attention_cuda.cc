@@ -37,61 +37,15 @@ T* device_copy(const std::vector<T>& host, cudaStream_t stream, const char* what
   return static_cast<T*>(data);
 }
 
-// ---- the CPU attend()'s argument checks, for device tensors ----------------------------------
-
-void check_tensor(const TensorView& t, const char* name) {
-  if (t.tokens < 0 || t.heads < 1 || t.dim < 1)
-    throw Error(fmt::format("CUDA attention: {} has tokens={} heads={} dim={}; need tokens >= 0, heads >= 1, dim >= 1",
-                            name, t.tokens, t.heads, t.dim));
-  if (t.tokens > 0 && t.data == nullptr)
-    throw Error(fmt::format("CUDA attention: {} has {} tokens but no data", name, t.tokens));
-  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
-    throw Error(fmt::format("CUDA attention: {} data is not 16-byte aligned; the kernel loads 16-byte chunks", name));
-}
-
-void check_runs(std::span<const StoredRun> runs, int64_t tensor_tokens, const char* name) {
-  for (const StoredRun& run : runs)
-    if (run.seq < 0 || run.begin < 0 || run.count < 0 || run.offset < 0 || run.offset + run.count > tensor_tokens)
-      throw Error(fmt::format("CUDA attention: {} run (seq {}, positions {}+{}, rows from {}) does not fit a tensor of "
-                              "{} tokens",
-                              name, run.seq, run.begin, run.count, run.offset, tensor_tokens));
-}
-
-void check_heads(const HeadMap& heads, int64_t q_heads, int64_t kv_heads) {
-  if (heads.group_size < 1 || heads.q_head_begin < 0 || heads.kv_head_begin < 0)
-    throw Error(fmt::format("CUDA attention: head map q_head_begin={} kv_head_begin={} group_size={}; need "
-                            "group_size >= 1 and begins >= 0",
-                            heads.q_head_begin, heads.kv_head_begin, heads.group_size));
-  for (int64_t h : {int64_t{0}, q_heads - 1}) {  // kv_of is monotone: its ends bound the rest
-    const int64_t kv = heads.kv_of(h);
-    if (kv < 0 || kv >= kv_heads)
-      throw Error(fmt::format("CUDA attention: local q head {} reads local kv head {}, outside the {} kv heads held",
-                              h, kv, kv_heads));
-  }
-}
-
+// The CPU attend()'s argument checks, plus what the device kernel needs on top.
 void check_arguments(const Queries& queries, const KvBlock& block, const AttentionParams& params,
                      const CudaAttentionState& state) {
-  check_tensor(queries.q, "Q");
-  check_tensor(block.k, "K");
-  check_tensor(block.v, "V");
-  const TensorView &q = queries.q, &k = block.k, &v = block.v;
-  if (k.dim != q.dim) throw Error(fmt::format("CUDA attention: K head dim {} differs from Q's {}", k.dim, q.dim));
-  if (v.tokens != k.tokens || v.heads != k.heads)
-    throw Error(fmt::format("CUDA attention: V has {} tokens x {} heads but K has {} x {}", v.tokens, v.heads, k.tokens,
-                            k.heads));
-  if (q.dtype != k.dtype || q.dtype != v.dtype)
+  check_attention_arguments(queries, block, params, {state.tokens(), state.q_heads(), state.v_dim()}, "CUDA attention");
+  for (const auto& [t, name] : {std::pair{&queries.q, "Q"}, {&block.k, "K"}, {&block.v, "V"}})
+    if (reinterpret_cast<uintptr_t>(t->data) % 16 != 0)
+      throw Error(fmt::format("CUDA attention: {} data is not 16-byte aligned; the kernel loads 16-byte chunks", name));
+  if (queries.q.dtype != block.k.dtype || queries.q.dtype != block.v.dtype)
     throw Error("CUDA attention: Q, K and V must share one dtype");
-  if (state.tokens() != q.tokens || state.q_heads() != q.heads || state.v_dim() != v.dim)
-    throw Error(fmt::format("CUDA attention: state is {} tokens x {} heads x {} dims but Q, V need {} x {} x {}",
-                            state.tokens(), state.q_heads(), state.v_dim(), q.tokens, q.heads, v.dim));
-  check_runs(queries.runs, q.tokens, "Q");
-  check_runs(block.runs, k.tokens, "K,V");
-  check_heads(params.heads, q.heads, k.heads);
-  if (params.mask.kind == MaskKind::sliding_window && params.mask.window < 1)
-    throw Error(fmt::format("CUDA attention: sliding window {} must be >= 1 token", params.mask.window));
-  if (params.scale && !std::isfinite(*params.scale))
-    throw Error(fmt::format("CUDA attention: scale {} must be finite", *params.scale));
 }
 
 kernels::AttentionArgs kernel_args(const CudaAttentionPlan& plan, const Queries& queries, const KvBlock& block,
