@@ -237,20 +237,6 @@ std::vector<const StoredRun*> same_sequence(const StoredRun& run, std::span<cons
 
 // ---- the naive reference ----------------------------------------------------------------------
 
-// Query i sees key j: the Mask definition of core/types.h, written out independently of
-// window_of so that the reference checks the kernel's tiling rather than repeating it.
-bool visible(const Mask& mask, int64_t i, int64_t j) {
-  switch (mask.kind) {
-    case MaskKind::full:
-      return true;
-    case MaskKind::causal:
-      return j <= i;
-    case MaskKind::sliding_window:
-      return i - mask.window < j && j <= i;
-  }
-  return false;
-}
-
 // One head of a tensor, [tokens][dim], in double (exact for every storage dtype).
 RowMatrixD head_in_double(const TensorView& t, int64_t head) {
   RowMatrixD out(t.tokens, t.dim);
@@ -272,7 +258,7 @@ void reference_row(const RowMatrixD& q, const RowMatrixD& k, const RowMatrixD& v
   for (const StoredRun& run : keys.runs) {
     if (run.seq != q_run.seq) continue;
     for (int64_t t = 0; t < run.count; ++t) {
-      if (!visible(mask, pos, run.begin + t)) continue;
+      if (!mask.sees(pos, run.begin + t)) continue;  // the definition, not the kernel's tiling
       scores.push_back(scale * q.row(q_row).dot(k.row(run.offset + t)));
       key_rows.push_back(run.offset + t);
     }

@@ -39,6 +39,19 @@ RankOrder parse_rank_order(std::string_view s);
 struct Mask {
   MaskKind kind = MaskKind::full;
   int64_t window = 0;  // tokens; used by sliding_window only
+
+  // The definition above, position by position (references and tests; kernels tile it).
+  bool sees(int64_t i, int64_t j) const {
+    switch (kind) {
+      case MaskKind::full:
+        return true;
+      case MaskKind::causal:
+        return j <= i;
+      case MaskKind::sliding_window:
+        return i - window < j && j <= i;
+    }
+    return false;
+  }
 };
 std::string to_string(const Mask& m);  // "full", "causal", "sliding:4096"
 Mask parse_mask(std::string_view s);   // accepts the same, and "sliding-window:W"
