@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include "backends/rendezvous.h"
+#include "backends/comm/rendezvous.h"
 #include "core/error.h"
 
 namespace cptune::testing {

@@ -13,8 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "backends/attention_cpu.h"
-#include "backends/dtype_convert.h"
+#include "backends/kernels/attention_cpu.h"
+#include "backends/kernels/dtype_convert.h"
 #include "core/error.h"
 #include "core/layout.h"
 

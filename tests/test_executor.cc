@@ -4,11 +4,11 @@
 
 #include <sstream>
 
-#include "backends/comm.h"
-#include "backends/executor.h"
-#include "backends/gloo_comm.h"
-#include "backends/launcher.h"
-#include "backends/rendezvous.h"
+#include "backends/comm/comm.h"
+#include "backends/exec/executor.h"
+#include "backends/comm/gloo_comm.h"
+#include "backends/comm/launcher.h"
+#include "backends/comm/rendezvous.h"
 #include "core/error.h"
 #include "core/layout.h"
 #include "tests/layout_sweep.h"

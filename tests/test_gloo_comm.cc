@@ -25,8 +25,8 @@
 #include <thread>
 #include <vector>
 
-#include "backends/gloo_comm.h"
-#include "backends/rendezvous.h"
+#include "backends/comm/gloo_comm.h"
+#include "backends/comm/rendezvous.h"
 #include "core/error.h"
 #include "core/types.h"
 #include "tests/layout_sweep.h"

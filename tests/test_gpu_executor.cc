@@ -12,15 +12,18 @@
 #include <string>
 #include <vector>
 
-#include "backends/comm.h"
-#include "backends/executor.h"
-#include "backends/launcher.h"
+#include "backends/comm/comm.h"
+#include "backends/exec/executor.h"
+#include "backends/comm/launcher.h"
 #include "core/error.h"
 #include "core/layout.h"
 #include "tests/layout_sweep.h"
 
 #if CPTUNE_HAVE_CUDA
-#include "backends/nccl_launch.h"
+#include "backends/comm/cuda/nccl_comm.h"
+#include "backends/comm/cuda/nccl_launch.h"
+#include "backends/exec/cuda/cuda_device.h"
+#include "backends/exec/device.h"
 #endif
 
 namespace cptune {
@@ -137,7 +140,9 @@ int run_verified(const Layout& layout, backends::ExecutorOptions options, std::s
   launch.world = static_cast<int>(layout.world());
   launch.timeout = std::chrono::seconds(60);
   std::ostringstream err;
-  const int code = backends::run_nccl_ranks(launch, [&](backends::Comm& world) {
+  const int code = backends::run_nccl_ranks(launch, [&](backends::NcclComm& world) {
+    const std::unique_ptr<backends::Device> gpu = backends::make_cuda_device(world);
+    options.device = gpu.get();
     const backends::RunResult r = backends::execute(layout, world, options);
     if (!r.verified())
       std::fprintf(stderr, "rank %d: max_abs_err %.3e > %.3e\n", world.rank(), *r.max_abs_err, r.tolerance);

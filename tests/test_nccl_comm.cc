@@ -12,15 +12,15 @@
 #include <string>
 #include <vector>
 
-#include "backends/gloo_comm.h"
+#include "backends/comm/gloo_comm.h"
 #include "core/error.h"
 #include "tests/multiprocess.h"
 
 #if CPTUNE_HAVE_CUDA
 #include <cuda_runtime_api.h>
 
-#include "backends/nccl_comm.h"
-#include "backends/nccl_launch.h"
+#include "backends/comm/cuda/nccl_comm.h"
+#include "backends/comm/cuda/nccl_launch.h"
 #endif
 
 namespace cptune {

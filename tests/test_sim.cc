@@ -24,7 +24,7 @@
 #include "sim/prepared_layout.h"
 #include "sim/ranking_json.h"
 #include "tests/layout_sweep.h"
-#include "tuner/commands.h"
+#include "tuner/cli/commands.h"
 
 namespace cptune::sim {
 namespace {

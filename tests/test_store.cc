@@ -24,7 +24,7 @@
 #include "db/sqlite.h"
 #include "db/store.h"
 #include "tests/temp_dir.h"
-#include "tuner/commands.h"
+#include "tuner/cli/commands.h"
 
 namespace cptune::db {
 namespace {

@@ -11,7 +11,7 @@
 #ifdef CPTUNE_HAVE_CUDA
 #include <nccl.h>
 
-#include "backends/nccl_launch.h"
+#include "backends/comm/cuda/nccl_launch.h"
 #endif
 
 namespace cptune::cli {

@@ -11,13 +11,13 @@
 
 #include <fmt/format.h>
 
-#include "backends/attention_cpu.h"
-#include "backends/comm.h"
-#include "backends/dtype_convert.h"
-#include "backends/phase_timer.h"
+#include "backends/kernels/attention_cpu.h"
+#include "backends/comm/comm.h"
+#include "backends/kernels/dtype_convert.h"
+#include "backends/exec/phase_timer.h"
 #include "core/layout.h"
 #include "sim/cost_model.h"
-#include "tuner/format.h"
+#include "core/format.h"
 
 namespace cptune::tuner {
 namespace {
@@ -119,7 +119,7 @@ void add_alltoallv(const std::shared_ptr<Comm>& group, const ProbePlan& plan, st
     auto recv = std::make_shared<Bytes>(send->size());
     PendingProbe p;
     p.probe.kind = ProbeKind::alltoallv;
-    p.probe.label = fmt::format("alltoallv group {}, {} per peer", g, cli::human_bytes(double(bytes)));
+    p.probe.label = fmt::format("alltoallv group {}, {} per peer", g, human_bytes(double(bytes)));
     p.probe.exchange.intra_peers = g - 1;
     p.probe.exchange.intra_bytes = bytes * (g - 1);
     p.run = [=] { group->alltoallv(send->data(), *counts, recv->data(), *counts); };
@@ -152,7 +152,7 @@ void add_ring(Comm& world, const ProbePlan& plan, std::vector<PendingProbe>& out
     auto recv = std::make_shared<Bytes>(send->size());
     PendingProbe p;
     p.probe.kind = ProbeKind::ring_hop;
-    p.probe.label = fmt::format("ring hop over {} ranks, {}", P, cli::human_bytes(double(bytes)));
+    p.probe.label = fmt::format("ring hop over {} ranks, {}", P, human_bytes(double(bytes)));
     p.probe.hop_bytes = bytes;
     p.run = [=, &world] {
       auto s = world.isend(send->data(), bytes, next, *tag);
@@ -174,7 +174,7 @@ void add_copy(const ProbePlan& plan, std::vector<PendingProbe>& out) {
     auto dst = std::make_shared<Bytes>(static_cast<size_t>(rows * kRowBytes));
     PendingProbe p;
     p.probe.kind = ProbeKind::copy;
-    p.probe.label = fmt::format("pack copy, {} in {} B rows", cli::human_bytes(double(rows * kRowBytes)), kRowBytes);
+    p.probe.label = fmt::format("pack copy, {} in {} B rows", human_bytes(double(rows * kRowBytes)), kRowBytes);
     p.probe.exchange.copy_bytes = 2 * rows * kRowBytes;  // read once, written once
     p.run = [=] {
       for (int64_t r = 0; r < rows; ++r)
@@ -234,7 +234,7 @@ void add_ring_steps(Comm& world, const ProbePlan& plan, std::vector<PendingProbe
     PendingProbe p;
     p.probe.kind = ProbeKind::ring_step;
     p.probe.label = fmt::format("ring step: attention {} tokens, {} heads, D {} + hop {}", a.tokens, a.q_heads,
-                                a.head_dim, cli::human_bytes(double(step.bytes)));
+                                a.head_dim, human_bytes(double(step.bytes)));
     p.probe.hop_bytes = step.bytes;
     p.probe.flops = mask_pairs(a.mask, 0, a.tokens, 0, a.tokens) * 2 * (2 * a.head_dim) * a.q_heads;
     p.probe.node.flops_ranks = {{p.probe.flops, P}};

@@ -4,7 +4,7 @@
 #include <optional>
 #include <set>
 
-#include "backends/comm.h"
+#include "backends/comm/comm.h"
 #include "core/error.h"
 #include "db/store.h"
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "backends/executor.h"
+#include "backends/exec/executor.h"
 #include "db/records.h"
 #include "sim/candidates.h"
 #include "sim/hardware.h"

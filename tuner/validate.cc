@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "backends/comm.h"
+#include "backends/comm/comm.h"
 #include "core/error.h"
 #include "core/layout.h"
 

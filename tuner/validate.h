@@ -6,7 +6,7 @@
 #include <functional>
 #include <vector>
 
-#include "backends/executor.h"
+#include "backends/exec/executor.h"
 #include "core/types.h"
 #include "sim/candidates.h"
 #include "sim/hardware.h"

@@ -8,11 +8,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "backends/comm.h"
-#include "backends/launcher.h"
-#include "backends/phase_timer.h"
+#include "backends/comm/comm.h"
+#include "backends/comm/launcher.h"
+#include "backends/exec/phase_timer.h"
 #include "core/layout.h"
-#include "tuner/shape_options.h"
+#include "tuner/cli/shape_options.h"
 
 namespace po = boost::program_options;
 using namespace cptune;

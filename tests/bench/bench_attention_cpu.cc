@@ -10,8 +10,8 @@
 #include <random>
 #include <vector>
 
-#include "backends/attention_cpu.h"
-#include "backends/dtype_convert.h"
+#include "backends/kernels/attention_cpu.h"
+#include "backends/kernels/dtype_convert.h"
 #include "core/layout.h"
 
 namespace {

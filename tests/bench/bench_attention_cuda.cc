@@ -16,14 +16,14 @@
 #include <string>
 #include <vector>
 
-#include "backends/attention_cpu.h"
-#include "backends/dtype_convert.h"
+#include "backends/kernels/attention_cpu.h"
+#include "backends/kernels/dtype_convert.h"
 #include "core/layout.h"
 
 #if CPTUNE_HAVE_CUDA
 #include <cuda_runtime_api.h>
 
-#include "backends/attention_cuda.h"
+#include "backends/kernels/cuda/attention_cuda.h"
 #endif
 
 namespace {

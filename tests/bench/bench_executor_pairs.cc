@@ -9,9 +9,9 @@
 
 #include <fmt/format.h>
 
-#include "backends/comm.h"
-#include "backends/executor.h"
-#include "backends/launcher.h"
+#include "backends/comm/comm.h"
+#include "backends/exec/executor.h"
+#include "backends/comm/launcher.h"
 #include "core/layout.h"
 
 using namespace cptune;

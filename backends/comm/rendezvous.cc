@@ -1,0 +1,221 @@
+#include "backends/comm/rendezvous.h"
+
+#include <gloo/rendezvous/file_store.h>
+// Debian installs hiredis.h under hiredis/; Gloo's header finds it there only with this macro.
+#ifndef HIREDIS_NESTED_INCLUDE
+#define HIREDIS_NESTED_INCLUDE 1
+#endif
+#include <gloo/rendezvous/redis_store.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+
+namespace cptune::backends {
+namespace {
+
+constexpr std::string_view kFileScheme = "file://";
+constexpr std::string_view kRedisScheme = "redis://";
+constexpr int kRedisDefaultPort = 6379;
+
+[[noreturn]] void throw_bad_spec(std::string_view spec, std::string_view why) {
+  throw Error("bad rendezvous spec '" + std::string(spec) + "': " + std::string(why) +
+              "; accepted forms: file:///absolute/dir (a directory every rank can see) or "
+              "redis://host:port (port 6379 when left out)");
+}
+
+// The whole text must be a decimal integer; nullopt otherwise.
+std::optional<int> parse_int(std::string_view text) {
+  int value = 0;
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  if (text.empty() || ec != std::errc() || ptr != end) return std::nullopt;
+  return value;
+}
+
+RendezvousSpec parse_file_spec(std::string_view spec) {
+  std::string_view dir = spec.substr(kFileScheme.size());
+  if (dir.empty() || dir.front() != '/') throw_bad_spec(spec, "the directory must be an absolute path");
+  RendezvousSpec out;
+  out.kind = RendezvousSpec::Kind::file;
+  out.directory = dir;
+  return out;
+}
+
+RendezvousSpec parse_redis_spec(std::string_view spec) {
+  std::string_view address = spec.substr(kRedisScheme.size());
+  if (!address.empty() && address.back() == '/') address.remove_suffix(1);
+  const size_t colon = address.find(':');
+  std::string_view host = address.substr(0, colon);
+  if (host.empty()) throw_bad_spec(spec, "the Redis host is missing");
+  int port = kRedisDefaultPort;
+  if (colon != std::string_view::npos) {
+    std::optional<int> parsed = parse_int(address.substr(colon + 1));
+    if (!parsed || *parsed < 1 || *parsed > 65535) throw_bad_spec(spec, "the port must be an integer in 1..65535");
+    port = *parsed;
+  }
+  RendezvousSpec out;
+  out.kind = RendezvousSpec::Kind::redis;
+  out.host = host;
+  out.port = port;
+  return out;
+}
+
+// Bounds every wait by one timeout. Gloo's connectFullMesh reads some keys with get(), which
+// waits the store's fixed 30 s for a key that a dead rank never writes.
+class BoundedStore final : public gloo::rendezvous::Store {
+ public:
+  BoundedStore(std::unique_ptr<gloo::rendezvous::Store> inner, std::chrono::milliseconds timeout)
+      : inner_(std::move(inner)), timeout_(timeout) {}
+
+  void set(const std::string& key, const std::vector<char>& data) override { inner_->set(key, data); }
+  std::vector<char> get(const std::string& key) override {
+    inner_->wait({key}, timeout_);
+    return inner_->get(key);
+  }
+  void wait(const std::vector<std::string>& keys) override { inner_->wait(keys, timeout_); }
+  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override {
+    inner_->wait(keys, std::min(timeout, timeout_));
+  }
+
+ private:
+  std::unique_ptr<gloo::rendezvous::Store> inner_;
+  std::chrono::milliseconds timeout_;
+};
+
+std::unique_ptr<gloo::rendezvous::Store> open_file_store(const RendezvousSpec& spec) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(spec.directory, ec))
+    throw Error("rendezvous directory '" + spec.directory +
+                "' does not exist; create it where every rank can see it, or use a fresh one");
+  if (access(spec.directory.c_str(), W_OK | X_OK) != 0)
+    throw Error("rendezvous directory '" + spec.directory + "' is not writable: " + std::strerror(errno));
+  return std::make_unique<gloo::rendezvous::FileStore>(spec.directory);
+}
+
+std::unique_ptr<gloo::rendezvous::Store> open_redis_store(const RendezvousSpec& spec) {
+  try {
+    return std::make_unique<gloo::rendezvous::RedisStore>(spec.host, spec.port);
+  } catch (const std::exception& e) {
+    throw Error("cannot reach Redis at " + spec.host + ":" + std::to_string(spec.port) +
+                " for rendezvous (" + e.what() + "); start redis-server there or fix the spec");
+  }
+}
+
+// getenv as an optional. An empty value counts as set, so it is reported as a bad value.
+std::optional<std::string> env(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr) return std::nullopt;
+  return std::string(value);
+}
+
+struct LauncherVariables {
+  const char* launcher;
+  const char* rank;
+  const char* world;
+  const char* local_rank;
+};
+
+constexpr std::array<LauncherVariables, 3> kLaunchers = {{
+    {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"},
+    {"mpirun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"},
+    {"srun", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"},
+}};
+
+int require_int_env(const LauncherVariables& family, const char* name) {
+  std::optional<std::string> value = env(name);
+  if (!value)
+    throw Error(std::string(family.launcher) + " environment is incomplete: " + name +
+                " is not set (" + family.rank + ", " + family.world + " and " + family.local_rank +
+                " go together)");
+  std::optional<int> parsed = parse_int(*value);
+  if (!parsed) throw Error(std::string(name) + "='" + *value + "' is not an integer");
+  return *parsed;
+}
+
+LaunchEnv read_launch_env(const LauncherVariables& family) {
+  LaunchEnv out;
+  out.launcher = family.launcher;
+  out.rank = require_int_env(family, family.rank);
+  out.world = require_int_env(family, family.world);
+  out.local_rank = require_int_env(family, family.local_rank);
+  const std::string values = std::string(family.rank) + "=" + std::to_string(out.rank) + ", " + family.world +
+                             "=" + std::to_string(out.world) + ", " + family.local_rank + "=" +
+                             std::to_string(out.local_rank);
+  if (out.world < 1) throw Error(std::string(family.launcher) + " environment is inconsistent (" + values +
+                                 "): the world size must be at least 1");
+  if (out.rank < 0 || out.rank >= out.world)
+    throw Error(std::string(family.launcher) + " environment is inconsistent (" + values +
+                "): the rank must be in 0..world-1");
+  if (out.local_rank < 0 || out.local_rank > out.rank)
+    throw Error(std::string(family.launcher) + " environment is inconsistent (" + values +
+                "): the local rank must be in 0..rank");
+  return out;
+}
+
+}  // namespace
+
+RendezvousSpec parse_rendezvous(std::string_view spec) {
+  if (spec.starts_with(kFileScheme)) return parse_file_spec(spec);
+  if (spec.starts_with(kRedisScheme)) return parse_redis_spec(spec);
+  throw_bad_spec(spec, "unknown scheme");
+}
+
+std::string to_string(const RendezvousSpec& spec) {
+  if (spec.kind == RendezvousSpec::Kind::file) return std::string(kFileScheme) + spec.directory;
+  return std::string(kRedisScheme) + spec.host + ":" + std::to_string(spec.port);
+}
+
+std::shared_ptr<gloo::rendezvous::Store> open_store(const RendezvousSpec& spec, std::chrono::milliseconds timeout) {
+  auto store = spec.kind == RendezvousSpec::Kind::file ? open_file_store(spec) : open_redis_store(spec);
+  return std::make_shared<BoundedStore>(std::move(store), timeout);
+}
+
+TempRendezvousDir::TempRendezvousDir(std::string parent) {
+  if (parent.empty()) parent = env("TMPDIR").value_or("");
+  if (parent.empty()) parent = "/tmp";
+  std::string pattern = parent + "/cptune-rendezvous-XXXXXX";
+  // mkdtemp creates the directory with mode 0700: private to this user, and fresh.
+  if (mkdtemp(pattern.data()) == nullptr)
+    throw Error("cannot create a rendezvous directory under '" + parent + "': " + std::strerror(errno) +
+                "; set TMPDIR to a writable directory");
+  path_ = std::move(pattern);
+}
+
+TempRendezvousDir::~TempRendezvousDir() {
+  if (path_.empty()) return;
+  std::error_code ignored;  // best effort: a destructor must not throw
+  std::filesystem::remove_all(path_, ignored);
+}
+
+TempRendezvousDir::TempRendezvousDir(TempRendezvousDir&& other) noexcept : path_(std::move(other.path_)) {
+  other.path_.clear();
+}
+
+TempRendezvousDir& TempRendezvousDir::operator=(TempRendezvousDir&& other) noexcept {
+  if (this != &other) {
+    TempRendezvousDir old(std::move(*this));  // removes our previous directory
+    path_ = std::move(other.path_);
+    other.path_.clear();
+  }
+  return *this;
+}
+
+std::optional<LaunchEnv> launch_env_from_environment() {
+  for (const LauncherVariables& family : kLaunchers) {
+    if (env(family.rank) || env(family.world) || env(family.local_rank)) return read_launch_env(family);
+  }
+  return std::nullopt;
+}
+
+}  // namespace cptune::backends

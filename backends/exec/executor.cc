@@ -1,0 +1,598 @@
+#include "backends/exec/executor.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <initializer_list>
+#include <memory>
+
+#include "backends/kernels/attention_cpu.h"
+#include "backends/comm/comm.h"
+#include "backends/exec/device.h"
+#include "backends/kernels/dtype_convert.h"
+#include "backends/exec/tensor_gen.h"
+#include "core/error.h"
+#include "core/layout_json.h"
+
+namespace cptune::backends {
+namespace {
+
+using Bytes = std::vector<std::byte>;
+
+// A tensor [batch][tokens][heads][dim] of storage-dtype elements inside some device buffer.
+struct Block {
+  std::byte* data = nullptr;
+  int64_t tokens = 0, heads = 0, dim = 0;
+  int64_t row_bytes(int64_t eb) const { return heads * dim * eb; }
+  std::byte* at(int64_t b, int64_t t, int64_t h, int64_t eb) const {
+    return data + ((b * tokens + t) * heads + h) * dim * eb;
+  }
+  int64_t bytes(int64_t batch, int64_t eb) const { return batch * tokens * heads * dim * eb; }
+};
+
+// Copies `ntok` tokens x `nheads` heads of every sample from src to dst: one strided copy of
+// ntok rows per sample.
+void copy_rows(Device& device, const Block& src, int64_t src_tok, int64_t src_head, const Block& dst,
+               int64_t dst_tok, int64_t dst_head, int64_t ntok, int64_t nheads, int64_t batch, int64_t eb) {
+  const int64_t width = nheads * src.dim * eb;
+  if (width == 0 || ntok == 0) return;
+  for (int64_t b = 0; b < batch; ++b)
+    device.copy_rows(dst.at(b, dst_tok, dst_head, eb), dst.row_bytes(eb), src.at(b, src_tok, src_head, eb),
+                     src.row_bytes(eb), width, ntok);
+}
+
+// A rank's input piece as it lands in the attention-side shard: rows [src, src + n) of the
+// owner's input go to rows [dst, dst + n) of the shard.
+struct Placement {
+  int64_t src = 0, dst = 0, n = 0;
+};
+
+// Where each of member u's input runs sits inside ring index r's shard.
+std::vector<Placement> placements(const Layout& layout, const RankLayout& owner) {
+  std::vector<Placement> out;
+  int64_t src = 0;
+  for (const TokenRun& piece : owner.input_runs) {
+    int64_t chunk_offset = 0;
+    bool found = false;
+    for (const TokenRun& chunk : layout.shard_runs(owner.r)) {
+      if (chunk.seq == piece.seq && chunk.begin <= piece.begin && piece.begin < chunk.begin + chunk.padded) {
+        out.push_back({src, chunk_offset + piece.begin - chunk.begin, piece.padded});
+        found = true;
+        break;
+      }
+      chunk_offset += chunk.padded;
+    }
+    (void)found;
+    assert(found && "every input piece lies inside its ring index's shard");
+    src += piece.padded;
+  }
+  return out;
+}
+
+// Kernel runs for tokens stored in Layout order, every sample: padding rows form their own
+// sequences (ids past the real ones) so real tokens never attend to them.
+std::vector<StoredRun> kernel_runs(std::span<const TokenRun> runs, int64_t batch, int64_t nseq) {
+  std::vector<StoredRun> out;
+  int64_t tokens = 0;
+  for (const TokenRun& run : runs) tokens += run.padded;
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t offset = b * tokens;
+    for (const TokenRun& run : runs) {
+      const int32_t id = static_cast<int32_t>(2 * b * nseq + run.seq);
+      if (run.count > 0) out.push_back({id, run.begin, run.count, offset});
+      if (run.padded > run.count)
+        out.push_back({static_cast<int32_t>(id + nseq), run.begin + run.count, run.padded - run.count, offset + run.count});
+      offset += run.padded;
+    }
+  }
+  return out;
+}
+
+uint64_t fnv1a(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+enum Phase : size_t { kMeta, kQkv, kAttention, kAllgather, kOut, kPhases };
+
+// Bytes a rank exchanges with each member of its Ulysses group for one tensor set.
+struct Exchange {
+  std::vector<int64_t> send_bytes, recv_bytes;
+  int64_t send_total = 0, recv_total = 0;
+};
+
+class RankExecution {
+ public:
+  RankExecution(const Layout& layout, Comm& world, Device& device, const ExecutorOptions& options);
+  void iterate(PhaseTimer& timer);
+  double verify() const;  // max |O - O_ref| over this rank's real output rows
+
+ private:
+  void join_groups();
+  Exchange exchange_of(std::initializer_list<Tensor> tensors) const;
+  void allocate_buffers();
+  void make_inputs();
+  void exchange_lengths();
+  void scatter_qkv();
+  void attend_local();
+  void attend_ring();
+  void attend_allgathered();
+  void gather_out();
+  void attend_block(const Block& kv, int64_t ring_index);
+  std::byte* q_shard() const { return L_.ulysses() > 1 ? q_attn_.data() : q_in_.data(); }
+  std::byte* o_shard() const { return L_.ulysses() > 1 ? o_attn_.data() : o_out_.data(); }
+
+  const Layout& L_;
+  const AttentionShape& s_;
+  Comm& world_;
+  Device& device_;
+  ExecutorOptions options_;
+  const RankLayout& me_;
+  Comm* ulysses_ = nullptr;  // the world itself when U == P; unused when U == 1
+  Comm* ring_ = nullptr;     // the world itself when R == P; unused when R == 1
+  std::unique_ptr<Comm> owned_ulysses_, owned_ring_;
+  int64_t B_, D_, Dv_, eb_, nseq_;
+  int64_t t_in_, t_shard_;
+  AttentionParams params_;
+  Exchange qkv_, out_;
+
+  DeviceBuffer q_in_, kv_in_, o_out_;       // inputs [Q] and [K | V] of my tokens, all heads; output
+  DeviceBuffer q_attn_, kv_attn_, o_attn_;  // after the all-to-all: my shard, my heads
+  DeviceBuffer send_, recv_, kv_next_;      // exchange buffers
+  DeviceBuffer lengths_send_, lengths_recv_;  // --metadata device: lengths in device memory
+  std::vector<std::vector<Placement>> member_places_;  // per Ulysses member
+  std::vector<StoredRun> q_runs_;
+  std::vector<std::vector<StoredRun>> kv_runs_;  // per ring index: the K,V runs of its shard
+  std::unique_ptr<DeviceAttention> attention_;
+};
+
+RankExecution::RankExecution(const Layout& layout, Comm& world, Device& device, const ExecutorOptions& options)
+    : L_(layout),
+      s_(layout.shape()),
+      world_(world),
+      device_(device),
+      options_(options),
+      me_(layout.rank(world.rank())),
+      B_(s_.batch),
+      D_(s_.head_dim),
+      Dv_(s_.v_head_dim),
+      eb_(layout.elem_bytes()),
+      nseq_(static_cast<int64_t>(s_.seq_lens.size())),
+      t_in_(me_.input_padded_tokens),
+      t_shard_(layout.shard_padded_tokens(me_.r)) {
+  if (world.size() != layout.world())
+    throw Error("the layout is for world " + std::to_string(layout.world()) + " but " + std::to_string(world.size()) +
+                " ranks joined");
+  join_groups();
+  params_.mask = s_.mask;
+  params_.heads = HeadMap::of_rank(me_, s_);
+  q_runs_ = kernel_runs(layout.shard_runs(me_.r), B_, nseq_);
+  for (int64_t r = 0; r < layout.ring(); ++r) kv_runs_.push_back(kernel_runs(layout.shard_runs(r), B_, nseq_));
+  for (int64_t u = 0; u < layout.ulysses(); ++u) member_places_.push_back(placements(layout, layout.at(u, me_.r)));
+  qkv_ = exchange_of({Tensor::q, Tensor::k, Tensor::v});
+  out_ = exchange_of({Tensor::o});
+  allocate_buffers();
+  attention_ = device.attention(B_ * t_shard_, me_.q_heads.count(), Dv_);
+  make_inputs();
+}
+
+// Ulysses and ring groups. A group that spans the world is the world (its member order is the
+// rank order), and a group of one is never used: only real sub-groups cost a split, which on
+// NCCL is a new communicator.
+void RankExecution::join_groups() {
+  const int64_t U = L_.ulysses(), R = L_.ring();
+  if (U == L_.world()) {
+    ulysses_ = &world_;
+  } else if (U > 1) {
+    owned_ulysses_ = world_.split(static_cast<int>(me_.r), static_cast<int>(me_.u));
+    ulysses_ = owned_ulysses_.get();
+  }
+  if (R == L_.world()) {
+    ring_ = &world_;
+  } else if (R > 1) {
+    owned_ring_ = world_.split(static_cast<int>(me_.u), static_cast<int>(me_.r));
+    ring_ = owned_ring_.get();
+  }
+}
+
+// Per Ulysses member: bytes of `tensors` this rank sends and receives (Layout::exchange_elems
+// knows each tensor's direction: Q, K, V go from token owners, O back to them).
+Exchange RankExecution::exchange_of(std::initializer_list<Tensor> tensors) const {
+  const int64_t U = L_.ulysses();
+  Exchange x;
+  for (int64_t u = 0; u < U; ++u) {
+    const int64_t peer = L_.global_rank(u, me_.r);
+    int64_t send = 0, recv = 0;
+    for (Tensor t : tensors) {
+      send += L_.exchange_elems(t, me_.rank, peer) * eb_;
+      recv += L_.exchange_elems(t, peer, me_.rank) * eb_;
+    }
+    x.send_bytes.push_back(send);
+    x.recv_bytes.push_back(recv);
+    x.send_total += send;
+    x.recv_total += recv;
+  }
+  return x;
+}
+
+void RankExecution::allocate_buffers() {
+  const int64_t hq = me_.q_heads.count(), hkv = me_.kv_heads.count();
+  q_in_ = device_.allocate(B_ * t_in_ * s_.q_heads * D_ * eb_);
+  kv_in_ = device_.allocate(B_ * t_in_ * s_.kv_heads * (D_ + Dv_) * eb_);
+  o_out_ = device_.allocate(B_ * t_in_ * s_.q_heads * Dv_ * eb_);
+  int64_t max_shard = 0;
+  for (int64_t r = 0; r < L_.ring(); ++r) max_shard = std::max(max_shard, L_.shard_padded_tokens(r));
+  const int64_t shard_kv_bytes = B_ * t_shard_ * hkv * (D_ + Dv_) * eb_;
+  int64_t kv_attn_bytes = L_.ulysses() > 1 ? shard_kv_bytes : 0;
+  if (L_.ulysses() > 1) {
+    q_attn_ = device_.allocate(B_ * t_shard_ * hq * D_ * eb_);
+    o_attn_ = device_.allocate(B_ * t_shard_ * hq * Dv_ * eb_);
+  }
+  if (rotates_kv(L_.strategy()) && L_.ring() > 1) {
+    // Both rotating buffers must hold the largest shard: uneven shards pass through each.
+    kv_next_ = device_.allocate(B_ * max_shard * hkv * (D_ + Dv_) * eb_);
+    kv_attn_bytes = std::max(kv_attn_bytes, kv_next_.bytes());
+  }
+  if (kv_attn_bytes > 0) kv_attn_ = device_.allocate(kv_attn_bytes);
+  int64_t gathered = 0;  // allgather-kv receives every ring index's shard
+  if (L_.strategy() == Strategy::allgather_kv && L_.ring() > 1)
+    for (int64_t r = 0; r < L_.ring(); ++r) gathered += B_ * L_.shard_padded_tokens(r) * hkv * (D_ + Dv_) * eb_;
+  send_ = device_.allocate(std::max(qkv_.send_total, out_.send_total));
+  recv_ = device_.allocate(std::max({qkv_.recv_total, out_.recv_total, gathered}));
+  if (options_.metadata == MetadataChannel::device) {
+    const int64_t bytes = 2 * nseq_ * static_cast<int64_t>(sizeof(int64_t));
+    lengths_send_ = device_.allocate(bytes);
+    lengths_recv_ = device_.allocate(bytes * L_.ulysses());
+  }
+}
+
+void RankExecution::make_inputs() {
+  const HeadRange all_q{0, s_.q_heads}, all_kv{0, s_.kv_heads};
+  Bytes stored;
+  auto make = [&](Tensor t, HeadRange heads, int64_t dim, std::byte* out) {
+    std::vector<float> values(static_cast<size_t>(B_ * t_in_ * heads.count() * dim));
+    fill_input(values, options_.seed, t, me_.input_runs, B_, heads, dim);
+    stored.resize(values.size() * static_cast<size_t>(eb_));
+    from_float(values.data(), s_.dtype, stored.data(), static_cast<int64_t>(values.size()));
+    device_.upload(out, stored.data(), static_cast<int64_t>(stored.size()));
+  };
+  make(Tensor::q, all_q, D_, q_in_.data());
+  make(Tensor::k, all_kv, D_, kv_in_.data());
+  make(Tensor::v, all_kv, Dv_, kv_in_.data() + B_ * t_in_ * s_.kv_heads * D_ * eb_);
+  device_.synchronize();  // `stored` is reused and freed: the uploads must have read it
+}
+
+// UAA's metadata step: the Ulysses group learns every member's token count and checks it
+// against the layout each rank computed on its own. On the cpu channel (UAA*) the lengths
+// never touch the device; on the device channel they go through device memory and the Comm,
+// and the copy back to the host waits for the stream, as in peers that gather a tensor.
+void RankExecution::exchange_lengths() {
+  std::vector<int64_t> mine;
+  for (const TokenRun& run : me_.input_runs) mine.push_back(run.padded);
+  mine.resize(static_cast<size_t>(nseq_) * 2, -1);
+  const auto bytes = static_cast<int64_t>(mine.size() * sizeof(int64_t));
+  std::vector<int64_t> all(mine.size() * static_cast<size_t>(L_.ulysses()));
+  if (options_.metadata == MetadataChannel::device) {
+    device_.upload(lengths_send_.data(), mine.data(), bytes);
+    const std::vector<int64_t> sizes(static_cast<size_t>(L_.ulysses()), bytes);
+    ulysses_->allgatherv(lengths_send_.data(), bytes, lengths_recv_.data(), sizes);
+    device_.download(all.data(), lengths_recv_.data(), bytes * L_.ulysses());
+  } else {
+    ulysses_->allgather_host(mine.data(), bytes, all.data());
+  }
+  for (int64_t u = 0; u < L_.ulysses(); ++u) {
+    int64_t total = 0;
+    for (size_t i = 0; i < mine.size(); ++i) total += std::max<int64_t>(0, all[u * mine.size() + i]);
+    if (total != L_.at(u, me_.r).input_padded_tokens)
+      throw Error("Ulysses member " + std::to_string(u) + " holds " + std::to_string(total) +
+                  " tokens but this rank's layout expects " + std::to_string(L_.at(u, me_.r).input_padded_tokens));
+  }
+}
+
+void RankExecution::scatter_qkv() {
+  const int64_t U = L_.ulysses();
+  const Block q_in{q_in_.data(), t_in_, s_.q_heads, D_};
+  const Block k_in{kv_in_.data(), t_in_, s_.kv_heads, D_};
+  const Block v_in{k_in.data + k_in.bytes(B_, eb_), t_in_, s_.kv_heads, Dv_};
+  // Pack: member u gets [Q: my tokens x its q heads][K: x its kv heads][V: ...].
+  std::byte* out = send_.data();
+  for (int64_t u = 0; u < U; ++u) {
+    const RankLayout& peer = L_.at(u, me_.r);
+    const Block q{out, t_in_, peer.q_heads.count(), D_};
+    const Block k{q.data + q.bytes(B_, eb_), t_in_, peer.kv_heads.count(), D_};
+    const Block v{k.data + k.bytes(B_, eb_), t_in_, peer.kv_heads.count(), Dv_};
+    copy_rows(device_, q_in, 0, peer.q_heads.begin, q, 0, 0, t_in_, q.heads, B_, eb_);
+    copy_rows(device_, k_in, 0, peer.kv_heads.begin, k, 0, 0, t_in_, k.heads, B_, eb_);
+    copy_rows(device_, v_in, 0, peer.kv_heads.begin, v, 0, 0, t_in_, v.heads, B_, eb_);
+    out = v.data + v.bytes(B_, eb_);
+  }
+  ulysses_->alltoallv(send_.data(), qkv_.send_bytes, recv_.data(), qkv_.recv_bytes);
+  // Unpack: member u's tokens land at their places in my shard, my heads.
+  const int64_t hq = me_.q_heads.count(), hkv = me_.kv_heads.count();
+  const Block q_attn{q_attn_.data(), t_shard_, hq, D_};
+  const Block k_attn{kv_attn_.data(), t_shard_, hkv, D_};
+  const Block v_attn{k_attn.data + k_attn.bytes(B_, eb_), t_shard_, hkv, Dv_};
+  std::byte* in = recv_.data();
+  for (int64_t u = 0; u < U; ++u) {
+    const int64_t tokens = L_.at(u, me_.r).input_padded_tokens;
+    const Block q{in, tokens, hq, D_};
+    const Block k{q.data + q.bytes(B_, eb_), tokens, hkv, D_};
+    const Block v{k.data + k.bytes(B_, eb_), tokens, hkv, Dv_};
+    for (const Placement& p : member_places_[u]) {
+      copy_rows(device_, q, p.src, 0, q_attn, p.dst, 0, p.n, hq, B_, eb_);
+      copy_rows(device_, k, p.src, 0, k_attn, p.dst, 0, p.n, hkv, B_, eb_);
+      copy_rows(device_, v, p.src, 0, v_attn, p.dst, 0, p.n, hkv, B_, eb_);
+    }
+    in = v.data + v.bytes(B_, eb_);
+  }
+}
+
+// Attention of my shard's queries against the K,V shard of ring index `ring_index`, held in kv
+// as [K: batch x tokens x my kv heads x D][V: ... x Dv].
+void RankExecution::attend_block(const Block& kv, int64_t ring_index) {
+  const int64_t hq = me_.q_heads.count(), hkv = me_.kv_heads.count();
+  const int64_t tokens = L_.shard_padded_tokens(ring_index);
+  const Queries queries{{q_shard(), s_.dtype, B_ * t_shard_, hq, D_}, q_runs_};
+  const KvBlock block{{kv.data, s_.dtype, B_ * tokens, hkv, D_},
+                      {kv.data + B_ * tokens * hkv * D_ * eb_, s_.dtype, B_ * tokens, hkv, Dv_},
+                      kv_runs_[static_cast<size_t>(ring_index)]};
+  attention_->attend(queries, block, params_);
+}
+
+void RankExecution::attend_local() {
+  std::byte* kv = L_.ulysses() > 1 ? kv_attn_.data() : kv_in_.data();
+  attend_block({kv, t_shard_, me_.kv_heads.count(), D_}, me_.r);
+}
+
+// Ring: at step k compute against the shard of ring index r - k while that shard travels on
+// to r + 1 and the next arrives from r - 1 (Gloo's transport thread or NCCL's ring stream
+// moves the bytes).
+void RankExecution::attend_ring() {
+  const int64_t R = L_.ring(), hkv = me_.kv_heads.count();
+  const int next = static_cast<int>((me_.r + 1) % R), prev = static_cast<int>((me_.r + R - 1) % R);
+  // Without Ulysses the first block is my input, which must survive the iteration: it is only
+  // read, and the two rotating buffers take over from the first step on.
+  std::byte* current = L_.ulysses() > 1 ? kv_attn_.data() : kv_in_.data();
+  std::byte* incoming = kv_next_.data();
+  std::byte* spare = L_.ulysses() > 1 ? nullptr : kv_attn_.data();
+  const int64_t token_bytes = B_ * hkv * (D_ + Dv_) * eb_;
+  for (int64_t step = 0; step < R; ++step) {
+    const int64_t src = L_.ring_kv_source(me_.r, step);
+    std::unique_ptr<Request> send, recv;
+    if (step + 1 < R) {
+      const int64_t next_src = L_.ring_kv_source(me_.r, step + 1);
+      send = ring_->isend(current, L_.shard_padded_tokens(src) * token_bytes, next, static_cast<int>(step));
+      recv = ring_->irecv(incoming, L_.shard_padded_tokens(next_src) * token_bytes, prev, static_cast<int>(step));
+    }
+    attend_block({current, L_.shard_padded_tokens(src), hkv, D_}, src);
+    if (send) {
+      send->wait();
+      recv->wait();
+      std::swap(current, incoming);
+      if (spare && incoming == kv_in_.data()) std::swap(incoming, spare);
+    }
+  }
+}
+
+void RankExecution::attend_allgathered() {
+  const int64_t R = L_.ring(), hkv = me_.kv_heads.count();
+  const int64_t token_bytes = B_ * hkv * (D_ + Dv_) * eb_;
+  std::vector<int64_t> sizes(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) sizes[r] = L_.shard_padded_tokens(r) * token_bytes;
+  ring_->allgatherv(kv_in_.data(), sizes[me_.r], recv_.data(), sizes);
+  std::byte* block = recv_.data();
+  for (int64_t r = 0; r < R; ++r) {
+    attend_block({block, L_.shard_padded_tokens(r), hkv, D_}, r);
+    block += sizes[r];
+  }
+}
+
+// With U == 1 attention stored O straight into o_out_ (same tokens, all heads): nothing moves.
+void RankExecution::gather_out() {
+  const int64_t U = L_.ulysses(), hq = me_.q_heads.count();
+  if (U == 1) return;
+  const Block o_attn{o_attn_.data(), t_shard_, hq, Dv_};
+  const Block o_out{o_out_.data(), t_in_, s_.q_heads, Dv_};
+  std::byte* out = send_.data();
+  for (int64_t u = 0; u < U; ++u) {  // member u gets its tokens, my heads
+    const Block seg{out, L_.at(u, me_.r).input_padded_tokens, hq, Dv_};
+    for (const Placement& p : member_places_[u])
+      copy_rows(device_, o_attn, p.dst, 0, seg, p.src, 0, p.n, hq, B_, eb_);
+    out += seg.bytes(B_, eb_);
+  }
+  ulysses_->alltoallv(send_.data(), out_.send_bytes, recv_.data(), out_.recv_bytes);
+  std::byte* in = recv_.data();
+  for (int64_t u = 0; u < U; ++u) {  // my tokens, member u's heads
+    const RankLayout& peer = L_.at(u, me_.r);
+    const Block seg{in, t_in_, peer.q_heads.count(), Dv_};
+    copy_rows(device_, seg, 0, 0, o_out, 0, peer.q_heads.begin, t_in_, seg.heads, B_, eb_);
+    in += seg.bytes(B_, eb_);
+  }
+}
+
+// Every phase ends with device_.synchronize(): on a GPU the host timer then measures the work,
+// not the time to enqueue it.
+void RankExecution::iterate(PhaseTimer& timer) {
+  const Strategy st = L_.strategy();
+  const bool gathers_lengths = (st == Strategy::uaa || st == Strategy::hybrid_uaa) && L_.ulysses() > 1;
+  attention_->clear();
+  device_.synchronize();
+  timer.begin_iteration();
+  if (gathers_lengths) {
+    timer.start(kMeta);
+    exchange_lengths();
+    device_.synchronize();
+    timer.stop(kMeta);
+  }
+  if (L_.ulysses() > 1) {
+    timer.start(kQkv);
+    scatter_qkv();
+    device_.synchronize();
+    timer.stop(kQkv);
+  }
+  if (st == Strategy::allgather_kv && L_.ring() > 1) {
+    timer.start(kAllgather);
+    attend_allgathered();
+    device_.synchronize();
+    timer.stop(kAllgather);
+  } else {
+    timer.start(kAttention);
+    if (rotates_kv(st) && L_.ring() > 1)
+      attend_ring();
+    else
+      attend_local();
+    device_.synchronize();
+    timer.stop(kAttention);
+  }
+  timer.start(kOut);
+  const int64_t o_bytes = B_ * t_shard_ * me_.q_heads.count() * Dv_ * eb_;
+  attention_->store_output(s_.dtype, o_shard(), o_bytes);
+  gather_out();
+  device_.synchronize();
+  timer.stop(kOut);
+  timer.end_iteration(world_);
+}
+
+// Single-device reference for my real output rows: the same kernel over one block holding
+// every key of the sequences (as with P = 1), from identically generated and rounded inputs,
+// on the CPU whatever the device (O is copied back).
+double RankExecution::verify() const {
+  std::vector<TokenRun> whole;
+  for (int64_t i = 0; i < nseq_; ++i) whole.push_back({static_cast<int32_t>(i), 0, s_.seq_lens[i], s_.seq_lens[i]});
+  const int64_t total = s_.total_tokens();
+  auto make = [&](Tensor t, std::span<const TokenRun> runs, int64_t tokens, int64_t heads, int64_t dim) {
+    std::vector<float> values(static_cast<size_t>(B_ * tokens * heads * dim));
+    fill_input(values, options_.seed, t, runs, B_, {0, heads}, dim);
+    Bytes stored(values.size() * static_cast<size_t>(eb_));
+    from_float(values.data(), s_.dtype, stored.data(), static_cast<int64_t>(values.size()));
+    return stored;
+  };
+  const Bytes q = make(Tensor::q, me_.input_runs, t_in_, s_.q_heads, D_);
+  const Bytes k = make(Tensor::k, whole, total, s_.kv_heads, D_);
+  const Bytes v = make(Tensor::v, whole, total, s_.kv_heads, Dv_);
+  const std::vector<StoredRun> q_runs = kernel_runs(me_.input_runs, B_, nseq_);
+  const std::vector<StoredRun> kv_runs = kernel_runs(whole, B_, nseq_);
+  AttentionParams params = params_;
+  params.heads = HeadMap{0, 0, s_.group_size()};
+  AttentionState ref(B_ * t_in_, s_.q_heads, Dv_);
+  attend({{q.data(), s_.dtype, B_ * t_in_, s_.q_heads, D_}, q_runs},
+         {{k.data(), s_.dtype, B_ * total, s_.kv_heads, D_}, {v.data(), s_.dtype, B_ * total, s_.kv_heads, Dv_}, kv_runs},
+         params, ref);
+  Bytes ref_out(static_cast<size_t>(o_out_.bytes())), out(ref_out.size());
+  store_output(ref, s_.dtype, ref_out.data(), static_cast<int64_t>(ref_out.size()));
+  device_.download(out.data(), o_out_.data(), o_out_.bytes());
+  std::vector<float> got(static_cast<size_t>(B_ * t_in_ * s_.q_heads * Dv_)), want(got.size());
+  to_float(out.data(), s_.dtype, got.data(), static_cast<int64_t>(got.size()));
+  if (options_.corrupt_rank == me_.rank) {
+    int64_t offset = 0;  // the first real output row
+    for (const TokenRun& run : me_.input_runs) {
+      if (run.count > 0) {
+        got[static_cast<size_t>(offset * s_.q_heads * Dv_)] += 0.25f;
+        break;
+      }
+      offset += run.padded;
+    }
+  }
+  to_float(ref_out.data(), s_.dtype, want.data(), static_cast<int64_t>(want.size()));
+  const int64_t row = s_.q_heads * Dv_;
+  double worst = 0;
+  for (int64_t b = 0; b < B_; ++b) {
+    int64_t offset = b * t_in_;
+    for (const TokenRun& run : me_.input_runs) {
+      for (int64_t t = 0; t < run.count; ++t)  // real rows only; padding rows are not output
+        for (int64_t i = 0; i < row; ++i) {
+          const size_t at = static_cast<size_t>((offset + t) * row + i);
+          const double err = std::fabs(double(got[at]) - double(want[at]));
+          if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
+        }
+      offset += run.padded;
+    }
+  }
+  return worst;
+}
+
+void check_same_arguments(const Layout& layout, const ExecutorOptions& options, Comm& world) {
+  const std::string text = to_json(layout.spec().shape).dump() + std::string(to_string(layout.strategy())) +
+                           std::string(to_string(layout.spec().head_policy)) +
+                           std::string(to_string(layout.mesh().order)) + std::to_string(layout.ulysses()) + "x" +
+                           std::to_string(layout.ring()) + "/" + std::to_string(layout.mesh().ranks_per_node) + " " +
+                           std::to_string(options.warmups) + " " + std::to_string(options.iterations) + " " +
+                           std::to_string(options.verify) + " " + std::to_string(options.seed) + " " +
+                           std::to_string(static_cast<int>(options.metadata)) + " " + world.backend();
+  const uint64_t mine = fnv1a(text);
+  std::vector<uint64_t> all(static_cast<size_t>(world.size()));
+  world.allgather_host(&mine, sizeof(mine), all.data());
+  for (int r = 0; r < world.size(); ++r)
+    if (all[r] != all[0])
+      throw Error("rank " + std::to_string(r) + " was started with different arguments than rank 0 (argument hash " +
+                  std::to_string(all[r]) + " vs " + std::to_string(all[0]) + "); start every rank with the same command");
+}
+
+}  // namespace
+
+double verify_tolerance(DType dtype) {
+  // The distributed output and the reference differ by fp32 merge order (~1e-6) plus one
+  // rounding of O to the storage dtype each (|O| <= max |V| = 1): two ulps at 1.0.
+  switch (dtype) {
+    case DType::fp32: return 1e-4;
+    case DType::fp16: return 2.0 * 0x1.0p-10;
+    case DType::bf16: return 2.0 * 0x1.0p-7;
+  }
+  return 0;
+}
+
+RunResult execute(const Layout& layout, Comm& world, const ExecutorOptions& options) {
+  return execute_interleaved(std::span<const Layout>(&layout, 1), world, options).front();
+}
+
+std::vector<RunResult> execute_interleaved(std::span<const Layout> layouts, Comm& world, const ExecutorOptions& options) {
+  if (options.iterations < 1) throw Error("iterations " + std::to_string(options.iterations) + " must be at least 1");
+  if (options.warmups < 0) throw Error("warm-ups " + std::to_string(options.warmups) + " must not be negative");
+  const std::vector<std::string> phases{"meta", "qkv_a2a", "attention", "allgather_kv", "out_a2a"};
+  std::unique_ptr<Device> host;
+  if (options.device == nullptr) {
+    if (world.backend() != "gloo")
+      throw Error("the executor needs the device of a '" + world.backend() +
+                  "' world (ExecutorOptions::device); only a Gloo world runs on the host");
+    host = make_host_device();
+  }
+  Device* const device = options.device ? options.device : host.get();
+  std::vector<std::unique_ptr<RankExecution>> runs;
+  std::vector<PhaseTimer> timers;
+  for (const Layout& layout : layouts) {
+    check_same_arguments(layout, options, world);
+    runs.push_back(std::make_unique<RankExecution>(layout, world, *device, options));
+    timers.emplace_back(phases);
+  }
+  const size_t n = runs.size();
+  PhaseTimer warm(phases);
+  for (int i = 0; i < options.warmups; ++i)
+    for (auto& run : runs) run->iterate(warm);
+  for (int i = 0; i < options.iterations; ++i)
+    for (size_t j = 0; j < n; ++j) {
+      const size_t k = (j + static_cast<size_t>(i)) % n;
+      runs[k]->iterate(timers[k]);
+    }
+
+  std::vector<RunResult> results(n);
+  for (size_t k = 0; k < n; ++k) {
+    RunResult& result = results[k];
+    result.phases = timers[k].phase_stats();
+    result.time = timers[k].total();
+    result.samples = timers[k].totals();
+    result.iterations = options.iterations;
+    if (options.verify) {
+      const double mine = runs[k]->verify();
+      std::vector<double> all(static_cast<size_t>(world.size()));
+      world.allgather_host(&mine, sizeof(mine), all.data());
+      result.max_abs_err = *std::max_element(all.begin(), all.end());
+      result.tolerance = verify_tolerance(layouts[k].shape().dtype);
+    }
+  }
+  return results;
+}
+
+}  // namespace cptune::backends

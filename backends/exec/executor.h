@@ -1,0 +1,65 @@
+#pragma once
+// The executor: runs one Layout for real on every rank of a Comm (Gloo: CPU ranks and host
+// buffers; NCCL: one GPU per rank, device buffers and the CUDA kernel, see device.h),
+// optionally verifies the output rows against a single-device reference, and times every
+// phase (slowest rank, median of N after W warm-ups; GPU phases end with a stream sync).
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backends/exec/phase_timer.h"
+#include "core/layout.h"
+
+namespace cptune::backends {
+
+class Comm;
+class Device;
+
+// How UAA's per-rank sequence lengths travel before its all-to-all.
+enum class MetadataChannel {
+  cpu,     // the host channel (Gloo, also beside NCCL): no device-to-host sync
+  device,  // gathered over the Comm into device memory and copied back with a sync (peers' way)
+};
+
+struct ExecutorOptions {
+  int warmups = 1;
+  int iterations = 5;
+  bool verify = false;
+  uint64_t seed = 1;
+  // Test hook: this rank perturbs one element of its output before verifying, proving that
+  // --verify catches a wrong result. -1: never.
+  int corrupt_rank = -1;
+  MetadataChannel metadata = MetadataChannel::cpu;
+  // Where buffers live and kernels run, owned by the caller: the GPU of an NCCL world
+  // (make_cuda_device). Null: the host, which only a Gloo world can use.
+  Device* device = nullptr;
+};
+
+struct RunResult {
+  std::vector<PhaseStats> phases;  // slowest rank per iteration; median, min, max
+  Spread time;                     // whole forward pass, slowest rank
+  std::vector<double> samples;     // that time for every timed iteration, in order
+  int iterations = 0;
+  std::optional<double> max_abs_err;  // with verify: largest |O - O_ref| over all ranks
+  double tolerance = 0;               // with verify: allowed max_abs_err for the dtype
+  bool verified() const { return max_abs_err && *max_abs_err <= tolerance; }
+};
+
+// Largest allowed |O - O_ref| for outputs stored in dtype (fp32 accumulation everywhere; the
+// reference accumulates in double from the same rounded inputs).
+double verify_tolerance(DType dtype);
+
+// Every rank of `world` calls this with the same layout and options. Throws Error when the
+// ranks disagree on them, when a peer fails or times out, or when the device cannot run the
+// shape (the CUDA kernel: bf16 / fp16, head dims multiples of 8 up to 128).
+RunResult execute(const Layout& layout, Comm& world, const ExecutorOptions& options);
+
+// Runs several layouts of the same world side by side: iteration i runs every layout once,
+// starting with a different one each time, so drift and noise of a shared machine hit all of
+// them alike. Used by the tuner to compare candidates and by the benchmarks.
+std::vector<RunResult> execute_interleaved(std::span<const Layout> layouts, Comm& world,
+                                           const ExecutorOptions& options);
+
+}  // namespace cptune::backends

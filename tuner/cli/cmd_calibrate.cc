@@ -1,0 +1,165 @@
+// cptune calibrate: probe this cluster's links and kernels on P ranks, fit the hardware
+// description to the probes, print the residuals, write a hardware file for --hardware.
+#include <chrono>
+#include <ctime>
+#include <iostream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "backends/comm/comm.h"
+#include "core/error.h"
+#include "sim/hardware.h"
+#include "tuner/calibrate.h"
+#include "tuner/cli/commands.h"
+#include "tuner/fingerprint.h"
+#include "core/format.h"
+#include "tuner/cli/output_file.h"
+#include "tuner/cli/run_options.h"
+#include "tuner/cli/shape_options.h"
+
+namespace po = boost::program_options;
+
+namespace cptune::cli {
+namespace {
+
+struct CalibrateArgs {
+  RunArgs run;
+  int64_t world = 0;
+  std::string out, base = "cpu-gloo", name;
+  double scale = 1;
+  bool json = false;
+  std::string statistic = "median";
+};
+
+std::string utc_now() {
+  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M UTC", std::gmtime(&t));
+  return text;
+}
+
+std::string joined(const std::vector<std::string>& list) {
+  std::string out;
+  for (const std::string& n : list) out += (out.empty() ? "" : ", ") + n;
+  return out.empty() ? "none" : out;
+}
+
+// The calibrated file says where its numbers come from, as the presets do.
+sim::Hardware described(const tuner::FitResult& fit, const sim::Hardware& base, const CalibrateArgs& a) {
+  sim::Hardware hw = fit.hardware;
+  hw.name = a.name.empty() ? fmt::format("{}-p{}-calibrated", a.run.backend, a.world) : a.name;
+  hw.nodes = 1;
+  hw.ranks_per_node = a.world;
+  std::string source = fmt::format(
+      "Calibrated by `cptune calibrate --backend {} --world {}` on {} ({} hardware threads) at {}: "
+      "{} probes, each the {} of {} iterations (7 of 10 back-to-back operations for messages and copies) from "
+      "the first rank's start to the last rank's end, after {} warm-up(s), interleaved.",
+      a.run.backend, a.world, cpu_model_name(), std::thread::hardware_concurrency(), utc_now(), fit.residuals.size(),
+      a.statistic, a.run.iterations, a.run.warmups);
+  source += "\nFitted by least squares on relative residuals: " + joined(fit.fitted) + ".";
+  source += "\nKept from " + base.name + " (no probe exercises them on one host): " + joined(fit.kept) + ".";
+  for (const tuner::ResidualSummary& s : tuner::summarize(fit.residuals))
+    source += fmt::format("\nResidual |predicted - measured| / measured, {} ({} probes): median {:.1f}%, worst {:.1f}%.",
+                          s.kind, s.probes, 100 * s.median_abs, 100 * s.max_abs);
+  hw.source = source;
+  return hw;
+}
+
+void print_fit(const tuner::FitResult& fit, const sim::Hardware& base, std::ostream& out) {
+  out << fmt::format("{:<64} {:>12} {:>12} {:>8}\n", "probe (first rank's start to last rank's end)", "measured",
+                     "predicted", "error");
+  for (const tuner::Residual& r : fit.residuals)
+    out << fmt::format("{:<64} {:>12} {:>12} {:>7.1f}%\n", r.probe.label, human_seconds(r.probe.measured_s),
+                       human_seconds(r.predicted_s), 100 * r.relative());
+  out << "\nresiduals |predicted - measured| / measured:\n";
+  for (const tuner::ResidualSummary& s : tuner::summarize(fit.residuals))
+    out << fmt::format("  {:<10} {:>3} probes  median {:>5.1f}%  worst {:>5.1f}%\n", s.kind, s.probes,
+                       100 * s.median_abs, 100 * s.max_abs);
+  const Eigen::VectorXd before = sim::to_vector(base), after = sim::to_vector(fit.hardware);
+  out << fmt::format("\n{:<32} {:>12} {:>12}  ({} Levenberg-Marquardt steps)\n", "parameter", base.name, "fitted",
+                     fit.iterations);
+  for (size_t i = 0; i < sim::kFitParameterNames.size(); ++i) {
+    const std::string name(sim::kFitParameterNames[i]);
+    const bool kept = std::find(fit.kept.begin(), fit.kept.end(), name) != fit.kept.end();
+    out << fmt::format("{:<32} {:>12.4g} {:>12.4g}{}\n", name, before[Eigen::Index(i)], after[Eigen::Index(i)],
+                       kept ? "  (kept: no probe exercises it)" : "");
+  }
+}
+
+nlohmann::json fit_json(const tuner::FitResult& fit, const sim::Hardware& written, const std::string& path) {
+  nlohmann::json probes = nlohmann::json::array(), summary = nlohmann::json::array();
+  for (const tuner::Residual& r : fit.residuals)
+    probes.push_back({{"kind", to_string(r.probe.kind)},
+                      {"label", r.probe.label},
+                      {"measured_s", r.probe.measured_s},
+                      {"predicted_s", r.predicted_s},
+                      {"relative_error", r.relative()}});
+  for (const tuner::ResidualSummary& s : tuner::summarize(fit.residuals))
+    summary.push_back({{"kind", s.kind}, {"probes", s.probes}, {"median_abs", s.median_abs}, {"max_abs", s.max_abs}});
+  return {{"out", path},         {"hardware", sim::to_json(written)}, {"fitted", fit.fitted},
+          {"kept", fit.kept},    {"iterations", fit.iterations},      {"probes", probes},
+          {"residuals", summary}};
+}
+
+// Rejects what would otherwise fail after a minute of measuring.
+void check_arguments(const CalibrateArgs& a) {
+  if (a.world < 2) throw Error(fmt::format("--world {} must be at least 2: calibration measures communication", a.world));
+  if (a.out.empty()) throw Error("--out is required: the hardware file to write (then pass it as --hardware)");
+  if (a.statistic != "median" && a.statistic != "min")
+    throw Error("--statistic " + a.statistic + " is not one; use median or min");
+  if (!(a.scale > 0) || a.scale > 16) throw Error(fmt::format("--scale {} must be in (0, 16]", a.scale));
+  // The probes move host buffers and run the CPU kernel: what Gloo ranks run.
+  if (a.run.backend != "gloo")
+    throw Error("--backend " + a.run.backend + " cannot be calibrated: the probes run CPU ranks over Gloo; use --backend gloo");
+  check_writable(a.out, "--out");
+}
+
+}  // namespace
+
+int cmd_calibrate(const Args& args) {
+  CalibrateArgs a;
+  po::options_description desc("calibrate options");
+  desc.add_options()("world", po::value(&a.world), "ranks P to probe with (local CPU ranks unless --rendezvous)")(
+      "out", po::value(&a.out), "hardware JSON file to write (for simulate, tune, validate --hardware)")(
+      "base", po::value(&a.base)->default_value("cpu-gloo"),
+      "hardware the fit starts from; parameters no probe exercises are kept from it")(
+      "name", po::value(&a.name), "name field of the written file (default: BACKEND-pP-calibrated)")(
+      "scale", po::value(&a.scale)->default_value(1.0), "multiply every probe size (tokens, bytes) by this")(
+      "json", po::bool_switch(&a.json), "print the fit as JSON instead of tables");
+  desc.add_options()("statistic", po::value(&a.statistic)->default_value("median"),
+                     "time of a probe or candidate over its iterations: median, or min (the least disturbed run)");
+  add_run_options(desc, a.run);
+  if (!parse_args(args, desc,
+                  "usage: cptune calibrate --backend gloo --world P --out profile.json [options]\n"
+                  "Measures all-to-all-v, ring hops, pack copies, attention and the gather of sequence lengths on P\n"
+                  "ranks, fits the cost model's latencies, bandwidths and throughputs by least squares, prints the\n"
+                  "residuals and writes a hardware file."))
+    return 0;
+  check_arguments(a);
+  const sim::Hardware base = sim::load_hardware(a.base);
+  tuner::ProbePlan plan = tuner::ProbePlan{}.scaled(a.scale);
+  const backends::ExecutorOptions counts = executor_options(a.run);
+  plan.warmups = counts.warmups;
+  plan.iterations = counts.iterations;
+  plan.seed = counts.seed;
+  plan.fastest = a.statistic == "min";
+
+  return run_ranks(a.run, a.world, [&](backends::Comm& world, backends::Device&) {  // probes run on the host
+    const std::vector<tuner::Probe> probes = tuner::measure_probes(world, plan);
+    if (world.rank() != 0) return 0;
+    const tuner::FitResult fit = tuner::fit_hardware(probes, base);
+    const sim::Hardware written = described(fit, base, a);
+    sim::save_hardware(written, a.out);
+    if (a.json) {
+      std::cout << fit_json(fit, written, a.out).dump(2) << std::endl;
+    } else {
+      print_fit(fit, base, std::cout);
+      std::cout << "\nwrote " << a.out << " (" << written.name << "); use it as --hardware " << a.out << "\n";
+    }
+    return 0;
+  }, std::cerr);
+}
+
+}  // namespace cptune::cli

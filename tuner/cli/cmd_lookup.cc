@@ -1,0 +1,67 @@
+// cptune lookup: what an engine would get from the lookup library for one shape.
+#include <iostream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "db/lookup.h"
+#include "db/sim_fallback.h"
+#include "sim/hardware.h"
+#include "tuner/cli/commands.h"
+#include "tuner/fingerprint.h"
+#include "core/format.h"
+#include "tuner/cli/shape_options.h"
+
+namespace po = boost::program_options;
+
+namespace cptune::cli {
+
+int cmd_lookup(const Args& args) {
+  ShapeArgs shape;
+  MeshArgs mesh;
+  std::string db_path, backend = "gloo", hardware = "cpu-gloo";
+  bool json = false;
+  po::options_description desc("lookup options");
+  add_shape_options(desc, shape);
+  add_mesh_options(desc, mesh);
+  desc.add_options()("db", po::value(&db_path), "tuning database (read-only)")(
+      "backend", po::value(&backend)->default_value("gloo"), "backend of the measurements to use: gloo or nccl")(
+      "hardware", po::value(&hardware)->default_value("cpu-gloo"),
+      "hardware profile for the simulator's answer when nothing of the shape's family was measured")(
+      "json", po::bool_switch(&json), "print JSON");
+  if (!parse_args(args, desc, "usage: cptune lookup --db tune.db --world P --seq S --heads H [--kv-heads K] [options]"))
+    return 0;
+  if (db_path.empty()) throw Error("--db is required: the tuning database to read");
+  const AttentionShape s = to_shape(shape);
+  const Mesh m = to_mesh(mesh);
+  db::Fingerprint fp = local_fingerprint(backend, m.world, m.ranks_per_node);
+  fp.library_versions.clear();  // any versions of the same hardware: the latest recorded wins
+  fp.cptune_version.clear();
+  const db::Lookup lookup = db::Lookup::open(
+      db_path, fp, db::simulator_fallback(sim::load_hardware(hardware), {m.world, m.ranks_per_node}));
+  const std::optional<db::Answer> answer = lookup.query(db::shape_key(s));
+  if (!answer) throw Error("no layout for this shape: nothing measured and the simulator found no feasible candidate");
+  if (json) {
+    std::cout << nlohmann::json{{"strategy", to_string(answer->strategy)},
+                                {"ulysses", answer->ulysses},
+                                {"ring", answer->ring},
+                                {"order", to_string(answer->order)},
+                                {"head_policy", to_string(answer->head_policy)},
+                                {"time_s", answer->time_s},
+                                {"source", db::to_string(answer->source)},
+                                {"measured_tokens", answer->measured_tokens}}
+                     .dump(2)
+              << "\n";
+  } else {
+    std::cout << fmt::format("{} U={} R={} {} {}: {} ({}{})\n", to_string(answer->strategy), answer->ulysses,
+                             answer->ring, to_string(answer->order), to_string(answer->head_policy),
+                             human_seconds(answer->time_s), db::to_string(answer->source),
+                             answer->source == db::Source::nearest
+                                 ? fmt::format(", measured at {} tokens", answer->measured_tokens)
+                                 : std::string(answer->source == db::Source::simulated ? ", predicted" : ""));
+  }
+  return 0;
+}
+
+}  // namespace cptune::cli

@@ -1,0 +1,276 @@
+// cptune simulate: every feasible candidate for a shape on a cluster, ranked by the cost model,
+// as a table or JSON. Ranges in --seq, --heads or --world make a sweep, written as CSV with one
+// row per configuration and candidate (scripts/plot_sweep.py draws it).
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/layout_json.h"
+#include "sim/candidates.h"
+#include "sim/hardware.h"
+#include "sim/ranking_json.h"
+#include "tuner/cli/commands.h"
+#include "core/format.h"
+#include "tuner/cli/shape_options.h"
+
+namespace po = boost::program_options;
+
+namespace cptune::cli {
+namespace {
+
+using sim::Cluster;
+using sim::Phase;
+using sim::Ranking;
+using sim::RankedCandidate;
+
+struct SimulateArgs {
+  ShapeArgs shape;          // shape.seq may hold a range
+  std::string heads;        // a count or a range
+  std::string world;        // a count or a range
+  int64_t nodes = 0;        // 0: from --world, else the hardware's
+  int64_t gpus_per_node = 0;  // 0: the hardware's ranks per node
+  std::string hardware = "h100-sxm";
+  std::string pass = "fwd";
+  std::string metadata = "cpu";
+  bool json = false;
+  bool csv = false;
+  int64_t top = 0;
+};
+
+struct Config {
+  AttentionShape shape;
+  Cluster cluster;
+};
+
+constexpr const char* kUsage =
+    "usage: cptune simulate --hardware NAME|FILE [--nodes N --gpus-per-node G | --world P] --seq S --heads H "
+    "[--kv-heads K] [options]\n"
+    "ranges (a sweep, written as CSV): --seq 1k:1M:x2, --heads 8:64:+8, --world 2:64 "
+    "(a:b:xF multiplies, a:b:+N adds, a:b means a:b:x2)";
+
+po::options_description make_options(SimulateArgs& a) {
+  po::options_description shape_desc;
+  add_shape_options(shape_desc, a.shape);
+  po::options_description desc("simulate options");
+  // The shared shape flags, with --heads taking a range here.
+  for (const auto& option : shape_desc.options()) {
+    if (option->long_name() == "heads")
+      desc.add_options()("heads", po::value(&a.heads), "query heads Hq, or a range such as 8:64:+8");
+    else
+      desc.add(option);
+  }
+  desc.add_options()
+      ("hardware", po::value(&a.hardware)->default_value("h100-sxm"),
+       "preset (h100-sxm, h200, a100, l20, cpu-gloo) or a JSON file in the same format")
+      ("nodes", po::value(&a.nodes), "nodes (default: the hardware's)")
+      ("gpus-per-node", po::value(&a.gpus_per_node), "ranks per node G (default: the hardware's)")
+      ("world", po::value(&a.world), "ranks P instead of --nodes, or a range such as 2:64")
+      ("pass", po::value(&a.pass)->default_value("fwd"), "fwd or fwd-bwd")
+      ("metadata", po::value(&a.metadata)->default_value("cpu"),
+       "where UAA gathers sequence lengths: cpu (a CPU channel) or device (device all-gather + sync)")
+      ("json", po::bool_switch(&a.json), "print JSON instead of a table")
+      ("csv", po::bool_switch(&a.csv), "print CSV (the default for sweeps)")
+      ("top", po::value(&a.top), "show only the N fastest candidates in the table");
+  return desc;
+}
+
+// "a", "a:b" (x2), "a:b:xF" or "a:b:+N"; a and b as parse_count reads them (32k, 1M).
+std::vector<int64_t> parse_range(const std::string& text, const std::string& what) {
+  const size_t first = text.find(':');
+  if (first == std::string::npos) return {parse_count(text, what)};
+  const size_t second = text.find(':', first + 1);
+  const int64_t lo = parse_count(text.substr(0, first), what + " range start");
+  const int64_t hi = parse_count(text.substr(first + 1, second == std::string::npos ? std::string::npos : second - first - 1),
+                                 what + " range end");
+  const std::string step = second == std::string::npos ? "x2" : text.substr(second + 1);
+  auto bad = [&](const std::string& why) {
+    return Error(fmt::format("bad {} range '{}': {}; write a:b, a:b:xF (multiply) or a:b:+N (add)", what, text, why));
+  };
+  if (lo < 1 || hi < lo) throw bad("need 1 <= a <= b");
+  if (step.size() < 2 || (step[0] != 'x' && step[0] != '+')) throw bad("the step must be xF or +N");
+  const int64_t by = parse_count(step.substr(1), what + " range step");
+  if (step[0] == 'x' && by < 2) throw bad("a factor must be at least 2");
+  if (step[0] == '+' && by < 1) throw bad("an increment must be at least 1");
+  std::vector<int64_t> values;
+  for (int64_t v = lo; v <= hi; v = step[0] == 'x' ? v * by : v + by) {
+    values.push_back(v);
+    if (values.size() > 100000) throw bad("more than 100000 values");
+    if ((step[0] == 'x' && v > hi / by) || (step[0] == '+' && v > hi - by)) break;
+  }
+  return values;
+}
+
+std::vector<Config> make_configs(const SimulateArgs& a, const sim::Hardware& hw) {
+  if (!a.world.empty() && a.nodes > 0) throw Error("give --world or --nodes, not both");
+  if (a.nodes < 0 || a.gpus_per_node < 0) throw Error("--nodes and --gpus-per-node must be positive");
+  const int64_t per_node = a.gpus_per_node > 0 ? a.gpus_per_node : hw.ranks_per_node;
+  const std::vector<int64_t> worlds = !a.world.empty() ? parse_range(a.world, "--world")
+                                      : a.nodes > 0    ? std::vector<int64_t>{a.nodes * per_node}
+                                                       : std::vector<int64_t>{hw.nodes * per_node};
+  if (a.heads.empty()) throw Error("--heads is required (query heads)");
+  const std::vector<int64_t> heads = parse_range(a.heads, "--heads");
+  const bool packed = !a.shape.seq_list.empty();
+  const std::vector<int64_t> seqs = packed || a.shape.seq.empty() ? std::vector<int64_t>{0} : parse_range(a.shape.seq, "--seq");
+  std::vector<Config> configs;
+  for (int64_t world : worlds)
+    for (int64_t h : heads)
+      for (int64_t s : seqs) {
+        ShapeArgs one = a.shape;
+        one.heads = h;
+        if (!packed && !a.shape.seq.empty()) one.seq = std::to_string(s);
+        configs.push_back({to_shape(one), Cluster{world, per_node}});
+      }
+  return configs;
+}
+
+std::string seq_text(const AttentionShape& s, const char* separator) {
+  std::string out;
+  for (int64_t len : s.seq_lens) out += (out.empty() ? "" : separator) + std::to_string(len);
+  return out;
+}
+
+std::string config_text(const Config& c, const sim::Hardware& hw, const sim::PredictOptions& o) {
+  const AttentionShape& s = c.shape;
+  return fmt::format("{}: {} node(s) x {} ranks (world {}), seq {}, batch {}, Hq {}, Hkv {}, D {}/{}, {}, mask {}, "
+                     "pass {}, metadata {}",
+                     hw.name, c.cluster.nodes(), c.cluster.ranks_per_node, c.cluster.world, seq_text(s, ","), s.batch,
+                     s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, to_string(s.dtype), to_string(s.mask),
+                     to_string(o.pass), to_string(o.metadata));
+}
+
+std::string speedup_text(const std::optional<double>& x) { return x ? fmt::format("{:.2f}x", *x) : "-"; }
+std::string seconds_text(double s) { return s > 0 ? human_seconds(s) : "-"; }
+
+// Phases some candidate spends time in: the table's breakdown columns.
+std::vector<Phase> active_phases(const Ranking& ranking) {
+  std::vector<Phase> out;
+  for (Phase ph : sim::kAllPhases)
+    for (const RankedCandidate& rc : ranking.candidates)
+      if (rc.prediction.phase(ph) > 0) {
+        out.push_back(ph);
+        break;
+      }
+  return out;
+}
+
+void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& hw, const sim::PredictOptions& o,
+                 int64_t top) {
+  std::cout << config_text(c, hw, o) << "\n\n";
+  const std::vector<Phase> phases = active_phases(ranking);
+  std::string header = fmt::format("{:>3}  {:<13}{:>4}{:>4}  {:<14}{:<11}{:>11}{:>8}{:>10}", "#", "strategy", "U", "R",
+                                   "order", "heads", "time", "x worst", "x ulysses");
+  for (Phase ph : phases) header += fmt::format("{:>15}", to_string(ph));
+  std::cout << header << fmt::format("{:>12}{:>12}{:>12}{:>6}\n", "intra", "inter", "peak", "fits");
+  int64_t shown = 0;
+  for (const RankedCandidate& rc : ranking.candidates) {
+    if (top > 0 && shown++ >= top) break;
+    const sim::Candidate& k = rc.candidate;
+    const sim::Prediction& p = rc.prediction;
+    std::string row = fmt::format("{:>3}  {:<13}{:>4}{:>4}  {:<14}{:<11}{:>11}{:>8}{:>10}", &rc - &ranking.candidates[0] + 1,
+                                  to_string(k.strategy), k.ulysses, k.ring, to_string(k.order), to_string(k.head_policy),
+                                  human_seconds(p.total_s), speedup_text(rc.speedup_over_worst),
+                                  speedup_text(rc.speedup_over_ulysses));
+    for (Phase ph : phases) row += fmt::format("{:>15}", seconds_text(p.phase(ph)));
+    std::cout << row << fmt::format("{:>12}{:>12}{:>12}{:>6}\n", human_bytes(double(p.bytes_intra)),
+                                    human_bytes(double(p.bytes_inter)), human_bytes(double(p.peak_bytes)),
+                                    p.fits ? "yes" : "NO");
+  }
+  if (top > 0 && static_cast<int64_t>(ranking.candidates.size()) > top)
+    std::cout << fmt::format("... {} more (drop --top to see all)\n", static_cast<int64_t>(ranking.candidates.size()) - top);
+  std::cout << "\ntimes: slowest rank per phase, phases back to back; intra/inter: bytes sent on each link class, "
+               "summed over ranks; peak: largest rank's buffers\n";
+  if (!ranking.refused.empty()) {
+    std::cout << fmt::format("\nrefused ({}):\n", ranking.refused.size());
+    for (const sim::Refusal& r : ranking.refused) std::cout << "  " << r.candidate.label() << ": " << r.reason << "\n";
+  }
+}
+
+nlohmann::json config_json(const Config& c, const Ranking& ranking, const sim::Hardware& hw,
+                           const sim::PredictOptions& o) {
+  nlohmann::json doc = sim::to_json(ranking, o.pass);
+  doc["hardware"] = hw.name;
+  doc["cluster"] = {{"world", c.cluster.world}, {"ranks_per_node", c.cluster.ranks_per_node}, {"nodes", c.cluster.nodes()}};
+  doc["shape"] = to_json(c.shape);
+  doc["pass"] = to_string(o.pass);
+  doc["metadata"] = to_string(o.metadata);
+  return doc;
+}
+
+void print_csv_header() {
+  std::string phases;
+  for (Phase ph : sim::kAllPhases) {
+    std::string name(to_string(ph));
+    for (char& ch : name) ch = ch == '-' ? '_' : ch;
+    phases += name + "_s,";
+  }
+  std::cout << "hardware,pass,metadata,world,ranks_per_node,nodes,seq,batch,heads,kv_heads,head_dim,v_head_dim,dtype,"
+               "mask,strategy,ulysses,ring,order,head_policy,time_s,speedup_over_worst,speedup_over_ulysses,"
+            << phases << "bytes_intra,bytes_inter,peak_bytes,fits,padding_waste_s,best\n";
+}
+
+void print_csv_rows(const Config& c, const Ranking& ranking, const sim::Hardware& hw, const sim::PredictOptions& o) {
+  const AttentionShape& s = c.shape;
+  const std::string prefix =
+      fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},", hw.name, to_string(o.pass), to_string(o.metadata),
+                  c.cluster.world, c.cluster.ranks_per_node, c.cluster.nodes(), seq_text(s, ";"), s.batch, s.q_heads,
+                  s.kv_heads, s.head_dim, s.v_head_dim, to_string(s.dtype), to_string(s.mask));
+  for (const RankedCandidate& rc : ranking.candidates) {
+    const sim::Candidate& k = rc.candidate;
+    const sim::Prediction& p = rc.prediction;
+    std::string row = prefix + fmt::format("{},{},{},{},{},{:.6e},{:.4f},{},", to_string(k.strategy), k.ulysses, k.ring,
+                                           to_string(k.order), to_string(k.head_policy), p.total_s,
+                                           rc.speedup_over_worst,
+                                           rc.speedup_over_ulysses ? fmt::format("{:.4f}", *rc.speedup_over_ulysses) : "");
+    for (double t : p.phase_s) row += fmt::format("{:.6e},", t);
+    row += fmt::format("{},{},{},{},{:.6e},{}\n", p.bytes_intra, p.bytes_inter, p.peak_bytes, p.fits ? 1 : 0,
+                       p.padding_waste_s, &rc == ranking.best() ? 1 : 0);
+    std::cout << row;
+  }
+}
+
+std::string first_reason(const Ranking& ranking) {
+  return ranking.refused.empty() ? "no candidates" : ranking.refused.front().reason;
+}
+
+}  // namespace
+
+int cmd_simulate(const Args& args) {
+  SimulateArgs a;
+  const po::options_description desc = make_options(a);
+  if (!parse_args(args, desc, kUsage)) return 0;
+  if (a.top < 0) throw Error(fmt::format("--top {} must be positive", a.top));
+  const sim::Hardware hw = sim::load_hardware(a.hardware);
+  const sim::PredictOptions options{sim::parse_pass(a.pass), sim::parse_metadata_channel(a.metadata)};
+  const std::vector<Config> configs = make_configs(a, hw);
+  const bool sweep = configs.size() > 1;
+
+  if (a.csv || (sweep && !a.json)) {
+    print_csv_header();
+    for (const Config& c : configs) {
+      const Ranking ranking = sim::rank_candidates(c.shape, c.cluster, hw, options);
+      if (ranking.candidates.empty())
+        std::cerr << fmt::format("skipped world {}, seq {}, heads {}: {}\n", c.cluster.world, seq_text(c.shape, ","),
+                                 c.shape.q_heads, first_reason(ranking));
+      print_csv_rows(c, ranking, hw, options);
+    }
+    return 0;
+  }
+  nlohmann::json documents = nlohmann::json::array();
+  for (const Config& c : configs) {
+    const Ranking ranking = sim::rank_candidates(c.shape, c.cluster, hw, options);
+    if (ranking.candidates.empty())
+      throw Error(fmt::format("no candidate lays out on world {}: {}", c.cluster.world, first_reason(ranking)));
+    if (a.json)
+      documents.push_back(config_json(c, ranking, hw, options));
+    else
+      print_table(c, ranking, hw, options, a.top);
+  }
+  if (a.json) std::cout << (sweep ? documents : documents.front()).dump(2) << "\n";
+  return 0;
+}
+
+}  // namespace cptune::cli

@@ -1,0 +1,166 @@
+// cptune tune: measure the promising candidates of every shape on this cluster and store them.
+#include <unistd.h>
+
+#include <chrono>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "backends/comm/comm.h"
+#include "core/error.h"
+#include "core/layout.h"
+#include "db/store.h"
+#include "sim/hardware.h"
+#include "tuner/cli/commands.h"
+#include "tuner/fingerprint.h"
+#include "core/format.h"
+#include "tuner/cli/run_options.h"
+#include "tuner/cli/shape_options.h"
+#include "tuner/cli/shapes_file.h"
+#include "tuner/tuner.h"
+
+namespace po = boost::program_options;
+
+namespace cptune::cli {
+namespace {
+
+// A progress bar on a terminal; plain lines in a log.
+class ProgressReport {
+ public:
+  ProgressReport() : tty_(isatty(STDERR_FILENO) != 0), start_(clock::now()) {}
+
+  void measuring(size_t index, size_t shapes, const db::ShapeKey& shape, const std::vector<sim::Candidate>& candidates,
+                 size_t done, size_t total) {
+    std::string names;
+    for (const sim::Candidate& c : candidates) names += (names.empty() ? "" : ", ") + c.label();
+    const double elapsed = std::chrono::duration<double>(clock::now() - start_).count();
+    const std::string eta =
+        measured_ > 0 ? human_seconds(elapsed / double(measured_) * double(total - done)) : std::string("?");
+    const std::string line = fmt::format("[{}/{} shapes, {}/{} candidates, ETA {}] {}: measuring {}", index + 1, shapes,
+                                         done, total, eta, db::describe(shape), names);
+    if (tty_) {
+      const int width = 30;
+      const int filled = total ? int(double(done) / double(total) * width) : 0;
+      std::cerr << "\r\033[K[" << std::string(size_t(filled), '#') << std::string(size_t(width - filled), '.') << "] "
+                << line.substr(0, 160) << std::flush;
+    } else {
+      std::cerr << line << std::endl;
+    }
+    pending_ = candidates.size();
+  }
+
+  void finished(const tuner::ShapeOutcome& outcome) {
+    measured_ += outcome.skipped ? 0 : pending_;
+    pending_ = 0;
+    if (tty_) std::cerr << "\r\033[K";
+    if (outcome.skipped) {
+      std::cerr << fmt::format("{}: already stored for this fingerprint, skipped\n", db::describe(outcome.shape));
+      return;
+    }
+    const db::MeasurementRow* best = nullptr;
+    for (const auto& row : outcome.rows)
+      if (!best || row.median_s < best->median_s) best = &row;
+    if (best)
+      std::cerr << fmt::format("{}: best {} {} ({} of {} feasible candidates measured)\n", db::describe(outcome.shape),
+                               db::describe(best->candidate), human_seconds(best->median_s), outcome.rows.size(),
+                               outcome.feasible);
+  }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  bool tty_;
+  clock::time_point start_;
+  size_t measured_ = 0, pending_ = 0;
+};
+
+void print_summary(const std::vector<tuner::ShapeOutcome>& outcomes, const std::string& db_path) {
+  std::cout << fmt::format("{:<50} {:<44} {:>12} {:>10} {:>10}\n", "shape", "best", "median", "vs worst",
+                           "vs ulysses");
+  for (const auto& o : outcomes) {
+    if (o.skipped) {
+      std::cout << fmt::format("{:<50} {:<44}\n", db::describe(o.shape), "(already stored, skipped)");
+      continue;
+    }
+    const db::MeasurementRow *best = nullptr, *worst = nullptr, *ulysses = nullptr;
+    for (const auto& row : o.rows) {
+      if (!best || row.median_s < best->median_s) best = &row;
+      if (!worst || row.median_s > worst->median_s) worst = &row;
+      if (row.candidate.strategy == Strategy::ulysses) ulysses = &row;
+    }
+    if (!best) continue;
+    std::cout << fmt::format("{:<50} {:<44} {:>12} {:>9.2f}x {:>10}\n", db::describe(o.shape), db::describe(best->candidate),
+                             human_seconds(best->median_s), worst->median_s / best->median_s,
+                             ulysses ? fmt::format("{:.2f}x", ulysses->median_s / best->median_s) : "n/a");
+  }
+  std::cout << "stored in " << db_path << "\n";
+}
+
+}  // namespace
+
+int cmd_tune(const Args& args) {
+  ShapeArgs shape;
+  MeshArgs mesh;
+  RunArgs run;
+  std::string db_path, shapes_path, hardware = "cpu-gloo";
+  int top_k = 3;
+  bool exhaustive = false, no_verify = false;
+  po::options_description desc("tune options");
+  add_shape_options(desc, shape);
+  add_mesh_options(desc, mesh);
+  add_run_options(desc, run);
+  desc.add_options()("db", po::value(&db_path), "SQLite database to store measurements in (created if missing)")(
+      "shapes", po::value(&shapes_path), "CSV of shapes (header: seq,heads,kv_heads,head_dim,v_head_dim,dtype,mask,batch)")(
+      "hardware", po::value(&hardware)->default_value("cpu-gloo"),
+      "hardware profile that ranks candidates: a preset name or a JSON file (e.g. from cptune calibrate)")(
+      "top-k", po::value(&top_k)->default_value(3), "measure the k fastest predicted candidates (+ best of each strategy)")(
+      "exhaustive", po::bool_switch(&exhaustive), "measure every feasible candidate")(
+      "no-verify", po::bool_switch(&no_verify), "skip checking each candidate's output against one device");
+  if (!parse_args(args, desc,
+                  "usage: cptune tune --db tune.db --world P (--shapes shapes.csv | --seq S --heads H ...) [options]"))
+    return 0;
+  if (db_path.empty()) throw Error("--db is required: the SQLite file to store measurements in");
+  std::vector<AttentionShape> shapes;
+  if (!shapes_path.empty()) {
+    if (!shape.seq.empty() || !shape.seq_list.empty())
+      throw Error("give either --shapes FILE or the shape flags (--seq ...), not both");
+    shapes = read_shapes_file(shapes_path);
+  } else {
+    shapes.push_back(to_shape(shape));
+  }
+  const Mesh m = to_mesh(mesh);
+  // Refuse a shape that cannot run on this world at all before starting any rank (ring lays
+  // out any head count, so its refusal is the shape's fault).
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    try {
+      Layout::build({shapes[i], Mesh{m.world, 0, 0, m.order, m.ranks_per_node}, Strategy::ring, HeadPolicy::balanced});
+    } catch (const Error& e) {
+      throw Error((shapes_path.empty() ? std::string("shape") : "shape " + std::to_string(i + 1) + " of " + shapes_path) +
+                  ": " + e.what());
+    }
+  }
+  tuner::TuneOptions options;
+  options.db_path = db_path;
+  options.hardware = sim::load_hardware(hardware);
+  options.profile = sim::profile_label(options.hardware, hardware);
+  options.ranks_per_node = m.ranks_per_node;
+  options.top_k = top_k;
+  options.exhaustive = exhaustive;
+  options.executor = executor_options(run);
+  options.executor.verify = !no_verify;
+  options.fingerprint = local_fingerprint(run.backend, m.world, m.ranks_per_node);
+  db::Store::open(db_path);  // a bad path or file fails here, before any rank starts
+
+  return run_ranks(run, m.world, [&](backends::Comm& world, backends::Device& device) {
+    options.executor.device = &device;
+    ProgressReport report;
+    tuner::TuneProgress progress;
+    progress.measuring = [&](size_t i, size_t n, const db::ShapeKey& s, const std::vector<sim::Candidate>& c, size_t d,
+                             size_t t) { report.measuring(i, n, s, c, d, t); };
+    progress.finished = [&](size_t, const tuner::ShapeOutcome& o) { report.finished(o); };
+    const auto outcomes = tuner::tune(shapes, options, world, progress);
+    if (world.rank() == 0) print_summary(outcomes, db_path);
+    return 0;
+  }, std::cerr);
+}
+
+}  // namespace cptune::cli

@@ -1,0 +1,74 @@
+// cptune: layout, simulate, run, tune, lookup, db, calibrate, validate.
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/program_options/errors.hpp>
+
+#include "core/error.h"
+#include "cptune/version.h"
+#include "tuner/cli/commands.h"
+
+namespace {
+
+struct Command {
+  std::string_view name;
+  int (*run)(const cptune::cli::Args&);
+  std::string_view help;
+};
+
+constexpr Command kCommands[] = {
+    {"layout", cptune::cli::cmd_layout, "per-rank layout of one strategy for one shape"},
+    {"simulate", cptune::cli::cmd_simulate, "predict and rank every candidate layout on a cluster (no hardware)"},
+    {"run", cptune::cli::cmd_run, "run one strategy across ranks (Gloo CPU ranks, or --backend nccl), verify and time it"},
+    {"tune", cptune::cli::cmd_tune, "measure the promising candidates per shape and store the best (SQLite)"},
+    {"lookup", cptune::cli::cmd_lookup, "the best layout for a shape: measured, nearest measured, or simulated"},
+    {"db", cptune::cli::cmd_db, "list, show or export a tuning database"},
+    {"calibrate", cptune::cli::cmd_calibrate, "probe links and kernels on P ranks, fit a hardware file to them"},
+    {"validate", cptune::cli::cmd_validate, "measure every candidate of held-out shapes, report the model's error"},
+};
+
+void usage(FILE* out) {
+  std::fprintf(out, "cptune %s: context-parallel attention layouts, simulation and tuning\n\n", CPTUNE_VERSION_STRING);
+  std::fprintf(out, "usage: cptune <command> [options]   (cptune <command> --help for its options)\n\ncommands:\n");
+  for (const auto& c : kCommands)
+    std::fprintf(out, "  %-10.*s %.*s\n", int(c.name.size()), c.name.data(), int(c.help.size()), c.help.data());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const std::string_view name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    usage(stdout);
+    return 0;
+  }
+  if (name == "--version") {
+    std::printf("cptune %s\n", CPTUNE_VERSION_STRING);
+    return 0;
+  }
+  for (const auto& c : kCommands) {
+    if (c.name != name) continue;
+    try {
+      return c.run(cptune::cli::Args(argv + 2, argv + argc));
+    } catch (const cptune::Error& e) {
+      std::fprintf(stderr, "cptune %s: error: %s\n", argv[1], e.what());
+      return 2;
+    } catch (const boost::program_options::error& e) {
+      std::fprintf(stderr, "cptune %s: error: %s\n", argv[1], e.what());
+      return 2;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "cptune %s: internal error: %s\n", argv[1], e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "cptune: error: unknown command '%s'\n\n", argv[1]);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,112 @@
+#include "tuner/cli/run_options.h"
+
+#include "core/error.h"
+
+#include "backends/exec/device.h"
+#if CPTUNE_HAVE_CUDA
+#include "backends/comm/cuda/nccl_comm.h"
+#include "backends/comm/cuda/nccl_launch.h"
+#include "backends/exec/cuda/cuda_device.h"
+#endif
+
+namespace po = boost::program_options;
+
+namespace cptune::cli {
+namespace {
+
+// The launch of these flags for any backend, after the checks every backend shares.
+backends::RankLaunch launch_of(const RunArgs& a, int64_t world) {
+  if (!(a.timeout_s > 0) || a.timeout_s > 86400)
+    throw Error("--timeout " + std::to_string(a.timeout_s) + " must be between 0 and 86400 seconds");
+  if (a.backend != "gloo" && a.backend != "nccl")
+    throw Error("--backend " + a.backend + " is not a backend; use gloo (CPU ranks) or nccl (one GPU per rank)");
+  if (world > 4096 && a.rendezvous.empty())
+    throw Error("world " + std::to_string(world) + " is too many local ranks; start ranks with an outside launcher");
+  backends::RankLaunch launch;
+  launch.world = static_cast<int>(world);
+  launch.rendezvous = a.rendezvous;
+  launch.prefix = a.run_id;
+  launch.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
+  return launch;
+}
+
+// Throws Error unless this build and this machine can run NCCL ranks.
+void check_nccl_available([[maybe_unused]] const RunArgs& a, [[maybe_unused]] int64_t world) {
+#if CPTUNE_HAVE_CUDA
+  backends::check_gpus_for(static_cast<int>(world), a.rendezvous.empty());
+#else
+  throw Error("--backend nccl: this cptune was built without CUDA and NCCL; rebuild where nvcc and nccl.h are found, "
+              "or use --backend gloo");
+#endif
+}
+
+}  // namespace
+
+void add_run_options(po::options_description& desc, RunArgs& a) {
+  desc.add_options()
+      ("warmups", po::value(&a.warmups)->default_value(1), "untimed iterations first")
+      ("iterations", po::value(&a.iterations)->default_value(5), "timed iterations (median reported)")
+      ("verify", po::bool_switch(&a.verify), "compare every output row with a single-device reference")
+      ("seed", po::value(&a.seed)->default_value(1), "seed of the generated Q, K, V")
+      ("timeout", po::value(&a.timeout_s)->default_value(30), "seconds any communication may wait for a peer")
+      ("rendezvous", po::value(&a.rendezvous),
+       "store of an outside launch: file:///shared/dir or redis://host:port (rank from RANK/WORLD_SIZE, "
+       "OMPI_COMM_WORLD_*, SLURM_*)")
+      ("run-id", po::value(&a.run_id)->default_value("cptune"), "key prefix in a shared rendezvous store")
+      ("backend", po::value(&a.backend)->default_value("gloo"),
+       "gloo (CPU ranks) or nccl (one GPU per rank, Gloo beside it for metadata)")
+      ("metadata", po::value(&a.metadata)->default_value("cpu"),
+       "how UAA's per-rank lengths travel: cpu (host channel, no device sync) or device (through GPU memory "
+       "and the Comm, with a device-to-host sync)");
+}
+
+backends::ExecutorOptions executor_options(const RunArgs& a) {
+  if (a.iterations < 1) throw Error("--iterations " + std::to_string(a.iterations) + " must be at least 1");
+  if (a.warmups < 0) throw Error("--warmups " + std::to_string(a.warmups) + " must not be negative");
+  if (a.metadata != "cpu" && a.metadata != "device")
+    throw Error("--metadata " + a.metadata + " is not a channel; use cpu or device");
+  backends::ExecutorOptions options;
+  options.warmups = a.warmups;
+  options.iterations = a.iterations;
+  options.verify = a.verify;
+  options.seed = a.seed;
+  options.metadata = a.metadata == "device" ? backends::MetadataChannel::device : backends::MetadataChannel::cpu;
+  return options;
+}
+
+int run_ranks(const RunArgs& a, int64_t world,
+              const std::function<int(backends::Comm&, backends::Device&)>& body, std::ostream& err) {
+  const backends::RankLaunch launch = launch_of(a, world);
+  if (a.backend == "gloo")
+    return backends::run_ranks(
+        launch,
+        [&](backends::Comm& comm) {
+          const std::unique_ptr<backends::Device> host = backends::make_host_device();
+          return body(comm, *host);
+        },
+        err);
+  check_nccl_available(a, world);
+#if CPTUNE_HAVE_CUDA
+  return backends::run_nccl_ranks(
+      launch,
+      [&](backends::NcclComm& comm) {
+        const std::unique_ptr<backends::Device> gpu = backends::make_cuda_device(comm);
+        return body(comm, *gpu);
+      },
+      err);
+#else
+  return 2;  // unreachable: check_nccl_available threw
+#endif
+}
+
+backends::RankLaunch rank_launch(const RunArgs& a, int64_t world) {
+  const backends::RankLaunch launch = launch_of(a, world);
+  if (a.backend == "nccl") {
+    check_nccl_available(a, world);
+    throw Error("--backend nccl: this command starts Gloo ranks only (it launches through rank_launch, not "
+                "run_ranks); use --backend gloo");
+  }
+  return launch;
+}
+
+}  // namespace cptune::cli

@@ -1,0 +1,47 @@
+#pragma once
+// Flags shared by the sub-commands that run ranks (run, tune, calibrate, validate).
+#include <cstdint>
+#include <functional>
+#include <iosfwd>
+#include <string>
+
+#include <boost/program_options.hpp>
+
+#include "backends/exec/executor.h"
+#include "backends/comm/launcher.h"
+
+namespace cptune::backends {
+class Comm;
+class Device;
+}
+
+namespace cptune::cli {
+
+struct RunArgs {
+  int warmups = 1;
+  int iterations = 5;
+  bool verify = false;
+  uint64_t seed = 1;
+  double timeout_s = 30;
+  std::string rendezvous;  // outside launcher: file:///shared/dir or redis://host:port
+  std::string run_id = "cptune";
+  std::string backend = "gloo";  // gloo (CPU ranks) or nccl (one GPU per rank)
+  std::string metadata = "cpu";  // UAA's lengths: cpu (host channel) or device (through the GPU)
+};
+
+void add_run_options(boost::program_options::options_description& desc, RunArgs& args);
+backends::ExecutorOptions executor_options(const RunArgs& args);
+
+// Starts the ranks on the backend --backend names and runs body on each with its world Comm and
+// the device its buffers live on (pass it on in ExecutorOptions::device):
+// gloo forks local CPU ranks (or joins an outside launch); nccl does the same with one GPU per
+// rank and an NcclComm over the Gloo comm. Throws Error when the backend cannot run here
+// ("no CUDA device: ..." without a GPU, or a build without CUDA and NCCL).
+int run_ranks(const RunArgs& args, int64_t world,
+              const std::function<int(backends::Comm& world, backends::Device& device)>& body, std::ostream& err);
+
+// The Gloo launch of these flags. With --backend nccl it throws Error: NCCL ranks start
+// through run_ranks() above, and a caller of this function would silently start Gloo ones.
+backends::RankLaunch rank_launch(const RunArgs& args, int64_t world);
+
+}  // namespace cptune::cli

@@ -1,0 +1,121 @@
+#include "tuner/cli/shape_options.h"
+
+#include <charconv>
+#include <iostream>
+
+#include "core/error.h"
+
+namespace po = boost::program_options;
+
+namespace cptune::cli {
+
+void add_shape_options(po::options_description& desc, ShapeArgs& a) {
+  desc.add_options()
+      ("seq", po::value(&a.seq), "sequence length in tokens (4097, 32k, 1M; k = 1024)")
+      ("seq-list", po::value(&a.seq_list), "packed batch of independent sequences, e.g. 77,4097")
+      ("batch", po::value(&a.batch)->default_value(1), "batch size")
+      ("heads", po::value(&a.heads), "query heads Hq")
+      ("kv-heads", po::value(&a.kv_heads), "key/value heads Hkv (default: Hq)")
+      ("head-dim", po::value(&a.head_dim)->default_value(128), "head dim D of Q and K")
+      ("v-head-dim", po::value(&a.v_head_dim), "head dim Dv of V and O (default: D)")
+      ("dtype", po::value(&a.dtype)->default_value("bf16"), "bf16, fp16 or fp32")
+      ("mask", po::value(&a.mask)->default_value("full"), "full, causal or sliding:W");
+}
+
+void add_strategy_options(po::options_description& desc, StrategyArgs& a) {
+  desc.add_options()
+      ("strategy", po::value(&a.strategy)->default_value("uaa"),
+       "ulysses, uaa, ring, ring-zigzag, allgather-kv, hybrid, hybrid-uaa")
+      ("head-policy", po::value(&a.head_policy)->default_value("balanced"), "balanced or kv-aligned")
+      ("json", po::bool_switch(&a.json), "print JSON instead of a table");
+}
+
+LayoutSpec to_spec(const ShapeArgs& shape, const MeshArgs& mesh, const StrategyArgs& strategy) {
+  return {to_shape(shape), to_mesh(mesh), parse_strategy(strategy.strategy), parse_head_policy(strategy.head_policy)};
+}
+
+void add_mesh_options(po::options_description& desc, MeshArgs& a) {
+  desc.add_options()
+      ("world", po::value(&a.world), "ranks P in the context-parallel group")
+      ("ulysses", po::value(&a.ulysses), "Ulysses degree U (hybrids; U x R = P)")
+      ("ring", po::value(&a.ring), "ring degree R (hybrids; U x R = P)")
+      ("order", po::value(&a.order)->default_value("ulysses-inner"), "rank order: ulysses-inner or ring-inner")
+      ("ranks-per-node", po::value(&a.ranks_per_node), "ranks per node G (default: all on one node)");
+}
+
+int64_t parse_count(const std::string& text, const std::string& what) {
+  int64_t value = 0;
+  const char* begin = text.data();
+  const char* end = begin + text.size();
+  auto [ptr, ec] = std::from_chars(begin, end, value);
+  int64_t scale = 1;
+  if (ec == std::errc() && ptr + 1 == end) {
+    switch (*ptr) {
+      case 'k': case 'K': scale = int64_t{1} << 10; break;
+      case 'm': case 'M': scale = int64_t{1} << 20; break;
+      case 'g': case 'G': scale = int64_t{1} << 30; break;
+      default: scale = 0;
+    }
+    ++ptr;
+  }
+  if (ec != std::errc() || ptr != end || scale == 0 || value > INT64_MAX / scale)
+    throw Error("bad " + what + " '" + text + "'; write a whole number, optionally with k, M or G (x1024)");
+  return value * scale;
+}
+
+std::vector<int64_t> parse_count_list(const std::string& text, const std::string& what) {
+  std::vector<int64_t> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = text.find(',', start);
+    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    out.push_back(parse_count(item, what));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+AttentionShape to_shape(const ShapeArgs& a) {
+  AttentionShape s;
+  if (a.seq.empty() == a.seq_list.empty()) throw Error("give exactly one of --seq S or --seq-list S1,S2,...");
+  s.seq_lens = a.seq.empty() ? parse_count_list(a.seq_list, "--seq-list entry") : std::vector{parse_count(a.seq, "--seq")};
+  if (a.heads == 0) throw Error("--heads is required (query heads)");
+  s.batch = a.batch;
+  s.q_heads = a.heads;
+  s.kv_heads = a.kv_heads == 0 ? a.heads : a.kv_heads;
+  s.head_dim = a.head_dim;
+  s.v_head_dim = a.v_head_dim == 0 ? a.head_dim : a.v_head_dim;
+  s.dtype = parse_dtype(a.dtype);
+  s.mask = parse_mask(a.mask);
+  return s;
+}
+
+Mesh to_mesh(const MeshArgs& a) {
+  if (a.world == 0) throw Error("--world is required (ranks in the context-parallel group)");
+  Mesh m;
+  m.world = a.world;
+  m.ulysses = a.ulysses;
+  m.ring = a.ring;
+  if (m.ulysses == 0 && m.ring > 0 && m.ring <= m.world && m.world % m.ring == 0) m.ulysses = m.world / m.ring;
+  if (m.ring == 0 && m.ulysses > 0 && m.ulysses <= m.world && m.world % m.ulysses == 0) m.ring = m.world / m.ulysses;
+  m.order = parse_rank_order(a.order);
+  m.ranks_per_node = a.ranks_per_node == 0 ? a.world : a.ranks_per_node;
+  return m;
+}
+
+std::optional<po::variables_map> parse_args(const std::vector<std::string>& args, const po::options_description& desc,
+                                            const std::string& usage) {
+  for (const std::string& a : args) {
+    if (a == "--help" || a == "-h") {
+      std::cout << usage << "\n\n" << desc << "\n";
+      return std::nullopt;
+    }
+  }
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(desc).run(), vm);
+  po::notify(vm);
+  return vm;
+}
+
+}  // namespace cptune::cli

@@ -1,0 +1,102 @@
+#include "tuner/cli/shapes_file.h"
+
+#include <algorithm>
+#include <fstream>
+#include <map>
+
+#include "core/error.h"
+#include "tuner/cli/shape_options.h"
+
+namespace cptune::cli {
+namespace {
+
+std::string trim(std::string s) {
+  const auto not_space = [](unsigned char c) { return !std::isspace(c); };
+  s.erase(s.begin(), std::find_if(s.begin(), s.end(), not_space));
+  s.erase(std::find_if(s.rbegin(), s.rend(), not_space).base(), s.end());
+  return s;
+}
+
+// Splits one CSV line; a double-quoted cell may hold commas.
+std::vector<std::string> split_csv(const std::string& line) {
+  std::vector<std::string> cells(1);
+  bool quoted = false;
+  for (char c : line) {
+    if (c == '"')
+      quoted = !quoted;
+    else if (c == ',' && !quoted)
+      cells.emplace_back();
+    else
+      cells.back() += c;
+  }
+  for (std::string& cell : cells) cell = trim(cell);
+  return cells;
+}
+
+const std::vector<std::string> kColumns{"seq", "heads", "kv_heads", "head_dim", "v_head_dim", "dtype", "mask", "batch"};
+
+}  // namespace
+
+std::vector<AttentionShape> read_shapes_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error("cannot read shapes file '" + path + "'; pass a CSV with a header row (seq,heads,...)");
+  std::string line;
+  int line_no = 0;
+  std::map<std::string, size_t> column;
+  std::vector<AttentionShape> shapes;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (trim(line).empty() || trim(line)[0] == '#') continue;
+    const std::vector<std::string> cells = split_csv(line);
+    const std::string where = path + " line " + std::to_string(line_no);
+    if (column.empty()) {
+      for (size_t i = 0; i < cells.size(); ++i) {
+        if (std::find(kColumns.begin(), kColumns.end(), cells[i]) == kColumns.end())
+          throw Error(where + ": unknown column '" + cells[i] + "'; columns are seq, heads, kv_heads, head_dim, "
+                      "v_head_dim, dtype, mask, batch");
+        column[cells[i]] = i;
+      }
+      if (!column.count("seq") || !column.count("heads"))
+        throw Error(where + ": the header row must name at least the columns seq and heads");
+      continue;
+    }
+    if (cells.size() != column.size())
+      throw Error(where + ": " + std::to_string(cells.size()) + " cells, the header has " +
+                  std::to_string(column.size()));
+    auto cell = [&](const std::string& name) { return column.count(name) ? cells[column[name]] : std::string(); };
+    auto number = [&](const std::string& name, int64_t fallback) -> int64_t {
+      const std::string text = cell(name);
+      if (text.empty()) return fallback;
+      try {
+        return parse_count(text, name);
+      } catch (const Error& e) {
+        throw Error(where + ": " + e.what());
+      }
+    };
+    try {
+      ShapeArgs args;
+      std::string seq = cell("seq");
+      std::replace(seq.begin(), seq.end(), '+', ',');
+      std::replace(seq.begin(), seq.end(), ';', ',');
+      args.seq_list = seq;
+      args.heads = number("heads", 0);
+      args.kv_heads = number("kv_heads", 0);
+      args.head_dim = number("head_dim", 128);
+      args.v_head_dim = number("v_head_dim", 0);
+      args.batch = number("batch", 1);
+      if (!cell("dtype").empty()) args.dtype = cell("dtype");
+      if (!cell("mask").empty()) args.mask = cell("mask");
+      if (seq.empty()) throw Error("empty seq cell");
+      shapes.push_back(to_shape(args));
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      throw Error(what.rfind(where, 0) == 0 ? what : where + ": " + what);
+    }
+  }
+  if (column.empty()) throw Error("shapes file '" + path + "' is empty; it needs a header row and one shape per line");
+  if (shapes.empty()) throw Error("shapes file '" + path + "' has a header but no shapes");
+  return shapes;
+}
+
+}  // namespace cptune::cli
