@@ -37,13 +37,13 @@ void require_positive(int64_t v, const char* what) {
   if (v < 1) throw Error(std::string(what) + " " + to_string(v) + " must be at least 1");
 }
 
-void validate_shape(const AttentionShape& s, const Mesh& m) {
+void validate_shape(const AttentionShape& s, const Cluster& m) {
   require_positive(s.batch, "batch");
   require_positive(s.q_heads, "query heads");
   require_positive(s.kv_heads, "kv heads");
   require_positive(s.head_dim, "head dim");
   require_positive(s.v_head_dim, "value head dim");
-  if (s.seq_lens.empty()) throw Error("no sequence length given; pass --seq S or --seq-list S1,S2,...");
+  if (s.seq_lens.empty()) throw Error("no sequence length given: the shape's sequence list is empty");
   if (s.seq_lens.size() > (1u << 20)) throw Error("more than 1048576 packed sequences");
   if (m.world > (1 << 20)) throw Error("world " + to_string(m.world) + " exceeds the supported 1048576 ranks");
   if (s.q_heads % s.kv_heads != 0)
@@ -102,19 +102,19 @@ int64_t RankLayout::recv_bytes() const {
 Layout Layout::build(const LayoutSpec& spec) {
   Layout layout;
   layout.spec_ = spec;
-  layout.spec_.mesh = resolve_mesh(spec.strategy, spec.mesh);
-  validate_shape(spec.shape, layout.spec_.mesh);
-  layout.zigzag_ = zigzag_chunks(spec.strategy, spec.shape.mask);
+  layout.spec_.choice = resolve(spec.choice, spec.cluster);
+  validate_shape(spec.shape, spec.cluster);
+  layout.zigzag_ = zigzag_chunks(spec.choice.strategy, spec.shape.mask);
   layout.place_heads();
   layout.place_tokens();
   layout.count_costs();
   return layout;
 }
 
-int64_t Layout::nodes() const { return ceil_div(world(), spec_.mesh.ranks_per_node); }
+
 
 int64_t Layout::global_rank(int64_t u, int64_t r) const {
-  return spec_.mesh.order == RankOrder::ulysses_inner ? r * ulysses() + u : u * ring() + r;
+  return spec_.choice.order == RankOrder::ulysses_inner ? r * ulysses() + u : u * ring() + r;
 }
 
 void Layout::place_heads() {
@@ -124,17 +124,17 @@ void Layout::place_heads() {
   if (s.q_heads < U)
     throw Error(to_string(s.q_heads) + " query heads over Ulysses degree " + U_str +
                 " would leave ranks without heads; use a Ulysses degree of at most " + to_string(s.q_heads));
-  if (pads_classic(spec_.strategy) && s.q_heads % U != 0)
+  if (pads_classic(spec_.choice.strategy) && s.q_heads % U != 0)
     throw Error(to_string(s.q_heads) + " query heads are not divisible by Ulysses degree " + U_str + "; use " +
-                hybrid_hint(spec_.strategy));
-  if (spec_.head_policy == HeadPolicy::kv_aligned && s.kv_heads < U)
+                hybrid_hint(spec_.choice.strategy));
+  if (spec_.choice.head_policy == HeadPolicy::kv_aligned && s.kv_heads < U)
     throw Error("kv-aligned head policy needs at least one kv head per Ulysses rank: " + to_string(s.kv_heads) +
                 " kv heads < Ulysses degree " + U_str + "; use --head-policy balanced");
   q_heads_by_u_.resize(static_cast<size_t>(U));
   kv_heads_by_u_.resize(static_cast<size_t>(U));
   for (int64_t u = 0; u < U; ++u) {
     HeadRange q, kv;
-    if (spec_.head_policy == HeadPolicy::kv_aligned) {
+    if (spec_.choice.head_policy == HeadPolicy::kv_aligned) {
       kv = {split_begin(s.kv_heads, U, u), split_begin(s.kv_heads, U, u) + split_size(s.kv_heads, U, u)};
       q = {kv.begin * group, kv.end * group};
     } else {
@@ -144,13 +144,13 @@ void Layout::place_heads() {
     q_heads_by_u_[static_cast<size_t>(u)] = q;
     kv_heads_by_u_[static_cast<size_t>(u)] = kv;
   }
-  if (pads_classic(spec_.strategy)) {
+  if (pads_classic(spec_.choice.strategy)) {
     // Classic Ulysses is an equal all-to-all: every rank must get as many heads of each kind.
     for (int64_t u = 1; u < U; ++u) {
       if (q_heads_by_u_[u].count() != q_heads_by_u_[0].count() || kv_heads_by_u_[u].count() != kv_heads_by_u_[0].count())
         throw Error(to_string(s.kv_heads) + " kv heads (" + to_string(s.q_heads) + " query heads, " +
-                    std::string(to_string(spec_.head_policy)) + ") give unequal KV shards over Ulysses degree " + U_str +
-                    "; classic Ulysses needs Hkv % U == 0 or U % Hkv == 0; use " + hybrid_hint(spec_.strategy));
+                    std::string(to_string(spec_.choice.head_policy)) + ") give unequal KV shards over Ulysses degree " + U_str +
+                    "; classic Ulysses needs Hkv % U == 0 or U % Hkv == 0; use " + hybrid_hint(spec_.choice.strategy));
     }
   }
   max_q_heads_ = 0;
@@ -161,7 +161,7 @@ void Layout::place_tokens() {
   const AttentionShape& s = spec_.shape;
   const int64_t U = ulysses(), R = ring(), P = world();
   const int64_t chunks = zigzag_ ? 2 * R : R;
-  const bool classic = pads_classic(spec_.strategy);
+  const bool classic = pads_classic(spec_.choice.strategy);
 
   ranks_.assign(static_cast<size_t>(P), RankLayout{});
   for (int64_t u = 0; u < U; ++u) {
@@ -219,11 +219,11 @@ void Layout::place_tokens() {
 }
 
 std::pair<int64_t, int64_t> Layout::ulysses_peers_on_node(int64_t rank) const {
-  const int64_t U = ulysses(), R = ring(), G = spec_.mesh.ranks_per_node;
+  const int64_t U = ulysses(), R = ring(), G = spec_.cluster.ranks_per_node;
   const RankLayout& rl = ranks_[static_cast<size_t>(rank)];
   const int64_t first = node_of(rank) * G, last = first + G;  // global ranks [first, last)
   int64_t lo, hi;
-  if (spec_.mesh.order == RankOrder::ulysses_inner) {  // g = r*U + u
+  if (spec_.choice.order == RankOrder::ulysses_inner) {  // g = r*U + u
     lo = first - rl.r * U;
     hi = last - rl.r * U;
   } else {  // g = u*R + r
@@ -234,11 +234,11 @@ std::pair<int64_t, int64_t> Layout::ulysses_peers_on_node(int64_t rank) const {
 }
 
 std::pair<int64_t, int64_t> Layout::ring_peers_on_node(int64_t rank) const {
-  const int64_t U = ulysses(), R = ring(), G = spec_.mesh.ranks_per_node;
+  const int64_t U = ulysses(), R = ring(), G = spec_.cluster.ranks_per_node;
   const RankLayout& rl = ranks_[static_cast<size_t>(rank)];
   const int64_t first = node_of(rank) * G, last = first + G;
   int64_t lo, hi;
-  if (spec_.mesh.order == RankOrder::ulysses_inner) {  // g = r*U + u
+  if (spec_.choice.order == RankOrder::ulysses_inner) {  // g = r*U + u
     lo = ceil_div(first - rl.u, U);
     hi = ceil_div(last - rl.u, U);
   } else {  // g = u*R + r
@@ -276,7 +276,7 @@ void Layout::count_costs() {
   auto range = [](const std::vector<int64_t>& prefix, size_t base, int64_t lo, int64_t hi) {
     return prefix[base + static_cast<size_t>(hi)] - prefix[base + static_cast<size_t>(lo)];
   };
-  const bool gathers_lengths = (spec_.strategy == Strategy::uaa || spec_.strategy == Strategy::hybrid_uaa) && U > 1;
+  const bool gathers = gathers_lengths(spec_.choice.strategy) && U > 1;
   const int64_t length_bytes = 8 * static_cast<int64_t>(s.seq_lens.size());
 
   ring_max_kv_heads_intra_.assign(static_cast<size_t>(R), 0);
@@ -306,15 +306,15 @@ void Layout::count_costs() {
       rl.o_bytes.send_inter = (all_tok - intra_tok) * hq * Dv * B * eb;
       rl.o_bytes.recv_intra = own_tokens * intra_o_width * B * eb;
       rl.o_bytes.recv_inter = own_tokens * (o_width[U] - self_o - intra_o_width) * B * eb;
-      if (gathers_lengths) {
+      if (gathers) {
         const int64_t intra_peers = hi - lo - 1, inter_peers = U - (hi - lo);
         rl.gather_bytes = {intra_peers * length_bytes, inter_peers * length_bytes, intra_peers * length_bytes,
                            inter_peers * length_bytes};
       }
     }
 
-    const int64_t kv_width = hkv * (D + Dv) * B * eb;  // bytes per token of a K,V shard
-    if (rotates_kv(spec_.strategy) && R > 1) {
+    const int64_t kv_width = kv_block_bytes(1, hkv);  // bytes per token of a K,V shard
+    if (rotates_kv(spec_.choice.strategy) && R > 1) {
       const bool next_intra = node_of(ring_next(rl.rank)) == rl.node;
       const bool prev_intra = node_of(ring_prev(rl.rank)) == rl.node;
       const int64_t sent = (all_shards - shard_padded_[(r + 1) % R]) * kv_width;
@@ -324,7 +324,7 @@ void Layout::count_costs() {
       auto& best = next_intra ? ring_max_kv_heads_intra_ : ring_max_kv_heads_inter_;
       best[r] = std::max(best[r], hkv);
     }
-    if (spec_.strategy == Strategy::allgather_kv && R > 1) {
+    if (spec_.choice.strategy == Strategy::allgather_kv && R > 1) {
       auto [lo, hi] = ring_peers_on_node(rl.rank);
       const int64_t own = shard_padded_[r];
       const int64_t intra_tok = range(shard_prefix, 0, lo, hi) - own;
@@ -340,17 +340,16 @@ void Layout::count_costs() {
       padded_pairs += mask_pairs(s.mask, run.begin, run.begin + run.padded, 0, padded_len_[run.seq]);
       real_pairs += mask_pairs(s.mask, run.begin, run.begin + run.count, 0, s.seq_lens[run.seq]);
     }
-    const int64_t flops_per_pair = 2 * (D + Dv) * hq * B;
-    rl.flops = padded_pairs * flops_per_pair;
-    rl.useful_flops = real_pairs * flops_per_pair;
+    rl.flops = attention_flops(padded_pairs, hq);
+    rl.useful_flops = attention_flops(real_pairs, hq);
 
     // Buffers held at once: input Q,K,V,O; post-all-to-all Q,K,V,O; K,V in flight; fp32 O + LSE.
     const int64_t shard = shard_padded_[r];
     int64_t elems = own_tokens * B * qkv_width_total;
     if (U > 1) elems += shard * B * (hq * (D + Dv) + hkv * (D + Dv));
     int64_t kv_extra_tokens = 0;
-    if (rotates_kv(spec_.strategy) && R > 1) kv_extra_tokens = max_shard;
-    if (spec_.strategy == Strategy::allgather_kv) kv_extra_tokens = all_shards - shard;
+    if (rotates_kv(spec_.choice.strategy) && R > 1) kv_extra_tokens = max_shard;
+    if (spec_.choice.strategy == Strategy::allgather_kv) kv_extra_tokens = all_shards - shard;
     rl.peak_bytes = elems * eb + kv_extra_tokens * kv_width + shard * B * hq * (Dv + 1) * 4;
   }
 }
@@ -418,18 +417,15 @@ int64_t Layout::pairs(std::span<const TokenRun> queries, std::span<const TokenRu
 }
 
 RingStepMax Layout::ring_step_max(int64_t step) const {
-  const AttentionShape& s = spec_.shape;
   const int64_t R = ring();
-  const int64_t token_bytes = (s.head_dim + s.v_head_dim) * s.batch * elem_bytes();
   RingStepMax out;
   for (int64_t r = 0; r < R; ++r) {
     const int64_t src = ring_kv_source(r, step);
     const int64_t block_pairs = run_pairs(shard_runs(r), shard_runs(src), true);
-    out.flops = std::max(out.flops, block_pairs * 2 * (s.head_dim + s.v_head_dim) * max_q_heads_ * s.batch);
-    if (step + 1 < R && rotates_kv(spec_.strategy)) {
-      const int64_t block = shard_padded_[src] * token_bytes;
-      out.send_bytes_intra = std::max(out.send_bytes_intra, block * ring_max_kv_heads_intra_[r]);
-      out.send_bytes_inter = std::max(out.send_bytes_inter, block * ring_max_kv_heads_inter_[r]);
+    out.flops = std::max(out.flops, attention_flops(block_pairs, max_q_heads_));
+    if (step + 1 < R && rotates_kv(spec_.choice.strategy)) {
+      out.send_bytes_intra = std::max(out.send_bytes_intra, kv_block_bytes(shard_padded_[src], ring_max_kv_heads_intra_[r]));
+      out.send_bytes_inter = std::max(out.send_bytes_inter, kv_block_bytes(shard_padded_[src], ring_max_kv_heads_inter_[r]));
     }
   }
   return out;

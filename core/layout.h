@@ -83,19 +83,20 @@ class Layout {
   // Throws Error naming the bad value and the fix when the spec cannot be laid out.
   static Layout build(const LayoutSpec& spec);
 
-  const LayoutSpec& spec() const { return spec_; }  // mesh resolved (U, R filled in)
+  const LayoutSpec& spec() const { return spec_; }  // choice resolved (U, R filled in)
   const AttentionShape& shape() const { return spec_.shape; }
-  const Mesh& mesh() const { return spec_.mesh; }
-  Strategy strategy() const { return spec_.strategy; }
-  int64_t world() const { return spec_.mesh.world; }
-  int64_t ulysses() const { return spec_.mesh.ulysses; }
-  int64_t ring() const { return spec_.mesh.ring; }
+  const Cluster& cluster() const { return spec_.cluster; }
+  const LayoutChoice& choice() const { return spec_.choice; }
+  Strategy strategy() const { return spec_.choice.strategy; }
+  int64_t world() const { return spec_.cluster.world; }
+  int64_t ulysses() const { return spec_.choice.ulysses; }
+  int64_t ring() const { return spec_.choice.ring; }
   bool zigzag() const { return zigzag_; }
-  int64_t nodes() const;
+  int64_t nodes() const { return spec_.cluster.nodes(); }
 
   // Mesh coordinates. Ulysses groups: same r; ring groups: same u.
   int64_t global_rank(int64_t u, int64_t r) const;
-  int64_t node_of(int64_t rank) const { return rank / spec_.mesh.ranks_per_node; }
+  int64_t node_of(int64_t rank) const { return spec_.cluster.node_of(rank); }
   std::span<const RankLayout> ranks() const { return ranks_; }
   const RankLayout& rank(int64_t p) const { return ranks_[static_cast<size_t>(p)]; }
   const RankLayout& at(int64_t u, int64_t r) const { return rank(global_rank(u, r)); }
@@ -120,8 +121,21 @@ class Layout {
   int64_t ring_prev(int64_t rank) const;
   RingStepMax ring_step_max(int64_t step) const;  // O(R * sequences)
 
-  // Attention pairs (query, key) between two token sets under the mask, per head and sample.
+  // Attention pairs (query, key) between two token sets under the mask, per head and sample:
+  // pairs() over real tokens; run_pairs(..., padded = true) over stored rows, padding included,
+  // as the kernels compute them.
   int64_t pairs(std::span<const TokenRun> queries, std::span<const TokenRun> keys) const;
+  int64_t run_pairs(std::span<const TokenRun> queries, std::span<const TokenRun> keys, bool padded) const;
+
+  // The formulas every reader of a Layout (sim, executor) uses, said once. FLOPs of `pairs`
+  // visible (query, key) pairs on `q_heads` heads: 2 (D + Dv) per pair and head, batch included.
+  int64_t attention_flops(int64_t pairs, int64_t q_heads) const {
+    return pairs * 2 * (spec_.shape.head_dim + spec_.shape.v_head_dim) * q_heads * spec_.shape.batch;
+  }
+  // Bytes of a K,V block of `tokens` stored tokens and `kv_heads` heads, batch included.
+  int64_t kv_block_bytes(int64_t tokens, int64_t kv_heads) const {
+    return tokens * kv_heads * (spec_.shape.head_dim + spec_.shape.v_head_dim) * spec_.shape.batch * elem_bytes();
+  }
 
   // Per sample, over all sequences: padding tokens added (classic only) and heads padded
   // (always 0: cptune never pads heads; classic strategies refuse indivisible heads instead).
@@ -135,7 +149,6 @@ class Layout {
   void place_heads();
   void place_tokens();
   void count_costs();
-  int64_t run_pairs(std::span<const TokenRun> queries, std::span<const TokenRun> keys, bool padded) const;
   std::pair<int64_t, int64_t> ulysses_peers_on_node(int64_t rank) const;  // [lo, hi) of u
   std::pair<int64_t, int64_t> ring_peers_on_node(int64_t rank) const;     // [lo, hi) of r
 

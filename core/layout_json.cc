@@ -1,5 +1,7 @@
 #include "core/layout_json.h"
 
+#include "core/error.h"
+
 namespace cptune {
 namespace {
 
@@ -68,20 +70,43 @@ nlohmann::json to_json(const Layout& layout) {
   }
   nlohmann::json shards = nlohmann::json::array();
   for (int64_t r = 0; r < R; ++r) shards.push_back(runs_json(layout.shard_runs(r)));
-  const Mesh& m = layout.mesh();
-  return {{"strategy", to_string(layout.strategy())},
-          {"head_policy", to_string(layout.spec().head_policy)},
-          {"order", to_string(m.order)},
-          {"world", m.world},
-          {"ulysses", m.ulysses},
-          {"ring", m.ring},
-          {"ranks_per_node", m.ranks_per_node},
-          {"nodes", layout.nodes()},
-          {"zigzag", layout.zigzag()},
-          {"shape", to_json(layout.shape())},
-          {"padding", {{"tokens", layout.padding_tokens()}, {"heads", layout.padding_heads()}}},
-          {"ring_shards", shards},
-          {"ranks", ranks}};
+  nlohmann::json doc = to_json(layout.choice());
+  doc.update(to_json(layout.cluster()));
+  doc.update({{"zigzag", layout.zigzag()},
+              {"shape", to_json(layout.shape())},
+              {"padding", {{"tokens", layout.padding_tokens()}, {"heads", layout.padding_heads()}}},
+              {"ring_shards", shards},
+              {"ranks", ranks}});
+  return doc;
+}
+
+nlohmann::json to_json(const LayoutChoice& c) {
+  return {{"strategy", to_string(c.strategy)},
+          {"ulysses", c.ulysses},
+          {"ring", c.ring},
+          {"order", to_string(c.order)},
+          {"head_policy", to_string(c.head_policy)}};
+}
+
+nlohmann::json to_json(const Cluster& c) {
+  return {{"world", c.world}, {"ranks_per_node", c.ranks_per_node}, {"nodes", c.nodes()}};
+}
+
+nlohmann::json to_json(const std::map<Phase, double>& seconds) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [phase, s] : seconds) out[std::string(to_string(phase))] = s;
+  return out;
+}
+
+LayoutChoice layout_choice_from_json(const nlohmann::json& j) {
+  try {
+    return LayoutChoice{parse_strategy(j.at("strategy").get<std::string>()), j.at("ulysses").get<int64_t>(),
+                        j.at("ring").get<int64_t>(), parse_rank_order(j.at("order").get<std::string>()),
+                        parse_head_policy(j.at("head_policy").get<std::string>())};
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("bad layout choice in JSON: ") + e.what() +
+                "; expected strategy, ulysses, ring, order and head_policy");
+  }
 }
 
 }  // namespace cptune

@@ -1,5 +1,6 @@
 #include "core/types.h"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <utility>
@@ -25,6 +26,16 @@ constexpr NameTable<Strategy, 7> kStrategies{{{Strategy::ulysses, "ulysses"},
                                               {Strategy::hybrid_uaa, "hybrid-uaa"}}};
 constexpr NameTable<HeadPolicy, 2> kPolicies{{{HeadPolicy::balanced, "balanced"}, {HeadPolicy::kv_aligned, "kv-aligned"}}};
 constexpr NameTable<RankOrder, 2> kOrders{{{RankOrder::ulysses_inner, "ulysses-inner"}, {RankOrder::ring_inner, "ring-inner"}}};
+constexpr NameTable<Phase, kPhaseCount> kPhases{{{Phase::gather, "gather"},
+                                                 {Phase::qkv, "qkv"},
+                                                 {Phase::allgather, "allgather"},
+                                                 {Phase::attention, "attention"},
+                                                 {Phase::o, "o"},
+                                                 {Phase::grad_o, "grad-o"},
+                                                 {Phase::attention_bwd, "attention-bwd"},
+                                                 {Phase::grad_qkv, "grad-qkv"},
+                                                 {Phase::reduce_scatter, "reduce-scatter"}}};
+constexpr NameTable<MetadataChannel, 2> kChannels{{{MetadataChannel::cpu, "cpu"}, {MetadataChannel::device, "device"}}};
 
 template <typename E, size_t N>
 std::string_view name_of(const NameTable<E, N>& table, E v) {
@@ -56,6 +67,10 @@ MaskKind parse_mask_kind(std::string_view s) { return parse_of(kMasks, s, "mask"
 Strategy parse_strategy(std::string_view s) { return parse_of(kStrategies, s, "strategy"); }
 HeadPolicy parse_head_policy(std::string_view s) { return parse_of(kPolicies, s, "head policy"); }
 RankOrder parse_rank_order(std::string_view s) { return parse_of(kOrders, s, "rank order"); }
+std::string_view to_string(Phase v) { return name_of(kPhases, v); }
+Phase parse_phase(std::string_view s) { return parse_of(kPhases, s, "phase"); }
+std::string_view to_string(MetadataChannel v) { return name_of(kChannels, v); }
+MetadataChannel parse_metadata_channel(std::string_view s) { return parse_of(kChannels, s, "metadata channel"); }
 
 std::string to_string(const Mask& m) {
   if (m.kind == MaskKind::sliding_window) return "sliding:" + std::to_string(m.window);
@@ -79,11 +94,121 @@ Mask parse_mask(std::string_view s) {
   return Mask{parse_mask_kind(s), 0};
 }
 
-int64_t AttentionShape::total_tokens() const {
+std::string seq_lens_text(std::span<const int64_t> seq_lens) {
+  std::string out;
+  for (int64_t len : seq_lens) {
+    if (!out.empty()) out += ',';
+    out += std::to_string(len);
+  }
+  return out;
+}
+
+std::vector<int64_t> parse_seq_lens(std::string_view text) {
+  std::vector<int64_t> lens;
+  const char* p = text.data();
+  const char* end = p + text.size();
+  while (p < end) {
+    int64_t len = 0;
+    auto [next, ec] = std::from_chars(p, end, len);
+    if (ec != std::errc() || len <= 0 || (next != end && *next != ','))
+      throw Error("bad sequence lengths '" + std::string(text) + "'; expected positive token counts separated by commas");
+    lens.push_back(len);
+    p = next == end ? end : next + 1;
+  }
+  if (lens.empty() || text.back() == ',')
+    throw Error("bad sequence lengths '" + std::string(text) + "'; expected e.g. 77,4097");
+  return lens;
+}
+
+int64_t sum_tokens(std::span<const int64_t> seq_lens) {
   int64_t n = 0;
   for (int64_t l : seq_lens) n += l;
   return n;
 }
+
+std::string to_string(const AttentionShape& k) {
+  using std::to_string;
+  return std::string(cptune::to_string(k.dtype)) + " S=" + seq_lens_text(k.seq_lens) + " B=" + to_string(k.batch) +
+         " Hq=" + to_string(k.q_heads) + " Hkv=" + to_string(k.kv_heads) + " D=" + to_string(k.head_dim) +
+         " Dv=" + to_string(k.v_head_dim) + " " + cptune::to_string(k.mask);
+}
+
+ShapeView view_of(const AttentionShape& s) {
+  return ShapeView{s.batch, s.seq_lens, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, s.dtype, s.mask};
+}
+
+AttentionShape shape_of(const ShapeView& v) {
+  return AttentionShape{v.batch, {v.seq_lens.begin(), v.seq_lens.end()}, v.q_heads, v.kv_heads, v.head_dim,
+                        v.v_head_dim, v.dtype, v.mask};
+}
+
+bool same_shape(const ShapeView& a, const ShapeView& b) {
+  return a.batch == b.batch && a.q_heads == b.q_heads && a.kv_heads == b.kv_heads && a.head_dim == b.head_dim &&
+         a.v_head_dim == b.v_head_dim && a.dtype == b.dtype && a.mask == b.mask &&
+         std::equal(a.seq_lens.begin(), a.seq_lens.end(), b.seq_lens.begin(), b.seq_lens.end());
+}
+
+namespace {
+
+// The finaliser of MurmurHash3: every input bit reaches every output bit, so the low bits a
+// table indexes with are as good as the high ones.
+uint64_t mix(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return h;
+}
+
+uint64_t combine(uint64_t h, int64_t value) { return mix(h ^ (uint64_t(value) + 0x9e3779b97f4a7c15ULL + (h << 6))); }
+
+}  // namespace
+
+uint64_t family_hash(const ShapeView& s) {
+  uint64_t h = 0x6370'7475'6e65ULL;  // "cptune"
+  for (int64_t v : {s.batch, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, int64_t(s.dtype), int64_t(s.mask.kind)})
+    h = combine(h, v);
+  if (s.mask.kind == MaskKind::sliding_window) h = combine(h, s.mask.window);
+  return h;
+}
+
+uint64_t shape_hash(const ShapeView& s) {
+  uint64_t h = combine(family_hash(s), int64_t(s.seq_lens.size()));
+  for (int64_t len : s.seq_lens) h = combine(h, len);
+  return h;
+}
+
+std::string to_string(const LayoutChoice& c) {
+  return std::string(to_string(c.strategy)) + " U=" + std::to_string(c.ulysses) + " R=" + std::to_string(c.ring) +
+         " " + std::string(to_string(c.order)) + " " + std::string(to_string(c.head_policy));
+}
+
+LayoutChoice parse_layout_choice(std::string_view text) {
+  // Five words: strategy, U=<n>, R=<n>, order, head policy.
+  std::vector<std::string_view> words;
+  for (size_t i = 0; i < text.size();) {
+    const size_t j = std::min(text.find(' ', i), text.size());
+    if (j > i) words.push_back(text.substr(i, j - i));
+    i = j + 1;
+  }
+  const auto bad = [&](const std::string& why) {
+    return Error("bad layout choice '" + std::string(text) + "': " + why +
+                 "; write it as 'STRATEGY U=<n> R=<n> ORDER HEAD-POLICY', e.g. 'hybrid-uaa U=4 R=2 ulysses-inner balanced'");
+  };
+  if (words.size() != 5) throw bad(std::to_string(words.size()) + " words, not 5");
+  const auto degree = [&](std::string_view word, std::string_view prefix) {
+    int64_t n = 0;
+    const std::string_view num = word.substr(std::min(prefix.size(), word.size()));
+    auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), n);
+    if (word.substr(0, prefix.size()) != prefix || ec != std::errc() || end != num.data() + num.size() || n < 1)
+      throw bad("'" + std::string(word) + "' is not " + std::string(prefix) + "<positive number>");
+    return n;
+  };
+  return LayoutChoice{parse_strategy(words[0]), degree(words[1], "U="), degree(words[2], "R="),
+                      parse_rank_order(words[3]), parse_head_policy(words[4])};
+}
+
 
 bool uses_ulysses(Strategy s) {
   return s == Strategy::ulysses || s == Strategy::uaa || s == Strategy::hybrid || s == Strategy::hybrid_uaa;
@@ -97,40 +222,45 @@ bool zigzag_chunks(Strategy s, const Mask& m) {
   return (s == Strategy::hybrid || s == Strategy::hybrid_uaa) && m.kind != MaskKind::full;
 }
 
-Mesh resolve_mesh(Strategy s, Mesh mesh) {
-  if (mesh.world < 1) throw Error("world size " + std::to_string(mesh.world) + " must be at least 1");
-  if (mesh.ranks_per_node < 1)
-    throw Error("ranks per node " + std::to_string(mesh.ranks_per_node) + " must be at least 1");
-  const std::string name(to_string(s));
-  switch (s) {
+bool gathers_lengths(Strategy s) { return s == Strategy::uaa || s == Strategy::hybrid_uaa; }
+
+LayoutChoice resolve(LayoutChoice c, const Cluster& cluster) {
+  if (cluster.world < 1) throw Error("world size " + std::to_string(cluster.world) + " must be at least 1");
+  if (cluster.ranks_per_node < 1)
+    throw Error("ranks per node " + std::to_string(cluster.ranks_per_node) + " must be at least 1");
+  const std::string name(to_string(c.strategy));
+  switch (c.strategy) {
     case Strategy::ulysses:
     case Strategy::uaa:
-      if (mesh.ring > 1)
-        throw Error(name + " has no ring degree (got --ring " + std::to_string(mesh.ring) + "); use hybrid" +
-                    (s == Strategy::uaa ? "-uaa" : "") + " for U x R meshes");
-      mesh.ulysses = mesh.world;
-      mesh.ring = 1;
+      if (c.ring > 1)
+        throw Error(name + " has no ring degree (got ring degree " + std::to_string(c.ring) + "); use hybrid" +
+                    (c.strategy == Strategy::uaa ? "-uaa" : "") + " for U x R meshes");
+      c.ulysses = cluster.world;
+      c.ring = 1;
       break;
     case Strategy::ring:
     case Strategy::ring_zigzag:
     case Strategy::allgather_kv:
-      if (mesh.ulysses > 1)
-        throw Error(name + " has no Ulysses degree (got --ulysses " + std::to_string(mesh.ulysses) +
+      if (c.ulysses > 1)
+        throw Error(name + " has no Ulysses degree (got Ulysses degree " + std::to_string(c.ulysses) +
                     "); use hybrid or hybrid-uaa for U x R meshes");
-      mesh.ulysses = 1;
-      mesh.ring = mesh.world;
+      c.ulysses = 1;
+      c.ring = cluster.world;
       break;
     case Strategy::hybrid:
     case Strategy::hybrid_uaa:
-      if (mesh.ulysses < 1 || mesh.ring < 1)
-        throw Error(name + " needs a Ulysses degree and a ring degree of at least 1 (got U=" +
-                    std::to_string(mesh.ulysses) + ", R=" + std::to_string(mesh.ring) + ")");
-      if (mesh.ulysses * mesh.ring != mesh.world)
-        throw Error("Ulysses degree " + std::to_string(mesh.ulysses) + " x ring degree " + std::to_string(mesh.ring) +
-                    " != world " + std::to_string(mesh.world) + "; choose U and R with U x R = world");
+      // One degree given (the other 0): the other is what makes U x R = world.
+      if (c.ulysses == 0 && c.ring > 0 && cluster.world % c.ring == 0) c.ulysses = cluster.world / c.ring;
+      if (c.ring == 0 && c.ulysses > 0 && cluster.world % c.ulysses == 0) c.ring = cluster.world / c.ulysses;
+      if (c.ulysses < 1 || c.ring < 1)
+        throw Error(name + " needs a Ulysses degree and a ring degree of at least 1 (got U=" + std::to_string(c.ulysses) +
+                    ", R=" + std::to_string(c.ring) + ")");
+      if (c.ulysses * c.ring != cluster.world)
+        throw Error("Ulysses degree " + std::to_string(c.ulysses) + " x ring degree " + std::to_string(c.ring) +
+                    " != world " + std::to_string(cluster.world) + "; choose U and R with U x R = world");
       break;
   }
-  return mesh;
+  return c;
 }
 
 }  // namespace cptune

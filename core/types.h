@@ -1,7 +1,9 @@
 #pragma once
 // Vocabulary of DESIGN.md: dtypes, masks, strategies, head policies, rank orders, and the
-// attention shape and mesh a Layout is built from.
+// attention shape, cluster, layout choice and phases every layer (sim, backends, db, tuner,
+// the C ABI, every JSON and CSV) uses unchanged.
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -41,6 +43,10 @@ struct Mask {
   int64_t window = 0;  // tokens; used by sliding_window only
 
   // The definition above, position by position (references and tests; kernels tile it).
+  // The window matters only for sliding windows.
+  bool operator==(const Mask& o) const {
+    return kind == o.kind && (kind != MaskKind::sliding_window || window == o.window);
+  }
   bool sees(int64_t i, int64_t j) const {
     switch (kind) {
       case MaskKind::full:
@@ -56,6 +62,12 @@ struct Mask {
 std::string to_string(const Mask& m);  // "full", "causal", "sliding:4096"
 Mask parse_mask(std::string_view s);   // accepts the same, and "sliding-window:W"
 
+// Sequence lists as every layer spells them: "77,4097". parse throws Error naming the text
+// (empty, not a number, a length below 1); sum_tokens adds them up.
+std::string seq_lens_text(std::span<const int64_t> seq_lens);
+std::vector<int64_t> parse_seq_lens(std::string_view text);
+int64_t sum_tokens(std::span<const int64_t> seq_lens);
+
 // One attention call. seq_lens has one entry for a plain batch; several for a packed (varlen)
 // batch of independent sequences, each split over the ranks on its own (cu_seqlens semantics:
 // no token attends across sequences). Positions for masks are per sequence.
@@ -69,25 +81,69 @@ struct AttentionShape {
   DType dtype = DType::bf16;
   Mask mask;
 
-  int64_t total_tokens() const;  // sum of seq_lens (per sample)
-  int64_t group_size() const { return q_heads / kv_heads; }  // Q heads per KV head
+  int64_t total_tokens() const { return sum_tokens(seq_lens); }  // per sample
+  int64_t group_size() const { return q_heads / kv_heads; }     // Q heads per KV head
+  bool operator==(const AttentionShape&) const = default;
 };
 
-// The context-parallel group: world = ulysses x ring ranks; ranks_per_node (G) tells which
-// links cross the network. A rank's node is rank / ranks_per_node.
-struct Mesh {
+// "bf16 S=77,4097 B=1 Hq=32 Hkv=8 D=128 Dv=128 causal" for tables, messages and logs.
+std::string to_string(const AttentionShape& shape);
+
+// A shape that borrows its sequence lengths: what a lookup query passes without allocating.
+struct ShapeView {
+  int64_t batch = 1;
+  std::span<const int64_t> seq_lens;
+  int64_t q_heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t v_head_dim = 0;
+  DType dtype = DType::bf16;
+  Mask mask;
+
+  int64_t total_tokens() const { return sum_tokens(seq_lens); }
+};
+ShapeView view_of(const AttentionShape& shape);
+AttentionShape shape_of(const ShapeView& view);
+bool same_shape(const ShapeView& a, const ShapeView& b);
+// 64-bit keys computed from the fields without allocating: equal shapes have equal keys (the
+// lookup still compares fields, so a collision costs a probe, never a wrong answer).
+uint64_t family_hash(const ShapeView& shape);  // every field but the sequence lengths
+uint64_t shape_hash(const ShapeView& shape);   // the family's key extended by the sequence lengths
+struct AttentionShapeHash {
+  size_t operator()(const AttentionShape& s) const { return shape_hash(view_of(s)); }
+};
+// The ranks of the context-parallel group and how they sit on nodes: rank p is on node
+// p / ranks_per_node (G). Nodes are derived, never stored.
+struct Cluster {
   int64_t world = 1;
+  int64_t ranks_per_node = 1;
+
+  int64_t nodes() const { return (world + ranks_per_node - 1) / ranks_per_node; }
+  int64_t node_of(int64_t rank) const { return rank / ranks_per_node; }
+  bool operator==(const Cluster&) const = default;
+};
+
+// One point of the search space: a strategy on a U x R mesh (world = ulysses x ring) with a
+// rank order and a head policy. The five fields every layer names a layout by.
+struct LayoutChoice {
+  Strategy strategy = Strategy::uaa;
   int64_t ulysses = 1;
   int64_t ring = 1;
   RankOrder order = RankOrder::ulysses_inner;
-  int64_t ranks_per_node = 1;
-};
+  HeadPolicy head_policy = HeadPolicy::balanced;
 
+  bool operator==(const LayoutChoice&) const = default;
+};
+// "hybrid-uaa U=4 R=4 ring-inner kv-aligned": tables, messages and logs. parse reads the same
+// text back and throws Error naming the part it cannot read.
+std::string to_string(const LayoutChoice& c);
+LayoutChoice parse_layout_choice(std::string_view text);
+
+// What Layout::build lays out.
 struct LayoutSpec {
   AttentionShape shape;
-  Mesh mesh;
-  Strategy strategy = Strategy::uaa;
-  HeadPolicy head_policy = HeadPolicy::balanced;
+  Cluster cluster;
+  LayoutChoice choice;
 };
 
 // Strategy traits shared by layout, sim, executor and tuner.
@@ -96,8 +152,39 @@ bool pads_classic(Strategy s);       // classic Ulysses: equal all-to-all, token
 bool rotates_kv(Strategy s);         // ring rotation of K,V blocks
 bool zigzag_chunks(Strategy s, const Mask& m);  // 2R chunks per sequence (causal load balance)
 
-// Canonical U x R for strategies that fix it (ulysses/uaa: U=P; ring/zigzag/allgather: R=P);
-// hybrids keep the mesh's. Throws Error when the mesh contradicts the strategy.
-Mesh resolve_mesh(Strategy s, Mesh mesh);
+bool gathers_lengths(Strategy s);    // UAA: per-rank sequence lengths travel before the all-to-all-v
+
+// The canonical choice on a cluster: strategies that fix U x R get it (ulysses, uaa: U = P;
+// ring, ring-zigzag, allgather-kv: R = P); hybrids keep theirs, a degree left 0 becomes
+// world / the other. Throws Error, in values, when the degrees contradict the strategy or
+// U x R != world.
+LayoutChoice resolve(LayoutChoice choice, const Cluster& cluster);
+
+// The phases of one attention call, forward then backward: the names the simulator predicts,
+// the executor measures, the store keeps and every JSON/CSV prints.
+enum class Phase {
+  gather,          // UAA: all-gather of per-rank sequence lengths
+  qkv,             // Ulysses all-to-all(-v) of Q, K, V
+  allgather,       // allgather-kv: all-gather of K, V
+  attention,       // attention; with a ring, the R steps of compute overlapped with K,V rotation
+  o,               // Ulysses all-to-all of O back to the token owners
+  grad_o,          // backward: all-to-all of dO to the head owners
+  attention_bwd,   // backward attention; a ring rotates K,V and dK,dV
+  grad_qkv,        // backward: all-to-all of dQ, dK, dV back to the token owners
+  reduce_scatter,  // allgather-kv backward: reduce-scatter of dK, dV
+};
+inline constexpr int kPhaseCount = 9;
+inline constexpr Phase kAllPhases[kPhaseCount] = {Phase::gather,        Phase::qkv,      Phase::allgather,
+                                                  Phase::attention,     Phase::o,        Phase::grad_o,
+                                                  Phase::attention_bwd, Phase::grad_qkv, Phase::reduce_scatter};
+inline constexpr bool is_backward(Phase p) { return static_cast<int>(p) >= static_cast<int>(Phase::grad_o); }
+std::string_view to_string(Phase p);  // "gather", "qkv", "allgather", "attention", "o", "grad-o", ...
+Phase parse_phase(std::string_view s);
+
+// Where UAA's per-rank sequence lengths travel before its all-to-all-v: a host channel (Gloo,
+// also beside NCCL; no device-to-host sync), or the device followed by a copy back and a sync.
+enum class MetadataChannel { cpu, device };
+std::string_view to_string(MetadataChannel m);  // "cpu", "device"
+MetadataChannel parse_metadata_channel(std::string_view s);
 
 }  // namespace cptune

@@ -20,7 +20,7 @@ struct cptune_lookup {
 namespace {
 
 using cptune::db::Answer;
-using cptune::db::ShapeView;
+using cptune::ShapeView;
 
 thread_local std::string last_error;
 
@@ -71,8 +71,13 @@ cptune::db::Fingerprint to_fingerprint(const cptune_fingerprint& fp) {
   if (!fp.backend || !fp.device_model) throw cptune::Error("fingerprint backend and device_model must not be NULL");
   if (fp.world < 1 || fp.ranks_per_node < 1 || fp.nodes < 1)
     throw cptune::Error("fingerprint world, ranks_per_node and nodes must be at least 1");
-  return cptune::db::Fingerprint{fp.backend, fp.device_model, fp.world, fp.ranks_per_node,
-                                 fp.nodes,   or_empty(fp.library_versions), or_empty(fp.cptune_version)};
+  const cptune::Cluster cluster{fp.world, fp.ranks_per_node};
+  if (fp.nodes != cluster.nodes())
+    throw cptune::Error("fingerprint nodes " + std::to_string(fp.nodes) + " do not match world " +
+                        std::to_string(fp.world) + " over " + std::to_string(fp.ranks_per_node) +
+                        " ranks per node (" + std::to_string(cluster.nodes()) + " nodes)");
+  return cptune::db::Fingerprint{fp.backend, fp.device_model, cluster, or_empty(fp.library_versions),
+                                 or_empty(fp.cptune_version)};
 }
 
 // No allocation for a valid shape: the exact-hit path stays allocation-free through the ABI.
@@ -101,11 +106,11 @@ void copy_name(char (&dst)[CPTUNE_LOOKUP_NAME_SIZE], std::string_view name) {
 }
 
 void fill_choice(const Answer& a, cptune_choice& out) {
-  copy_name(out.strategy, cptune::to_string(a.strategy));
-  out.ulysses = a.ulysses;
-  out.ring = a.ring;
-  copy_name(out.rank_order, cptune::to_string(a.order));
-  copy_name(out.head_policy, cptune::to_string(a.head_policy));
+  copy_name(out.strategy, cptune::to_string(a.choice.strategy));
+  out.ulysses = a.choice.ulysses;
+  out.ring = a.choice.ring;
+  copy_name(out.rank_order, cptune::to_string(a.choice.order));
+  copy_name(out.head_policy, cptune::to_string(a.choice.head_policy));
   out.time_s = a.time_s;
   out.source = int32_t(a.source);
   out.measured_tokens = a.measured_tokens;
@@ -140,7 +145,7 @@ int cptune_lookup_open_with_simulator(const char* db_path, const cptune_fingerpr
         fingerprint = to_fingerprint(*fp);
         if (hardware && *hardware)
           fallback = cptune::db::simulator_fallback(cptune::sim::load_hardware(hardware),
-                                                    {fingerprint.world, fingerprint.ranks_per_node});
+                                                    fingerprint.cluster);
         return CPTUNE_LOOKUP_OK;
       }))
     return status;

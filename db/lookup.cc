@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "db/shape_hash.h"
 #include "db/store.h"
 
 namespace cptune::db {
@@ -35,9 +34,7 @@ Lookup::Lookup(std::vector<BestRow> rows, Fallback fallback)
     const ShapeView shape = view_of(row.shape);
     const uint64_t hash = shape_hash(shape);
     if (exact(shape, hash)) continue;  // one answer per shape; the first row wins
-    const CandidateKey& c = row.candidate;
-    const Answer answer{c.strategy, c.ulysses,    c.ring, c.order, c.head_policy,
-                        row.median_s, Source::exact, total_tokens(shape)};
+    const Answer answer{row.candidate, row.median_s, Source::exact, shape.total_tokens()};
     const auto index = uint32_t(entries_.size());
     entries_.push_back(Entry{std::move(row.shape), answer});
     by_shape_.insert(hash, index);
@@ -67,7 +64,7 @@ std::optional<Answer> Lookup::exact(const ShapeView& shape, uint64_t hash) const
 }
 
 std::optional<Answer> Lookup::nearest(const ShapeView& shape) const {
-  const int64_t tokens = total_tokens(shape);
+  const int64_t tokens = shape.total_tokens();
   if (tokens <= 0) return std::nullopt;
   const ShapeFamily family = family_of(shape);
   const std::optional<uint32_t> index =
@@ -90,7 +87,7 @@ std::optional<Answer> Lookup::query(const ShapeView& shape) const {
   if (std::optional<Answer> hit = exact(shape, shape_hash(shape))) return hit;
   if (std::optional<Answer> near = nearest(shape)) return near;
   if (!fallback_) return std::nullopt;
-  std::optional<Answer> simulated = fallback_(key_of(shape));
+  std::optional<Answer> simulated = fallback_(shape_of(shape));
   if (simulated) {
     simulated->source = Source::simulated;
     simulated->measured_tokens = 0;

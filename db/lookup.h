@@ -19,11 +19,7 @@ enum class Source { exact, nearest, simulated };
 std::string_view to_string(Source s);  // "exact", "nearest", "simulated"
 
 struct Answer {
-  Strategy strategy = Strategy::uaa;
-  int64_t ulysses = 1;
-  int64_t ring = 1;
-  RankOrder order = RankOrder::ulysses_inner;
-  HeadPolicy head_policy = HeadPolicy::balanced;
+  LayoutChoice choice;
   double time_s = 0;           // measured median (exact, nearest: of the shape measured) or predicted
   Source source = Source::exact;
   int64_t measured_tokens = 0;  // total tokens of the shape the answer was measured on; 0 if simulated
@@ -31,7 +27,7 @@ struct Answer {
 
 // The simulator's pick for a shape the store has no family for; nullopt if it has none either.
 // Called only on that path, so it may allocate and take its time.
-using Fallback = std::function<std::optional<Answer>(const ShapeKey&)>;
+using Fallback = std::function<std::optional<Answer>(const AttentionShape&)>;
 
 class Lookup {
  public:
@@ -44,14 +40,14 @@ class Lookup {
   explicit Lookup(std::vector<BestRow> rows, Fallback fallback = {});
 
   std::optional<Answer> query(const ShapeView& shape) const;
-  std::optional<Answer> query(const ShapeKey& shape) const { return query(view_of(shape)); }
+  std::optional<Answer> query(const AttentionShape& shape) const { return query(view_of(shape)); }
 
   size_t shapes() const { return entries_.size(); }
   std::optional<int64_t> fingerprint_id() const { return fingerprint_id_; }
 
  private:
   struct Entry {
-    ShapeKey shape;
+    AttentionShape shape;
     Answer answer;
   };
   // Shapes of one family, by log of total tokens ascending, for the nearest answer.

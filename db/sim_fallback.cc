@@ -4,18 +4,17 @@
 
 namespace cptune::db {
 
-Fallback simulator_fallback(sim::Hardware hardware, sim::Cluster cluster, sim::PredictOptions options) {
-  return [hardware = std::move(hardware), cluster, options](const ShapeKey& key) -> std::optional<Answer> {
+Fallback simulator_fallback(sim::Hardware hardware, Cluster cluster, sim::PredictOptions options) {
+  return [hardware = std::move(hardware), cluster, options](const AttentionShape& key) -> std::optional<Answer> {
     sim::Ranking ranking;
     try {
-      ranking = sim::rank_candidates(attention_shape(key), cluster, hardware, options);
+      ranking = sim::rank_candidates(key, cluster, hardware, options);
     } catch (const Error&) {
       return std::nullopt;  // a shape no layout accepts on this cluster has no answer
     }
     const sim::RankedCandidate* best = ranking.best();
     if (!best || !best->prediction.fits) return std::nullopt;
-    const sim::Candidate& c = best->candidate;
-    return Answer{c.strategy, c.ulysses, c.ring, c.order, c.head_policy, best->prediction.total_s, Source::simulated, 0};
+    return Answer{best->candidate, best->prediction.total_s, Source::simulated, 0};
   };
 }
 

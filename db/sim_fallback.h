@@ -7,6 +7,6 @@
 
 namespace cptune::db {
 
-Fallback simulator_fallback(sim::Hardware hardware, sim::Cluster cluster, sim::PredictOptions options = {});
+Fallback simulator_fallback(sim::Hardware hardware, Cluster cluster, sim::PredictOptions options = {});
 
 }  // namespace cptune::db

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/layout_json.h"
 #include "db/schema.h"
 #include "db/sqlite.h"
 
@@ -36,22 +37,23 @@ constexpr const char* kInsertMeasurement =
     "coalesce(nullif(?12, ''), strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))";
 
 void bind_fingerprint(Statement& st, const Fingerprint& fp) {
-  st.bind(1, fp.backend).bind(2, fp.device_model).bind(3, fp.world).bind(4, fp.ranks_per_node).bind(5, fp.nodes);
+  st.bind(1, fp.backend).bind(2, fp.device_model).bind(3, fp.cluster.world).bind(4, fp.cluster.ranks_per_node);
+  st.bind(5, fp.cluster.nodes());
   st.bind(6, fp.library_versions).bind(7, fp.cptune_version);
 }
 
-void bind_shape(Statement& st, const ShapeKey& s) {
+void bind_shape(Statement& st, const AttentionShape& s) {
   st.bind(1, s.batch).bind(2, seq_lens_text(s.seq_lens)).bind(3, s.q_heads).bind(4, s.kv_heads);
   st.bind(5, s.head_dim).bind(6, s.v_head_dim).bind(7, to_string(s.dtype)).bind(8, to_string(s.mask));
 }
 
 // The stored row also carries the total, which identifies nothing (it follows from seq_lens).
-void bind_shape_row(Statement& st, const ShapeKey& s) {
+void bind_shape_row(Statement& st, const AttentionShape& s) {
   bind_shape(st, s);
-  st.bind(9, total_tokens(view_of(s)));
+  st.bind(9, s.total_tokens());
 }
 
-void bind_candidate(Statement& st, const CandidateKey& c) {
+void bind_candidate(Statement& st, const LayoutChoice& c) {
   st.bind(1, to_string(c.strategy)).bind(2, c.ulysses).bind(3, c.ring).bind(4, to_string(c.order));
   st.bind(5, to_string(c.head_policy));
 }
@@ -74,20 +76,32 @@ int64_t upsert_id(Statement& insert, Statement& select, const Key& key, BindInse
   return *select_id(select);
 }
 
-std::string phases_json(const std::map<std::string, double>& phases) { return nlohmann::json(phases).dump(); }
+// Phase medians as a JSON object keyed by core::Phase names ("qkv", "attention", ...).
+std::string phases_json(const std::map<Phase, double>& phases) { return to_json(phases).dump(); }
 
-std::map<std::string, double> parse_phases(const std::string& text, int64_t measurement_id) {
+// Rows written before the phase vocabulary was one (cptune 0.1) used the executor's own names.
+Phase phase_of_stored_name(const std::string& name) {
+  static const std::map<std::string, Phase, std::less<>> legacy{
+      {"meta", Phase::gather}, {"qkv_a2a", Phase::qkv}, {"allgather_kv", Phase::allgather}, {"out_a2a", Phase::o}};
+  const auto it = legacy.find(name);
+  return it != legacy.end() ? it->second : parse_phase(name);
+}
+
+std::map<Phase, double> parse_phases(const std::string& text, int64_t measurement_id) {
   try {
-    return nlohmann::json::parse(text).get<std::map<std::string, double>>();
-  } catch (const nlohmann::json::exception&) {
+    std::map<Phase, double> out;
+    for (const auto& [name, seconds] : nlohmann::json::parse(text).get<std::map<std::string, double>>())
+      out[phase_of_stored_name(name)] = seconds;
+    return out;
+  } catch (const std::exception& e) {
     throw Error("measurement " + std::to_string(measurement_id) + " has unreadable phase medians '" + text +
-                "'; the database was edited by hand");
+                "' (" + e.what() + "); the database was edited by hand");
   }
 }
 
 // Columns batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask from col on.
-ShapeKey read_shape(const Statement& st, int col) {
-  ShapeKey s;
+AttentionShape read_shape(const Statement& st, int col) {
+  AttentionShape s;
   s.batch = st.column_int(col);
   s.seq_lens = parse_seq_lens(st.column_text(col + 1));
   s.q_heads = st.column_int(col + 2);
@@ -100,8 +114,8 @@ ShapeKey read_shape(const Statement& st, int col) {
 }
 
 // Columns strategy, ulysses, ring, rank_order, head_policy from col on.
-CandidateKey read_candidate(const Statement& st, int col) {
-  CandidateKey c;
+LayoutChoice read_candidate(const Statement& st, int col) {
+  LayoutChoice c;
   c.strategy = parse_strategy(st.column_text(col));
   c.ulysses = st.column_int(col + 1);
   c.ring = st.column_int(col + 2);
@@ -146,7 +160,7 @@ Store Store::open_read_only(const std::string& path) {
 
 const std::string& Store::path() const { return conn_->path(); }
 
-void Store::record_shape(const Fingerprint& fp, const ShapeKey& shape, const std::vector<MeasurementRow>& rows) {
+void Store::record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows) {
   if (rows.empty()) return;
   if (!writer_) writer_ = std::make_unique<Writer>(*conn_);
   Writer& w = *writer_;
@@ -168,7 +182,7 @@ void Store::record_shape(const Fingerprint& fp, const ShapeKey& shape, const std
   tx.commit();
 }
 
-bool Store::has_shape(const Fingerprint& fp, const ShapeKey& shape) const {
+bool Store::has_shape(const Fingerprint& fp, const AttentionShape& shape) const {
   Statement select_fp(*conn_, kSelectFingerprint);
   bind_fingerprint(select_fp, fp);
   const std::optional<int64_t> fingerprint_id = select_id(select_fp);
@@ -192,8 +206,9 @@ std::vector<FingerprintSummary> Store::fingerprints() const {
   while (st.step()) {
     FingerprintSummary s;
     s.id = st.column_int(0);
-    s.fingerprint = Fingerprint{st.column_text(1), st.column_text(2), st.column_int(3), st.column_int(4),
-                                st.column_int(5),  st.column_text(6), st.column_text(7)};
+    // nodes (column 5) is derived from world and ranks per node; the table keeps it for readers.
+    s.fingerprint = Fingerprint{st.column_text(1), st.column_text(2), Cluster{st.column_int(3), st.column_int(4)},
+                                st.column_text(6), st.column_text(7)};
     s.shapes = st.column_int(8);
     s.measurements = st.column_int(9);
     s.last_measured_at = st.column_text(10);

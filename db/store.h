@@ -26,7 +26,7 @@ struct FingerprintSummary {
 struct StoredMeasurement {
   int64_t id = 0;
   int64_t fingerprint_id = 0;
-  ShapeKey shape;
+  AttentionShape shape;
   MeasurementRow row;
 };
 
@@ -45,8 +45,8 @@ class Store {
 
   // Stores all candidates measured for one shape in ONE write transaction (BEGIN IMMEDIATE).
   // An empty list records nothing, so has_shape stays false and a rerun measures the shape.
-  void record_shape(const Fingerprint& fp, const ShapeKey& shape, const std::vector<MeasurementRow>& rows);
-  bool has_shape(const Fingerprint& fp, const ShapeKey& shape) const;
+  void record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows);
+  bool has_shape(const Fingerprint& fp, const AttentionShape& shape) const;
 
   std::vector<FingerprintSummary> fingerprints() const;
   // The fingerprint the lookup uses for fp: the hardware fields (backend, device model, world,

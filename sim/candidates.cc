@@ -2,8 +2,6 @@
 
 #include <algorithm>
 
-#include <fmt/format.h>
-
 #include "core/error.h"
 
 namespace cptune::sim {
@@ -23,10 +21,10 @@ bool same_heads(const Layout& a, const Layout& b) {
   return true;
 }
 
-std::optional<Layout> try_build(const Candidate& c, const AttentionShape& shape, const Cluster& cluster,
+std::optional<Layout> try_build(const LayoutChoice& c, const AttentionShape& shape, const Cluster& cluster,
                                 std::vector<Refusal>* refused) {
   try {
-    return Layout::build(c.to_spec(shape, cluster));
+    return Layout::build({shape, cluster, c});
   } catch (const Error& e) {
     if (refused) refused->push_back({c, e.what()});
     return std::nullopt;
@@ -34,8 +32,8 @@ std::optional<Layout> try_build(const Candidate& c, const AttentionShape& shape,
 }
 
 // One mesh (strategy, U, R, order): balanced, and kv-aligned where it places heads differently.
-void visit_policies(Candidate c, const AttentionShape& shape, const Cluster& cluster,
-                    const std::function<void(const Candidate&, const Layout&)>& feasible, std::vector<Refusal>* refused) {
+void visit_policies(LayoutChoice c, const AttentionShape& shape, const Cluster& cluster,
+                    const std::function<void(const LayoutChoice&, const Layout&)>& feasible, std::vector<Refusal>* refused) {
   c.head_policy = HeadPolicy::balanced;
   std::optional<Layout> balanced = try_build(c, shape, cluster, refused);
   if (balanced) feasible(c, *balanced);
@@ -47,44 +45,31 @@ void visit_policies(Candidate c, const AttentionShape& shape, const Cluster& clu
 
 }  // namespace
 
-LayoutSpec Candidate::to_spec(const AttentionShape& shape, const Cluster& cluster) const {
-  return LayoutSpec{shape, Mesh{cluster.world, ulysses, ring, order, cluster.ranks_per_node}, strategy, head_policy};
-}
-
-Candidate Candidate::from_spec(const LayoutSpec& spec) {
-  const Mesh mesh = resolve_mesh(spec.strategy, spec.mesh);
-  return Candidate{spec.strategy, mesh.ulysses, mesh.ring, mesh.order, spec.head_policy};
-}
-
-std::string Candidate::label() const {
-  return fmt::format("{} U={} R={} {} {}", to_string(strategy), ulysses, ring, to_string(order), to_string(head_policy));
-}
-
 void for_each_candidate(const AttentionShape& shape, const Cluster& cluster,
-                        const std::function<void(const Candidate&, const Layout&)>& feasible,
+                        const std::function<void(const LayoutChoice&, const Layout&)>& feasible,
                         std::vector<Refusal>* refused) {
   const int64_t P = cluster.world;
   const bool orders_differ = cluster.nodes() > 1 && cluster.ranks_per_node > 1;
   for (Strategy s : kAllStrategies) {
     if (!is_hybrid(s)) {
       const bool ulysses_only = uses_ulysses(s);
-      visit_policies(Candidate{s, ulysses_only ? P : 1, ulysses_only ? 1 : P}, shape, cluster, feasible, refused);
+      visit_policies(LayoutChoice{s, ulysses_only ? P : 1, ulysses_only ? 1 : P}, shape, cluster, feasible, refused);
       continue;
     }
     for (int64_t U = 2; U < P; ++U) {
       if (P % U != 0) continue;
       for (RankOrder order : {RankOrder::ulysses_inner, RankOrder::ring_inner}) {
         if (order == RankOrder::ring_inner && !orders_differ) continue;
-        visit_policies(Candidate{s, U, P / U, order}, shape, cluster, feasible, refused);
+        visit_policies(LayoutChoice{s, U, P / U, order}, shape, cluster, feasible, refused);
       }
     }
   }
 }
 
-std::vector<Candidate> enumerate_candidates(const AttentionShape& shape, const Cluster& cluster,
+std::vector<LayoutChoice> enumerate_candidates(const AttentionShape& shape, const Cluster& cluster,
                                             std::vector<Refusal>* refused) {
-  std::vector<Candidate> out;
-  for_each_candidate(shape, cluster, [&](const Candidate& c, const Layout&) { out.push_back(c); }, refused);
+  std::vector<LayoutChoice> out;
+  for_each_candidate(shape, cluster, [&](const LayoutChoice& c, const Layout&) { out.push_back(c); }, refused);
   return out;
 }
 
@@ -93,7 +78,7 @@ Ranking rank_candidates(const AttentionShape& shape, const Cluster& cluster, con
   Ranking ranking;
   for_each_candidate(
       shape, cluster,
-      [&](const Candidate& c, const Layout& layout) {
+      [&](const LayoutChoice& c, const Layout& layout) {
         ranking.candidates.push_back({c, predict(prepare(layout), hw, options), 1.0, std::nullopt});
       },
       &ranking.refused);

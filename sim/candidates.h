@@ -14,32 +14,12 @@
 
 namespace cptune::sim {
 
-// The ranks of the context-parallel group and how they sit on nodes.
-struct Cluster {
-  int64_t world = 1;
-  int64_t ranks_per_node = 1;  // G; rank p is on node p / G
-  int64_t nodes() const { return (world + ranks_per_node - 1) / ranks_per_node; }
-  static Cluster of(const Hardware& hw) { return {hw.world(), hw.ranks_per_node}; }
-};
-
-// One point of the search space: a strategy on a U x R mesh with a rank order and head policy.
-struct Candidate {
-  Strategy strategy = Strategy::uaa;
-  int64_t ulysses = 1;
-  int64_t ring = 1;
-  RankOrder order = RankOrder::ulysses_inner;
-  HeadPolicy head_policy = HeadPolicy::balanced;
-
-  LayoutSpec to_spec(const AttentionShape& shape, const Cluster& cluster) const;
-  // The spec's mesh is resolved first, so U and R are filled in for every strategy.
-  static Candidate from_spec(const LayoutSpec& spec);
-  std::string label() const;  // "hybrid-uaa U=4 R=4 ring-inner kv-aligned"
-  bool operator==(const Candidate&) const = default;
-};
+// The cluster a hardware file describes: its world and ranks per node.
+inline Cluster cluster_of(const Hardware& hw) { return {hw.world(), hw.ranks_per_node}; }
 
 // A candidate Layout::build refuses, with its Error's message (what peers cannot do and why).
 struct Refusal {
-  Candidate candidate;
+  LayoutChoice candidate;
   std::string reason;
 };
 
@@ -49,13 +29,13 @@ struct Refusal {
 // both head policies where they place heads differently (not for MHA, nor when Hkv % U == 0).
 // Calls `feasible` with each candidate that builds and its Layout; the others go to `refused`.
 void for_each_candidate(const AttentionShape& shape, const Cluster& cluster,
-                        const std::function<void(const Candidate&, const Layout&)>& feasible,
+                        const std::function<void(const LayoutChoice&, const Layout&)>& feasible,
                         std::vector<Refusal>* refused = nullptr);
-std::vector<Candidate> enumerate_candidates(const AttentionShape& shape, const Cluster& cluster,
+std::vector<LayoutChoice> enumerate_candidates(const AttentionShape& shape, const Cluster& cluster,
                                             std::vector<Refusal>* refused = nullptr);
 
 struct RankedCandidate {
-  Candidate candidate;
+  LayoutChoice candidate;
   Prediction prediction;
   double speedup_over_worst = 1;               // worst time / this time
   std::optional<double> speedup_over_ulysses;  // classic Ulysses time / this time, if it builds

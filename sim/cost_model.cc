@@ -143,24 +143,11 @@ double node_attention_time_s(const NodeWork& node, DType dtype, const Hardware& 
 }
 
 std::string_view to_string(Pass p) { return p == Pass::forward ? "fwd" : "fwd-bwd"; }
-std::string_view to_string(MetadataChannel m) { return m == MetadataChannel::cpu ? "cpu" : "device"; }
 
 Pass parse_pass(std::string_view s) {
   if (s == "fwd") return Pass::forward;
   if (s == "fwd-bwd") return Pass::forward_backward;
   throw Error("unknown pass '" + std::string(s) + "'; choose fwd or fwd-bwd");
-}
-
-MetadataChannel parse_metadata_channel(std::string_view s) {
-  if (s == "cpu") return MetadataChannel::cpu;
-  if (s == "device") return MetadataChannel::device_sync;
-  throw Error("unknown metadata channel '" + std::string(s) + "'; choose cpu or device");
-}
-
-std::string_view to_string(Phase p) {
-  static constexpr std::string_view kNames[kPhaseCount] = {
-      "gather", "qkv", "allgather", "attention", "o", "grad-o", "attention-bwd", "grad-qkv", "reduce-scatter"};
-  return kNames[static_cast<size_t>(p)];
 }
 
 Prediction predict(const PreparedLayout& p, const Hardware& hw, const PredictOptions& options) {

@@ -14,39 +14,14 @@
 namespace cptune::sim {
 
 enum class Pass { forward, forward_backward };
-// Where UAA's per-rank sequence lengths are gathered: on a CPU channel (Gloo), or on the
-// device followed by a device-to-host copy and sync to size the all-to-all-v.
-enum class MetadataChannel { cpu, device_sync };
-
 struct PredictOptions {
   Pass pass = Pass::forward;
   MetadataChannel metadata = MetadataChannel::cpu;
 };
 
-// CLI and JSON names: "fwd" / "fwd-bwd", "cpu" / "device". parse_* throws Error naming the text.
+// CLI and JSON names: "fwd" / "fwd-bwd". parse throws Error naming the text.
 std::string_view to_string(Pass p);
-std::string_view to_string(MetadataChannel m);
 Pass parse_pass(std::string_view s);
-MetadataChannel parse_metadata_channel(std::string_view s);
-
-// Forward phases, then the backward's (zero in a forward-only prediction).
-enum class Phase {
-  gather,          // UAA: all-gather of per-rank sequence lengths
-  qkv,             // Ulysses all-to-all(-v) of Q, K, V
-  allgather,       // allgather-kv: all-gather of K, V
-  attention,       // attention; with a ring, the R steps of compute overlapped with K,V rotation
-  o,               // Ulysses all-to-all of O back to the token owners
-  grad_o,          // backward: all-to-all of dO to the head owners
-  attention_bwd,   // backward attention (2.5x forward FLOPs); a ring rotates K,V and dK,dV
-  grad_qkv,        // backward: all-to-all of dQ, dK, dV back to the token owners
-  reduce_scatter,  // allgather-kv backward: reduce-scatter of dK, dV
-};
-inline constexpr int kPhaseCount = 9;
-inline constexpr Phase kAllPhases[kPhaseCount] = {Phase::gather, Phase::qkv,           Phase::allgather,
-                                                  Phase::attention, Phase::o,          Phase::grad_o,
-                                                  Phase::attention_bwd, Phase::grad_qkv, Phase::reduce_scatter};
-std::string_view to_string(Phase p);  // "gather", "qkv", ..., "attention-bwd", "grad-qkv"
-inline constexpr bool is_backward(Phase p) { return static_cast<int>(p) >= static_cast<int>(Phase::grad_o); }
 
 // Backward attention does ~2.5x the forward's FLOPs (FlashAttention-2: 5 matmuls against 2,
 // recomputing the scores) at the same throughput.

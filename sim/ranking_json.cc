@@ -4,14 +4,6 @@ namespace cptune::sim {
 
 using nlohmann::json;
 
-json to_json(const Candidate& c) {
-  return {{"strategy", to_string(c.strategy)},
-          {"ulysses", c.ulysses},
-          {"ring", c.ring},
-          {"order", to_string(c.order)},
-          {"head_policy", to_string(c.head_policy)}};
-}
-
 json to_json(const Prediction& p, Pass pass) {
   json phases = json::object();
   for (Phase ph : kAllPhases) {

@@ -3,12 +3,13 @@
 // the tuner and the store reuse the per-candidate objects).
 #include <nlohmann/json.hpp>
 
+#include "core/layout_json.h"
 #include "sim/candidates.h"
 
 namespace cptune::sim {
 
-// {"strategy", "ulysses", "ring", "order", "head_policy"}
-nlohmann::json to_json(const Candidate& c);
+using cptune::to_json;  // LayoutChoice: strategy, ulysses, ring, order, head_policy
+
 // {"time_s", "phases": {name: seconds}, "bytes": {"intra", "inter"}, "peak_bytes", "fits",
 // "padding_waste_s"}; phases of the backward only for a forward + backward pass.
 nlohmann::json to_json(const Prediction& p, Pass pass);

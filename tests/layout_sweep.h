@@ -28,8 +28,7 @@ inline void for_each_spec(const AttentionShape& shape, int64_t P, int64_t ranks_
     for (auto [U, R] : meshes) {
       for (RankOrder order : {RankOrder::ulysses_inner, RankOrder::ring_inner}) {
         for (HeadPolicy policy : {HeadPolicy::balanced, HeadPolicy::kv_aligned}) {
-          Mesh mesh{P, U, R, order, ranks_per_node};
-          fn(LayoutSpec{shape, mesh, s, policy});
+          fn(LayoutSpec{shape, Cluster{P, ranks_per_node}, LayoutChoice{s, U, R, order, policy}});
         }
       }
     }

@@ -525,9 +525,8 @@ TEST(HeadMap, EveryBalancedUlyssesRankReadsOnlyKvHeadsItHolds) {
     spec.shape.q_heads = 12;
     spec.shape.kv_heads = 4;
     spec.shape.head_dim = spec.shape.v_head_dim = 16;
-    spec.mesh.world = world;
-    spec.strategy = Strategy::uaa;
-    spec.head_policy = HeadPolicy::balanced;
+    spec.cluster.world = spec.cluster.ranks_per_node = world;
+    spec.choice = {Strategy::uaa};
     const Layout layout = Layout::build(spec);
     for (const RankLayout& rank : layout.ranks()) {
       const HeadMap map = HeadMap::of_rank(rank, layout.shape());

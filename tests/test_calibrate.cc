@@ -176,16 +176,16 @@ TEST(SharedComputeUnits, MoreUnitsAreNeverSlowerAndNoPhaseBeatsItsSlowestRank) {
   shape.head_dim = 64;
   shape.v_head_dim = 64;
   shape.mask = {MaskKind::causal, 0};
-  const sim::Cluster cluster{4, 4};
+  const Cluster cluster{4, 4};
   sim::Hardware hw = truth();
-  sim::for_each_candidate(shape, cluster, [&](const sim::Candidate& c, const Layout& layout) {
+  sim::for_each_candidate(shape, cluster, [&](const LayoutChoice& c, const Layout& layout) {
     const sim::PreparedLayout p = sim::prepare(layout);
     double previous = INFINITY;
     for (double units : {0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0}) {
       hw.compute_units_per_node = units;
-      const double t = sim::predict(p, hw).phase(sim::Phase::attention);
-      EXPECT_LE(t, previous * (1 + 1e-12)) << c.label() << " units " << units;
-      EXPECT_GE(t * (1 + 1e-12), sim::attention_time_s(p.max_flops, DType::bf16, hw)) << c.label();
+      const double t = sim::predict(p, hw).phase(Phase::attention);
+      EXPECT_LE(t, previous * (1 + 1e-12)) << to_string(c) << " units " << units;
+      EXPECT_GE(t * (1 + 1e-12), sim::attention_time_s(p.max_flops, DType::bf16, hw)) << to_string(c);
       previous = t;
     }
   });

@@ -79,14 +79,14 @@ TEST(Executor, EveryStrategyAndPolicyVerifiesOnOddShapes) {
     testing::for_each_spec(odd.shape, odd.world, 2, [&](const LayoutSpec& spec) {
       // Rank order changes only which links are intra-node, not the result: run ring-inner
       // for the hybrids, where it changes the rank numbering.
-      if (spec.mesh.order == RankOrder::ring_inner && !(spec.mesh.ulysses > 1 && spec.mesh.ring > 1)) return;
+      if (spec.choice.order == RankOrder::ring_inner && !(spec.choice.ulysses > 1 && spec.choice.ring > 1)) return;
       auto layout = testing::try_build(spec);
       if (!layout) return;
       ++runs;
       std::string log;
       EXPECT_EQ(run_verified(*layout, {}, &log), 0)
-          << odd.name << ": " << to_string(spec.strategy) << " " << to_string(spec.head_policy) << " U="
-          << layout->ulysses() << " R=" << layout->ring() << " " << to_string(spec.mesh.order) << "\n" << log;
+          << odd.name << ": " << to_string(spec.choice.strategy) << " " << to_string(spec.choice.head_policy) << " U="
+          << layout->ulysses() << " R=" << layout->ring() << " " << to_string(spec.choice.order) << "\n" << log;
     });
   }
   EXPECT_GT(runs, 60);
@@ -94,15 +94,13 @@ TEST(Executor, EveryStrategyAndPolicyVerifiesOnOddShapes) {
 
 TEST(Executor, HybridUaaThreeByTwoVerifies) {
   for (RankOrder order : {RankOrder::ulysses_inner, RankOrder::ring_inner}) {
-    auto layout = Layout::build({shape_of({1001}, 24, 8, {MaskKind::causal, 0}), Mesh{6, 3, 2, order, 3},
-                                 Strategy::hybrid_uaa, HeadPolicy::balanced});
+    auto layout = Layout::build({shape_of({1001}, 24, 8, {MaskKind::causal, 0}), Cluster{6, 3}, LayoutChoice{Strategy::hybrid_uaa, 3, 2, order, HeadPolicy::balanced}});
     EXPECT_EQ(run_verified(layout, {}), 0) << to_string(order);
   }
 }
 
 TEST(Executor, VerificationCatchesAWrongOutput) {
-  auto layout = Layout::build({shape_of({203}, 24, 24, {MaskKind::full, 0}), Mesh{3, 0, 0, RankOrder::ulysses_inner, 3},
-                               Strategy::uaa, HeadPolicy::balanced});
+  auto layout = Layout::build({shape_of({203}, 24, 24, {MaskKind::full, 0}), Cluster{3, 3}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
   backends::ExecutorOptions options;
   options.corrupt_rank = 1;
   std::string log;
@@ -111,8 +109,7 @@ TEST(Executor, VerificationCatchesAWrongOutput) {
 }
 
 TEST(Executor, RanksWithDifferentArgumentsRefuseToRun) {
-  auto layout = Layout::build({shape_of({100}, 4, 4, {MaskKind::full, 0}), Mesh{3, 0, 0, RankOrder::ulysses_inner, 3},
-                               Strategy::uaa, HeadPolicy::balanced});
+  auto layout = Layout::build({shape_of({100}, 4, 4, {MaskKind::full, 0}), Cluster{3, 3}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
   std::ostringstream err;
   const int code = backends::run_ranks(local_launch(3), [&](Comm& world) {
     backends::ExecutorOptions options;
@@ -129,8 +126,7 @@ TEST(Executor, RanksWithDifferentArgumentsRefuseToRun) {
 }
 
 TEST(Executor, ADeadRankMakesTheOthersFailWithinTheTimeout) {
-  auto layout = Layout::build({shape_of({100}, 4, 4, {MaskKind::full, 0}), Mesh{4, 0, 0, RankOrder::ulysses_inner, 4},
-                               Strategy::ring, HeadPolicy::balanced});
+  auto layout = Layout::build({shape_of({100}, 4, 4, {MaskKind::full, 0}), Cluster{4, 4}, LayoutChoice{Strategy::ring, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
   backends::RankLaunch launch = local_launch(4);
   launch.timeout = std::chrono::seconds(2);
   std::ostringstream err;

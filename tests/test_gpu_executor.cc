@@ -74,7 +74,7 @@ TEST(GpuExecutorCli, UnknownBackendAndMetadataChannelAreRefused) {
   EXPECT_NE(backend.output.find("gloo (CPU ranks) or nccl"), std::string::npos) << backend.output;
   const Cli metadata = run_cli(std::string(kSmallRun) + " --metadata gpu");
   EXPECT_EQ(metadata.exit_code, 2) << metadata.output;
-  EXPECT_NE(metadata.output.find("use cpu or device"), std::string::npos) << metadata.output;
+  EXPECT_NE(metadata.output.find("choose one of cpu, device"), std::string::npos) << metadata.output;
 }
 
 TEST(GpuExecutorCli, DeviceMetadataChannelRunsOnGloo) {
@@ -158,18 +158,18 @@ void expect_every_strategy_verifies(int64_t world) {
   int runs = 0;
   for (const GpuShape& gpu : gpu_shapes()) {
     testing::for_each_spec(gpu.shape, world, world, [&](const LayoutSpec& spec) {
-      if (spec.mesh.order == RankOrder::ring_inner && !(spec.mesh.ulysses > 1 && spec.mesh.ring > 1)) return;
+      if (spec.choice.order == RankOrder::ring_inner && !(spec.choice.ulysses > 1 && spec.choice.ring > 1)) return;
       auto layout = testing::try_build(spec);
       if (!layout) return;
-      for (backends::MetadataChannel channel : {backends::MetadataChannel::cpu, backends::MetadataChannel::device}) {
-        const bool gathers = spec.strategy == Strategy::uaa || spec.strategy == Strategy::hybrid_uaa;
-        if (channel == backends::MetadataChannel::device && !gathers) continue;
+      for (MetadataChannel channel : {MetadataChannel::cpu, MetadataChannel::device}) {
+        const bool gathers = spec.choice.strategy == Strategy::uaa || spec.choice.strategy == Strategy::hybrid_uaa;
+        if (channel == MetadataChannel::device && !gathers) continue;
         backends::ExecutorOptions options;
         options.metadata = channel;
         std::string log;
         ++runs;
         EXPECT_EQ(run_verified(*layout, options, &log), 0)
-            << gpu.name << ": " << to_string(spec.strategy) << " " << to_string(spec.head_policy) << " U="
+            << gpu.name << ": " << to_string(spec.choice.strategy) << " " << to_string(spec.choice.head_policy) << " U="
             << layout->ulysses() << " R=" << layout->ring() << " metadata " << static_cast<int>(channel) << "\n"
             << log;
       }
@@ -190,8 +190,7 @@ TEST(GpuExecutor, EveryStrategyVerifiesOnEveryGpu) {
 
 TEST(GpuExecutor, VerificationCatchesAWrongOutput) {
   REQUIRE_GPUS(1);
-  const Layout layout = Layout::build({shape_of({300}, 8, 8, {MaskKind::causal, 0}, 64, 64), Mesh{1, 0, 0},
-                                       Strategy::uaa, HeadPolicy::balanced});
+  const Layout layout = Layout::build({shape_of({300}, 8, 8, {MaskKind::causal, 0}, 64, 64), Cluster{1, 1}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
   backends::ExecutorOptions options;
   options.corrupt_rank = 0;
   std::string log;
@@ -203,7 +202,7 @@ TEST(GpuExecutor, ShapesTheKernelCannotRunAreAClearError) {
   REQUIRE_GPUS(1);
   for (const AttentionShape& shape : {shape_of({300}, 4, 4, {MaskKind::full, 0}, 64, 64, DType::fp32),
                                       shape_of({300}, 4, 4, {MaskKind::full, 0}, 12, 12)}) {
-    const Layout layout = Layout::build({shape, Mesh{1, 0, 0}, Strategy::uaa, HeadPolicy::balanced});
+    const Layout layout = Layout::build({shape, Cluster{1, 1}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
     std::string log;
     EXPECT_EQ(run_verified(layout, {}, &log), 2) << log;  // cptune::Error in the rank: exit code 2
     EXPECT_NE(log.find("rank 0 failed with exit code 2"), std::string::npos) << log;

@@ -28,14 +28,7 @@ AttentionShape make_shape(std::vector<int64_t> seqs, int64_t hq, int64_t hkv, Ma
   return s;
 }
 
-std::string describe(const Layout& l) {
-  std::string seqs;
-  for (int64_t s : l.shape().seq_lens) seqs += std::to_string(s) + ",";
-  return std::string(to_string(l.strategy())) + " " + std::string(to_string(l.spec().head_policy)) + " " +
-         std::string(to_string(l.mesh().order)) + " U=" + std::to_string(l.ulysses()) + " R=" + std::to_string(l.ring()) +
-         " S=" + seqs + " Hq=" + std::to_string(l.shape().q_heads) + " Hkv=" + std::to_string(l.shape().kv_heads) +
-         " mask=" + to_string(l.shape().mask);
-}
+std::string describe(const Layout& l) { return to_string(l.choice()) + " " + to_string(l.shape()); }
 
 // Brute force: number of visible (i, j) pairs of a sequence of length n.
 int64_t brute_pairs(const Mask& m, int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
@@ -87,10 +80,10 @@ TEST(LayoutHeads, EveryQueryHeadOnceAndExactlyTheKvHeadsItUses) {
             ASSERT_EQ(used, got) << describe(*l) << " u=" << u;
           }
           for (int c : q_owner) ASSERT_EQ(c, 1) << describe(*l);
-          if (spec.head_policy == HeadPolicy::kv_aligned) {
+          if (spec.choice.head_policy == HeadPolicy::kv_aligned) {
             for (int c : kv_sent) ASSERT_EQ(c, 1) << describe(*l);
           }
-          if (pads_classic(spec.strategy)) {
+          if (pads_classic(spec.choice.strategy)) {
             for (int64_t u = 0; u < l->ulysses(); ++u)
               ASSERT_EQ(l->at(u, 0).q_heads.count(), hq / l->ulysses()) << describe(*l);
           }
@@ -105,12 +98,11 @@ TEST(LayoutHeads, RefusalsAreExactlyThePeersLimits) {
       if (hq % hkv) continue;
       for (int64_t P = 1; P <= 8; ++P) {
         // UAA (balanced) only refuses fewer heads than ranks.
-        LayoutSpec uaa{make_shape({64}, hq, hkv), Mesh{P, 0, 0, RankOrder::ulysses_inner, P}, Strategy::uaa,
-                       HeadPolicy::balanced};
+        LayoutSpec uaa{make_shape({64}, hq, hkv), Cluster{P, P}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}};
         EXPECT_EQ(try_build(uaa).has_value(), hq >= P) << "hq=" << hq << " P=" << P;
         // Classic Ulysses is an equal all-to-all: Hq % P == 0 and every rank needs as many KV heads.
         LayoutSpec classic = uaa;
-        classic.strategy = Strategy::ulysses;
+        classic.choice.strategy = Strategy::ulysses;
         bool ok = hq % P == 0;
         for (int64_t u = 0; ok && u < P; ++u) {
           const int64_t per = hq / P, g = hq / hkv;
@@ -120,7 +112,7 @@ TEST(LayoutHeads, RefusalsAreExactlyThePeersLimits) {
         EXPECT_EQ(try_build(classic).has_value(), ok) << "hq=" << hq << " hkv=" << hkv << " P=" << P;
         // Ring and all-gather take any head count.
         LayoutSpec ring = uaa;
-        ring.strategy = Strategy::ring;
+        ring.choice.strategy = Strategy::ring;
         EXPECT_TRUE(try_build(ring).has_value());
       }
     }
@@ -134,7 +126,7 @@ TEST(LayoutTokens, InputsAndShardsPartitionEverySequence) {
     for (int64_t S = P; S <= 40; ++S)
       for (Mask mask : {Mask{MaskKind::full, 0}, Mask{MaskKind::causal, 0}})
         for_each_spec(make_shape({S}, 8, 8, mask), P, P, [&](const LayoutSpec& spec) {
-          if (spec.head_policy == HeadPolicy::kv_aligned) return;  // tokens do not depend on it
+          if (spec.choice.head_policy == HeadPolicy::kv_aligned) return;  // tokens do not depend on it
           auto l = try_build(spec);
           if (!l) return;
           ++checked;
@@ -159,14 +151,14 @@ TEST(LayoutTokens, InputsAndShardsPartitionEverySequence) {
             ASSERT_EQ(input_owner[t], 1) << describe(*l) << " token " << t;
             ASSERT_EQ(shard_owner[t], 1) << describe(*l) << " token " << t;
           }
-          if (spec.strategy == Strategy::uaa) {
+          if (spec.choice.strategy == Strategy::uaa) {
             for (const RankLayout& rl : l->ranks()) {
               ASSERT_EQ(rl.input_runs.size(), 1u);
               EXPECT_EQ(rl.input_runs[0].begin, split_begin(S, P, rl.rank));
               EXPECT_EQ(rl.input_runs[0].count, split_size(S, P, rl.rank));
             }
           }
-          if (spec.strategy == Strategy::ring_zigzag) {
+          if (spec.choice.strategy == Strategy::ring_zigzag) {
             for (int64_t r = 0; r < P; ++r) {
               auto runs = l->shard_runs(r);
               std::vector<int64_t> begins;
@@ -184,13 +176,13 @@ TEST(LayoutTokens, InputsAndShardsPartitionEverySequence) {
 TEST(LayoutTokens, UaaPadsNothingAndClassicPadsExactlyWhatPeersPad) {
   for (int64_t P = 1; P <= 8; ++P)
     for (int64_t S = P; S <= 40; ++S) {
-      Mesh mesh{P, 0, 0, RankOrder::ulysses_inner, P};
-      auto uaa = Layout::build({make_shape({S}, 8, 8), mesh, Strategy::uaa, HeadPolicy::balanced});
+      Cluster mesh{P, P};
+      auto uaa = Layout::build({make_shape({S}, 8, 8), mesh, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
       EXPECT_EQ(uaa.padding_tokens(), 0);
       EXPECT_EQ(uaa.padding_heads(), 0);
       for (const RankLayout& rl : uaa.ranks()) EXPECT_EQ(rl.input_padded_tokens, rl.input_tokens);
       // Peers pad S up to a multiple of P; every rank stores ceil(S / P) tokens.
-      auto classic = Layout::build({make_shape({S}, 840, 840), mesh, Strategy::ulysses, HeadPolicy::balanced});
+      auto classic = Layout::build({make_shape({S}, 840, 840), mesh, LayoutChoice{Strategy::ulysses, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
       const int64_t per_rank = (S + P - 1) / P;
       EXPECT_EQ(classic.padding_tokens(), per_rank * P - S) << "S=" << S << " P=" << P;
       for (const RankLayout& rl : classic.ranks()) EXPECT_EQ(rl.input_padded_tokens, per_rank);
@@ -291,7 +283,7 @@ TEST(LayoutFlops, RanksShareTheSingleDeviceWorkExactly) {
         int64_t want = 0;
         for (int64_t len : l->shape().seq_lens) want += brute_pairs(mask, 0, len, 0, len);
         EXPECT_EQ(total, want * 6 * 2 * (4 + 2)) << describe(*l);
-        if (!rotates_kv(spec.strategy)) return;
+        if (!rotates_kv(spec.choice.strategy)) return;
         for (int64_t k = 0; k < l->ring(); ++k) {
           int64_t best = 0;
           for (const RankLayout& rl : l->ranks()) {
@@ -309,7 +301,7 @@ TEST(LayoutFlops, RanksShareTheSingleDeviceWorkExactly) {
 TEST(LayoutFlops, ZigzagBalancesCausalWorkBetterThanPlainRing) {
   AttentionShape s = make_shape({4096}, 8, 8, {MaskKind::causal, 0}, 64, 64);
   auto spread = [&](Strategy st) {
-    auto l = Layout::build({s, Mesh{8, 0, 0, RankOrder::ulysses_inner, 8}, st, HeadPolicy::balanced});
+    auto l = Layout::build({s, Cluster{8, 8}, LayoutChoice{st, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
     int64_t lo = INT64_MAX, hi = 0;
     for (const RankLayout& rl : l.ranks()) {
       lo = std::min(lo, rl.flops);
@@ -333,7 +325,7 @@ TEST(LayoutCases, ShapesPeersFailOn) {
     for (HeadPolicy policy : {HeadPolicy::balanced, HeadPolicy::kv_aligned}) {
       if (policy == HeadPolicy::kv_aligned && c.hkv < (c.U ? c.U : c.P)) continue;
       auto l = Layout::build({make_shape({c.S}, c.hq, c.hkv, {MaskKind::causal, 0}),
-                              Mesh{c.P, c.U, c.R, RankOrder::ulysses_inner, 8}, c.strategy, policy});
+                              Cluster{c.P, 8}, LayoutChoice{c.strategy, c.U, c.R, RankOrder::ulysses_inner, policy}});
       EXPECT_EQ(l.padding_tokens(), 0);
       int64_t heads = 0, tokens = 0;
       for (int64_t u = 0; u < l.ulysses(); ++u) heads += l.at(u, 0).q_heads.count();
@@ -343,8 +335,7 @@ TEST(LayoutCases, ShapesPeersFailOn) {
     }
   }
   // 24 heads on 7 ranks: 4,4,4,3,3,3,3 — nobody gets zero, nothing padded.
-  auto l = Layout::build({make_shape({4096}, 24, 24), Mesh{7, 0, 0, RankOrder::ulysses_inner, 7}, Strategy::uaa,
-                          HeadPolicy::balanced});
+  auto l = Layout::build({make_shape({4096}, 24, 24), Cluster{7, 7}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
   std::vector<int64_t> heads;
   for (const RankLayout& rl : l.ranks()) heads.push_back(rl.q_heads.count());
   EXPECT_EQ(heads, (std::vector<int64_t>{4, 4, 4, 3, 3, 3, 3}));
@@ -360,27 +351,25 @@ TEST(LayoutErrors, NameTheBadValueAndTheFix) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
-  Mesh m3{3, 0, 0, RankOrder::ulysses_inner, 3};
-  expect_error({make_shape({4097}, 25, 5), m3, Strategy::ulysses, HeadPolicy::balanced},
+  Cluster m3{3, 3};
+  expect_error({make_shape({4097}, 25, 5), m3, LayoutChoice{Strategy::ulysses, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}},
                "25 query heads are not divisible by Ulysses degree 3; use uaa");
-  expect_error({make_shape({2}, 8, 8), m3, Strategy::uaa, HeadPolicy::balanced}, "sequence length 2 is smaller than world 3");
-  expect_error({make_shape({0}, 8, 8), m3, Strategy::uaa, HeadPolicy::balanced}, "sequence length 0");
-  expect_error({make_shape({-5}, 8, 8), m3, Strategy::uaa, HeadPolicy::balanced}, "sequence length -5");
-  expect_error({make_shape({64}, 8, 3), m3, Strategy::uaa, HeadPolicy::balanced}, "8 query heads are not a multiple of 3 kv heads");
-  expect_error({make_shape({64}, 0, 1), m3, Strategy::uaa, HeadPolicy::balanced}, "query heads 0");
-  expect_error({make_shape({64}, 8, 8), Mesh{6, 4, 2, RankOrder::ulysses_inner, 6}, Strategy::hybrid_uaa,
-                HeadPolicy::balanced},
+  expect_error({make_shape({2}, 8, 8), m3, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}}, "sequence length 2 is smaller than world 3");
+  expect_error({make_shape({0}, 8, 8), m3, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}}, "sequence length 0");
+  expect_error({make_shape({-5}, 8, 8), m3, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}}, "sequence length -5");
+  expect_error({make_shape({64}, 8, 3), m3, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}}, "8 query heads are not a multiple of 3 kv heads");
+  expect_error({make_shape({64}, 0, 1), m3, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}}, "query heads 0");
+  expect_error({make_shape({64}, 8, 8), Cluster{6, 6}, LayoutChoice{Strategy::hybrid_uaa, 4, 2, RankOrder::ulysses_inner, HeadPolicy::balanced}},
                "Ulysses degree 4 x ring degree 2 != world 6");
-  expect_error({make_shape({64}, 8, 2), Mesh{4, 0, 0, RankOrder::ulysses_inner, 4}, Strategy::uaa, HeadPolicy::kv_aligned},
+  expect_error({make_shape({64}, 8, 2), Cluster{4, 4}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::kv_aligned}},
                "2 kv heads < Ulysses degree 4");
-  expect_error({make_shape({64}, 2, 2), Mesh{4, 0, 0, RankOrder::ulysses_inner, 4}, Strategy::uaa, HeadPolicy::balanced},
+  expect_error({make_shape({64}, 2, 2), Cluster{4, 4}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}},
                "2 query heads over Ulysses degree 4");
-  expect_error({make_shape({int64_t{1} << 40}, 128, 128, {}, 1024, 1024), Mesh{8, 0, 0, RankOrder::ulysses_inner, 8},
-                Strategy::uaa, HeadPolicy::balanced},
+  expect_error({make_shape({int64_t{1} << 40}, 128, 128, {}, 1024, 1024), Cluster{8, 8}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}},
                "overflow 64 bits");
-  expect_error({make_shape({64}, 8, 8), Mesh{0, 0, 0, RankOrder::ulysses_inner, 1}, Strategy::uaa, HeadPolicy::balanced},
+  expect_error({make_shape({64}, 8, 8), Cluster{0, 1}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}},
                "world size 0");
-  expect_error({make_shape({64}, 8, 8), Mesh{4, 2, 2, RankOrder::ulysses_inner, 4}, Strategy::uaa, HeadPolicy::balanced},
+  expect_error({make_shape({64}, 8, 8), Cluster{4, 4}, LayoutChoice{Strategy::uaa, 2, 2, RankOrder::ulysses_inner, HeadPolicy::balanced}},
                "uaa has no ring degree");
 }
 

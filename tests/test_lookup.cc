@@ -39,17 +39,17 @@ namespace {
 
 using testing::TempDir;
 
-Fingerprint cpu_fingerprint(int64_t world = 4) { return {"gloo", "cpu", world, world, 1, "gloo 0.5.0", "0.1.0"}; }
+Fingerprint cpu_fingerprint(int64_t world = 4) { return {"gloo", "cpu", Cluster{world, world}, "gloo 0.5.0", "0.1.0"}; }
 
-ShapeKey shape_of(std::vector<int64_t> seq_lens, int64_t hq = 32, int64_t hkv = 8, Mask mask = {MaskKind::causal, 0}) {
-  return ShapeKey{1, std::move(seq_lens), hq, hkv, 128, 128, DType::bf16, mask};
+AttentionShape shape_of(std::vector<int64_t> seq_lens, int64_t hq = 32, int64_t hkv = 8, Mask mask = {MaskKind::causal, 0}) {
+  return AttentionShape{1, std::move(seq_lens), hq, hkv, 128, 128, DType::bf16, mask};
 }
 
-const CandidateKey kUaa{Strategy::uaa, 4, 1, RankOrder::ulysses_inner, HeadPolicy::balanced};
-const CandidateKey kZigzag{Strategy::ring_zigzag, 1, 4, RankOrder::ulysses_inner, HeadPolicy::balanced};
-const CandidateKey kHybrid{Strategy::hybrid_uaa, 2, 2, RankOrder::ring_inner, HeadPolicy::kv_aligned};
+const LayoutChoice kUaa{Strategy::uaa, 4, 1, RankOrder::ulysses_inner, HeadPolicy::balanced};
+const LayoutChoice kZigzag{Strategy::ring_zigzag, 1, 4, RankOrder::ulysses_inner, HeadPolicy::balanced};
+const LayoutChoice kHybrid{Strategy::hybrid_uaa, 2, 2, RankOrder::ring_inner, HeadPolicy::kv_aligned};
 
-MeasurementRow measurement(const CandidateKey& c, double median_s) {
+MeasurementRow measurement(const LayoutChoice& c, double median_s) {
   MeasurementRow r;
   r.candidate = c;
   r.median_s = r.min_s = r.max_s = median_s;
@@ -57,7 +57,7 @@ MeasurementRow measurement(const CandidateKey& c, double median_s) {
   return r;
 }
 
-BestRow best_row(const ShapeKey& shape, const CandidateKey& c, double median_s) {
+BestRow best_row(const AttentionShape& shape, const LayoutChoice& c, double median_s) {
   return BestRow{1, shape, c, median_s, 1};
 }
 
@@ -74,17 +74,17 @@ TEST(LookupExact, AMeasuredShapeAnswersItsWinnerWithSourceExact) {
   const auto a = lookup.query(shape_of({4096}));
   ASSERT_TRUE(a);
   EXPECT_EQ(a->source, Source::exact);
-  EXPECT_EQ(a->strategy, Strategy::ring_zigzag);
-  EXPECT_EQ(a->ring, 4);
+  EXPECT_EQ(a->choice.strategy, Strategy::ring_zigzag);
+  EXPECT_EQ(a->choice.ring, 4);
   EXPECT_EQ(a->time_s, 2e-3);
   EXPECT_EQ(a->measured_tokens, 4096);
   const auto packed = lookup.query(shape_of({77, 4097}));
   ASSERT_TRUE(packed);
   EXPECT_EQ(packed->source, Source::exact);
-  EXPECT_EQ(packed->strategy, Strategy::hybrid_uaa);
-  EXPECT_EQ(packed->order, RankOrder::ring_inner);
-  EXPECT_EQ(packed->head_policy, HeadPolicy::kv_aligned);
-  EXPECT_EQ(packed->ulysses, 2);
+  EXPECT_EQ(packed->choice.strategy, Strategy::hybrid_uaa);
+  EXPECT_EQ(packed->choice.order, RankOrder::ring_inner);
+  EXPECT_EQ(packed->choice.head_policy, HeadPolicy::kv_aligned);
+  EXPECT_EQ(packed->choice.ulysses, 2);
   // The same tokens packed in another order are another shape: nearest, not exact.
   EXPECT_EQ(lookup.query(shape_of({4097, 77}))->source, Source::nearest);
 }
@@ -154,9 +154,9 @@ TEST(LookupNearest, UsesTheSumOfAPackedBatchsLengths) {
 TEST(LookupNearest, NeverCrossesAFamily) {
   const Lookup lookup({best_row(shape_of({4096}), kUaa, 1.0)});
   ASSERT_EQ(lookup.query(shape_of({5000}))->source, Source::nearest);
-  std::vector<ShapeKey> other_families;
+  std::vector<AttentionShape> other_families;
   for (int field = 0; field < 8; ++field) {
-    ShapeKey s = shape_of({5000});
+    AttentionShape s = shape_of({5000});
     switch (field) {
       case 0: s.batch = 2; break;
       case 1: s.q_heads = 24; break;
@@ -167,14 +167,14 @@ TEST(LookupNearest, NeverCrossesAFamily) {
       case 6: s.mask = {MaskKind::full, 0}; break;
       case 7: s.mask = {MaskKind::sliding_window, 4096}; break;
     }
-    EXPECT_FALSE(lookup.query(s)) << describe(s);
+    EXPECT_FALSE(lookup.query(s)) << to_string(s);
   }
 }
 
 TEST(LookupSimulated, TheFallbackAnswersOnlyWhenTheFamilyHasNoMeasurement) {
   int calls = 0;
-  ShapeKey asked;
-  Fallback simulator = [&](const ShapeKey& shape) -> std::optional<Answer> {
+  AttentionShape asked;
+  Fallback simulator = [&](const AttentionShape& shape) -> std::optional<Answer> {
     ++calls;
     asked = shape;
     return Answer{Strategy::ring, 1, 4, RankOrder::ulysses_inner, HeadPolicy::balanced, 5e-3, Source::exact, 99};
@@ -188,14 +188,14 @@ TEST(LookupSimulated, TheFallbackAnswersOnlyWhenTheFamilyHasNoMeasurement) {
   EXPECT_EQ(calls, 1);
   EXPECT_EQ(asked, shape_of({9000}, 48, 8));
   EXPECT_EQ(a->source, Source::simulated);
-  EXPECT_EQ(a->strategy, Strategy::ring);
+  EXPECT_EQ(a->choice.strategy, Strategy::ring);
   EXPECT_EQ(a->time_s, 5e-3);
   EXPECT_EQ(a->measured_tokens, 0);
 }
 
 TEST(LookupSimulated, WithoutFallbackOrWhenTheFallbackHasNoPickTheAnswerIsNotFound) {
   EXPECT_FALSE(Lookup({best_row(shape_of({4096}), kUaa, 1e-3)}).query(shape_of({4096}, 48, 8)));
-  const Lookup none({}, [](const ShapeKey&) { return std::optional<Answer>(); });
+  const Lookup none({}, [](const AttentionShape&) { return std::optional<Answer>(); });
   EXPECT_FALSE(none.query(shape_of({4096})));
 }
 
@@ -210,8 +210,8 @@ TEST(LookupFingerprint, ALookupNeverReturnsARowOfAnotherFingerprint) {
     store.record_shape(nccl, shape_of({4096}), {measurement(kUaa, 2e-3), measurement(kZigzag, 1e-3)});
     store.record_shape(nccl, shape_of({4096}, 64, 8), {measurement(kHybrid, 1e-3)});
   }
-  EXPECT_EQ(Lookup::open(path, cpu_fingerprint()).query(shape_of({4096}))->strategy, Strategy::uaa);
-  EXPECT_EQ(Lookup::open(path, nccl).query(shape_of({4096}))->strategy, Strategy::ring_zigzag);
+  EXPECT_EQ(Lookup::open(path, cpu_fingerprint()).query(shape_of({4096}))->choice.strategy, Strategy::uaa);
+  EXPECT_EQ(Lookup::open(path, nccl).query(shape_of({4096}))->choice.strategy, Strategy::ring_zigzag);
   // The gloo fingerprint measured no 64-head shape: no answer borrowed from nccl.
   EXPECT_FALSE(Lookup::open(path, cpu_fingerprint()).query(shape_of({4096}, 64, 8)));
   const Lookup elsewhere = Lookup::open(path, cpu_fingerprint(8));
@@ -242,7 +242,7 @@ TEST(LookupFiles, OpensWhileATunerHoldsTheDatabaseAndSeesEveryCommittedShape) {
   tuner.record_shape(cpu_fingerprint(), shape_of({8192}), {measurement(kZigzag, 1e-3)});
   const Lookup lookup = Lookup::open(path, cpu_fingerprint());
   EXPECT_EQ(lookup.shapes(), 2u);
-  EXPECT_EQ(lookup.query(shape_of({8192}))->strategy, Strategy::ring_zigzag);
+  EXPECT_EQ(lookup.query(shape_of({8192}))->choice.strategy, Strategy::ring_zigzag);
 }
 
 TEST(LookupFiles, AMissingOrNonDatabaseFileIsAnError) {
@@ -323,7 +323,7 @@ TEST_F(CAbi, WithASimulatorAFamilyWithoutMeasurementsGetsTheSimulatorsPick) {
   EXPECT_EQ(choice.ulysses * choice.ring, 4);  // a layout of the caller's world
   // The same answer as the simulator's own ranking on that cluster.
   const auto hw = cptune::sim::load_hardware("cpu-gloo");
-  const auto ranking = cptune::sim::rank_candidates(attention_shape(shape_of({4096}, 32, 8, Mask{})), {4, 4}, hw);
+  const auto ranking = cptune::sim::rank_candidates(shape_of({4096}, 32, 8, Mask{}), {4, 4}, hw);
   EXPECT_STREQ(choice.strategy, std::string(to_string(ranking.best()->candidate.strategy)).c_str());
   cptune_lookup_close(lookup);
 

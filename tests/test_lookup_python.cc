@@ -31,8 +31,8 @@ class PythonClient : public ::testing::Test {
     dir_ = mkdtemp(pattern);
     db_ = dir_ + "/tune.db";
     Store store = Store::open(db_);
-    const Fingerprint fp{"gloo", "cpu", 4, 4, 1, "gloo 0.5.0", "0.1.0"};
-    const ShapeKey shape{1, {77, 4097}, 32, 8, 128, 128, DType::bf16, {MaskKind::causal, 0}};
+    const Fingerprint fp{"gloo", "cpu", Cluster{4, 4}, "gloo 0.5.0", "0.1.0"};
+    const AttentionShape shape{1, {77, 4097}, 32, 8, 128, 128, DType::bf16, {MaskKind::causal, 0}};
     MeasurementRow uaa, hybrid;
     uaa.candidate = {Strategy::uaa, 4, 1, RankOrder::ulysses_inner, HeadPolicy::balanced};
     uaa.median_s = 2.5e-3;

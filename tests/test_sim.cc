@@ -84,7 +84,7 @@ Hardware random_hardware(std::mt19937_64& rng) {
 std::string describe(const Layout& l) {
   std::string seqs;
   for (int64_t s : l.shape().seq_lens) seqs += std::to_string(s) + ",";
-  return Candidate::from_spec(l.spec()).label() + " G=" + std::to_string(l.mesh().ranks_per_node) + " S=" + seqs +
+  return to_string(l.choice()) + " G=" + std::to_string(l.cluster().ranks_per_node) + " S=" + seqs +
          " Hq=" + std::to_string(l.shape().q_heads) + " Hkv=" + std::to_string(l.shape().kv_heads) +
          " mask=" + to_string(l.shape().mask) + " batch=" + std::to_string(l.shape().batch);
 }
@@ -114,8 +114,7 @@ void for_each_swept_layout(const std::function<void(const Layout&)>& fn) {
 TEST(CostModelClosedForm, UaaOnTwoRanksFullMask) {
   // S = 1000 on 2 ranks of one node, 2 heads (MHA), D = Dv = 64, bf16. Each rank holds 500
   // tokens and after the all-to-all computes 1 head over all 1000.
-  const Layout l = Layout::build({make_shape({1000}, 2, 2), Mesh{2, 0, 0, RankOrder::ulysses_inner, 2}, Strategy::uaa,
-                                  HeadPolicy::balanced});
+  const Layout l = Layout::build({make_shape({1000}, 2, 2), Cluster{2, 2}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
   const Prediction p = predict(l, round_hardware());
   // Q,K,V: 500 tokens x the peer's head (Q 64 + K 64 + V 64) x 2 B = 192000 B each way, and as
   // much stays local; pack + unpack = 2 (192000 + 192000) + 2 (192000 + 192000) = 1536000 B.
@@ -136,7 +135,7 @@ TEST(CostModelClosedForm, UaaOnTwoRanksFullMask) {
   EXPECT_EQ(p.padding_waste_s, 0);
 
   // Without a CPU channel: the lengths travel like a 1-peer all-to-all, then the device syncs.
-  const Prediction d = predict(l, round_hardware(), {Pass::forward, MetadataChannel::device_sync});
+  const Prediction d = predict(l, round_hardware(), {Pass::forward, MetadataChannel::device});
   EXPECT_DOUBLE_EQ(d.phase(Phase::gather), 1e-5 + 8 / 1e10 + 3e-5);
 
   // Forward + backward: dO and dQ,dK,dV mirror O and Q,K,V; attention 2.5x.
@@ -150,8 +149,7 @@ TEST(CostModelClosedForm, UaaOnTwoRanksFullMask) {
 
 TEST(CostModelClosedForm, RingOnTwoNodesFullMask) {
   // S = 1000, 1 head, ring over 2 ranks on 2 nodes (G = 1): every hop is inter-node.
-  const Layout l = Layout::build({make_shape({1000}, 1, 1), Mesh{2, 0, 0, RankOrder::ulysses_inner, 1}, Strategy::ring,
-                                  HeadPolicy::balanced});
+  const Layout l = Layout::build({make_shape({1000}, 1, 1), Cluster{2, 1}, LayoutChoice{Strategy::ring, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
   Hardware hw = round_hardware();
   // A step computes 500 x 500 pairs x 2 (64 + 64) FLOPs; the hop sends 500 tokens of K,V
   // (128 x 2 B each); step 1 also merges 500 x 1 head x (64 + 1) fp32 three times.
@@ -174,8 +172,7 @@ TEST(CostModelClosedForm, RingOnTwoNodesFullMask) {
 
 TEST(CostModelClosedForm, AllGatherOnFourRanksIsAThreeStepRing) {
   // S = 400 on 4 ranks of one node, 2 KV heads: each shard is 100 tokens x 2 x 128 x 2 B.
-  const Layout l = Layout::build({make_shape({400}, 2, 2), Mesh{4, 0, 0, RankOrder::ulysses_inner, 4},
-                                  Strategy::allgather_kv, HeadPolicy::balanced});
+  const Layout l = Layout::build({make_shape({400}, 2, 2), Cluster{4, 4}, LayoutChoice{Strategy::allgather_kv, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
   const Prediction p = predict(l, round_hardware());
   EXPECT_DOUBLE_EQ(p.phase(Phase::allgather), 3 * (1e-5 + 100.0 * 2 * 128 * 2 / 1e10));
   // Rank 3 computes its 100 queries against all 400 keys, 2 heads.
@@ -185,9 +182,9 @@ TEST(CostModelClosedForm, AllGatherOnFourRanksIsAThreeStepRing) {
 TEST(CostModelClosedForm, ClassicUlyssesPaddingIsCountedAsWaste) {
   // S = 1001 on 2 ranks: classic Ulysses pads to 1002; UAA pads nothing.
   const AttentionShape s = make_shape({1001}, 2, 2);
-  const Mesh m{2, 0, 0, RankOrder::ulysses_inner, 2};
-  const Prediction classic = predict(Layout::build({s, m, Strategy::ulysses, HeadPolicy::balanced}), round_hardware());
-  const Prediction uaa = predict(Layout::build({s, m, Strategy::uaa, HeadPolicy::balanced}), round_hardware());
+  const Cluster m{2, 2};
+  const Prediction classic = predict(Layout::build({s, m, LayoutChoice{Strategy::ulysses, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}}), round_hardware());
+  const Prediction uaa = predict(Layout::build({s, m, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}}), round_hardware());
   EXPECT_GT(classic.padding_waste_s, 0);
   EXPECT_LT(classic.padding_waste_s, 0.01 * classic.total_s);
   EXPECT_EQ(uaa.padding_waste_s, 0);
@@ -199,8 +196,7 @@ TEST(CostModelClosedForm, ClassicUlyssesPaddingIsCountedAsWaste) {
 }
 
 TEST(CostModelMemory, FitsComparesTheLargestRankWithDeviceMemory) {
-  const Layout l = Layout::build({make_shape({4096}, 8, 8), Mesh{4, 0, 0, RankOrder::ulysses_inner, 4}, Strategy::uaa,
-                                  HeadPolicy::balanced});
+  const Layout l = Layout::build({make_shape({4096}, 8, 8), Cluster{4, 4}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
   Hardware hw = round_hardware();
   int64_t largest = 0;
   for (const RankLayout& rl : l.ranks()) largest = std::max(largest, rl.peak_bytes);
@@ -305,7 +301,7 @@ TEST(CostModelReference, PreparedPredictionEqualsRankByRankModel) {
     const Hardware hw = random_hardware(rng);
     const PreparedLayout prepared = prepare(l);
     const Reference ref{l, hw};
-    for (MetadataChannel channel : {MetadataChannel::cpu, MetadataChannel::device_sync}) {
+    for (MetadataChannel channel : {MetadataChannel::cpu, MetadataChannel::device}) {
       const Prediction p = predict(prepared, hw, {Pass::forward_backward, channel});
       // Equal up to summation order (merged ring steps multiply where the reference adds).
       auto near = [](double a, double b) { return std::fabs(a - b) <= 1e-12 * std::max(std::fabs(a), std::fabs(b)); };
@@ -390,7 +386,7 @@ TEST(CostModelMonotone, BetterHardwareIsNeverSlower) {
     const Hardware hw = random_hardware(rng);
     const PreparedLayout prepared = prepare(l);
     for (Pass pass : {Pass::forward, Pass::forward_backward})
-      for (MetadataChannel channel : {MetadataChannel::cpu, MetadataChannel::device_sync}) {
+      for (MetadataChannel channel : {MetadataChannel::cpu, MetadataChannel::device}) {
         const double base = predict(prepared, hw, {pass, channel}).total_s;
         for (int which = 0; which < 6; ++which)
           ASSERT_LE(predict(prepared, improved(hw, which, 1.7), {pass, channel}).total_s, base)
@@ -431,18 +427,20 @@ TEST(CostModelMonotone, MoreTokensAreNeverFaster) {
 // ---------------------------------------------------------------------------------------------
 // Candidates.
 
-TEST(Candidates, CandidateAndSpecConvertBothWays) {
+TEST(Candidates, EveryCandidateIsResolvedAndItsTextReadsBack) {
   const AttentionShape shape = make_shape({4096}, 24, 8);
   const Cluster cluster{16, 8};
-  for (const Candidate& c : enumerate_candidates(shape, cluster)) {
-    const LayoutSpec spec = c.to_spec(shape, cluster);
-    EXPECT_EQ(Candidate::from_spec(spec), c) << c.label();
-    EXPECT_EQ(spec.mesh.world, 16);
-    EXPECT_EQ(spec.mesh.ranks_per_node, 8);
+  for (const LayoutChoice& c : enumerate_candidates(shape, cluster)) {
+    EXPECT_EQ(resolve(c, cluster), c) << to_string(c);
+    EXPECT_EQ(parse_layout_choice(to_string(c)), c) << to_string(c);
   }
-  // A spec with U and R left to the strategy comes back with them filled in.
-  const LayoutSpec ring{shape, Mesh{16, 0, 0, RankOrder::ulysses_inner, 8}, Strategy::ring, HeadPolicy::balanced};
-  EXPECT_EQ(Candidate::from_spec(ring), (Candidate{Strategy::ring, 1, 16, RankOrder::ulysses_inner, HeadPolicy::balanced}));
+  // A choice with U and R left to the strategy comes back with them filled in.
+  EXPECT_EQ(resolve(LayoutChoice{Strategy::ring}, cluster),
+            (LayoutChoice{Strategy::ring, 1, 16, RankOrder::ulysses_inner, HeadPolicy::balanced}));
+  EXPECT_EQ(resolve(LayoutChoice{Strategy::hybrid_uaa, 4, 0}, cluster),
+            (LayoutChoice{Strategy::hybrid_uaa, 4, 4, RankOrder::ulysses_inner, HeadPolicy::balanced}));
+  EXPECT_THROW(parse_layout_choice("hybrid U=0 R=2 ulysses-inner balanced"), Error);
+  EXPECT_THROW(parse_layout_choice("hybrid U=2 R=2 ulysses-inner"), Error);
 }
 
 // Every candidate builds; none repeats; every spec of the exhaustive sweep that builds is a
@@ -459,22 +457,22 @@ TEST(Candidates, EnumerationIsCompleteAndFeasible) {
         const Cluster cluster{P, std::min(G, P)};
         const Hardware hw = random_hardware(rng);
         std::vector<Refusal> refused;
-        const std::vector<Candidate> candidates = enumerate_candidates(shape, cluster, &refused);
+        const std::vector<LayoutChoice> candidates = enumerate_candidates(shape, cluster, &refused);
         ASSERT_FALSE(candidates.empty());
         std::vector<double> times;
-        for (const Candidate& c : candidates) {
-          ASSERT_NO_THROW(times.push_back(predict(Layout::build(c.to_spec(shape, cluster)), hw).total_s)) << c.label();
-          ASSERT_EQ(std::count(candidates.begin(), candidates.end(), c), 1) << c.label();
+        for (const LayoutChoice& c : candidates) {
+          ASSERT_NO_THROW(times.push_back(predict(Layout::build({shape, cluster, c}), hw).total_s)) << to_string(c);
+          ASSERT_EQ(std::count(candidates.begin(), candidates.end(), c), 1) << to_string(c);
         }
         for (const Refusal& r : refused) {
-          ASSERT_THROW(Layout::build(r.candidate.to_spec(shape, cluster)), Error) << r.candidate.label();
+          ASSERT_THROW(Layout::build({shape, cluster, r.candidate}), Error) << to_string(r.candidate);
           ASSERT_FALSE(r.reason.empty());
         }
         for_each_spec(shape, P, cluster.ranks_per_node, [&](const LayoutSpec& spec) {
           auto l = try_build(spec);
           if (!l) return;
           ++specs;
-          const Candidate c = Candidate::from_spec(l->spec());
+          const LayoutChoice c = l->choice();
           const bool hybrid = c.strategy == Strategy::hybrid || c.strategy == Strategy::hybrid_uaa;
           if (hybrid && (c.ulysses == 1 || c.ring == 1)) return;
           if (std::count(candidates.begin(), candidates.end(), c)) return;
@@ -492,7 +490,7 @@ TEST(Candidates, EnumerationIsCompleteAndFeasible) {
 TEST(Candidates, BothOrdersOnlyAcrossNodesAndBothPoliciesOnlyWhereHeadsDiffer) {
   auto count = [](const AttentionShape& s, Cluster c, RankOrder o, HeadPolicy h) {
     int n = 0;
-    for (const Candidate& k : enumerate_candidates(s, c)) n += k.order == o && k.head_policy == h;
+    for (const LayoutChoice& k : enumerate_candidates(s, c)) n += k.order == o && k.head_policy == h;
     return n;
   };
   const AttentionShape gqa = make_shape({4096}, 24, 8), mha = make_shape({4096}, 16, 16);
@@ -540,7 +538,7 @@ TEST(Candidates, ThoseThatDoNotFitComeLast) {
   bool seen_misfit = false;
   for (const RankedCandidate& rc : r.candidates) {
     if (!rc.prediction.fits) seen_misfit = true;
-    EXPECT_TRUE(!seen_misfit || !rc.prediction.fits) << rc.candidate.label();
+    EXPECT_TRUE(!seen_misfit || !rc.prediction.fits) << to_string(rc.candidate);
   }
   EXPECT_TRUE(seen_misfit);
   EXPECT_TRUE(r.best()->prediction.fits);
@@ -679,7 +677,7 @@ TEST(SimulateCli, JsonCandidatesAreSortedAndComplete) {
   const nlohmann::json& cands = doc["candidates"];
   ASSERT_GT(cands.size(), 5u);
   const Ranking want = rank_candidates(make_shape({131072}, 24, 8, {MaskKind::causal, 0}, 128, 128), {16, 8},
-                                       load_hardware("h100-sxm"), {Pass::forward_backward, MetadataChannel::device_sync});
+                                       load_hardware("h100-sxm"), {Pass::forward_backward, MetadataChannel::device});
   ASSERT_EQ(cands.size(), want.candidates.size());
   for (size_t i = 0; i < cands.size(); ++i) {
     for (const char* key : {"strategy", "ulysses", "ring", "order", "head_policy", "time_s", "phases", "bytes",

@@ -40,15 +40,15 @@ void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
 }
 
-Fingerprint cpu_fingerprint(int64_t world = 4) { return {"gloo", "cpu", world, world, 1, "gloo 0.5.0", "0.1.0"}; }
+Fingerprint cpu_fingerprint(int64_t world = 4) { return {"gloo", "cpu", Cluster{world, world}, "gloo 0.5.0", "0.1.0"}; }
 
-ShapeKey shape_of(std::vector<int64_t> seq_lens, int64_t hq = 32, int64_t hkv = 8, Mask mask = {MaskKind::causal, 0},
+AttentionShape shape_of(std::vector<int64_t> seq_lens, int64_t hq = 32, int64_t hkv = 8, Mask mask = {MaskKind::causal, 0},
                   DType dtype = DType::bf16) {
-  return ShapeKey{1, std::move(seq_lens), hq, hkv, 128, 128, dtype, mask};
+  return AttentionShape{1, std::move(seq_lens), hq, hkv, 128, 128, dtype, mask};
 }
 
-std::vector<CandidateKey> candidates_for_world_4() {
-  std::vector<CandidateKey> out = {{Strategy::ulysses, 4, 1, RankOrder::ulysses_inner, HeadPolicy::balanced},
+std::vector<LayoutChoice> candidates_for_world_4() {
+  std::vector<LayoutChoice> out = {{Strategy::ulysses, 4, 1, RankOrder::ulysses_inner, HeadPolicy::balanced},
                                    {Strategy::uaa, 4, 1, RankOrder::ulysses_inner, HeadPolicy::balanced},
                                    {Strategy::uaa, 4, 1, RankOrder::ulysses_inner, HeadPolicy::kv_aligned},
                                    {Strategy::ring, 1, 4, RankOrder::ulysses_inner, HeadPolicy::balanced},
@@ -60,14 +60,14 @@ std::vector<CandidateKey> candidates_for_world_4() {
   return out;
 }
 
-MeasurementRow measurement(const CandidateKey& c, double median_s) {
+MeasurementRow measurement(const LayoutChoice& c, double median_s) {
   MeasurementRow r;
   r.candidate = c;
   r.median_s = median_s;
   r.min_s = median_s * 0.9;
   r.max_s = median_s * 1.25;
   r.iterations = 20;
-  r.phase_medians_s = {{"attention", median_s * 0.6}, {"qkv_all_to_all", median_s * 0.3}};
+  r.phase_medians_s = {{Phase::attention, median_s * 0.6}, {Phase::qkv, median_s * 0.3}};
   r.verify_max_abs_error = 3.0517578125e-05;
   r.predicted_s = median_s * 1.1;
   r.profile = "cpu-gloo-loopback";
@@ -84,8 +84,8 @@ std::vector<MeasurementRow> random_rows(std::mt19937& rng, size_t count = candid
   return rows;
 }
 
-std::vector<ShapeKey> shape_sweep() {
-  std::vector<ShapeKey> shapes;
+std::vector<AttentionShape> shape_sweep() {
+  std::vector<AttentionShape> shapes;
   for (std::vector<int64_t> seqs : std::vector<std::vector<int64_t>>{{1}, {7}, {4097}, {77, 4097}, {4097, 77}})
     for (auto [hq, hkv] : {std::pair{24, 8}, std::pair{32, 32}})
       for (Mask mask : {Mask{MaskKind::full, 0}, Mask{MaskKind::causal, 0}, Mask{MaskKind::sliding_window, 128}})
@@ -118,21 +118,21 @@ void expect_error_naming(const std::function<void()>& action, const std::string&
 TEST(StoreRecords, EveryFieldRoundTripsForEveryShapeOfTheSweep) {
   TempDir dir;
   std::mt19937 rng(1);
-  std::map<std::string, std::pair<ShapeKey, std::vector<MeasurementRow>>> written;
+  std::map<std::string, std::pair<AttentionShape, std::vector<MeasurementRow>>> written;
   {
     Store store = Store::open(dir.file("tune.db"));
-    for (const ShapeKey& shape : shape_sweep()) {
+    for (const AttentionShape& shape : shape_sweep()) {
       std::vector<MeasurementRow> rows = random_rows(rng);
       rows[0].verify_max_abs_error.reset();  // unverified and unranked rows keep their NULLs
       rows[1].predicted_s.reset();
       rows[2].phase_medians_s.clear();
       store.record_shape(cpu_fingerprint(), shape, rows);
-      written[describe(shape)] = {shape, rows};
+      written[to_string(shape)] = {shape, rows};
     }
   }
   const Store store = Store::open_read_only(dir.file("tune.db"));
   std::map<std::string, std::vector<MeasurementRow>> read;
-  for (const StoredMeasurement& m : store.measurements()) read[describe(m.shape)].push_back(m.row);
+  for (const StoredMeasurement& m : store.measurements()) read[to_string(m.shape)].push_back(m.row);
   ASSERT_EQ(read.size(), written.size());
   for (const auto& [name, shape_rows] : written) EXPECT_EQ(read[name], shape_rows.second) << name;
 }
@@ -153,25 +153,25 @@ TEST(StoreBest, PicksTheMinimumMedianOfEveryShapeAndFingerprint) {
   TempDir dir;
   Store store = Store::open(dir.file("tune.db"));
   std::mt19937 rng(2);
-  std::map<std::pair<int64_t, std::string>, std::pair<CandidateKey, double>> fastest;
+  std::map<std::pair<int64_t, std::string>, std::pair<LayoutChoice, double>> fastest;
   for (int64_t world : {2, 4}) {
-    for (const ShapeKey& shape : shape_sweep()) {
+    for (const AttentionShape& shape : shape_sweep()) {
       const std::vector<MeasurementRow> rows = random_rows(rng);
       store.record_shape(cpu_fingerprint(world), shape, rows);
       const auto best = std::min_element(rows.begin(), rows.end(),
                                          [](const auto& a, const auto& b) { return a.median_s < b.median_s; });
-      fastest[{world, describe(shape)}] = {best->candidate, best->median_s};
+      fastest[{world, to_string(shape)}] = {best->candidate, best->median_s};
     }
   }
   const auto fingerprints = store.fingerprints();
   ASSERT_EQ(fingerprints.size(), 2u);
   std::map<int64_t, int64_t> world_of;
-  for (const auto& f : fingerprints) world_of[f.id] = f.fingerprint.world;
+  for (const auto& f : fingerprints) world_of[f.id] = f.fingerprint.cluster.world;
   const std::vector<BestRow> best = store.best();
   ASSERT_EQ(best.size(), fastest.size());
   for (const BestRow& row : best) {
-    const auto& [candidate, median_s] = fastest.at({world_of.at(row.fingerprint_id), describe(row.shape)});
-    EXPECT_EQ(row.candidate, candidate) << describe(row.shape);
+    const auto& [candidate, median_s] = fastest.at({world_of.at(row.fingerprint_id), to_string(row.shape)});
+    EXPECT_EQ(row.candidate, candidate) << to_string(row.shape);
     EXPECT_EQ(row.median_s, median_s);
     EXPECT_EQ(row.measurements, int64_t(candidates_for_world_4().size()));
   }
@@ -194,7 +194,7 @@ TEST(StoreResume, HasShapeIsTrueOnlyForAShapeRecordedUnderThatFingerprint) {
   TempDir dir;
   Store store = Store::open(dir.file("tune.db"));
   std::mt19937 rng(3);
-  const ShapeKey shape = shape_of({77, 4097});
+  const AttentionShape shape = shape_of({77, 4097});
   EXPECT_FALSE(store.has_shape(cpu_fingerprint(), shape));
   store.record_shape(cpu_fingerprint(), shape, {});  // nothing measured: nothing to skip on a rerun
   EXPECT_FALSE(store.has_shape(cpu_fingerprint(), shape));
@@ -242,8 +242,8 @@ TEST(StoreFingerprints, MatchWantsEqualHardwareAndTakesTheLastRecordedWhenVersio
   any_version.cptune_version.clear();
   any_version.library_versions.clear();
   EXPECT_EQ(store.match_fingerprint(any_version), id_of(old_version));
-  for (Fingerprint other : {cpu_fingerprint(8), Fingerprint{"nccl", "cpu", 4, 4, 1, "", ""},
-                            Fingerprint{"gloo", "H100", 4, 4, 1, "", ""}, Fingerprint{"gloo", "cpu", 4, 2, 2, "", ""}})
+  for (Fingerprint other : {cpu_fingerprint(8), Fingerprint{"nccl", "cpu", Cluster{4, 4}, "", ""},
+                            Fingerprint{"gloo", "H100", Cluster{4, 4}, "", ""}, Fingerprint{"gloo", "cpu", Cluster{4, 2}, "", ""}})
     EXPECT_FALSE(store.match_fingerprint(other)) << describe(other);
 }
 
@@ -377,8 +377,8 @@ TEST(StoreRecords, SequenceLengthsParseOnlyFromPositiveCommaSeparatedCounts) {
 // --- processes ------------------------------------------------------------------------------
 
 // The shapes a child process tunes: distinct per writer, plus some both writers measure.
-std::vector<ShapeKey> writer_shapes(int writer, int count) {
-  std::vector<ShapeKey> shapes;
+std::vector<AttentionShape> writer_shapes(int writer, int count) {
+  std::vector<AttentionShape> shapes;
   for (int i = 0; i < count; ++i) shapes.push_back(shape_of({1 + i + (i % 4 == 0 ? 0 : writer * 100000)}));
   return shapes;
 }
@@ -419,7 +419,7 @@ TEST(StoreProcesses, TwoWritersAtOnceOnANewFileLoseNothing) {
       if (read(start[0], &go, 1) != 1) throw std::runtime_error("no start signal");
       Store store = Store::open(path);  // both create and migrate the same new file at once
       std::mt19937 rng(writer);
-      for (const ShapeKey& shape : writer_shapes(writer, kShapes))
+      for (const AttentionShape& shape : writer_shapes(writer, kShapes))
         store.record_shape(cpu_fingerprint(), shape, random_rows(rng, kRows));
     }));
   }
@@ -433,12 +433,12 @@ TEST(StoreProcesses, TwoWritersAtOnceOnANewFileLoseNothing) {
   EXPECT_EQ(count_rows(path, "SELECT count(*) FROM candidates"), kRows);
   std::set<std::string> all_shapes;
   for (int writer = 0; writer < 2; ++writer)
-    for (const ShapeKey& s : writer_shapes(writer, kShapes)) all_shapes.insert(describe(s));
+    for (const AttentionShape& s : writer_shapes(writer, kShapes)) all_shapes.insert(to_string(s));
   EXPECT_EQ(count_rows(path, "SELECT count(*) FROM shapes"), int64_t(all_shapes.size()));
 }
 
 // Tunes every shape not yet stored, reporting each finished one (its index) through fd.
-void tune_remaining(const std::string& path, const std::vector<ShapeKey>& shapes, int report_fd, int rows_per_shape) {
+void tune_remaining(const std::string& path, const std::vector<AttentionShape>& shapes, int report_fd, int rows_per_shape) {
   Store store = Store::open(path);
   std::mt19937 rng(9);
   for (size_t i = 0; i < shapes.size(); ++i) {
@@ -453,7 +453,7 @@ TEST(StoreProcesses, AWriterKilledMidRunKeepsEveryFinishedShapeAndTheRerunComple
   TempDir dir;
   const std::string path = dir.file("tune.db");
   constexpr int kShapes = 400, kRows = 300;  // large shapes: the kill lands inside a transaction
-  std::vector<ShapeKey> shapes;
+  std::vector<AttentionShape> shapes;
   for (int i = 0; i < kShapes; ++i) shapes.push_back(shape_of({100 + i}));
   int reports[2];
   ASSERT_EQ(pipe(reports), 0);
@@ -477,7 +477,7 @@ TEST(StoreProcesses, AWriterKilledMidRunKeepsEveryFinishedShapeAndTheRerunComple
     const Store store = Store::open_read_only(path);
     for (uint32_t i : finished) EXPECT_TRUE(store.has_shape(cpu_fingerprint(), shapes[i])) << "shape " << i;
     // A shape is stored whole or not at all: the one in flight left no rows behind.
-    for (const BestRow& row : store.best()) EXPECT_EQ(row.measurements, kRows) << describe(row.shape);
+    for (const BestRow& row : store.best()) EXPECT_EQ(row.measurements, kRows) << to_string(row.shape);
     EXPECT_LT(store.best().size(), size_t(kShapes));
   }
   tune_remaining(path, shapes, -1, kRows);

@@ -34,9 +34,7 @@ db::Fingerprint local_fingerprint(const std::string& backend, int64_t world, int
   db::Fingerprint fp;
   fp.backend = backend;
   fp.device_model = cpu_model_name();
-  fp.world = world;
-  fp.ranks_per_node = ranks_per_node;
-  fp.nodes = (world + ranks_per_node - 1) / ranks_per_node;
+  fp.cluster = Cluster{world, ranks_per_node};
   // Gloo's Debian build reports no version of its own beyond its package (0.5.0 snapshot).
   fp.library_versions = "gloo 0.5.0; eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." +
                         std::to_string(EIGEN_MAJOR_VERSION) + "." + std::to_string(EIGEN_MINOR_VERSION) + "; sqlite " +

@@ -297,7 +297,7 @@ double predict_probe(const Probe& probe, const sim::Hardware& hw) {
   switch (probe.kind) {
     case ProbeKind::alltoallv:
     case ProbeKind::copy: return sim::exchange_time_s(probe.exchange, hw);
-    case ProbeKind::gather: return sim::gather_time_s(probe.exchange, hw, sim::MetadataChannel::cpu);
+    case ProbeKind::gather: return sim::gather_time_s(probe.exchange, hw, MetadataChannel::cpu);
     case ProbeKind::ring_hop: return sim::hop_time_s(probe.hop_bytes, 0, hw);
     case ProbeKind::attention: return compute_s(probe, hw);
     case ProbeKind::ring_step: return sim::ring_step_time_s(sim::hop_time_s(probe.hop_bytes, 0, hw), compute_s(probe, hw), hw);

@@ -22,13 +22,12 @@ bool agree_on_rank0(backends::Comm& world, bool mine) {
 db::MeasurementRow row_of(const sim::RankedCandidate& ranked, const backends::RunResult& result,
                           const std::string& profile) {
   db::MeasurementRow row;
-  const sim::Candidate& c = ranked.candidate;
-  row.candidate = {c.strategy, c.ulysses, c.ring, c.order, c.head_policy};
+  row.candidate = ranked.candidate;
   row.median_s = result.time.median_s;
   row.min_s = result.time.min_s;
   row.max_s = result.time.max_s;
   row.iterations = result.iterations;
-  for (const auto& phase : result.phases) row.phase_medians_s[phase.name] = phase.time.median_s;
+  for (const auto& phase : result.phases) row.phase_medians_s[phase.phase] = phase.time.median_s;
   row.verify_max_abs_error = result.max_abs_err;
   row.predicted_s = ranked.prediction.total_s;
   row.profile = profile;
@@ -53,7 +52,7 @@ std::vector<ShapeOutcome> tune(const std::vector<AttentionShape>& shapes, const 
                                backends::Comm& world, const TuneProgress& progress) {
   if (options.top_k < 1 && !options.exhaustive)
     throw Error("--top-k " + std::to_string(options.top_k) + " must be at least 1");
-  const sim::Cluster cluster{world.size(), options.ranks_per_node};
+  const Cluster cluster{world.size(), options.ranks_per_node};
   const bool writer = world.rank() == 0;
   std::optional<db::Store> store;
   std::string store_error;
@@ -81,23 +80,23 @@ std::vector<ShapeOutcome> tune(const std::vector<AttentionShape>& shapes, const 
   size_t done = 0;
   for (size_t s = 0; s < shapes.size(); ++s) {
     ShapeOutcome outcome;
-    outcome.shape = db::shape_key(shapes[s]);
+    outcome.shape = shapes[s];
     for (const auto& c : rankings[s].candidates) outcome.feasible += c.prediction.fits ? 1 : 0;
     const std::vector<size_t>& chosen = selections[s];
     outcome.skipped = agree_on_rank0(world, writer && store->has_shape(options.fingerprint, outcome.shape));
     if (!outcome.skipped && !chosen.empty()) {
       std::vector<Layout> layouts;
-      std::vector<sim::Candidate> candidates;
+      std::vector<LayoutChoice> candidates;
       for (size_t i : chosen) {
         candidates.push_back(rankings[s].candidates[i].candidate);
-        layouts.push_back(Layout::build(candidates.back().to_spec(shapes[s], cluster)));
+        layouts.push_back(Layout::build({shapes[s], cluster, candidates.back()}));
       }
       if (writer && progress.measuring) progress.measuring(s, shapes.size(), outcome.shape, candidates, done, total);
       const std::vector<backends::RunResult> results = backends::execute_interleaved(layouts, world, options.executor);
       for (size_t k = 0; k < chosen.size(); ++k) {
         const backends::RunResult& r = results[k];
         if (r.max_abs_err && !r.verified())
-          throw Error("candidate " + candidates[k].label() + " on " + db::describe(outcome.shape) +
+          throw Error("candidate " + to_string(candidates[k]) + " on " + to_string(outcome.shape) +
                       " failed verification: max |O - O_ref| " + std::to_string(*r.max_abs_err) + " > " +
                       std::to_string(r.tolerance) + " (a cptune bug: please report it with this line)");
         outcome.rows.push_back(row_of(rankings[s].candidates[chosen[k]], r, options.profile));

@@ -35,7 +35,7 @@ struct TuneOptions {
 std::vector<size_t> select_candidates(const sim::Ranking& ranking, int top_k, bool exhaustive);
 
 struct ShapeOutcome {
-  db::ShapeKey shape;
+  AttentionShape shape;
   bool skipped = false;            // already in the store for this fingerprint
   std::vector<db::MeasurementRow> rows;  // measured candidates (empty when skipped)
   size_t feasible = 0;             // candidates that lay out and fit
@@ -43,7 +43,7 @@ struct ShapeOutcome {
 
 // Progress events for the CLI (called on rank 0 only).
 struct TuneProgress {
-  std::function<void(size_t shape_index, size_t shapes, const db::ShapeKey&, const std::vector<sim::Candidate>&,
+  std::function<void(size_t shape_index, size_t shapes, const AttentionShape&, const std::vector<LayoutChoice>&,
                      size_t candidates_done, size_t candidates_total)>
       measuring;
   std::function<void(size_t shape_index, const ShapeOutcome&)> finished;

@@ -12,7 +12,7 @@ double CandidateMeasurement::relative_error() const { return std::fabs(predicted
 
 std::vector<ShapeValidation> measure_every_candidate(const std::vector<AttentionShape>& shapes,
                                                      const ValidateOptions& options, backends::Comm& world) {
-  const sim::Cluster cluster{world.size(), options.ranks_per_node};
+  const Cluster cluster{world.size(), options.ranks_per_node};
   std::vector<ShapeValidation> out;
   for (size_t s = 0; s < shapes.size(); ++s) {
     const sim::Ranking ranking = sim::rank_candidates(shapes[s], cluster, options.hardware, options.predict);
@@ -21,7 +21,7 @@ std::vector<ShapeValidation> measure_every_candidate(const std::vector<Attention
     for (const sim::RankedCandidate& c : ranking.candidates) {
       if (!c.prediction.fits) continue;
       shape.candidates.push_back({c.candidate, c.prediction.total_s});
-      layouts.push_back(Layout::build(c.candidate.to_spec(shapes[s], cluster)));
+      layouts.push_back(Layout::build({shapes[s], cluster, c.candidate}));
     }
     if (layouts.empty())
       throw Error("shape " + std::to_string(s + 1) + " has no candidate that lays out and fits in memory on world " +
@@ -31,7 +31,7 @@ std::vector<ShapeValidation> measure_every_candidate(const std::vector<Attention
     for (size_t k = 0; k < results.size(); ++k) {
       const backends::RunResult& r = results[k];
       if (r.max_abs_err && !r.verified())
-        throw Error("candidate " + shape.candidates[k].candidate.label() + " of shape " + std::to_string(s + 1) +
+        throw Error("candidate " + to_string(shape.candidates[k].candidate) + " of shape " + std::to_string(s + 1) +
                     " failed verification: max |O - O_ref| " + std::to_string(*r.max_abs_err) + " > " +
                     std::to_string(r.tolerance) + " (a cptune bug: please report it with this line)");
       shape.candidates[k].measured_s = options.fastest ? r.time.min_s : r.time.median_s;

@@ -18,7 +18,7 @@ class Comm;
 namespace cptune::tuner {
 
 struct CandidateMeasurement {
-  sim::Candidate candidate;
+  LayoutChoice candidate;
   double predicted_s = 0;  // the cost model's forward time
   double measured_s = 0;   // the slowest rank's whole forward: median over iterations (or minimum)
   double min_s = 0, max_s = 0;

@@ -96,8 +96,6 @@ uint64_t fnv1a(const std::string& text) {
   return h;
 }
 
-enum Phase : size_t { kMeta, kQkv, kAttention, kAllgather, kOut, kPhases };
-
 // Bytes a rank exchanges with each member of its Ulysses group for one tensor set.
 struct Exchange {
   std::vector<int64_t> send_bytes, recv_bytes;
@@ -422,37 +420,37 @@ void RankExecution::iterate(PhaseTimer& timer) {
   device_.synchronize();
   timer.begin_iteration();
   if (gathers_lengths) {
-    timer.start(kMeta);
+    timer.start(Phase::gather);
     exchange_lengths();
     device_.synchronize();
-    timer.stop(kMeta);
+    timer.stop(Phase::gather);
   }
   if (L_.ulysses() > 1) {
-    timer.start(kQkv);
+    timer.start(Phase::qkv);
     scatter_qkv();
     device_.synchronize();
-    timer.stop(kQkv);
+    timer.stop(Phase::qkv);
   }
   if (st == Strategy::allgather_kv && L_.ring() > 1) {
-    timer.start(kAllgather);
+    timer.start(Phase::allgather);
     attend_allgathered();
     device_.synchronize();
-    timer.stop(kAllgather);
+    timer.stop(Phase::allgather);
   } else {
-    timer.start(kAttention);
+    timer.start(Phase::attention);
     if (rotates_kv(st) && L_.ring() > 1)
       attend_ring();
     else
       attend_local();
     device_.synchronize();
-    timer.stop(kAttention);
+    timer.stop(Phase::attention);
   }
-  timer.start(kOut);
+  timer.start(Phase::o);
   const int64_t o_bytes = B_ * t_shard_ * me_.q_heads.count() * Dv_ * eb_;
   attention_->store_output(s_.dtype, o_shard(), o_bytes);
   gather_out();
   device_.synchronize();
-  timer.stop(kOut);
+  timer.stop(Phase::o);
   timer.end_iteration(world_);
 }
 
@@ -515,11 +513,8 @@ double RankExecution::verify() const {
 }
 
 void check_same_arguments(const Layout& layout, const ExecutorOptions& options, Comm& world) {
-  const std::string text = to_json(layout.spec().shape).dump() + std::string(to_string(layout.strategy())) +
-                           std::string(to_string(layout.spec().head_policy)) +
-                           std::string(to_string(layout.mesh().order)) + std::to_string(layout.ulysses()) + "x" +
-                           std::to_string(layout.ring()) + "/" + std::to_string(layout.mesh().ranks_per_node) + " " +
-                           std::to_string(options.warmups) + " " + std::to_string(options.iterations) + " " +
+  const std::string text = to_json(layout.shape()).dump() + to_string(layout.choice()) + "/" +
+                           std::to_string(layout.cluster().ranks_per_node) + " " + std::to_string(options.warmups) + " " + std::to_string(options.iterations) + " " +
                            std::to_string(options.verify) + " " + std::to_string(options.seed) + " " +
                            std::to_string(static_cast<int>(options.metadata)) + " " + world.backend();
   const uint64_t mine = fnv1a(text);
@@ -551,7 +546,6 @@ RunResult execute(const Layout& layout, Comm& world, const ExecutorOptions& opti
 std::vector<RunResult> execute_interleaved(std::span<const Layout> layouts, Comm& world, const ExecutorOptions& options) {
   if (options.iterations < 1) throw Error("iterations " + std::to_string(options.iterations) + " must be at least 1");
   if (options.warmups < 0) throw Error("warm-ups " + std::to_string(options.warmups) + " must not be negative");
-  const std::vector<std::string> phases{"meta", "qkv_a2a", "attention", "allgather_kv", "out_a2a"};
   std::unique_ptr<Device> host;
   if (options.device == nullptr) {
     if (world.backend() != "gloo")
@@ -565,10 +559,10 @@ std::vector<RunResult> execute_interleaved(std::span<const Layout> layouts, Comm
   for (const Layout& layout : layouts) {
     check_same_arguments(layout, options, world);
     runs.push_back(std::make_unique<RankExecution>(layout, world, *device, options));
-    timers.emplace_back(phases);
+    timers.emplace_back();
   }
   const size_t n = runs.size();
-  PhaseTimer warm(phases);
+  PhaseTimer warm;
   for (int i = 0; i < options.warmups; ++i)
     for (auto& run : runs) run->iterate(warm);
   for (int i = 0; i < options.iterations; ++i)

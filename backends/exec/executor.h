@@ -17,12 +17,6 @@ namespace cptune::backends {
 class Comm;
 class Device;
 
-// How UAA's per-rank sequence lengths travel before its all-to-all.
-enum class MetadataChannel {
-  cpu,     // the host channel (Gloo, also beside NCCL): no device-to-host sync
-  device,  // gathered over the Comm into device memory and copied back with a sync (peers' way)
-};
-
 struct ExecutorOptions {
   int warmups = 1;
   int iterations = 5;

@@ -2,8 +2,9 @@
 // Phase timing like nccl-tests: W warm-ups, N timed iterations, each phase timed on every
 // rank, the slowest rank counted per iteration, then median / min / max over iterations.
 #include <chrono>
-#include <string>
 #include <vector>
+
+#include "core/types.h"
 
 namespace cptune::backends {
 
@@ -15,16 +16,16 @@ struct Spread {
 Spread spread_of(std::vector<double> samples);
 
 struct PhaseStats {
-  std::string name;
+  Phase phase;
   Spread time;
 };
 
 // Collects one iteration's phase durations on this rank.
 class PhaseTimer {
  public:
-  explicit PhaseTimer(std::vector<std::string> phases);
-  void start(size_t phase);
-  void stop(size_t phase);
+  PhaseTimer();
+  void start(Phase phase);
+  void stop(Phase phase);
   void begin_iteration();
   // Exchanges this iteration's durations with every rank (host channel) and keeps, per phase
   // and for the whole iteration, the slowest rank's.
@@ -36,8 +37,7 @@ class PhaseTimer {
 
  private:
   using clock = std::chrono::steady_clock;
-  std::vector<std::string> names_;
-  std::vector<double> current_;
+  std::vector<double> current_;  // every core::Phase, in enum order
   std::vector<clock::time_point> started_;
   clock::time_point iteration_start_;
   std::vector<std::vector<double>> slowest_;  // [phase][iteration]

@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
   desc.add_options()("iterations", po::value(&iterations)->default_value(20))("warmups", po::value(&warmups)->default_value(3));
   try {
     if (!cli::parse_args({argv + 1, argv + argc}, desc, "usage: bench_alltoallv --world P --seq S --heads H ...")) return 0;
-    const Layout layout = Layout::build({cli::to_shape(shape), cli::to_mesh(mesh), Strategy::uaa, HeadPolicy::balanced});
+    const Layout layout = Layout::build({cli::to_shape(shape), cli::to_cluster(mesh), LayoutChoice{Strategy::uaa}});
     backends::RankLaunch launch;
     launch.world = static_cast<int>(layout.world());
     return backends::run_ranks(launch, [&](backends::Comm& world) {

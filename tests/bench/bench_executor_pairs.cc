@@ -55,7 +55,7 @@ int run_case(const Case& c, int iterations) {
                                ratio.max_s);
       for (size_t k = 0; k < 2; ++k) {
         std::cout << "  " << (k ? c.b_name : c.a_name) << " phases:";
-        for (const auto& p : r[k].phases) std::cout << fmt::format(" {} {:.2f} ms", p.name, p.time.median_s * 1e3);
+        for (const auto& p : r[k].phases) std::cout << fmt::format(" {} {:.2f} ms", to_string(p.phase), p.time.median_s * 1e3);
         std::cout << "\n";
       }
       std::cout << std::flush;
@@ -69,15 +69,15 @@ int run_case(const Case& c, int iterations) {
 int main(int argc, char** argv) {
   const int iterations = argc > 1 ? std::atoi(argv[1]) : 15;
   // Two ranks for (1) and (2a): this machine has two cores, so no rank waits for a core.
-  const Mesh m2{2, 0, 0, RankOrder::ulysses_inner, 2}, m3{3, 0, 0, RankOrder::ulysses_inner, 3};
+  const Cluster m2{2, 2}, m3{3, 3};
   const HeadPolicy bal = HeadPolicy::balanced;
   const std::vector<Case> cases{
       {"(1) no padding needed: S=4096 Hq=8 Hkv=8 D=64 causal, 2 ranks", "uaa", "ulysses",
-       {shape(4096, 8, 8), m2, Strategy::uaa, bal}, {shape(4096, 8, 8), m2, Strategy::ulysses, bal}},
+       {shape(4096, 8, 8), m2, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, bal}}, {shape(4096, 8, 8), m2, LayoutChoice{Strategy::ulysses, 0, 0, RankOrder::ulysses_inner, bal}}},
       {"(2a) token padding: S=4097 (classic pads to 4098) Hq=8 Hkv=8, 2 ranks", "uaa", "ulysses-padded",
-       {shape(4097, 8, 8), m2, Strategy::uaa, bal}, {shape(4097, 8, 8), m2, Strategy::ulysses, bal}},
+       {shape(4097, 8, 8), m2, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, bal}}, {shape(4097, 8, 8), m2, LayoutChoice{Strategy::ulysses, 0, 0, RankOrder::ulysses_inner, bal}}},
       {"(2b) head padding: 25 heads on 3 ranks, run by peers as 27 padded heads, S=2048", "uaa-25", "ulysses-27",
-       {shape(2048, 25, 25), m3, Strategy::uaa, bal}, {shape(2048, 27, 27), m3, Strategy::ulysses, bal}},
+       {shape(2048, 25, 25), m3, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, bal}}, {shape(2048, 27, 27), m3, LayoutChoice{Strategy::ulysses, 0, 0, RankOrder::ulysses_inner, bal}}},
   };
   std::cout << fmt::format("cptune executor pairs: {} interleaved iterations after 2 warm-ups, slowest rank\n\n", iterations);
   for (const Case& c : cases)

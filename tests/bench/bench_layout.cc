@@ -16,12 +16,9 @@ void BM_BuildLayout(benchmark::State& state, Strategy strategy) {
   shape.kv_heads = 256;
   shape.head_dim = shape.v_head_dim = 128;
   shape.mask = {MaskKind::causal, 0};
-  Mesh mesh{P, 0, 0, RankOrder::ulysses_inner, 8};
-  if (strategy == Strategy::hybrid_uaa) {
-    mesh.ulysses = 8;
-    mesh.ring = P / 8;
-  }
-  const LayoutSpec spec{shape, mesh, strategy, HeadPolicy::balanced};
+  LayoutChoice choice{strategy};
+  if (strategy == Strategy::hybrid_uaa) choice.ulysses = 8, choice.ring = P / 8;
+  const LayoutSpec spec{shape, Cluster{P, 8}, choice};
   for (auto _ : state) benchmark::DoNotOptimize(Layout::build(spec));
   state.SetItemsProcessed(state.iterations());
 }

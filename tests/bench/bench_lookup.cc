@@ -27,9 +27,9 @@ using namespace cptune::db;
 
 constexpr int kFamilies = 50, kLengthsPerFamily = 100, kCandidates = 20;
 
-const Fingerprint kFingerprint{"gloo", "cpu", 8, 8, 1, "gloo 0.5.0", "0.1.0"};
+const Fingerprint kFingerprint{"gloo", "cpu", Cluster{8, 8}, "gloo 0.5.0", "0.1.0"};
 
-ShapeKey family_shape(int family, int64_t seq_len) {
+AttentionShape family_shape(int family, int64_t seq_len) {
   static const int64_t heads[] = {8, 16, 24, 32, 40, 48, 56, 64, 96, 128};
   const int64_t hq = heads[family % 10];
   static const Mask masks[] = {{MaskKind::full, 0},
@@ -37,13 +37,13 @@ ShapeKey family_shape(int family, int64_t seq_len) {
                                {MaskKind::sliding_window, 1024},
                                {MaskKind::sliding_window, 4096},
                                {MaskKind::sliding_window, 8192}};
-  return ShapeKey{1, {seq_len}, hq, hq / 8, 128, 128, DType::bf16, masks[family / 10 % 5]};
+  return AttentionShape{1, {seq_len}, hq, hq / 8, 128, 128, DType::bf16, masks[family / 10 % 5]};
 }
 
 int64_t measured_length(int i) { return 1024 + int64_t(i) * 997; }
 
-std::vector<CandidateKey> candidates() {
-  std::vector<CandidateKey> out;
+std::vector<LayoutChoice> candidates() {
+  std::vector<LayoutChoice> out;
   for (Strategy s : kAllStrategies)
     for (HeadPolicy p : {HeadPolicy::balanced, HeadPolicy::kv_aligned})
       for (RankOrder o : {RankOrder::ulysses_inner, RankOrder::ring_inner})
@@ -65,14 +65,14 @@ struct BenchDatabase {
     for (int f = 0; f < kFamilies; ++f) {
       for (int i = 0; i < kLengthsPerFamily; ++i) {
         std::vector<MeasurementRow> rows;
-        for (const CandidateKey& c : cands) {
+        for (const LayoutChoice& c : cands) {
           MeasurementRow r;
           r.candidate = c;
           r.median_s = median(rng);
           r.min_s = r.median_s * 0.9;
           r.max_s = r.median_s * 1.2;
           r.iterations = 20;
-          r.phase_medians_s = {{"attention", r.median_s * 0.7}, {"qkv_all_to_all", r.median_s * 0.3}};
+          r.phase_medians_s = {{Phase::attention, r.median_s * 0.7}, {Phase::qkv, r.median_s * 0.3}};
           rows.push_back(std::move(r));
         }
         store.record_shape(kFingerprint, family_shape(f, measured_length(i)), rows);
@@ -121,9 +121,9 @@ COMMIT;
 };
 
 // 1,024 query shapes spread over every family; measured lengths or lengths in between.
-std::vector<ShapeKey> queries(bool measured) {
+std::vector<AttentionShape> queries(bool measured) {
   std::mt19937 rng(2);
-  std::vector<ShapeKey> out;
+  std::vector<AttentionShape> out;
   for (int q = 0; q < 1024; ++q) {
     const int i = int(rng() % kLengthsPerFamily);
     out.push_back(family_shape(int(rng() % kFamilies), measured_length(i) + (measured ? 0 : 311)));
@@ -153,9 +153,9 @@ BENCHMARK(BM_OpenLookup100kShapes)->Unit(benchmark::kMillisecond)->MinTime(2.0);
 
 void BM_Query(benchmark::State& state, bool measured) {
   const Lookup lookup = Lookup::open(database().path, kFingerprint);
-  const std::vector<ShapeKey> shapes = queries(measured);
+  const std::vector<AttentionShape> shapes = queries(measured);
   std::vector<ShapeView> views;
-  for (const ShapeKey& s : shapes) views.push_back(view_of(s));
+  for (const AttentionShape& s : shapes) views.push_back(view_of(s));
   const Source expected = measured ? Source::exact : Source::nearest;
   size_t i = 0;
   for (auto _ : state) {
@@ -175,11 +175,11 @@ void BM_CAbiExactHit(benchmark::State& state) {
     state.SkipWithError(cptune_lookup_last_error());
     return;
   }
-  const std::vector<ShapeKey> shapes = queries(true);
+  const std::vector<AttentionShape> shapes = queries(true);
   std::vector<cptune_shape> c_shapes;
   std::vector<std::string> masks;
   masks.reserve(shapes.size());
-  for (const ShapeKey& s : shapes) {
+  for (const AttentionShape& s : shapes) {
     masks.push_back(to_string(s.mask));
     c_shapes.push_back({sizeof(cptune_shape), s.batch, s.seq_lens.data(), s.seq_lens.size(), s.q_heads, s.kv_heads,
                         s.head_dim, s.v_head_dim, "bf16", masks.back().c_str()});

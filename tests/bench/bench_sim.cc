@@ -30,12 +30,12 @@ AttentionShape bench_shape() {
 }
 
 LayoutSpec bench_spec(Strategy strategy, int64_t P) {
-  Mesh mesh{P, 0, 0, RankOrder::ulysses_inner, 8};
+  LayoutChoice choice{strategy};
   if (strategy == Strategy::hybrid || strategy == Strategy::hybrid_uaa) {
-    mesh.ulysses = P > 8 ? 8 : 4;
-    mesh.ring = P / mesh.ulysses;
+    choice.ulysses = P > 8 ? 8 : 4;
+    choice.ring = P / choice.ulysses;
   }
-  return LayoutSpec{bench_shape(), mesh, strategy, HeadPolicy::balanced};
+  return LayoutSpec{bench_shape(), Cluster{P, 8}, choice};
 }
 
 const sim::Hardware& h100() {
@@ -45,27 +45,27 @@ const sim::Hardware& h100() {
 
 void BM_PredictPrepared(benchmark::State& state, Strategy strategy) {
   const sim::PreparedLayout prepared = sim::prepare(Layout::build(bench_spec(strategy, state.range(0))));
-  const sim::PredictOptions options{sim::Pass::forward_backward, sim::MetadataChannel::cpu};
+  const sim::PredictOptions options{sim::Pass::forward_backward, MetadataChannel::cpu};
   for (auto _ : state) benchmark::DoNotOptimize(sim::predict(prepared, h100(), options));
   state.SetItemsProcessed(state.iterations());
 }
 
 void BM_PreparePredict(benchmark::State& state, Strategy strategy) {
   const Layout layout = Layout::build(bench_spec(strategy, state.range(0)));
-  const sim::PredictOptions options{sim::Pass::forward_backward, sim::MetadataChannel::cpu};
+  const sim::PredictOptions options{sim::Pass::forward_backward, MetadataChannel::cpu};
   for (auto _ : state) benchmark::DoNotOptimize(sim::predict(sim::prepare(layout), h100(), options));
   state.SetItemsProcessed(state.iterations());
 }
 
 void BM_BuildPreparePredict(benchmark::State& state, Strategy strategy) {
   const LayoutSpec spec = bench_spec(strategy, state.range(0));
-  const sim::PredictOptions options{sim::Pass::forward_backward, sim::MetadataChannel::cpu};
+  const sim::PredictOptions options{sim::Pass::forward_backward, MetadataChannel::cpu};
   for (auto _ : state) benchmark::DoNotOptimize(sim::predict(sim::prepare(Layout::build(spec)), h100(), options));
   state.SetItemsProcessed(state.iterations());
 }
 
 void BM_RankCandidates(benchmark::State& state) {
-  const sim::Cluster cluster{state.range(0), 8};
+  const Cluster cluster{state.range(0), 8};
   int64_t candidates = 0;
   for (auto _ : state) {
     const sim::Ranking r = sim::rank_candidates(bench_shape(), cluster, h100(), {});

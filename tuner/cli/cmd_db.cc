@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/layout_json.h"
 #include "db/store.h"
 #include "tuner/cli/commands.h"
 #include "core/format.h"
@@ -40,16 +41,16 @@ void list(const db::Store& store) {
                            "last measured", "cptune", "libraries");
   for (const auto& s : fingerprints) {
     const db::Fingerprint& fp = s.fingerprint;
-    std::cout << fmt::format(kListRow, s.id, fp.backend, fp.device_model, fp.world, fp.ranks_per_node, fp.nodes,
+    std::cout << fmt::format(kListRow, s.id, fp.backend, fp.device_model, fp.cluster.world, fp.cluster.ranks_per_node, fp.cluster.nodes(),
                              s.shapes, s.measurements, s.last_measured_at, fp.cptune_version, fp.library_versions);
   }
 }
 
 // Shapes of one family together, shortest first: how a reader compares sequence lengths.
 auto family_order(const db::BestRow& r) {
-  const db::ShapeKey& s = r.shape;
+  const AttentionShape& s = r.shape;
   return std::make_tuple(r.fingerprint_id, int(s.dtype), int(s.mask.kind), s.mask.window, s.q_heads, s.kv_heads,
-                         s.head_dim, s.v_head_dim, s.batch, db::total_tokens(db::view_of(s)), s.seq_lens);
+                         s.head_dim, s.v_head_dim, s.batch, s.total_tokens(), s.seq_lens);
 }
 
 void show(const db::Store& store, std::optional<int64_t> fingerprint_id) {
@@ -64,10 +65,10 @@ void show(const db::Store& store, std::optional<int64_t> fingerprint_id) {
   std::cout << fmt::format(kShowRow, "fp", "dtype", "mask", "B", "Hq", "Hkv", "D", "Dv", "seq", "strategy", "U", "R",
                            "order", "heads", "median", "measured");
   for (const db::BestRow& r : rows) {
-    const db::ShapeKey& s = r.shape;
-    const db::CandidateKey& c = r.candidate;
+    const AttentionShape& s = r.shape;
+    const LayoutChoice& c = r.candidate;
     std::cout << fmt::format(kShowRow, r.fingerprint_id, to_string(s.dtype), to_string(s.mask), s.batch, s.q_heads,
-                             s.kv_heads, s.head_dim, s.v_head_dim, db::seq_lens_text(s.seq_lens), to_string(c.strategy),
+                             s.kv_heads, s.head_dim, s.v_head_dim, seq_lens_text(s.seq_lens), to_string(c.strategy),
                              c.ulysses, c.ring, to_string(c.order), to_string(c.head_policy), human_seconds(r.median_s),
                              r.measurements);
   }
@@ -76,14 +77,14 @@ void show(const db::Store& store, std::optional<int64_t> fingerprint_id) {
 
 // One measurement as an ordered JSON object; the CSV columns are its keys, in this order.
 nlohmann::ordered_json export_row(const db::StoredMeasurement& m, const db::Fingerprint& fp) {
-  const db::ShapeKey& s = m.shape;
+  const AttentionShape& s = m.shape;
   const db::MeasurementRow& r = m.row;
   const auto optional = [](const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); };
   return nlohmann::ordered_json{
       {"measurement_id", m.id},         {"fingerprint_id", m.fingerprint_id},
       {"backend", fp.backend},          {"device_model", fp.device_model},
-      {"world", fp.world},              {"ranks_per_node", fp.ranks_per_node},
-      {"nodes", fp.nodes},              {"library_versions", fp.library_versions},
+      {"world", fp.cluster.world},      {"ranks_per_node", fp.cluster.ranks_per_node},
+      {"nodes", fp.cluster.nodes()},              {"library_versions", fp.library_versions},
       {"cptune_version", fp.cptune_version}, {"batch", s.batch},
       {"seq_lens", s.seq_lens},         {"q_heads", s.q_heads},
       {"kv_heads", s.kv_heads},         {"head_dim", s.head_dim},
@@ -93,7 +94,7 @@ nlohmann::ordered_json export_row(const db::StoredMeasurement& m, const db::Fing
       {"rank_order", to_string(r.candidate.order)}, {"head_policy", to_string(r.candidate.head_policy)},
       {"median_s", r.median_s},         {"min_s", r.min_s},
       {"max_s", r.max_s},               {"iterations", r.iterations},
-      {"phase_medians_s", r.phase_medians_s}, {"verify_max_abs_error", optional(r.verify_max_abs_error)},
+      {"phase_medians_s", to_json(r.phase_medians_s)}, {"verify_max_abs_error", optional(r.verify_max_abs_error)},
       {"predicted_s", optional(r.predicted_s)}, {"profile", r.profile},
       {"measured_at", r.measured_at}};
 }
@@ -101,7 +102,7 @@ nlohmann::ordered_json export_row(const db::StoredMeasurement& m, const db::Fing
 std::string csv_text(const nlohmann::ordered_json& value) {
   if (value.is_null()) return "";
   if (value.is_string()) return value.get<std::string>();
-  if (value.is_array()) return db::seq_lens_text(value.get<std::vector<int64_t>>());
+  if (value.is_array()) return seq_lens_text(value.get<std::vector<int64_t>>());
   return value.dump();  // numbers round-trip; phase medians stay a JSON object
 }
 

@@ -25,11 +25,8 @@ std::string runs_text(const RankLayout& rl) {
 }
 
 void print_table(const Layout& layout) {
-  const Mesh& m = layout.mesh();
-  std::cout << fmt::format("strategy {}  head policy {}  world {} = U {} x R {}  order {}  {} node(s) of {}{}\n",
-                           to_string(layout.strategy()), to_string(layout.spec().head_policy), m.world, m.ulysses,
-                           m.ring, to_string(m.order), layout.nodes(), m.ranks_per_node,
-                           layout.zigzag() ? "  zigzag chunks" : "");
+  std::cout << fmt::format("{}  world {}  {} node(s) of {}{}\n", to_string(layout.choice()), layout.world(),
+                           layout.nodes(), layout.cluster().ranks_per_node, layout.zigzag() ? "  zigzag chunks" : "");
   std::cout << fmt::format("padding: {} tokens, {} heads\n\n", layout.padding_tokens(), layout.padding_heads());
   std::cout << fmt::format("{:>5} {:>4} {:>4} {:>4} {:>9} {:>9} {:>9} {:>9} {:>12} {:>12} {:>10} {:>12}  {}\n", "rank",
                            "u", "r", "node", "tokens", "attn_tok", "q_heads", "kv_heads", "send", "recv", "GFLOP",

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/layout_json.h"
 #include "db/lookup.h"
 #include "db/sim_fallback.h"
 #include "sim/hardware.h"
@@ -34,29 +35,24 @@ int cmd_lookup(const Args& args) {
     return 0;
   if (db_path.empty()) throw Error("--db is required: the tuning database to read");
   const AttentionShape s = to_shape(shape);
-  const Mesh m = to_mesh(mesh);
-  db::Fingerprint fp = local_fingerprint(backend, m.world, m.ranks_per_node);
+  reject_layout_flags(mesh, "lookup");
+  const Cluster cluster = to_cluster(mesh);
+  db::Fingerprint fp = local_fingerprint(backend, cluster.world, cluster.ranks_per_node);
   fp.library_versions.clear();  // any versions of the same hardware: the latest recorded wins
   fp.cptune_version.clear();
   const db::Lookup lookup = db::Lookup::open(
-      db_path, fp, db::simulator_fallback(sim::load_hardware(hardware), {m.world, m.ranks_per_node}));
-  const std::optional<db::Answer> answer = lookup.query(db::shape_key(s));
+      db_path, fp, db::simulator_fallback(sim::load_hardware(hardware), fp.cluster));
+  const std::optional<db::Answer> answer = lookup.query(s);
   if (!answer) throw Error("no layout for this shape: nothing measured and the simulator found no feasible candidate");
   if (json) {
-    std::cout << nlohmann::json{{"strategy", to_string(answer->strategy)},
-                                {"ulysses", answer->ulysses},
-                                {"ring", answer->ring},
-                                {"order", to_string(answer->order)},
-                                {"head_policy", to_string(answer->head_policy)},
-                                {"time_s", answer->time_s},
-                                {"source", db::to_string(answer->source)},
-                                {"measured_tokens", answer->measured_tokens}}
-                     .dump(2)
+    nlohmann::json doc = to_json(answer->choice);
+    doc.update({{"time_s", answer->time_s},
+                {"source", db::to_string(answer->source)},
+                {"measured_tokens", answer->measured_tokens}});
+    std::cout << doc.dump(2)
               << "\n";
   } else {
-    std::cout << fmt::format("{} U={} R={} {} {}: {} ({}{})\n", to_string(answer->strategy), answer->ulysses,
-                             answer->ring, to_string(answer->order), to_string(answer->head_policy),
-                             human_seconds(answer->time_s), db::to_string(answer->source),
+    std::cout << fmt::format("{}: {} ({}{})\n", to_string(answer->choice), human_seconds(answer->time_s), db::to_string(answer->source),
                              answer->source == db::Source::nearest
                                  ? fmt::format(", measured at {} tokens", answer->measured_tokens)
                                  : std::string(answer->source == db::Source::simulated ? ", predicted" : ""));

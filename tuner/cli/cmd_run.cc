@@ -8,6 +8,7 @@
 #include "backends/exec/executor.h"
 #include "backends/comm/launcher.h"
 #include "core/error.h"
+#include "core/layout_json.h"
 #include "core/layout.h"
 #include "tuner/cli/commands.h"
 #include "core/format.h"
@@ -25,34 +26,29 @@ nlohmann::json spread_json(const backends::Spread& s) {
 
 nlohmann::json result_json(const Layout& layout, const backends::RunResult& r, const std::string& backend) {
   nlohmann::json phases = nlohmann::json::object();
-  for (const auto& p : r.phases) phases[p.name] = spread_json(p.time);
-  nlohmann::json out = {{"strategy", to_string(layout.strategy())},
-                        {"head_policy", to_string(layout.spec().head_policy)},
-                        {"order", to_string(layout.mesh().order)},
-                        {"world", layout.world()},
-                        {"ulysses", layout.ulysses()},
-                        {"ring", layout.ring()},
-                        {"backend", backend},
+  for (const auto& p : r.phases) phases[std::string(to_string(p.phase))] = spread_json(p.time);
+  nlohmann::json out = to_json(layout.choice());
+  out.update({{"world", layout.world()},
+              {"backend", backend},
                         {"iterations", r.iterations},
                         {"time_s", spread_json(r.time)},
                         {"phases", phases},
                         {"verified", r.max_abs_err ? nlohmann::json(r.verified()) : nlohmann::json(nullptr)},
                         {"max_abs_err", r.max_abs_err ? nlohmann::json(*r.max_abs_err) : nlohmann::json(nullptr)},
-                        {"tolerance", r.max_abs_err ? nlohmann::json(r.tolerance) : nlohmann::json(nullptr)}};
+              {"tolerance", r.max_abs_err ? nlohmann::json(r.tolerance) : nlohmann::json(nullptr)}});
   return out;
 }
 
 void print_result(const Layout& layout, const backends::RunResult& r, const std::string& backend, int warmups) {
-  std::cout << fmt::format("cptune run: {} ({}), world {} = U {} x R {}, {} ranks, dtype {}\n", to_string(layout.strategy()),
-                           to_string(layout.spec().head_policy), layout.world(), layout.ulysses(), layout.ring(), backend,
-                           to_string(layout.shape().dtype));
+  std::cout << fmt::format("cptune run: {}, world {}, {} ranks, dtype {}\n", to_string(layout.choice()), layout.world(),
+                           backend, to_string(layout.shape().dtype));
   if (r.max_abs_err)
     std::cout << fmt::format("verify: max |O - O_ref| = {:.3e}, tolerance {:.3e}: {}\n", *r.max_abs_err, r.tolerance,
                              r.verified() ? "PASSED" : "FAILED");
   std::cout << fmt::format("time: slowest rank per iteration, {} iterations after {} warm-up(s)\n", r.iterations, warmups);
   std::cout << fmt::format("{:<14} {:>12} {:>12} {:>12}\n", "phase", "median", "min", "max");
   for (const auto& p : r.phases)
-    std::cout << fmt::format("{:<14} {:>12} {:>12} {:>12}\n", p.name, human_seconds(p.time.median_s),
+    std::cout << fmt::format("{:<14} {:>12} {:>12} {:>12}\n", to_string(p.phase), human_seconds(p.time.median_s),
                              human_seconds(p.time.min_s), human_seconds(p.time.max_s));
   std::cout << fmt::format("{:<14} {:>12} {:>12} {:>12}\n", "total", human_seconds(r.time.median_s),
                            human_seconds(r.time.min_s), human_seconds(r.time.max_s));

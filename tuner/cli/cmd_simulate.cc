@@ -22,8 +22,6 @@ namespace po = boost::program_options;
 namespace cptune::cli {
 namespace {
 
-using sim::Cluster;
-using sim::Phase;
 using sim::Ranking;
 using sim::RankedCandidate;
 
@@ -148,7 +146,7 @@ std::string seconds_text(double s) { return s > 0 ? human_seconds(s) : "-"; }
 // Phases some candidate spends time in: the table's breakdown columns.
 std::vector<Phase> active_phases(const Ranking& ranking) {
   std::vector<Phase> out;
-  for (Phase ph : sim::kAllPhases)
+  for (Phase ph : kAllPhases)
     for (const RankedCandidate& rc : ranking.candidates)
       if (rc.prediction.phase(ph) > 0) {
         out.push_back(ph);
@@ -168,7 +166,7 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
   int64_t shown = 0;
   for (const RankedCandidate& rc : ranking.candidates) {
     if (top > 0 && shown++ >= top) break;
-    const sim::Candidate& k = rc.candidate;
+    const LayoutChoice& k = rc.candidate;
     const sim::Prediction& p = rc.prediction;
     std::string row = fmt::format("{:>3}  {:<13}{:>4}{:>4}  {:<14}{:<11}{:>11}{:>8}{:>10}", &rc - &ranking.candidates[0] + 1,
                                   to_string(k.strategy), k.ulysses, k.ring, to_string(k.order), to_string(k.head_policy),
@@ -185,7 +183,7 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
                "summed over ranks; peak: largest rank's buffers\n";
   if (!ranking.refused.empty()) {
     std::cout << fmt::format("\nrefused ({}):\n", ranking.refused.size());
-    for (const sim::Refusal& r : ranking.refused) std::cout << "  " << r.candidate.label() << ": " << r.reason << "\n";
+    for (const sim::Refusal& r : ranking.refused) std::cout << "  " << to_string(r.candidate) << ": " << r.reason << "\n";
   }
 }
 
@@ -202,7 +200,7 @@ nlohmann::json config_json(const Config& c, const Ranking& ranking, const sim::H
 
 void print_csv_header() {
   std::string phases;
-  for (Phase ph : sim::kAllPhases) {
+  for (Phase ph : kAllPhases) {
     std::string name(to_string(ph));
     for (char& ch : name) ch = ch == '-' ? '_' : ch;
     phases += name + "_s,";
@@ -219,7 +217,7 @@ void print_csv_rows(const Config& c, const Ranking& ranking, const sim::Hardware
                   c.cluster.world, c.cluster.ranks_per_node, c.cluster.nodes(), seq_text(s, ";"), s.batch, s.q_heads,
                   s.kv_heads, s.head_dim, s.v_head_dim, to_string(s.dtype), to_string(s.mask));
   for (const RankedCandidate& rc : ranking.candidates) {
-    const sim::Candidate& k = rc.candidate;
+    const LayoutChoice& k = rc.candidate;
     const sim::Prediction& p = rc.prediction;
     std::string row = prefix + fmt::format("{},{},{},{},{},{:.6e},{:.4f},{},", to_string(k.strategy), k.ulysses, k.ring,
                                            to_string(k.order), to_string(k.head_policy), p.total_s,
@@ -244,7 +242,7 @@ int cmd_simulate(const Args& args) {
   if (!parse_args(args, desc, kUsage)) return 0;
   if (a.top < 0) throw Error(fmt::format("--top {} must be positive", a.top));
   const sim::Hardware hw = sim::load_hardware(a.hardware);
-  const sim::PredictOptions options{sim::parse_pass(a.pass), sim::parse_metadata_channel(a.metadata)};
+  const sim::PredictOptions options{sim::parse_pass(a.pass), parse_metadata_channel(a.metadata)};
   const std::vector<Config> configs = make_configs(a, hw);
   const bool sweep = configs.size() > 1;
 

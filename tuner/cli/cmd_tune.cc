@@ -29,15 +29,15 @@ class ProgressReport {
  public:
   ProgressReport() : tty_(isatty(STDERR_FILENO) != 0), start_(clock::now()) {}
 
-  void measuring(size_t index, size_t shapes, const db::ShapeKey& shape, const std::vector<sim::Candidate>& candidates,
+  void measuring(size_t index, size_t shapes, const AttentionShape& shape, const std::vector<LayoutChoice>& candidates,
                  size_t done, size_t total) {
     std::string names;
-    for (const sim::Candidate& c : candidates) names += (names.empty() ? "" : ", ") + c.label();
+    for (const LayoutChoice& c : candidates) names += (names.empty() ? "" : ", ") + to_string(c);
     const double elapsed = std::chrono::duration<double>(clock::now() - start_).count();
     const std::string eta =
         measured_ > 0 ? human_seconds(elapsed / double(measured_) * double(total - done)) : std::string("?");
     const std::string line = fmt::format("[{}/{} shapes, {}/{} candidates, ETA {}] {}: measuring {}", index + 1, shapes,
-                                         done, total, eta, db::describe(shape), names);
+                                         done, total, eta, to_string(shape), names);
     if (tty_) {
       const int width = 30;
       const int filled = total ? int(double(done) / double(total) * width) : 0;
@@ -54,15 +54,15 @@ class ProgressReport {
     pending_ = 0;
     if (tty_) std::cerr << "\r\033[K";
     if (outcome.skipped) {
-      std::cerr << fmt::format("{}: already stored for this fingerprint, skipped\n", db::describe(outcome.shape));
+      std::cerr << fmt::format("{}: already stored for this fingerprint, skipped\n", to_string(outcome.shape));
       return;
     }
     const db::MeasurementRow* best = nullptr;
     for (const auto& row : outcome.rows)
       if (!best || row.median_s < best->median_s) best = &row;
     if (best)
-      std::cerr << fmt::format("{}: best {} {} ({} of {} feasible candidates measured)\n", db::describe(outcome.shape),
-                               db::describe(best->candidate), human_seconds(best->median_s), outcome.rows.size(),
+      std::cerr << fmt::format("{}: best {} {} ({} of {} feasible candidates measured)\n", to_string(outcome.shape),
+                               to_string(best->candidate), human_seconds(best->median_s), outcome.rows.size(),
                                outcome.feasible);
   }
 
@@ -78,7 +78,7 @@ void print_summary(const std::vector<tuner::ShapeOutcome>& outcomes, const std::
                            "vs ulysses");
   for (const auto& o : outcomes) {
     if (o.skipped) {
-      std::cout << fmt::format("{:<50} {:<44}\n", db::describe(o.shape), "(already stored, skipped)");
+      std::cout << fmt::format("{:<50} {:<44}\n", to_string(o.shape), "(already stored, skipped)");
       continue;
     }
     const db::MeasurementRow *best = nullptr, *worst = nullptr, *ulysses = nullptr;
@@ -88,7 +88,7 @@ void print_summary(const std::vector<tuner::ShapeOutcome>& outcomes, const std::
       if (row.candidate.strategy == Strategy::ulysses) ulysses = &row;
     }
     if (!best) continue;
-    std::cout << fmt::format("{:<50} {:<44} {:>12} {:>9.2f}x {:>10}\n", db::describe(o.shape), db::describe(best->candidate),
+    std::cout << fmt::format("{:<50} {:<44} {:>12} {:>9.2f}x {:>10}\n", to_string(o.shape), to_string(best->candidate),
                              human_seconds(best->median_s), worst->median_s / best->median_s,
                              ulysses ? fmt::format("{:.2f}x", ulysses->median_s / best->median_s) : "n/a");
   }
@@ -127,12 +127,13 @@ int cmd_tune(const Args& args) {
   } else {
     shapes.push_back(to_shape(shape));
   }
-  const Mesh m = to_mesh(mesh);
+  reject_layout_flags(mesh, "tune");
+  const Cluster cluster = to_cluster(mesh);
   // Refuse a shape that cannot run on this world at all before starting any rank (ring lays
   // out any head count, so its refusal is the shape's fault).
   for (size_t i = 0; i < shapes.size(); ++i) {
     try {
-      Layout::build({shapes[i], Mesh{m.world, 0, 0, m.order, m.ranks_per_node}, Strategy::ring, HeadPolicy::balanced});
+      Layout::build({shapes[i], cluster, resolve({Strategy::ring}, cluster)});
     } catch (const Error& e) {
       throw Error((shapes_path.empty() ? std::string("shape") : "shape " + std::to_string(i + 1) + " of " + shapes_path) +
                   ": " + e.what());
@@ -142,19 +143,20 @@ int cmd_tune(const Args& args) {
   options.db_path = db_path;
   options.hardware = sim::load_hardware(hardware);
   options.profile = sim::profile_label(options.hardware, hardware);
-  options.ranks_per_node = m.ranks_per_node;
+  options.ranks_per_node = cluster.ranks_per_node;
   options.top_k = top_k;
   options.exhaustive = exhaustive;
   options.executor = executor_options(run);
   options.executor.verify = !no_verify;
-  options.fingerprint = local_fingerprint(run.backend, m.world, m.ranks_per_node);
+  options.predict.metadata = options.executor.metadata;  // rank candidates with the channel they run with
+  options.fingerprint = local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
   db::Store::open(db_path);  // a bad path or file fails here, before any rank starts
 
-  return run_ranks(run, m.world, [&](backends::Comm& world, backends::Device& device) {
+  return run_ranks(run, cluster.world, [&](backends::Comm& world, backends::Device& device) {
     options.executor.device = &device;
     ProgressReport report;
     tuner::TuneProgress progress;
-    progress.measuring = [&](size_t i, size_t n, const db::ShapeKey& s, const std::vector<sim::Candidate>& c, size_t d,
+    progress.measuring = [&](size_t i, size_t n, const AttentionShape& s, const std::vector<LayoutChoice>& c, size_t d,
                              size_t t) { report.measuring(i, n, s, c, d, t); };
     progress.finished = [&](size_t, const tuner::ShapeOutcome& o) { report.finished(o); };
     const auto outcomes = tuner::tune(shapes, options, world, progress);

@@ -40,12 +40,12 @@ std::string share(size_t n, size_t of) { return fmt::format("{}/{} ({})", n, of,
 
 void print_shape(size_t index, const tuner::ShapeValidation& s, const tuner::ShapeStats& st, std::ostream& out) {
   out << fmt::format("\nshape {}: {}  tau-b {}  predicted best is measured best: {} (its time / best {:.3f})\n", index + 1,
-                     db::describe(db::shape_key(s.shape)), number(st.tau), st.top_is_best ? "yes" : "no",
+                     to_string(s.shape), number(st.tau), st.top_is_best ? "yes" : "no",
                      st.top_over_best);
   out << fmt::format("  {:<44} {:>12} {:>12} {:>25} {:>8}\n", "candidate (predicted order)", "predicted", "measured",
                      "measured min..max", "error");
   for (const tuner::CandidateMeasurement& c : s.candidates)
-    out << fmt::format("  {:<44} {:>12} {:>12} {:>25} {:>7.1f}%\n", c.candidate.label(), human_seconds(c.predicted_s),
+    out << fmt::format("  {:<44} {:>12} {:>12} {:>25} {:>7.1f}%\n", to_string(c.candidate), human_seconds(c.predicted_s),
                        human_seconds(c.measured_s), human_seconds(c.min_s) + ".." + human_seconds(c.max_s),
                        100 * (c.predicted_s - c.measured_s) / c.measured_s);
 }
@@ -86,7 +86,7 @@ nlohmann::json report_json(const std::vector<tuner::ShapeValidation>& shapes, co
   for (size_t i = 0; i < shapes.size(); ++i) {
     nlohmann::json candidates = nlohmann::json::array();
     for (const tuner::CandidateMeasurement& c : shapes[i].candidates)
-      candidates.push_back({{"candidate", c.candidate.label()},
+      candidates.push_back({{"candidate", to_string(c.candidate)},
                             {"strategy", to_string(c.candidate.strategy)},
                             {"predicted_s", c.predicted_s},
                             {"measured_s", c.measured_s},
@@ -94,7 +94,7 @@ nlohmann::json report_json(const std::vector<tuner::ShapeValidation>& shapes, co
                             {"max_s", c.max_s},
                             {"relative_error", c.relative_error()}});
     const tuner::ShapeStats& st = r.shapes[i];
-    out_shapes.push_back({{"shape", db::describe(db::shape_key(shapes[i].shape))},
+    out_shapes.push_back({{"shape", to_string(shapes[i].shape)},
                           {"candidates", candidates},
                           {"tau", nan_as_null(st.tau)},
                           {"resolved_tau", nan_as_null(st.resolved_tau)},
@@ -140,8 +140,8 @@ void write_csv(const std::vector<tuner::ShapeValidation>& shapes, const std::str
   out << "shape_index,shape,strategy,candidate,predicted_s,measured_s,min_s,max_s\n";
   for (size_t i = 0; i < shapes.size(); ++i)
     for (const tuner::CandidateMeasurement& c : shapes[i].candidates)
-      out << fmt::format("{},\"{}\",{},\"{}\",{:.9g},{:.9g},{:.9g},{:.9g}\n", i + 1, db::describe(db::shape_key(shapes[i].shape)),
-                         to_string(c.candidate.strategy), c.candidate.label(), c.predicted_s, c.measured_s, c.min_s,
+      out << fmt::format("{},\"{}\",{},\"{}\",{:.9g},{:.9g},{:.9g},{:.9g}\n", i + 1, to_string(shapes[i].shape),
+                         to_string(c.candidate.strategy), to_string(c.candidate), c.predicted_s, c.measured_s, c.min_s,
                          c.max_s);
   if (!out) throw Error("writing --csv " + path + " failed");
 }
@@ -186,7 +186,7 @@ int cmd_validate(const Args& args) {
   options.hardware = sim::load_hardware(a.hardware);
   options.ranks_per_node = a.world;
   options.executor = executor_options(a.run);
-  options.predict.metadata = sim::parse_metadata_channel(a.run.metadata);
+  options.predict.metadata = parse_metadata_channel(a.run.metadata);
   options.fastest = a.statistic == "min";
   const std::vector<AttentionShape> shapes = read_shapes_file(a.shapes);
   tuner::summarize_validation({}, a.top_k, a.tolerance);  // rejects a bad --top-k or --tolerance now

@@ -63,14 +63,12 @@ void add_run_options(po::options_description& desc, RunArgs& a) {
 backends::ExecutorOptions executor_options(const RunArgs& a) {
   if (a.iterations < 1) throw Error("--iterations " + std::to_string(a.iterations) + " must be at least 1");
   if (a.warmups < 0) throw Error("--warmups " + std::to_string(a.warmups) + " must not be negative");
-  if (a.metadata != "cpu" && a.metadata != "device")
-    throw Error("--metadata " + a.metadata + " is not a channel; use cpu or device");
   backends::ExecutorOptions options;
+  options.metadata = parse_metadata_channel(a.metadata);
   options.warmups = a.warmups;
   options.iterations = a.iterations;
   options.verify = a.verify;
   options.seed = a.seed;
-  options.metadata = a.metadata == "device" ? backends::MetadataChannel::device : backends::MetadataChannel::cpu;
   return options;
 }
 

@@ -31,7 +31,23 @@ void add_strategy_options(po::options_description& desc, StrategyArgs& a) {
 }
 
 LayoutSpec to_spec(const ShapeArgs& shape, const MeshArgs& mesh, const StrategyArgs& strategy) {
-  return {to_shape(shape), to_mesh(mesh), parse_strategy(strategy.strategy), parse_head_policy(strategy.head_policy)};
+  const Cluster cluster = to_cluster(mesh);
+  const LayoutChoice choice{parse_strategy(strategy.strategy), mesh.ulysses, mesh.ring,
+                            mesh.order.empty() ? RankOrder::ulysses_inner : parse_rank_order(mesh.order),
+                            parse_head_policy(strategy.head_policy)};
+  try {
+    return {to_shape(shape), cluster, resolve(choice, cluster)};
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) + " (set by --strategy, --world, --ulysses and --ring)");
+  }
+}
+
+void reject_layout_flags(const MeshArgs& mesh, const std::string& command) {
+  for (const auto& [flag, given] : {std::pair{"--ulysses", mesh.ulysses != 0}, std::pair{"--ring", mesh.ring != 0},
+                                    std::pair{"--order", !mesh.order.empty()}})
+    if (given)
+      throw Error(std::string(flag) + " names one layout, but " + command +
+                  " ranks every layout choice itself and cannot be restricted to one yet; drop " + flag);
 }
 
 void add_mesh_options(po::options_description& desc, MeshArgs& a) {
@@ -39,7 +55,7 @@ void add_mesh_options(po::options_description& desc, MeshArgs& a) {
       ("world", po::value(&a.world), "ranks P in the context-parallel group")
       ("ulysses", po::value(&a.ulysses), "Ulysses degree U (hybrids; U x R = P)")
       ("ring", po::value(&a.ring), "ring degree R (hybrids; U x R = P)")
-      ("order", po::value(&a.order)->default_value("ulysses-inner"), "rank order: ulysses-inner or ring-inner")
+      ("order", po::value(&a.order), "rank order: ulysses-inner (default) or ring-inner")
       ("ranks-per-node", po::value(&a.ranks_per_node), "ranks per node G (default: all on one node)");
 }
 
@@ -91,17 +107,11 @@ AttentionShape to_shape(const ShapeArgs& a) {
   return s;
 }
 
-Mesh to_mesh(const MeshArgs& a) {
+Cluster to_cluster(const MeshArgs& a) {
   if (a.world == 0) throw Error("--world is required (ranks in the context-parallel group)");
-  Mesh m;
-  m.world = a.world;
-  m.ulysses = a.ulysses;
-  m.ring = a.ring;
-  if (m.ulysses == 0 && m.ring > 0 && m.ring <= m.world && m.world % m.ring == 0) m.ulysses = m.world / m.ring;
-  if (m.ring == 0 && m.ulysses > 0 && m.ulysses <= m.world && m.world % m.ulysses == 0) m.ring = m.world / m.ulysses;
-  m.order = parse_rank_order(a.order);
-  m.ranks_per_node = a.ranks_per_node == 0 ? a.world : a.ranks_per_node;
-  return m;
+  if (a.world < 0) throw Error("--world " + std::to_string(a.world) + " must be at least 1");
+  if (a.ranks_per_node < 0) throw Error("--ranks-per-node " + std::to_string(a.ranks_per_node) + " must be at least 1");
+  return Cluster{a.world, a.ranks_per_node == 0 ? a.world : a.ranks_per_node};
 }
 
 std::optional<po::variables_map> parse_args(const std::vector<std::string>& args, const po::options_description& desc,

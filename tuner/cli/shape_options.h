@@ -25,9 +25,9 @@ struct ShapeArgs {
 
 struct MeshArgs {
   int64_t world = 0;
-  int64_t ulysses = 0;  // 0: fixed by the strategy, or required for hybrids
+  int64_t ulysses = 0;  // 0: fixed by the strategy, or world / ring for hybrids
   int64_t ring = 0;
-  std::string order = "ulysses-inner";
+  std::string order;    // empty: ulysses-inner
   int64_t ranks_per_node = 0;  // 0: all ranks on one node
 };
 
@@ -40,8 +40,12 @@ struct StrategyArgs {
 
 void add_shape_options(boost::program_options::options_description& desc, ShapeArgs& args);
 void add_strategy_options(boost::program_options::options_description& desc, StrategyArgs& args);
-// The one layout these flags name (throws Error naming a bad value).
+// The one layout these flags name, its choice resolved (throws Error naming a bad value and
+// the flag that sets it).
 LayoutSpec to_spec(const ShapeArgs& shape, const MeshArgs& mesh, const StrategyArgs& strategy);
+// tune and lookup rank every layout choice themselves: --ulysses, --ring and --order given to
+// them are an Error, not silently ignored.
+void reject_layout_flags(const MeshArgs& mesh, const std::string& command);
 void add_mesh_options(boost::program_options::options_description& desc, MeshArgs& args);
 
 // "4097", "32k", "1M", "2G" -> tokens. Throws Error naming the text.
@@ -49,7 +53,7 @@ int64_t parse_count(const std::string& text, const std::string& what);
 std::vector<int64_t> parse_count_list(const std::string& text, const std::string& what);
 
 AttentionShape to_shape(const ShapeArgs& args);  // seq must be one value here
-Mesh to_mesh(const MeshArgs& args);
+Cluster to_cluster(const MeshArgs& args);  // --world and --ranks-per-node
 
 // Parses argv with desc; returns nullopt after printing help when --help was given.
 std::optional<boost::program_options::variables_map> parse_args(
