@@ -6,6 +6,7 @@
 
 #include "backends/comm/comm.h"
 #include "backends/exec/executor.h"
+#include "backends/kernels/cpu_isa.h"
 #include "backends/comm/launcher.h"
 #include "core/error.h"
 #include "core/layout.h"
@@ -33,6 +34,7 @@ nlohmann::json result_json(const Layout& layout, const backends::RunResult& r, c
                         {"ulysses", layout.ulysses()},
                         {"ring", layout.ring()},
                         {"backend", backend},
+                        {"cpu_isa", std::string(backends::to_string(backends::active_cpu_isa()))},
                         {"iterations", r.iterations},
                         {"time_s", spread_json(r.time)},
                         {"phases", phases},
