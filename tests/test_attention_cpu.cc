@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "backends/kernels/attention_cpu.h"
+#include "backends/kernels/cpu_isa.h"
 #include "backends/kernels/dtype_convert.h"
 #include "core/error.h"
 #include "core/layout.h"
@@ -609,6 +612,100 @@ TEST(DtypeConvert, RoundsToNearestEvenAndWidensExactly) {
   from_float(in, DType::fp16, narrow.data(), 4);
   to_float(narrow.data(), DType::fp16, back.data(), 4);
   for (int i = 0; i < 4; ++i) EXPECT_EQ(back[i], in[i]) << i;  // 11-bit significand: all exact
+}
+
+// ---- instruction-set variants -------------------------------------------------------------------
+
+// ctest runs this program once more per instruction set with CPTUNE_CPU_ISA set
+// (tests/CMakeLists.txt), so every test above runs on each variant; one this processor cannot
+// run is skipped there, not failed.
+class ForcedCpuIsa : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    const char* forced = std::getenv("CPTUNE_CPU_ISA");
+    if (forced != nullptr && *forced != '\0' && !cpu_can_run(parse_cpu_isa(forced)))
+      GTEST_SKIP() << "CPTUNE_CPU_ISA=" << forced << ": this processor cannot run it";
+  }
+};
+[[maybe_unused]] const auto* const forced_cpu_isa = ::testing::AddGlobalTestEnvironment(new ForcedCpuIsa);
+
+TEST(CpuIsa, ForcedVariantIsTheActiveOneAndDefaultIsTheWidest) {
+  const char* forced = std::getenv("CPTUNE_CPU_ISA");
+  const CpuIsa want = forced != nullptr && *forced != '\0' ? parse_cpu_isa(forced) : runnable_cpu_isas().back();
+  EXPECT_EQ(active_cpu_isa(), want);
+  EXPECT_EQ(active_cpu_kernels().isa, want);
+  EXPECT_EQ(runnable_cpu_isas().front(), CpuIsa::baseline);
+}
+
+AttentionState attended_with(const CpuKernels& kernels, const Inputs& in, const AttentionParams& params) {
+  AttentionState state(in.q.tokens, in.q.heads, in.v.dim);
+  kernels.attend({in.q.view(), in.runs}, {in.k.view(), in.v.view(), in.runs}, params, state);
+  return state;
+}
+
+// Every variant this processor runs against the baseline variant and the double reference, over
+// masks, dtypes, GQA and lengths across tile edges. FMA and wider reductions change fp32 rounding
+// only: states agree within the tests' state tolerance.
+TEST(CpuIsa, EveryRunnableVariantMatchesBaselineAndReference) {
+  const CpuKernels& baseline = cpu_kernels(CpuIsa::baseline);
+  for (CpuIsa isa : runnable_cpu_isas())
+    for (DType dtype : {DType::fp32, DType::bf16, DType::fp16})
+      for (int64_t len : {1, 63, 65, 200})
+        for (const Mask& mask : masks_for(len)) {
+          Problem p;
+          p.seq_lens = {len, 37};
+          p.q_heads = 4;
+          p.kv_heads = 2;
+          p.head_dim = 64;
+          p.v_dim = 40;
+          p.dtype = dtype;
+          p.mask = mask;
+          const Inputs in = make_inputs(p, 300 + static_cast<uint64_t>(len));
+          const AttentionState got = attended_with(cpu_kernels(isa), in, p.params());
+          EXPECT_TRUE(states_near(got, attended_with(baseline, in, p.params()), kStateTol))
+              << to_string(isa) << " vs baseline " << p.describe();
+          EXPECT_TRUE(states_near(got, reference(in, p.params()), kStateTol))
+              << to_string(isa) << " vs reference " << p.describe();
+        }
+}
+
+// Widening is exact and narrowing rounds to nearest even on every variant, so the copies agree
+// bit for bit with the baseline's, ties, subnormals, infinities and out-of-range values included.
+TEST(CpuIsa, EveryRunnableVariantCopiesDtypesBitForBitLikeBaseline) {
+  std::mt19937_64 rng(9);
+  std::vector<float> values{0.0f, -0.0f, 1.0f + std::ldexp(1.0f, -8), 1.0f + 3 * std::ldexp(1.0f, -8),
+                            std::ldexp(1.0f, -130), std::ldexp(1.0f, -20), 65504.0f, 65520.0f, 1e30f,
+                            std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
+  std::uniform_int_distribution<uint32_t> bits(0, 0x7f7fffffu);  // every finite magnitude
+  while (values.size() < 1000) {
+    const uint32_t b = bits(rng) | (values.size() % 2 ? 0x80000000u : 0u);
+    float x;
+    std::memcpy(&x, &b, sizeof x);
+    values.push_back(x);
+  }
+  const auto elems = static_cast<int64_t>(values.size());
+  const CpuKernels& baseline = cpu_kernels(CpuIsa::baseline);
+  for (CpuIsa isa : runnable_cpu_isas())
+    for (DType dtype : {DType::bf16, DType::fp16, DType::fp32}) {
+      const size_t bytes = values.size() * static_cast<size_t>(dtype_bytes(dtype));
+      std::vector<std::byte> got(bytes), want(bytes);
+      cpu_kernels(isa).from_float(values.data(), dtype, got.data(), elems);
+      baseline.from_float(values.data(), dtype, want.data(), elems);
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), bytes), 0) << to_string(isa) << " narrowing to " << to_string(dtype);
+      std::vector<float> widened(values.size()), widened_want(values.size());
+      cpu_kernels(isa).to_float(want.data(), dtype, widened.data(), elems);
+      baseline.to_float(want.data(), dtype, widened_want.data(), elems);
+      EXPECT_EQ(std::memcmp(widened.data(), widened_want.data(), values.size() * sizeof(float)), 0)
+          << to_string(isa) << " widening " << to_string(dtype);
+    }
+}
+
+TEST(CpuIsa, UnknownOrUnrunnableVariantIsAnErrorNamingIt) {
+  for (CpuIsa isa : {CpuIsa::baseline, CpuIsa::v3, CpuIsa::v4}) EXPECT_EQ(parse_cpu_isa(to_string(isa)), isa);
+  expect_error_naming([] { parse_cpu_isa("avx9"); }, "avx9");
+  expect_error_naming([] { parse_cpu_isa("V3"); }, "V3");
+  for (CpuIsa isa : {CpuIsa::v3, CpuIsa::v4})
+    if (!cpu_can_run(isa)) expect_error_naming([&] { cpu_kernels(isa); }, std::string(to_string(isa)));
 }
 
 }  // namespace

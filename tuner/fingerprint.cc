@@ -6,6 +6,7 @@
 
 #include <Eigen/Core>
 
+#include "backends/kernels/cpu_isa.h"
 #include "cptune/version.h"
 
 #ifdef CPTUNE_HAVE_CUDA
@@ -39,6 +40,9 @@ db::Fingerprint local_fingerprint(const std::string& backend, int64_t world, int
   fp.library_versions = "gloo 0.5.0; eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." +
                         std::to_string(EIGEN_MAJOR_VERSION) + "." + std::to_string(EIGEN_MINOR_VERSION) + "; sqlite " +
                         sqlite3_libversion();
+  // CPU ranks compute at the speed of the kernels' instruction-set variant (cpu_isa.h).
+  if (backend != "nccl")
+    fp.library_versions += "; cpu kernels " + std::string(backends::to_string(backends::active_cpu_isa()));
   fp.cptune_version = CPTUNE_VERSION_STRING;
 #ifdef CPTUNE_HAVE_CUDA
   if (backend == "nccl") {  // the GPU, not the host CPU, is what an NCCL measurement depends on

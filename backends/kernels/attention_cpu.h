@@ -43,8 +43,8 @@ class AttentionState {
 
 // Attention of the query runs against one K,V block, merged into `state` (rows = Q tensor
 // rows, heads = local q heads). Blocked like flash attention: tiles of queries x keys, fp32
-// accumulation, tiles the mask removes are never computed. Throws Error when the tensors,
-// runs, heads or state disagree.
+// accumulation, tiles the mask removes are never computed. Runs the instruction-set variant of
+// active_cpu_isa() (cpu_isa.h). Throws Error when the tensors, runs, heads or state disagree.
 void attend(const Queries& queries, const KvBlock& block, const AttentionParams& params, AttentionState& state);
 
 // The same attention computed naively (double accumulation, one query row at a time, O(S)

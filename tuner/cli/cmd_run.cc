@@ -6,6 +6,7 @@
 
 #include "backends/comm/comm.h"
 #include "backends/exec/executor.h"
+#include "backends/kernels/cpu_isa.h"
 #include "backends/comm/launcher.h"
 #include "core/error.h"
 #include "core/layout_json.h"
@@ -30,11 +31,12 @@ nlohmann::json result_json(const Layout& layout, const backends::RunResult& r, c
   nlohmann::json out = to_json(layout.choice());
   out.update({{"world", layout.world()},
               {"backend", backend},
-                        {"iterations", r.iterations},
-                        {"time_s", spread_json(r.time)},
-                        {"phases", phases},
-                        {"verified", r.max_abs_err ? nlohmann::json(r.verified()) : nlohmann::json(nullptr)},
-                        {"max_abs_err", r.max_abs_err ? nlohmann::json(*r.max_abs_err) : nlohmann::json(nullptr)},
+              {"cpu_isa", std::string(backends::to_string(backends::active_cpu_isa()))},
+              {"iterations", r.iterations},
+              {"time_s", spread_json(r.time)},
+              {"phases", phases},
+              {"verified", r.max_abs_err ? nlohmann::json(r.verified()) : nlohmann::json(nullptr)},
+              {"max_abs_err", r.max_abs_err ? nlohmann::json(*r.max_abs_err) : nlohmann::json(nullptr)},
               {"tolerance", r.max_abs_err ? nlohmann::json(r.tolerance) : nlohmann::json(nullptr)}});
   return out;
 }

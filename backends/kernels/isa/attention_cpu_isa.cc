@@ -1,0 +1,263 @@
+// The hot loops of the CPU kernels (attend(), the dtype copies, the LSE merge), compiled once
+// per instruction set (backends/CMakeLists.txt): CPTUNE_ISA names the variant (baseline, v3, v4)
+// and the build adds its -march. cpu_isa.cc picks one at start-up.
+//
+// One binary holds every variant, so no code of one may be shared with another or with the
+// rest of the program: the linker keeps one copy of each inline function or template of a
+// given name, and a v4 copy of Eigen's GEMM or of std::vector<float> called from baseline code
+// would fault on a processor without AVX-512. Hence: everything here lives in a namespace per
+// variant (the entry points) or an anonymous one, Eigen is renamed per variant by the macro
+// below, and no std template is instantiated on types shared with other translation units
+// (buffers are plain new[] arrays). tests/check_cpu_isa_objects.sh checks the symbols.
+#define CPTUNE_ISA_CAT2(a, b) a##b
+#define CPTUNE_ISA_CAT(a, b) CPTUNE_ISA_CAT2(a, b)
+#define Eigen CPTUNE_ISA_CAT(Eigen_isa_, CPTUNE_ISA)
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "backends/kernels/attention_cpu.h"
+#include "backends/kernels/isa/attention_cpu_isa.h"
+
+namespace cptune::backends::CPTUNE_ISA_CAT(isa_, CPTUNE_ISA) {
+namespace {
+
+// Query rows x key rows per tile: a 64x64 fp32 score tile and the 64-row Q and K, V slices
+// (D, Dv <= 128) stay in L1/L2 while Eigen multiplies them.
+constexpr int64_t kQueryTile = 64;
+constexpr int64_t kKeyTile = 64;
+constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MatrixMap = Eigen::Map<RowMatrix>;
+using ConstMatrixMap = Eigen::Map<const RowMatrix>;
+
+// An fp32 buffer owned by this variant (see the top of the file: no std::vector<float> here).
+class Floats {
+ public:
+  explicit Floats(int64_t elems) : data_(new float[static_cast<size_t>(elems)]) {}
+  Floats(const Floats&) = delete;
+  Floats& operator=(const Floats&) = delete;
+  ~Floats() { delete[] data_; }
+  float* data() { return data_; }
+  const float* data() const { return data_; }
+  float& operator[](int64_t i) { return data_[i]; }
+  float operator[](int64_t i) const { return data_[i]; }
+
+ private:
+  float* data_;
+};
+
+// ---- dtype copies -----------------------------------------------------------------------------
+
+template <typename T>
+void widen(const void* src, float* dst, int64_t elems) {
+  const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> in(static_cast<const T*>(src), elems);
+  Eigen::Map<Eigen::ArrayXf>(dst, elems) = in.template cast<float>();
+}
+
+template <typename T>
+void narrow(const float* src, void* dst, int64_t elems) {
+  const Eigen::Map<const Eigen::ArrayXf> in(src, elems);
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(static_cast<T*>(dst), elems) = in.template cast<T>();
+}
+
+void widen_to(const void* src, DType dtype, float* dst, int64_t elems) {
+  switch (dtype) {
+    case DType::bf16:
+      return widen<Eigen::bfloat16>(src, dst, elems);
+    case DType::fp16:
+      return widen<Eigen::half>(src, dst, elems);
+    case DType::fp32:
+      if (elems > 0) std::memcpy(dst, src, static_cast<size_t>(elems) * sizeof(float));
+      return;
+  }
+}
+
+// ---- fp32 head-major copies -----------------------------------------------------------------
+
+// A tensor widened to fp32 (times `scale`) and regrouped [heads][tokens][dim], so each head's
+// rows form one dense matrix for the tile products.
+class HeadMajor {
+ public:
+  HeadMajor(const TensorView& t, float scale) : tokens_(t.tokens), dim_(t.dim), data_(t.tokens * t.heads * t.dim) {
+    const auto* src = static_cast<const unsigned char*>(t.data);
+    const int64_t row_bytes = t.dim * dtype_bytes(t.dtype);
+    for (int64_t token = 0; token < t.tokens; ++token)
+      for (int64_t head = 0; head < t.heads; ++head)
+        widen_to(src + (token * t.heads + head) * row_bytes, t.dtype, mutable_rows(head, token), t.dim);
+    if (scale != 1.0f) Eigen::Map<Eigen::ArrayXf>(data_.data(), t.tokens * t.heads * t.dim) *= scale;
+  }
+  const float* rows(int64_t head, int64_t token) const { return data_.data() + (head * tokens_ + token) * dim_; }
+
+ private:
+  float* mutable_rows(int64_t head, int64_t token) { return data_.data() + (head * tokens_ + token) * dim_; }
+  int64_t tokens_, dim_;
+  Floats data_;
+};
+
+// ---- merge by log-sum-exp -------------------------------------------------------------------
+
+// Merges a partial result (unnormalised output `acc` with softmax sum `sum` and LSE lse_b) into
+// a state row. Empty partials never reach here, so lse_b is finite and nothing becomes NaN.
+void merge_row(float* out, float& lse, const float* acc, float sum, float lse_b, int64_t v_dim) {
+  Eigen::Map<Eigen::ArrayXf> o(out, v_dim);
+  const Eigen::Map<const Eigen::ArrayXf> partial(acc, v_dim);
+  if (lse == kMinusInf) {
+    o = partial / sum;
+    lse = lse_b;
+    return;
+  }
+  const float merged = std::max(lse, lse_b) + std::log1p(std::exp(-std::abs(lse - lse_b)));
+  const float weight_a = std::exp(lse - merged);
+  const float weight_b = std::exp(lse_b - merged) / sum;
+  o = o * weight_a + partial * weight_b;
+  lse = merged;
+}
+
+// ---- one query tile, one head: flash attention over key tiles ---------------------------------
+
+// Online softmax of up to kQueryTile consecutive query rows of one run and one head across the
+// key tiles of one attend() call: running max, running sum and unnormalised output per row.
+class QueryTile {
+ public:
+  QueryTile(const Mask& mask, int64_t head_dim, int64_t v_dim)
+      : mask_(mask),
+        head_dim_(head_dim),
+        v_dim_(v_dim),
+        scores_(kQueryTile * kKeyTile),
+        acc_(kQueryTile * v_dim),
+        max_(kQueryTile),
+        sum_(kQueryTile) {}
+
+  // Starts rows [0, rows) at position `first_pos`; q holds their (pre-scaled) rows.
+  void start(const float* q, int64_t first_pos, int64_t rows) {
+    assert(rows >= 1 && rows <= kQueryTile);
+    q_ = q;
+    first_pos_ = first_pos;
+    rows_ = rows;
+    std::fill_n(acc_.data(), rows * v_dim_, 0.0f);
+    std::fill_n(max_.data(), rows, kMinusInf);
+    std::fill_n(sum_.data(), rows, 0.0f);
+  }
+
+  // Key positions of `run` that some row of the tile sees (may be empty).
+  KeyWindow visible_in(const StoredRun& run) const {
+    return {std::max(run.begin, key_window(mask_, first_pos_).lo),
+            std::min(run.begin + run.count, key_window(mask_, first_pos_ + rows_ - 1).hi)};
+  }
+
+  // Adds keys at positions [key_pos, key_pos + keys) with rows k, v (keys <= kKeyTile).
+  void add_keys(const float* k, const float* v, int64_t key_pos, int64_t keys) {
+    assert(keys >= 1 && keys <= kKeyTile);
+    const ConstMatrixMap q(q_, rows_, head_dim_), kt(k, keys, head_dim_), vt(v, keys, v_dim_);
+    MatrixMap scores(scores_.data(), rows_, keys);
+    scores.noalias() = q * kt.transpose();
+    const bool all_visible =
+        key_window(mask_, first_pos_ + rows_ - 1).lo <= key_pos && key_window(mask_, first_pos_).hi >= key_pos + keys;
+    for (int64_t r = 0; r < rows_; ++r) {
+      KeyWindow cols{0, keys};
+      if (!all_visible) {
+        const KeyWindow w = key_window(mask_, first_pos_ + r);
+        cols = {std::clamp(w.lo - key_pos, int64_t{0}, keys), std::clamp(w.hi - key_pos, int64_t{0}, keys)};
+      }
+      softmax_row(r, cols, keys);
+    }
+    MatrixMap(acc_.data(), rows_, v_dim_).noalias() += scores * vt;
+  }
+
+  // Merges every row that saw a key into state rows [first_row, first_row + rows) of `head`.
+  void merge_into(AttentionState& state, int64_t first_row, int64_t head) const {
+    for (int64_t r = 0; r < rows_; ++r) {
+      if (sum_[r] == 0.0f) continue;
+      merge_row(state.out_row(first_row + r, head), state.lse_at(first_row + r, head), acc_.data() + r * v_dim_,
+                sum_[r], max_[r] + std::log(sum_[r]), v_dim_);
+    }
+  }
+
+ private:
+  // Turns score row r into softmax weights over its visible columns [cols.lo, cols.hi) (the
+  // rest become 0) and rescales the row's running sum and output to the new maximum.
+  void softmax_row(int64_t r, KeyWindow cols, int64_t keys) {
+    float* s = scores_.data() + r * keys;
+    if (cols.lo >= cols.hi) {
+      std::fill_n(s, keys, 0.0f);
+      return;
+    }
+    Eigen::Map<Eigen::ArrayXf> visible(s + cols.lo, cols.hi - cols.lo);
+    const float new_max = std::max(max_[r], visible.maxCoeff());
+    const float rescale = std::exp(max_[r] - new_max);  // exp(-inf) = 0 on the first keys
+    visible = (visible - new_max).exp();
+    std::fill(s, s + cols.lo, 0.0f);
+    std::fill(s + cols.hi, s + keys, 0.0f);
+    sum_[r] = sum_[r] * rescale + visible.sum();
+    if (rescale != 1.0f) Eigen::Map<Eigen::ArrayXf>(acc_.data() + r * v_dim_, v_dim_) *= rescale;
+    max_[r] = new_max;
+  }
+
+  Mask mask_;
+  int64_t head_dim_, v_dim_;
+  const float* q_ = nullptr;
+  int64_t first_pos_ = 0, rows_ = 0;
+  Floats scores_, acc_, max_, sum_;
+};
+
+// Keys of `kv_runs` (runs of the block) that one query tile sees, tile by tile.
+void attend_tile(QueryTile& tile, const HeadMajor& k, const HeadMajor& v, int64_t kv_head,
+                 std::span<const StoredRun> kv_runs, int32_t seq) {
+  for (const StoredRun& kv_run : kv_runs) {
+    if (kv_run.seq != seq || kv_run.count == 0) continue;  // other sequences are never visible
+    const KeyWindow keys = tile.visible_in(kv_run);
+    for (int64_t pos = keys.lo; pos < keys.hi; pos += kKeyTile) {
+      const int64_t row = kv_run.offset + (pos - kv_run.begin);
+      tile.add_keys(k.rows(kv_head, row), v.rows(kv_head, row), pos, std::min(kKeyTile, keys.hi - pos));
+    }
+  }
+}
+
+}  // namespace
+
+void attend(const Queries& queries, const KvBlock& block, const AttentionParams& params, AttentionState& state) {
+  check_attention_arguments(queries, block, params, {state.tokens(), state.q_heads(), state.v_dim()}, "attention");
+  const float scale = params.scale.value_or(1.0f / std::sqrt(static_cast<float>(queries.q.dim)));
+  const HeadMajor q(queries.q, scale), k(block.k, 1.0f), v(block.v, 1.0f);
+  QueryTile tile(params.mask, queries.q.dim, block.v.dim);
+  for (const StoredRun& q_run : queries.runs) {
+    for (int64_t t0 = 0; t0 < q_run.count; t0 += kQueryTile) {
+      const int64_t rows = std::min(kQueryTile, q_run.count - t0);
+      for (int64_t h = 0; h < queries.q.heads; ++h) {
+        tile.start(q.rows(h, q_run.offset + t0), q_run.begin + t0, rows);
+        attend_tile(tile, k, v, params.heads.kv_of(h), block.runs, q_run.seq);
+        tile.merge_into(state, q_run.offset + t0, h);
+      }
+    }
+  }
+}
+
+void gemm_abt(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t k) {
+  MatrixMap(c, m, n).noalias() = ConstMatrixMap(a, m, k) * ConstMatrixMap(b, n, k).transpose();
+}
+
+void to_float(const void* src, DType dtype, float* dst, int64_t elems) {
+  assert(elems >= 0);
+  widen_to(src, dtype, dst, elems);
+}
+
+void from_float(const float* src, DType dtype, void* dst, int64_t elems) {
+  assert(elems >= 0);
+  switch (dtype) {
+    case DType::bf16:
+      return narrow<Eigen::bfloat16>(src, dst, elems);
+    case DType::fp16:
+      return narrow<Eigen::half>(src, dst, elems);
+    case DType::fp32:
+      if (elems > 0) std::memcpy(dst, src, static_cast<size_t>(elems) * sizeof(float));
+      return;
+  }
+}
+
+}  // namespace cptune::backends::CPTUNE_ISA_CAT(isa_, CPTUNE_ISA)
