@@ -142,10 +142,13 @@ AttentionShape shape_of(const ShapeView& v) {
                         v.v_head_dim, v.dtype, v.mask};
 }
 
-bool same_shape(const ShapeView& a, const ShapeView& b) {
+bool same_family(const ShapeView& a, const ShapeView& b) {
   return a.batch == b.batch && a.q_heads == b.q_heads && a.kv_heads == b.kv_heads && a.head_dim == b.head_dim &&
-         a.v_head_dim == b.v_head_dim && a.dtype == b.dtype && a.mask == b.mask &&
-         std::equal(a.seq_lens.begin(), a.seq_lens.end(), b.seq_lens.begin(), b.seq_lens.end());
+         a.v_head_dim == b.v_head_dim && a.dtype == b.dtype && a.mask == b.mask;
+}
+
+bool same_shape(const ShapeView& a, const ShapeView& b) {
+  return same_family(a, b) && std::equal(a.seq_lens.begin(), a.seq_lens.end(), b.seq_lens.begin(), b.seq_lens.end());
 }
 
 namespace {

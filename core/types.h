@@ -105,6 +105,9 @@ struct ShapeView {
 ShapeView view_of(const AttentionShape& shape);
 AttentionShape shape_of(const ShapeView& view);
 bool same_shape(const ShapeView& a, const ShapeView& b);
+// Shapes of one family differ only in their sequence lengths (the lookup's "nearest" answer
+// comes from the same family).
+bool same_family(const ShapeView& a, const ShapeView& b);
 // 64-bit keys computed from the fields without allocating: equal shapes have equal keys (the
 // lookup still compares fields, so a collision costs a probe, never a wrong answer).
 uint64_t family_hash(const ShapeView& shape);  // every field but the sequence lengths

@@ -45,12 +45,11 @@ Lookup::Lookup(std::vector<BestRow> rows, Fallback fallback)
 
 void Lookup::add_to_family(uint32_t entry) {
   const ShapeView shape = view_of(entries_[entry].shape);
-  const ShapeFamily family = family_of(shape);
   const uint64_t hash = family_hash(shape);
-  std::optional<uint32_t> index = by_family_.find(hash, [&](uint32_t f) { return families_[f].family == family; });
+  std::optional<uint32_t> index = by_family_.find(hash, [&](uint32_t f) { return same_family(family_shape(f), shape); });
   if (!index) {
     index = uint32_t(families_.size());
-    families_.push_back(Family{family, {}});
+    families_.push_back(Family{entry, {}});
     by_family_.insert(hash, *index);
   }
   families_[*index].by_log_tokens.emplace_back(std::log(double(entries_[entry].answer.measured_tokens)), entry);
@@ -66,9 +65,8 @@ std::optional<Answer> Lookup::exact(const ShapeView& shape, uint64_t hash) const
 std::optional<Answer> Lookup::nearest(const ShapeView& shape) const {
   const int64_t tokens = shape.total_tokens();
   if (tokens <= 0) return std::nullopt;
-  const ShapeFamily family = family_of(shape);
   const std::optional<uint32_t> index =
-      by_family_.find(family_hash(shape), [&](uint32_t f) { return families_[f].family == family; });
+      by_family_.find(family_hash(shape), [&](uint32_t f) { return same_family(family_shape(f), shape); });
   if (!index) return std::nullopt;
   // Log distance: 8k is as near to 4k as to 16k, the way cost grows with sequence length.
   const auto& sorted = families_[*index].by_log_tokens;

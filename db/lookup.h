@@ -52,13 +52,14 @@ class Lookup {
   };
   // Shapes of one family, by log of total tokens ascending, for the nearest answer.
   struct Family {
-    ShapeFamily family;
+    uint32_t first_entry;  // its first shape: the family's fields
     std::vector<std::pair<double, uint32_t>> by_log_tokens;  // (log tokens, entry)
   };
 
   std::optional<Answer> exact(const ShapeView& shape, uint64_t hash) const;
   std::optional<Answer> nearest(const ShapeView& shape) const;
   void add_to_family(uint32_t entry);
+  ShapeView family_shape(uint32_t family) const { return view_of(entries_[families_[family].first_entry].shape); }
 
   std::vector<Entry> entries_;
   FlatIndex by_shape_;

@@ -23,20 +23,6 @@ struct Fingerprint {
   bool operator==(const Fingerprint&) const = default;
 };
 
-// Shapes of one family differ only in their sequence lengths; the lookup's "nearest" answer
-// comes from the same family (the world is fixed by the fingerprint).
-struct ShapeFamily {
-  int64_t batch = 1;
-  int64_t q_heads = 0;
-  int64_t kv_heads = 0;
-  int64_t head_dim = 0;
-  int64_t v_head_dim = 0;
-  DType dtype = DType::bf16;
-  Mask mask;
-
-  bool operator==(const ShapeFamily& o) const;
-};
-
 // One candidate measured on one shape. Times in seconds, the slowest rank's, over iterations.
 struct MeasurementRow {
   LayoutChoice candidate;
@@ -61,8 +47,6 @@ struct BestRow {
   double median_s = 0;
   int64_t measurements = 0;  // measurements of this shape under this fingerprint, the winner's included
 };
-
-ShapeFamily family_of(const ShapeView& view);
 
 std::string describe(const Fingerprint& fp);  // "gloo cpu P=4 G=4 nodes=1"
 

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "backends/kernels/cuda/attention_cuda.h"
-#include "backends/kernels/cuda/cuda_check.h"
+#include "backends/comm/cuda/cuda_check.h"
 #include "backends/comm/cuda/nccl_comm.h"
 #include "core/error.h"
 

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "backends/kernels/cuda/attention_cuda_kernel.h"
-#include "backends/kernels/cuda/cuda_check.h"
+#include "backends/comm/cuda/cuda_check.h"
 #include "core/error.h"
 
 namespace cptune::backends {
