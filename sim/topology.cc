@@ -14,7 +14,10 @@ size_t Topology::meet(int64_t a, int64_t b) const {
 
 Topology topology_of(const Hardware& hw, int64_t ranks_per_node, int64_t world) {
   Topology t;
-  for (const Level& level : levels_of(hw, ranks_per_node)) t.level_ranks.push_back(level.ranks > 0 ? level.ranks : world);
+  for (const Level& level : levels_of(hw, ranks_per_node)) {
+    t.level_ranks.push_back(level.ranks > 0 ? level.ranks : world);
+    t.staged_through_uplink.push_back(level.host_bounce && level.uplink_bytes_per_s > 0);
+  }
   t.level_ranks.back() = std::max<int64_t>(world, 1);
   return t;
 }
@@ -119,14 +122,17 @@ ExchangeTraffic exchange_traffic(const Layout& l, const Topology& t, Exchange wh
       }
     }
   }
-  // Uplinks: what each rank sends beyond its instance, summed per instance.
+  // Uplinks: what each rank sends beyond its instance, summed per instance; where messages met
+  // inside the instance are staged through host memory, those too.
   for (size_t level = 0; level + 1 < L; ++level) {
     const size_t instances = size_t((l.world() + t.level_ranks[level] - 1) / t.level_ranks[level]);
     std::vector<int64_t> up(instances, 0), down(instances, 0);
+    const bool staged = t.staged(level);
     for (size_t a = 0; a < P; ++a) {
       const size_t inst = size_t(t.instance(int64_t(a), level));
-      up[inst] += out.sent[a][L - 1] - out.sent[a][level];
-      down[inst] += out.received[a][L - 1] - out.received[a][level];
+      const size_t inside = staged ? level : level + 1;  // cumulative counts below this stay inside
+      up[inst] += out.sent[a][L - 1] - (inside > 0 ? out.sent[a][inside - 1] : 0);
+      down[inst] += out.received[a][L - 1] - (inside > 0 ? out.received[a][inside - 1] : 0);
     }
     out.uplink_bytes[level] = busiest(up, down);
   }
@@ -150,7 +156,8 @@ RingTraffic ring_traffic(const Layout& l, const Topology& t) {
     const size_t instances = size_t((l.world() + t.level_ranks[level] - 1) / t.level_ranks[level]);
     std::vector<int64_t> heads_up(instances, 0), heads_down(instances, 0), hops_up(instances, 0), hops_down(instances, 0);
     for (const RankLayout& rl : l.ranks()) {
-      if (out.hop_level[size_t(rl.rank)] <= level) continue;  // stays inside its instance
+      const size_t hop = out.hop_level[size_t(rl.rank)];
+      if (hop < level || (hop == level && !t.staged(level))) continue;  // stays inside its instance
       const size_t from = size_t(t.instance(rl.rank, level)), to = size_t(t.instance(l.ring_next(rl.rank), level));
       heads_up[from] += rl.kv_heads.count();
       heads_down[to] += rl.kv_heads.count();

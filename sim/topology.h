@@ -15,11 +15,16 @@ namespace cptune::sim {
 // Ranks per instance of each level, innermost first; the last level holds the whole cluster.
 struct Topology {
   std::vector<int64_t> level_ranks;
+  // Per level: messages that meet there are staged through host memory above the instance
+  // (Level::host_bounce on a level with an uplink, e.g. GPUs under one PCIe switch without
+  // peer-to-peer), so they also cross the instance's uplink, up and back down. Empty: none.
+  std::vector<uint8_t> staged_through_uplink;
 
   size_t levels() const { return level_ranks.size(); }
   int64_t instance(int64_t rank, size_t level) const { return rank / level_ranks[level]; }
   // The first level whose instance holds both ranks (the last level when no lower one does).
   size_t meet(int64_t a, int64_t b) const;
+  bool staged(size_t level) const { return level < staged_through_uplink.size() && staged_through_uplink[level]; }
   bool operator==(const Topology&) const = default;
 };
 
