@@ -20,6 +20,7 @@ namespace cptune::sim {
 struct LinkClass {
   double alpha_s = 0;                // latency per message: per peer of an all-to-all, per ring step
   double bandwidth_bytes_per_s = 0;  // per rank and per direction (links are full duplex)
+  bool operator==(const LinkClass&) const = default;
 };
 
 // Levels of the machine, innermost first (DESIGN.md "Topology"): a PCIe switch, a CPU socket,
