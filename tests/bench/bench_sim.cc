@@ -4,7 +4,9 @@
 //     studies re-predict the same layouts);
 //   BM_PreparePredict: prepare + predict on a built Layout (the simulator's own share);
 //   BM_BuildPreparePredict: Layout::build + prepare + predict, what a sweep over new shapes pays.
-// BM_RankCandidates times a whole `cptune simulate` ranking (every candidate of one shape).
+// BM_RankCandidates times a whole `cptune simulate` ranking (every candidate of one shape);
+// BM_RankCandidatesScale the large-world example (S = 1M, P = 8 ... 16384, h100-sxm
+// topology): its ns_per_candidate_per_rank counter must stay flat as P grows (O(P) per candidate).
 // Shape: S = 128k causal, Hq = 64, Hkv = 8, D = Dv = 128, bf16, 8 ranks per node, H100 preset;
 // hybrids use U = 8 (U = 4 at P = 8). Run: build/bench/bench_sim
 #include <benchmark/benchmark.h>
@@ -75,6 +77,22 @@ void BM_RankCandidates(benchmark::State& state) {
   state.SetItemsProcessed(candidates);  // candidates ranked per second
 }
 
+void BM_RankCandidatesScale(benchmark::State& state) {
+  AttentionShape shape = bench_shape();
+  shape.seq_lens = {1 << 20};
+  const sim::Cluster cluster{state.range(0), 8};
+  int64_t candidates = 0;
+  for (auto _ : state) {
+    const sim::Ranking r = sim::rank_candidates(shape, cluster, h100(), {});
+    candidates += static_cast<int64_t>(r.candidates.size());
+    benchmark::DoNotOptimize(r);
+  }
+  state.SetItemsProcessed(candidates);
+  state.counters["candidates"] = double(candidates) / double(state.iterations());
+  state.counters["ns_per_candidate_per_rank"] = benchmark::Counter(
+      double(candidates) * double(state.range(0)), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
 void Worlds(benchmark::internal::Benchmark* b) {
   for (int64_t P : {8, 16, 64}) b->Arg(P);
 }
@@ -92,6 +110,7 @@ CPTUNE_SIM_BENCH(allgather_kv, Strategy::allgather_kv);
 CPTUNE_SIM_BENCH(hybrid, Strategy::hybrid);
 CPTUNE_SIM_BENCH(hybrid_uaa, Strategy::hybrid_uaa);
 BENCHMARK(BM_RankCandidates)->Apply(Worlds)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_RankCandidatesScale)->Arg(8)->Arg(64)->Arg(1024)->Arg(16384)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
