@@ -16,6 +16,7 @@
 #include "sim/cost_model.h"
 #include "sim/hardware.h"
 #include "sim/prepared_layout.h"
+#include "sim/topology.h"
 
 namespace {
 
@@ -45,8 +46,13 @@ const sim::Hardware& h100() {
   return hw;
 }
 
+// The layout prepared on the preset's topology, as rank_candidates prepares it.
+sim::PreparedLayout prepare_on_h100(const Layout& layout) {
+  return sim::prepare(layout, sim::topology_of(h100(), layout.mesh().ranks_per_node, layout.world()));
+}
+
 void BM_PredictPrepared(benchmark::State& state, Strategy strategy) {
-  const sim::PreparedLayout prepared = sim::prepare(Layout::build(bench_spec(strategy, state.range(0))));
+  const sim::PreparedLayout prepared = prepare_on_h100(Layout::build(bench_spec(strategy, state.range(0))));
   const sim::PredictOptions options{sim::Pass::forward_backward, sim::MetadataChannel::cpu};
   for (auto _ : state) benchmark::DoNotOptimize(sim::predict(prepared, h100(), options));
   state.SetItemsProcessed(state.iterations());
@@ -55,14 +61,14 @@ void BM_PredictPrepared(benchmark::State& state, Strategy strategy) {
 void BM_PreparePredict(benchmark::State& state, Strategy strategy) {
   const Layout layout = Layout::build(bench_spec(strategy, state.range(0)));
   const sim::PredictOptions options{sim::Pass::forward_backward, sim::MetadataChannel::cpu};
-  for (auto _ : state) benchmark::DoNotOptimize(sim::predict(sim::prepare(layout), h100(), options));
+  for (auto _ : state) benchmark::DoNotOptimize(sim::predict(prepare_on_h100(layout), h100(), options));
   state.SetItemsProcessed(state.iterations());
 }
 
 void BM_BuildPreparePredict(benchmark::State& state, Strategy strategy) {
   const LayoutSpec spec = bench_spec(strategy, state.range(0));
   const sim::PredictOptions options{sim::Pass::forward_backward, sim::MetadataChannel::cpu};
-  for (auto _ : state) benchmark::DoNotOptimize(sim::predict(sim::prepare(Layout::build(spec)), h100(), options));
+  for (auto _ : state) benchmark::DoNotOptimize(sim::predict(prepare_on_h100(Layout::build(spec)), h100(), options));
   state.SetItemsProcessed(state.iterations());
 }
 
