@@ -76,10 +76,14 @@ std::vector<LayoutChoice> enumerate_candidates(const AttentionShape& shape, cons
 Ranking rank_candidates(const AttentionShape& shape, const Cluster& cluster, const Hardware& hw,
                         const PredictOptions& options) {
   Ranking ranking;
+  const Topology topology = topology_of(hw, cluster.ranks_per_node, cluster.world);
+  // Ring steps keep their busiest node's work only where ranks share compute units.
+  const PrepareOptions prepare_options{hw.compute_units_per_node > 0};
+  for (size_t i = 0; i < topology.levels(); ++i) ranking.level_names.push_back(level_name(hw, i));
   for_each_candidate(
       shape, cluster,
       [&](const LayoutChoice& c, const Layout& layout) {
-        ranking.candidates.push_back({c, predict(prepare(layout), hw, options), 1.0, std::nullopt});
+        ranking.candidates.push_back({c, predict(prepare(layout, topology, prepare_options), hw, options), 1.0, std::nullopt});
       },
       &ranking.refused);
   std::stable_sort(ranking.candidates.begin(), ranking.candidates.end(),

@@ -47,6 +47,7 @@ struct Ranking {
   std::vector<Refusal> refused;
   std::optional<double> ulysses_s;  // classic Ulysses, when it builds
   double worst_s = 0;               // slowest that fits (slowest of all when none fits)
+  std::vector<std::string> level_names;  // the topology's levels, innermost first (Prediction::level_bytes)
   const RankedCandidate* best() const { return candidates.empty() ? nullptr : &candidates.front(); }
 };
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 
 namespace cptune::sim {
@@ -9,16 +11,51 @@ namespace {
 
 double over(int64_t bytes, double bytes_per_s) { return double(bytes) / bytes_per_s; }
 
-double slowest_exchange_s(const std::vector<ExchangeLoad>& loads, const Hardware& hw) {
+// The most loaded uplink of a phase: bytes over its bandwidth after oversubscription, plus, for a
+// ring hop (with_latency), the latency of the level the crossing messages meet at.
+double uplink_s(const LevelBytes& uplink, const Hardware& hw, bool with_latency) {
   double worst = 0;
-  for (const ExchangeLoad& e : loads) worst = std::max(worst, exchange_time_s(e, hw));
+  for (size_t i = 0; i + 1 < level_count(hw); ++i) {
+    const double bw = uplink_bandwidth(hw, i);
+    if (bw > 0 && uplink[i] > 0)
+      worst = std::max(worst, (with_latency ? level_link(hw, i + 1).alpha_s : 0.0) + over(uplink[i], bw));
+  }
   return worst;
 }
 
-double gather_s(const std::vector<ExchangeLoad>& loads, const Hardware& hw, MetadataChannel channel) {
+double slowest_exchange_s(const std::vector<ExchangeLoad>& loads, const LevelBytes& uplink, const Hardware& hw) {
+  const double shared = uplink_s(uplink, hw, false);
   double worst = 0;
-  for (const ExchangeLoad& e : loads) worst = std::max(worst, gather_time_s(e, hw, channel));
+  for (const ExchangeLoad& e : loads) worst = std::max(worst, exchange_time_s(e, hw, shared));
   return worst;
+}
+
+double gather_s(const std::vector<ExchangeLoad>& loads, const LevelBytes& uplink, const Hardware& hw,
+                MetadataChannel channel) {
+  const double shared = uplink_s(uplink, hw, false);
+  double worst = 0;
+  for (const ExchangeLoad& e : loads) worst = std::max(worst, gather_time_s(e, hw, channel, shared));
+  return worst;
+}
+
+// Per level, the time its busiest link is busy in one phase (the rank paths there, and the
+// uplinks of the instances below that the level's traffic crosses): for the per-level report.
+void add_level_times(Prediction& out, const std::vector<ExchangeLoad>& loads, const LevelBytes& uplink,
+                     const Hardware& hw, double times) {
+  for (size_t i = 0; i < out.levels; ++i) {
+    double busy = i > 0 && uplink_bandwidth(hw, i - 1) > 0 ? over(uplink[i - 1], uplink_bandwidth(hw, i - 1)) : 0.0;
+    for (const ExchangeLoad& e : loads) busy = std::max(busy, over(e.bytes[i], level_bandwidth(hw, i)));
+    out.level_s[i] += times * busy;
+  }
+}
+
+void add_hop_level_times(Prediction& out, const LevelBytes& bytes, const LevelBytes& uplink, const Hardware& hw,
+                         double times) {
+  for (size_t i = 0; i < out.levels; ++i) {
+    double busy = over(bytes[i], level_bandwidth(hw, i));
+    if (i > 0 && uplink_bandwidth(hw, i - 1) > 0) busy = std::max(busy, over(uplink[i - 1], uplink_bandwidth(hw, i - 1)));
+    out.level_s[i] += times * busy;
+  }
 }
 
 // The slowest rank's attention, or the busiest node's when its ranks share compute units.
@@ -26,14 +63,24 @@ double compute_s(int64_t max_flops, const NodeWork& node, double factor, const H
   return factor * std::max(attention_time_s(max_flops, dtype, hw), node_attention_time_s(node, dtype, hw));
 }
 
+// A ring step's compute: the attention kernel and, after the first step, the merge kernel, each
+// with its launch; nothing on a rank whose block the mask hides entirely.
+double step_compute_s(const RingStepLoad& s, double factor, const Hardware& hw, DType dtype) {
+  if (s.flops == 0) return 0;
+  return hw.kernel_launch_s + compute_s(s.flops, s.node, factor, hw, dtype) +
+         (s.merge_bytes > 0 ? hw.kernel_launch_s + over(s.merge_bytes, hw.memory_bandwidth_bytes_per_s) : 0.0);
+}
+
 // Ring attention, bulk-synchronous: step k computes against the block it holds while sending
 // that block on, so a step lasts max(hop, compute + merge) of its slowest rank, plus the part
 // of the shorter one that does not overlap (ring_step_time_s).
 double ring_forward_s(const PreparedLayout& p, const Hardware& hw) {
+  const double shared = uplink_s(p.ring_uplink, hw, true);
   double total = 0;
   for (const RingStepLoad& s : p.ring_steps) {
-    const double compute = compute_s(s.flops, s.node, 1.0, hw, p.dtype) + over(s.merge_bytes, hw.memory_bandwidth_bytes_per_s);
-    total += double(s.repeat) * ring_step_time_s(hop_time_s(s.intra_bytes, s.inter_bytes, hw), compute, hw);
+    const double compute = step_compute_s(s, 1.0, hw, p.dtype);
+    const double hop = hop_time_s(s.bytes, hw, s.bytes == LevelBytes{} ? 0.0 : shared);
+    total += double(s.repeat) * ring_step_time_s(hop, compute, hw);
   }
   return total;
 }
@@ -42,13 +89,14 @@ double ring_forward_s(const PreparedLayout& p, const Hardware& hw) {
 // of the same size) while computing 2.5x the forward; after the last step every dK,dV block
 // takes one more hop home, which nothing overlaps.
 double ring_backward_s(const PreparedLayout& p, const Hardware& hw) {
+  const double shared = uplink_s(p.ring_uplink, hw, true);
   double total = 0;
   for (const RingStepLoad& s : p.ring_steps) {
-    const double compute = compute_s(s.flops, s.node, kBackwardComputeFactor, hw, p.dtype) +
-                           over(s.merge_bytes, hw.memory_bandwidth_bytes_per_s);
-    total += double(s.repeat) * ring_step_time_s(2 * hop_time_s(s.intra_bytes, s.inter_bytes, hw), compute, hw);
+    const double compute = step_compute_s(s, kBackwardComputeFactor, hw, p.dtype);
+    const double hop = hop_time_s(s.bytes, hw, s.bytes == LevelBytes{} ? 0.0 : shared);
+    total += double(s.repeat) * ring_step_time_s(2 * hop, compute, hw);
   }
-  return total + hop_time_s(p.ring_return_intra_bytes, p.ring_return_inter_bytes, hw);
+  return total + hop_time_s(p.ring_return_bytes, hw, shared);
 }
 
 // All-gather as NCCL's ring runs it: R-1 steps, each forwarding one shard to the neighbour.
@@ -57,16 +105,22 @@ double ring_backward_s(const PreparedLayout& p, const Hardware& hw) {
 // slow as its slower link class. The reduce-scatter of dK,dV in the backward mirrors it.
 double allgather_s(const PreparedLayout& p, const Hardware& hw) {
   if (p.allgather_steps == 0) return 0;
-  const int64_t intra = p.allgather_intra ? p.allgather_block_bytes : 0;
-  const int64_t inter = p.allgather_inter ? p.allgather_block_bytes : 0;
-  return double(p.allgather_steps) * hop_time_s(intra, inter, hw);
+  LevelBytes block{};
+  for (size_t i = 0; i < kMaxLevels; ++i) block[i] = p.allgather_hops[i] ? p.allgather_block_bytes : 0;
+  return double(p.allgather_steps) * hop_time_s(block, hw, uplink_s(p.allgather_uplink, hw, true));
 }
 
+// One attention call: the engine's overhead, the kernel (or the ring's steps) and its launch.
 double attention_s(const PreparedLayout& p, const Hardware& hw, Pass pass) {
-  if (pass == Pass::forward)
-    return p.has_ring() ? ring_forward_s(p, hw) : compute_s(p.max_flops, p.attention_node, 1.0, hw, p.dtype);
-  return p.has_ring() ? ring_backward_s(p, hw)
-                      : compute_s(p.max_flops, p.attention_node, kBackwardComputeFactor, hw, p.dtype);
+  const double factor = pass == Pass::forward ? 1.0 : kBackwardComputeFactor;
+  const double work = p.has_ring() ? (pass == Pass::forward ? ring_forward_s(p, hw) : ring_backward_s(p, hw))
+                                   : compute_s(p.max_flops, p.attention_node, factor, hw, p.dtype) +
+                                         (p.max_flops > 0 ? hw.kernel_launch_s : 0.0);
+  return hw.call_overhead_s + work;
+}
+
+void add_levels(LevelBytes& total, const LevelBytes& b, int64_t times = 1) {
+  for (size_t i = 0; i < kMaxLevels; ++i) total[i] += times * b[i];
 }
 
 void add_bytes(Prediction& out, const ClassBytes& b, int64_t times = 1) {
@@ -90,30 +144,44 @@ double padding_waste_s(const PreparedLayout& p, const Prediction& out) {
 // its link's alpha, since the proxy posts them one after another; NVLink and the NIC are
 // separate engines and all transfers run at once, so intra and inter bytes overlap and the
 // slower class sets the time. The local pack and unpack copies run before and after it.
-double exchange_time_s(const ExchangeLoad& e, const Hardware& hw) {
-  const double start = e.intra_peers + e.inter_peers > 0 ? hw.operation_latency_s : 0.0;
-  return start + double(e.intra_peers) * hw.intra.alpha_s + double(e.inter_peers) * hw.inter.alpha_s +
-         std::max(over(e.intra_bytes, hw.intra.bandwidth_bytes_per_s), over(e.inter_bytes, hw.inter.bandwidth_bytes_per_s)) +
-         over(e.copy_bytes, hw.memory_bandwidth_bytes_per_s);
+// With a topology: every peer costs the alpha of the level it is met at; the bytes to the peers
+// of each level go over the rank's own path there, all paths at once, and the rank's injection
+// port (when the paths share one) and the phase's most loaded uplink may be slower still.
+double exchange_time_s(const ExchangeLoad& e, const Hardware& hw, double shared_s) {
+  const size_t levels = level_count(hw);
+  int64_t peers = 0;
+  for (size_t i = 0; i < levels; ++i) peers += e.peers[i];
+  double t = peers > 0 ? hw.operation_latency_s : 0.0;
+  for (size_t i = 0; i < levels; ++i) t += double(e.peers[i]) * level_link(hw, i).alpha_s;
+  double bytes_s = shared_s;
+  for (size_t i = 0; i < levels; ++i) bytes_s = std::max(bytes_s, over(e.bytes[i], level_bandwidth(hw, i)));
+  if (hw.injection_bytes_per_s > 0) bytes_s = std::max(bytes_s, over(e.injection_bytes, hw.injection_bytes_per_s));
+  const double kernels = e.copy_bytes > 0 ? 2 * hw.kernel_launch_s : 0.0;  // pack and unpack
+  return t + bytes_s + over(e.copy_bytes, hw.memory_bandwidth_bytes_per_s) + kernels;
 }
 
 // UAA's lengths. CPU channel: a Gloo gather whose exposed latency per peer is the hardware's
 // host_gather_alpha_s. Device: an all-gather on the device links, then the device-to-host copy
 // and sync the all-to-all-v needs to size its buffers (the stream drains meanwhile).
-double gather_time_s(const ExchangeLoad& e, const Hardware& hw, MetadataChannel channel) {
-  const double bytes_s =
-      std::max(over(e.intra_bytes, hw.intra.bandwidth_bytes_per_s), over(e.inter_bytes, hw.inter.bandwidth_bytes_per_s));
-  const int64_t peers = e.intra_peers + e.inter_peers;
+double gather_time_s(const ExchangeLoad& e, const Hardware& hw, MetadataChannel channel, double shared_s) {
+  const size_t levels = level_count(hw);
+  double bytes_s = shared_s;
+  int64_t peers = 0;
+  for (size_t i = 0; i < levels; ++i) {
+    bytes_s = std::max(bytes_s, over(e.bytes[i], level_bandwidth(hw, i)));
+    peers += e.peers[i];
+  }
   return channel == MetadataChannel::cpu
              ? (peers > 0 ? hw.operation_latency_s : 0.0) + double(peers) * hw.host_gather_alpha_s + bytes_s
-             : exchange_time_s(e, hw) + hw.device_sync_s;
+             : exchange_time_s(e, hw, shared_s) + hw.device_sync_s;
 }
 
-// One message to the ring neighbour; the slowest rank's hop may be on either link class.
-double hop_time_s(int64_t intra_bytes, int64_t inter_bytes, const Hardware& hw) {
+// One message to the ring neighbour; the slowest rank's hop may be met at any level.
+double hop_time_s(const LevelBytes& bytes, const Hardware& hw, double shared_s) {
   double t = 0;
-  if (intra_bytes > 0) t = hw.intra.alpha_s + over(intra_bytes, hw.intra.bandwidth_bytes_per_s);
-  if (inter_bytes > 0) t = std::max(t, hw.inter.alpha_s + over(inter_bytes, hw.inter.bandwidth_bytes_per_s));
+  for (size_t i = 0; i < level_count(hw); ++i)
+    if (bytes[i] > 0) t = std::max(t, level_link(hw, i).alpha_s + over(bytes[i], level_bandwidth(hw, i)));
+  if (t > 0) t = std::max(t, shared_s);
   return t > 0 ? hw.operation_latency_s + t : 0.0;
 }
 
@@ -150,15 +218,44 @@ Pass parse_pass(std::string_view s) {
   throw Error("unknown pass '" + std::string(s) + "'; choose fwd or fwd-bwd");
 }
 
+// Per level: bytes sent there, and the time its busiest link is busy, phase by phase.
+void add_level_report(Prediction& out, const PreparedLayout& p, const Hardware& hw, Pass pass) {
+  const int64_t backward = pass == Pass::forward_backward ? 1 : 0;
+  for (const LevelBytes& b : {p.gather_levels, p.qkv_levels, p.allgather_levels, p.ring_levels, p.o_levels})
+    add_levels(out.level_bytes, b);
+  add_levels(out.level_bytes, p.o_levels, backward);
+  add_levels(out.level_bytes, p.qkv_levels, backward);
+  add_levels(out.level_bytes, p.allgather_levels, backward);
+  add_levels(out.level_bytes, p.ring_return_levels, backward);
+  add_levels(out.level_bytes, p.ring_levels, 2 * backward);
+  const double fwd_bwd = 1.0 + double(backward);
+  add_level_times(out, p.gather, p.gather_uplink, hw, 1.0);
+  add_level_times(out, p.qkv, p.qkv_uplink, hw, fwd_bwd);
+  add_level_times(out, p.o, p.o_uplink, hw, fwd_bwd);
+  for (const RingStepLoad& s : p.ring_steps) add_hop_level_times(out, s.bytes, p.ring_uplink, hw, double(s.repeat) * (1.0 + 2.0 * double(backward)));
+  if (backward) add_hop_level_times(out, p.ring_return_bytes, p.ring_uplink, hw, 1.0);
+  if (p.allgather_steps > 0) {
+    LevelBytes block{};
+    for (size_t i = 0; i < kMaxLevels; ++i) block[i] = p.allgather_hops[i] ? p.allgather_block_bytes : 0;
+    add_hop_level_times(out, block, p.allgather_uplink, hw, double(p.allgather_steps) * fwd_bwd);
+  }
+}
+
 Prediction predict(const PreparedLayout& p, const Hardware& hw, const PredictOptions& options) {
+  if (p.topology.levels() != level_count(hw))
+    throw Error(fmt::format("layout prepared for {} topology levels, hardware '{}' has {}; prepare it with "
+                            "topology_of(hardware, ...)",
+                            p.topology.levels(), hw.name, level_count(hw)));
   Prediction out;
-  out.phase(Phase::gather) = gather_s(p.gather, hw, options.metadata);
-  out.phase(Phase::qkv) = slowest_exchange_s(p.qkv, hw);
+  out.levels = p.topology.levels();
+  out.phase(Phase::gather) = gather_s(p.gather, p.gather_uplink, hw, options.metadata);
+  out.phase(Phase::qkv) = slowest_exchange_s(p.qkv, p.qkv_uplink, hw);
   out.phase(Phase::allgather) = allgather_s(p, hw);
   out.phase(Phase::attention) = attention_s(p, hw, Pass::forward);
-  out.phase(Phase::o) = slowest_exchange_s(p.o, hw);
+  out.phase(Phase::o) = slowest_exchange_s(p.o, p.o_uplink, hw);
   for (const ClassBytes& b : {p.gather_total, p.qkv_total, p.allgather_total, p.ring_total, p.o_total}) add_bytes(out, b);
   out.peak_bytes = p.peak_bytes;
+  add_level_report(out, p, hw, options.pass);
 
   if (options.pass == Pass::forward_backward) {
     // dO and dQ,dK,dV are the transposes of O's and Q,K,V's exchanges: the same per-rank
@@ -179,7 +276,8 @@ Prediction predict(const PreparedLayout& p, const Hardware& hw, const PredictOpt
 }
 
 Prediction predict(const Layout& layout, const Hardware& hw, const PredictOptions& options) {
-  return predict(prepare(layout), hw, options);
+  const Topology topology = topology_of(hw, layout.cluster().ranks_per_node, layout.world());
+  return predict(prepare(layout, topology), hw, options);
 }
 
 }  // namespace cptune::sim

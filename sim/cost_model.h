@@ -34,6 +34,12 @@ struct Prediction {
   int64_t peak_bytes = 0;                     // largest rank (forward and backward: x2, gradients)
   bool fits = true;                           // peak_bytes <= the device's memory
   double padding_waste_s = 0;                 // the part of total_s spent on padding (classic)
+  // Per level of the topology (level_name(hw, i)): bytes sent to peers first met there, summed
+  // over ranks and phases (levels 0 and 1 of a two-level file are intra and inter), and the
+  // time its busiest link (a rank's path there, or an uplink into it) is busy, summed over phases.
+  size_t levels = 0;
+  LevelBytes level_bytes{};
+  std::array<double, kMaxLevels> level_s{};
 
   double phase(Phase p) const { return phase_s[static_cast<size_t>(p)]; }
   double& phase(Phase p) { return phase_s[static_cast<size_t>(p)]; }
@@ -44,16 +50,21 @@ Prediction predict(const PreparedLayout& layout, const Hardware& hw, const Predi
 // The terms predict() adds up, one rank's view each. Public so that calibration predicts a
 // micro-measurement (one all-to-all-v, one ring hop, one attention call) with exactly the term
 // that predicts the same operation inside a layout.
-double exchange_time_s(const ExchangeLoad& load, const Hardware& hw);  // all-to-all-v + pack/unpack
-double gather_time_s(const ExchangeLoad& load, const Hardware& hw, MetadataChannel channel);
-double hop_time_s(int64_t intra_bytes, int64_t inter_bytes, const Hardware& hw);  // one ring message
+// shared_s: the phase's most loaded uplink (bytes over its bandwidth), 0 without uplinks.
+double exchange_time_s(const ExchangeLoad& load, const Hardware& hw, double shared_s = 0);  // all-to-all-v + pack/unpack
+double gather_time_s(const ExchangeLoad& load, const Hardware& hw, MetadataChannel channel, double shared_s = 0);
+// One ring message: bytes[i] the largest block sent to a neighbour met at level i; shared_s the
+// most loaded uplink's time, its latency included.
+double hop_time_s(const LevelBytes& bytes, const Hardware& hw, double shared_s = 0);
 // A ring step that sends while it computes: max(hop, compute) + overlap_exposed_fraction x min.
 double ring_step_time_s(double hop_s, double compute_s, const Hardware& hw);
 double attention_time_s(int64_t flops, DType dtype, const Hardware& hw);           // forward FLOPs, one rank
 // The node's ranks computing at once on hw.compute_units_per_node shared units (0 when units
 // are not shared); a phase takes the larger of this and its slowest rank's attention_time_s.
 double node_attention_time_s(const NodeWork& node, DType dtype, const Hardware& hw);
-// The same as predict(prepare(layout), ...); prepare once when predicting a layout many times.
+// The same as predict(prepare(layout, topology_of(hw, ...)), ...); prepare once when predicting
+// a layout many times. predict(PreparedLayout) throws Error when the layout was prepared for
+// another number of levels than the hardware has.
 Prediction predict(const Layout& layout, const Hardware& hw, const PredictOptions& options = {});
 
 }  // namespace cptune::sim

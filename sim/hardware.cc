@@ -45,6 +45,9 @@ std::vector<Field> numeric_fields(const Hardware& hw) {
       {"compute_units_per_node", hw.compute_units_per_node, true},
       {"operation_latency_s", hw.operation_latency_s, true},
       {"overlap_exposed_fraction", hw.overlap_exposed_fraction, true},
+      {"injection_bytes_per_s", hw.injection_bytes_per_s, true},
+      {"kernel_launch_s", hw.kernel_launch_s, true},
+      {"call_overhead_s", hw.call_overhead_s, true},
   };
 }
 
@@ -76,6 +79,21 @@ class ObjectReader {
 
   // Fields added after the first presets are optional, so older files keep loading.
   double number_or(const char* key, double fallback) { return obj_.contains(key) ? number(key) : fallback; }
+  bool boolean_or(const char* key, bool fallback) {
+    if (!obj_.contains(key)) return fallback;
+    const json& v = field(key);
+    if (!v.is_boolean()) fail(path(key), "must be true or false, got " + v.dump());
+    return v.get<bool>();
+  }
+  bool has(const char* key) const { return obj_.contains(key); }
+  // The elements of an array field, each read by its own reader named key[i].
+  std::vector<ObjectReader> array(const char* key) {
+    const json& v = field(key);
+    if (!v.is_array()) fail(path(key), "must be an array of objects");
+    std::vector<ObjectReader> out;
+    for (size_t i = 0; i < v.size(); ++i) out.emplace_back(v[i], where_, path(key) + "[" + std::to_string(i) + "]");
+    return out;
+  }
   double number(const char* key) {
     const json& v = field(key);
     if (!v.is_number()) fail(path(key), "must be a number, got " + v.dump());
@@ -131,6 +149,53 @@ LinkClass read_link(ObjectReader r) {
   return link;
 }
 
+Level read_level(ObjectReader r, bool last) {
+  Level level;
+  level.name = r.text("name", true);
+  level.ranks = last ? 0 : r.integer("ranks");
+  level.link = {r.number("alpha_s"), r.number("bandwidth_bytes_per_s")};
+  level.uplink_bytes_per_s = last ? 0 : r.number_or("uplink_bytes_per_s", 0);
+  level.oversubscription = last ? 1 : r.number_or("oversubscription", 1);
+  level.host_bounce = r.boolean_or("host_bounce", false);
+  r.reject_unknown();
+  return level;
+}
+
+// The node level: the one that holds ranks_per_node ranks (validate_levels checks there is one).
+size_t node_level(const Hardware& hw) {
+  for (size_t i = 0; i < hw.levels.size(); ++i)
+    if (hw.levels[i].ranks == hw.ranks_per_node) return i;
+  return hw.levels.size();
+}
+
+void validate_levels(const Hardware& hw, const std::string& where) {
+  if (hw.levels.empty()) return;
+  auto fail = [&](size_t i, const std::string& what) {
+    throw Error(fmt::format("{}: level {} ('{}') {}", where, i, hw.levels[i].name, what));
+  };
+  if (hw.levels.size() < 2 || hw.levels.size() > kMaxLevels)
+    throw Error(fmt::format("{}: field 'levels' has {} levels; give 2 to {} (the last holds the whole cluster)", where,
+                            hw.levels.size(), kMaxLevels));
+  for (size_t i = 0; i < hw.levels.size(); ++i) {
+    const Level& l = hw.levels[i];
+    const bool last = i + 1 == hw.levels.size();
+    if (!last && l.ranks < 1) fail(i, fmt::format("must hold at least 1 rank, got {}", l.ranks));
+    if (!last && i > 0 && l.ranks % hw.levels[i - 1].ranks != 0)
+      fail(i, fmt::format("holds {} ranks, not a multiple of the {} of the level below", l.ranks, hw.levels[i - 1].ranks));
+    if (!std::isfinite(l.link.alpha_s) || l.link.alpha_s < 0) fail(i, fmt::format("alpha_s must be zero or more, got {}", l.link.alpha_s));
+    if (!std::isfinite(l.link.bandwidth_bytes_per_s) || l.link.bandwidth_bytes_per_s <= 0)
+      fail(i, fmt::format("bandwidth_bytes_per_s must be positive, got {}", l.link.bandwidth_bytes_per_s));
+    if (!std::isfinite(l.uplink_bytes_per_s) || l.uplink_bytes_per_s < 0)
+      fail(i, fmt::format("uplink_bytes_per_s must be zero (none) or positive, got {}", l.uplink_bytes_per_s));
+    if (!std::isfinite(l.oversubscription) || l.oversubscription < 1)
+      fail(i, fmt::format("oversubscription must be at least 1, got {}", l.oversubscription));
+  }
+  if (node_level(hw) + 1 >= hw.levels.size())
+    throw Error(fmt::format("{}: no level below the last holds ranks_per_node ({}) ranks; one level must be the node, "
+                            "with the network above it",
+                            where, hw.ranks_per_node));
+}
+
 DTypeRates read_rates(ObjectReader r) {
   DTypeRates rates{r.number("bf16"), r.number("fp16"), r.number("fp32")};
   r.reject_unknown();
@@ -166,6 +231,7 @@ Hardware load_file(const fs::path& path) {
 }  // namespace
 
 void validate(const Hardware& hw, const std::string& where) {
+  validate_levels(hw, where);
   for (const Field& f : numeric_fields(hw)) {
     if (!std::isfinite(f.value) || f.value < 0 || (!f.zero_allowed && f.value == 0))
       throw Error(fmt::format("{}: field '{}' must be {} and finite, got {}", where, f.name,
@@ -202,12 +268,29 @@ Hardware from_vector(Hardware base, const Eigen::VectorXd& params) {
 json to_json(const Hardware& hw) {
   auto rates = [](const DTypeRates& r) { return json{{"bf16", r.bf16}, {"fp16", r.fp16}, {"fp32", r.fp32}}; };
   auto link = [](const LinkClass& l) { return json{{"alpha_s", l.alpha_s}, {"bandwidth_bytes_per_s", l.bandwidth_bytes_per_s}}; };
-  return {{"name", hw.name},
+  json doc = {{"name", hw.name},
           {"source", source_lines(hw.source)},
           {"nodes", hw.nodes},
-          {"ranks_per_node", hw.ranks_per_node},
-          {"intra", link(hw.intra)},
-          {"inter", link(hw.inter)},
+          {"ranks_per_node", hw.ranks_per_node}};
+  if (hw.levels.empty()) {
+    doc["intra"] = link(hw.intra);
+    doc["inter"] = link(hw.inter);
+  } else {
+    json levels = json::array();
+    for (const Level& l : hw.levels) {
+      json item = {{"name", l.name}};
+      if (&l != &hw.levels.back()) item["ranks"] = l.ranks;
+      item["alpha_s"] = l.link.alpha_s;
+      item["bandwidth_bytes_per_s"] = l.link.bandwidth_bytes_per_s;
+      if (l.uplink_bytes_per_s > 0) item["uplink_bytes_per_s"] = l.uplink_bytes_per_s;
+      if (l.oversubscription != 1) item["oversubscription"] = l.oversubscription;
+      if (l.host_bounce) item["host_bounce"] = true;
+      levels.push_back(item);
+    }
+    doc["levels"] = levels;
+    if (hw.injection_bytes_per_s > 0) doc["injection_bytes_per_s"] = hw.injection_bytes_per_s;
+  }
+  doc.update(json{
           {"attention_flops_per_s", rates(hw.attention_flops_per_s)},
           {"peak_flops_per_s", rates(hw.peak_flops_per_s)},
           {"memory_bandwidth_bytes_per_s", hw.memory_bandwidth_bytes_per_s},
@@ -216,7 +299,10 @@ json to_json(const Hardware& hw) {
           {"host_gather_alpha_s", hw.host_gather_alpha_s},
           {"compute_units_per_node", hw.compute_units_per_node},
           {"operation_latency_s", hw.operation_latency_s},
-          {"overlap_exposed_fraction", hw.overlap_exposed_fraction}};
+          {"overlap_exposed_fraction", hw.overlap_exposed_fraction},
+          {"kernel_launch_s", hw.kernel_launch_s},
+          {"call_overhead_s", hw.call_overhead_s}});
+  return doc;
 }
 
 Hardware hardware_from_json(const json& doc, const std::string& where) {
@@ -226,8 +312,20 @@ Hardware hardware_from_json(const json& doc, const std::string& where) {
   hw.source = r.text("source", true);
   hw.nodes = r.integer("nodes");
   hw.ranks_per_node = r.integer("ranks_per_node");
-  hw.intra = read_link(r.child("intra"));
-  hw.inter = read_link(r.child("inter"));
+  if (r.has("levels")) {
+    if (r.has("intra") || r.has("inter"))
+      throw Error(where + ": give either 'levels' or 'intra' and 'inter', not both (the levels hold their links)");
+    std::vector<ObjectReader> items = r.array("levels");
+    for (size_t i = 0; i < items.size(); ++i) hw.levels.push_back(read_level(items[i], i + 1 == items.size()));
+    hw.injection_bytes_per_s = r.number_or("injection_bytes_per_s", 0);
+    validate_levels(hw, where);
+    const size_t node = node_level(hw);
+    hw.intra = hw.levels[node].link;
+    hw.inter = hw.levels[node + 1].link;
+  } else {
+    hw.intra = read_link(r.child("intra"));
+    hw.inter = read_link(r.child("inter"));
+  }
   hw.attention_flops_per_s = read_rates(r.child("attention_flops_per_s"));
   hw.peak_flops_per_s = read_rates(r.child("peak_flops_per_s"));
   hw.memory_bandwidth_bytes_per_s = r.number("memory_bandwidth_bytes_per_s");
@@ -237,9 +335,26 @@ Hardware hardware_from_json(const json& doc, const std::string& where) {
   hw.compute_units_per_node = r.number_or("compute_units_per_node", 0);
   hw.operation_latency_s = r.number_or("operation_latency_s", 0);
   hw.overlap_exposed_fraction = r.number_or("overlap_exposed_fraction", 0);
+  hw.kernel_launch_s = r.number_or("kernel_launch_s", 0);
+  hw.call_overhead_s = r.number_or("call_overhead_s", 0);
   r.reject_unknown();
   validate(hw, where);
   return hw;
+}
+
+std::vector<Level> levels_of(const Hardware& hw, int64_t ranks_per_node) {
+  if (ranks_per_node < 1) throw Error(fmt::format("ranks per node {} must be at least 1", ranks_per_node));
+  if (hw.levels.empty()) return {Level{"node", ranks_per_node, hw.intra}, Level{"network", 0, hw.inter}};
+  std::vector<Level> out = hw.levels;
+  const size_t node = node_level(hw);
+  for (size_t i = 0; i + 1 < out.size(); ++i) {
+    if (i < node && ranks_per_node % out[i].ranks != 0)
+      throw Error(fmt::format("hardware '{}': level '{}' holds {} ranks, which does not divide {} ranks per node; "
+                              "use a multiple of {} or a hardware file for that machine",
+                              hw.name, out[i].name, out[i].ranks, ranks_per_node, out[i].ranks));
+    if (i >= node) out[i].ranks = out[i].ranks / hw.ranks_per_node * ranks_per_node;
+  }
+  return out;
 }
 
 std::vector<std::string> preset_names() {

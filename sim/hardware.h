@@ -20,6 +20,33 @@ namespace cptune::sim {
 struct LinkClass {
   double alpha_s = 0;                // latency per message: per peer of an all-to-all, per ring step
   double bandwidth_bytes_per_s = 0;  // per rank and per direction (links are full duplex)
+  bool operator==(const LinkClass&) const = default;
+};
+
+// Levels of the machine, innermost first (DESIGN.md "Topology"): a PCIe switch, a CPU socket,
+// a host, an NVLink domain, a leaf or rail group, the spine. Two ranks "meet" at the first level
+// whose instance holds both; a message between them uses each sender's and receiver's path at
+// that level and crosses the uplink of every instance below it that it leaves.
+inline constexpr size_t kMaxLevels = 8;
+using LevelBytes = std::array<int64_t, kMaxLevels>;  // one count per level, innermost first
+
+struct Level {
+  std::string name;
+  int64_t ranks = 0;  // ranks one instance holds; the last level holds the whole cluster (0 here)
+  // Each rank's own path to the peers it meets at this level (its NVLink ports, its PCIe lane
+  // into the switch, its NIC): latency per message and bytes/s per direction.
+  LinkClass link;
+  // The instance's uplink to the level above, shared by every rank under it: bytes/s per
+  // direction of the whole instance, 0 when it never limits (non-blocking, or the last level).
+  double uplink_bytes_per_s = 0;
+  // The uplink carries uplink / oversubscription (a leaf with 3x more downlinks than uplinks: 3).
+  double oversubscription = 1;
+  // Peer-to-peer does not cross this level directly: a message between ranks that meet here is
+  // staged through host memory (a copy to a pinned host buffer, then a copy out), NCCL's SHM
+  // transport. Modelled as an extra copy on the path: the rank path's bandwidth is halved.
+  bool host_bounce = false;
+
+  bool operator==(const Level&) const = default;
 };
 
 // A rate per dtype (FLOP/s).
@@ -36,6 +63,13 @@ struct Hardware {
   int64_t ranks_per_node = 1;
   LinkClass intra;  // NVLink, PCIe or loopback between ranks of one node
   LinkClass inter;  // the network between nodes (per rank: its share of the node's NICs)
+  // The topology, innermost level first. Empty in a two-level file: then the levels are
+  // {node: ranks_per_node ranks, link intra} and {network: link inter} (levels_of() below).
+  // In a file with levels, intra and inter mirror the node level and the level above it.
+  std::vector<Level> levels;
+  // Each rank's one port that all its traffic shares (a PCIe x16 lane), bytes/s per direction;
+  // 0 when the paths of different levels are separate engines (NVLink ports and a NIC).
+  double injection_bytes_per_s = 0;
   // What a flash-attention kernel achieves at long sequences; predictions use this one.
   DTypeRates attention_flops_per_s;
   // Dense peak of the device; no phase is ever predicted faster than its FLOPs over this.
@@ -60,9 +94,21 @@ struct Hardware {
   // both run at once (a step lasts max + this x min). 0: the link moves bytes without the
   // compute units (copy engines, NICs); near 1: CPU ranks whose transfers need the same cores.
   double overlap_exposed_fraction = 0;
+  // Per-operation costs of a GPU stack, charged once per operation on top of its bytes and
+  // FLOPs: a kernel launch (each attention kernel, each ring step's merge, an all-to-all's pack
+  // and unpack) and an engine's fixed overhead per attention call (its Python and dispatch
+  // work around the kernels). A collective's launch is operation_latency_s above.
+  double kernel_launch_s = 0;
+  double call_overhead_s = 0;
 
   int64_t world() const { return nodes * ranks_per_node; }
 };
+
+// The levels the cost model uses for a cluster of `ranks_per_node` ranks per node: the file's
+// levels with the node level (the one holding hw.ranks_per_node ranks) resized to the cluster's,
+// levels below it kept (they must divide it), levels above it keeping their nodes per instance;
+// or the two levels of a two-level file. Throws Error naming a level that does not fit.
+std::vector<Level> levels_of(const Hardware& hw, int64_t ranks_per_node);
 
 // The parameters predict() reads for time, flat, for calibration by least squares. Names are
 // the JSON paths of the fields ("intra.alpha_s", "attention_flops_per_s.bf16", ...).

@@ -12,13 +12,16 @@
 #include <vector>
 
 #include "core/layout.h"
+#include "sim/topology.h"
 
 namespace cptune::sim {
 
-// One rank's side of an all-to-all-v (Ulysses Q,K,V or O) or of the metadata gather.
+// One rank's side of an all-to-all-v (Ulysses Q,K,V or O) or of the metadata gather. Level 0
+// and 1 of a two-level topology are the intra-node and inter-node link classes.
 struct ExchangeLoad {
-  int64_t intra_peers = 0, inter_peers = 0;  // group members on its node / on other nodes
-  int64_t intra_bytes = 0, inter_bytes = 0;  // max(sent, received) per link class: full duplex
+  LevelBytes peers{};           // group members it first meets at each level
+  LevelBytes bytes{};           // max(sent, received) to and from them: links are full duplex
+  int64_t injection_bytes = 0;  // max(all sent, all received): what its own port carries
   int64_t copy_bytes = 0;  // local memory traffic: pack the send buffer, unpack the receive buffer
 };
 
@@ -33,7 +36,7 @@ struct NodeWork {
 
 // One ring step's slowest rank, and how many consecutive steps share the same numbers.
 struct RingStepLoad {
-  int64_t intra_bytes = 0, inter_bytes = 0;  // largest K,V block sent on each link class
+  LevelBytes bytes{};                         // largest K,V block sent to a neighbour met at each level
   int64_t flops = 0;                          // largest attention block computed
   int64_t merge_bytes = 0;                    // online-softmax merge traffic (0 on step 0)
   NodeWork node;                              // every rank's block on the busiest node
@@ -52,20 +55,30 @@ struct ClassBytes {
 
 struct PreparedLayout {
   DType dtype = DType::bf16;
+  Topology topology;  // the levels every LevelBytes below counts
 
-  // Ulysses all-to-alls (empty when U = 1) and the UAA gather of sequence lengths.
+  // Ulysses all-to-alls (empty when U = 1) and the UAA gather of sequence lengths, and per
+  // level the most loaded uplink of each (max over instances of max(out, in) bytes).
   std::vector<ExchangeLoad> qkv, o, gather;
+  LevelBytes qkv_uplink{}, o_uplink{}, gather_uplink{};
 
   // Ring attention (rotating strategies with R > 1): steps in order, runs of equal steps merged.
   std::vector<RingStepLoad> ring_steps;
+  // Per level, the most loaded uplink of a step that sends: the heads crossing it times the
+  // largest shard (exact when shards hold equal tokens, else at most a token per chunk above).
+  LevelBytes ring_uplink{};
   // Backward only: the final hop that returns each dK,dV block to its owner.
-  int64_t ring_return_intra_bytes = 0, ring_return_inter_bytes = 0;
+  LevelBytes ring_return_bytes{};
   ClassBytes ring_return_total;
 
   // All-gather of K,V (allgather-kv): R-1 ring steps of the largest shard's K,V bytes.
   int64_t allgather_steps = 0;
   int64_t allgather_block_bytes = 0;
-  bool allgather_intra = false, allgather_inter = false;  // link classes its ring uses
+  LevelBytes allgather_hops{};    // 1 where its ring has a hop between ranks meeting at that level
+  LevelBytes allgather_uplink{};  // per step, as ring_uplink
+
+  // Bytes sent across each level, summed over ranks, per forward phase and the backward's return hop.
+  LevelBytes qkv_levels{}, o_levels{}, gather_levels{}, ring_levels{}, ring_return_levels{}, allgather_levels{};
 
   // Attention without a ring: the rank with the most FLOPs (padding included) and its useful part.
   int64_t max_flops = 0;
@@ -79,6 +92,15 @@ struct PreparedLayout {
   bool has_ring() const { return !ring_steps.empty(); }
 };
 
+struct PrepareOptions {
+  // Keep every ring step's busiest-node work (NodeWork): O(P) per step, read only when ranks
+  // share compute units (Hardware::compute_units_per_node > 0). Without it a ring costs O(P).
+  bool node_work = true;
+};
+
+// On the two levels of the layout's mesh (its nodes and the network between them).
 PreparedLayout prepare(const Layout& layout);
+// On a topology (topology_of(hw, ...)); O(P) per candidate plus O(segments) per ring step.
+PreparedLayout prepare(const Layout& layout, const Topology& topology, const PrepareOptions& options = {});
 
 }  // namespace cptune::sim

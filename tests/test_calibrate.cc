@@ -47,8 +47,8 @@ Probe exchange_probe(ProbeKind kind, int64_t peers, int64_t bytes, int64_t copy)
   Probe p;
   p.kind = kind;
   p.label = std::string(to_string(kind));
-  p.exchange.intra_peers = peers;
-  p.exchange.intra_bytes = bytes;
+  p.exchange.peers[0] = peers;
+  p.exchange.bytes[0] = bytes;
   p.exchange.copy_bytes = copy;
   return p;
 }
@@ -202,8 +202,8 @@ TEST(RingOverlap, AStepLastsTheLongerPlusTheExposedShareOfTheShorter) {
 TEST(OperationLatency, AddsOncePerOperationWhateverThePeers) {
   sim::Hardware hw = truth();
   sim::ExchangeLoad a2a;
-  a2a.intra_peers = 3;
-  a2a.intra_bytes = 3000;
+  a2a.peers[0] = 3;
+  a2a.bytes[0] = 3000;
   const double without = [&] {
     sim::Hardware h = hw;
     h.operation_latency_s = 0;
@@ -211,8 +211,8 @@ TEST(OperationLatency, AddsOncePerOperationWhateverThePeers) {
   }();
   EXPECT_NEAR(sim::exchange_time_s(a2a, hw) - without, hw.operation_latency_s, 1e-15);
   EXPECT_EQ(sim::exchange_time_s(sim::ExchangeLoad{}, hw), 0.0);  // no peers: no operation
-  EXPECT_EQ(sim::hop_time_s(0, 0, hw), 0.0);
-  EXPECT_NEAR(sim::hop_time_s(7e8, 0, hw), hw.operation_latency_s + hw.intra.alpha_s + 1.0, 1e-12);
+  EXPECT_EQ(sim::hop_time_s(sim::LevelBytes{}, hw), 0.0);
+  EXPECT_NEAR(sim::hop_time_s(sim::LevelBytes{700000000}, hw), hw.operation_latency_s + hw.intra.alpha_s + 1.0, 1e-12);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -588,7 +588,7 @@ TEST(HardwarePresets, AllLoadWithTheirSourcesAndRoundTrip) {
 
 TEST(HardwareFiles, BadFilesNameTheFileAndTheField) {
   TempDir dir;
-  const nlohmann::json good = to_json(load_hardware("h100-sxm"));
+  const nlohmann::json good = to_json(load_hardware("cpu-gloo"));  // a two-level file (intra, inter)
   auto expect_error = [&](const std::string& file, const std::vector<std::string>& needles) {
     try {
       load_hardware(file);

@@ -120,8 +120,8 @@ void add_alltoallv(const std::shared_ptr<Comm>& group, const ProbePlan& plan, st
     PendingProbe p;
     p.probe.kind = ProbeKind::alltoallv;
     p.probe.label = fmt::format("alltoallv group {}, {} per peer", g, human_bytes(double(bytes)));
-    p.probe.exchange.intra_peers = g - 1;
-    p.probe.exchange.intra_bytes = bytes * (g - 1);
+    p.probe.exchange.peers[0] = g - 1;
+    p.probe.exchange.bytes[0] = bytes * (g - 1);
     p.run = [=] { group->alltoallv(send->data(), *counts, recv->data(), *counts); };
     out.push_back(std::move(p));
   }
@@ -136,8 +136,8 @@ void add_gather(const std::shared_ptr<Comm>& group, std::vector<PendingProbe>& o
   PendingProbe p;
   p.probe.kind = ProbeKind::gather;
   p.probe.label = fmt::format("gather of sequence lengths, group {}", g);
-  p.probe.exchange.intra_peers = g - 1;
-  p.probe.exchange.intra_bytes = bytes * (g - 1);
+  p.probe.exchange.peers[0] = g - 1;
+  p.probe.exchange.bytes[0] = bytes * (g - 1);
   p.run = [=] { group->allgather_host(mine->data(), bytes, all->data()); };
   out.push_back(std::move(p));
 }
@@ -298,9 +298,9 @@ double predict_probe(const Probe& probe, const sim::Hardware& hw) {
     case ProbeKind::alltoallv:
     case ProbeKind::copy: return sim::exchange_time_s(probe.exchange, hw);
     case ProbeKind::gather: return sim::gather_time_s(probe.exchange, hw, MetadataChannel::cpu);
-    case ProbeKind::ring_hop: return sim::hop_time_s(probe.hop_bytes, 0, hw);
+    case ProbeKind::ring_hop: return sim::hop_time_s(sim::LevelBytes{probe.hop_bytes}, hw);
     case ProbeKind::attention: return compute_s(probe, hw);
-    case ProbeKind::ring_step: return sim::ring_step_time_s(sim::hop_time_s(probe.hop_bytes, 0, hw), compute_s(probe, hw), hw);
+    case ProbeKind::ring_step: return sim::ring_step_time_s(sim::hop_time_s(sim::LevelBytes{probe.hop_bytes}, hw), compute_s(probe, hw), hw);
   }
   return 0;
 }

@@ -4,7 +4,9 @@
 //     studies re-predict the same layouts);
 //   BM_PreparePredict: prepare + predict on a built Layout (the simulator's own share);
 //   BM_BuildPreparePredict: Layout::build + prepare + predict, what a sweep over new shapes pays.
-// BM_RankCandidates times a whole `cptune simulate` ranking (every candidate of one shape).
+// BM_RankCandidates times a whole `cptune simulate` ranking (every candidate of one shape);
+// BM_RankCandidatesScale the large-world example (S = 1M, P = 8 ... 16384, h100-sxm
+// topology): its ns_per_candidate_per_rank counter must stay flat as P grows (O(P) per candidate).
 // Shape: S = 128k causal, Hq = 64, Hkv = 8, D = Dv = 128, bf16, 8 ranks per node, H100 preset;
 // hybrids use U = 8 (U = 4 at P = 8). Run: build/bench/bench_sim
 #include <benchmark/benchmark.h>
@@ -14,6 +16,7 @@
 #include "sim/cost_model.h"
 #include "sim/hardware.h"
 #include "sim/prepared_layout.h"
+#include "sim/topology.h"
 
 namespace {
 
@@ -43,8 +46,13 @@ const sim::Hardware& h100() {
   return hw;
 }
 
+// The layout prepared on the preset's topology, as rank_candidates prepares it.
+sim::PreparedLayout prepare_on_h100(const Layout& layout) {
+  return sim::prepare(layout, sim::topology_of(h100(), layout.cluster().ranks_per_node, layout.world()));
+}
+
 void BM_PredictPrepared(benchmark::State& state, Strategy strategy) {
-  const sim::PreparedLayout prepared = sim::prepare(Layout::build(bench_spec(strategy, state.range(0))));
+  const sim::PreparedLayout prepared = prepare_on_h100(Layout::build(bench_spec(strategy, state.range(0))));
   const sim::PredictOptions options{sim::Pass::forward_backward, MetadataChannel::cpu};
   for (auto _ : state) benchmark::DoNotOptimize(sim::predict(prepared, h100(), options));
   state.SetItemsProcessed(state.iterations());
@@ -53,14 +61,14 @@ void BM_PredictPrepared(benchmark::State& state, Strategy strategy) {
 void BM_PreparePredict(benchmark::State& state, Strategy strategy) {
   const Layout layout = Layout::build(bench_spec(strategy, state.range(0)));
   const sim::PredictOptions options{sim::Pass::forward_backward, MetadataChannel::cpu};
-  for (auto _ : state) benchmark::DoNotOptimize(sim::predict(sim::prepare(layout), h100(), options));
+  for (auto _ : state) benchmark::DoNotOptimize(sim::predict(prepare_on_h100(layout), h100(), options));
   state.SetItemsProcessed(state.iterations());
 }
 
 void BM_BuildPreparePredict(benchmark::State& state, Strategy strategy) {
   const LayoutSpec spec = bench_spec(strategy, state.range(0));
   const sim::PredictOptions options{sim::Pass::forward_backward, MetadataChannel::cpu};
-  for (auto _ : state) benchmark::DoNotOptimize(sim::predict(sim::prepare(Layout::build(spec)), h100(), options));
+  for (auto _ : state) benchmark::DoNotOptimize(sim::predict(prepare_on_h100(Layout::build(spec)), h100(), options));
   state.SetItemsProcessed(state.iterations());
 }
 
@@ -73,6 +81,22 @@ void BM_RankCandidates(benchmark::State& state) {
     benchmark::DoNotOptimize(r);
   }
   state.SetItemsProcessed(candidates);  // candidates ranked per second
+}
+
+void BM_RankCandidatesScale(benchmark::State& state) {
+  AttentionShape shape = bench_shape();
+  shape.seq_lens = {1 << 20};
+  const Cluster cluster{state.range(0), 8};
+  int64_t candidates = 0;
+  for (auto _ : state) {
+    const sim::Ranking r = sim::rank_candidates(shape, cluster, h100(), {});
+    candidates += static_cast<int64_t>(r.candidates.size());
+    benchmark::DoNotOptimize(r);
+  }
+  state.SetItemsProcessed(candidates);
+  state.counters["candidates"] = double(candidates) / double(state.iterations());
+  state.counters["ns_per_candidate_per_rank"] = benchmark::Counter(
+      double(candidates) * double(state.range(0)), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
 void Worlds(benchmark::internal::Benchmark* b) {
@@ -92,6 +116,7 @@ CPTUNE_SIM_BENCH(allgather_kv, Strategy::allgather_kv);
 CPTUNE_SIM_BENCH(hybrid, Strategy::hybrid);
 CPTUNE_SIM_BENCH(hybrid_uaa, Strategy::hybrid_uaa);
 BENCHMARK(BM_RankCandidates)->Apply(Worlds)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_RankCandidatesScale)->Arg(8)->Arg(64)->Arg(1024)->Arg(16384)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

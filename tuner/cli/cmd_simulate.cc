@@ -1,6 +1,7 @@
 // cptune simulate: every feasible candidate for a shape on a cluster, ranked by the cost model,
 // as a table or JSON. Ranges in --seq, --heads or --world make a sweep, written as CSV with one
 // row per configuration and candidate (scripts/plot_sweep.py draws it).
+#include <cctype>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -13,6 +14,7 @@
 #include "sim/candidates.h"
 #include "sim/hardware.h"
 #include "sim/ranking_json.h"
+#include "sim/topology.h"
 #include "tuner/cli/commands.h"
 #include "core/format.h"
 #include "tuner/cli/shape_options.h"
@@ -63,7 +65,7 @@ po::options_description make_options(SimulateArgs& a) {
   }
   desc.add_options()
       ("hardware", po::value(&a.hardware)->default_value("h100-sxm"),
-       "preset (h100-sxm, h200, a100, l20, cpu-gloo) or a JSON file in the same format")
+       "preset (see sim/hardware: h100-sxm, h200, a100, l20, gb200-nvl72, ...) or a JSON file in the same format")
       ("nodes", po::value(&a.nodes), "nodes (default: the hardware's)")
       ("gpus-per-node", po::value(&a.gpus_per_node), "ranks per node G (default: the hardware's)")
       ("world", po::value(&a.world), "ranks P instead of --nodes, or a range such as 2:64")
@@ -162,6 +164,7 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
   std::string header = fmt::format("{:>3}  {:<13}{:>4}{:>4}  {:<14}{:<11}{:>11}{:>8}{:>10}", "#", "strategy", "U", "R",
                                    "order", "heads", "time", "x worst", "x ulysses");
   for (Phase ph : phases) header += fmt::format("{:>15}", to_string(ph));
+  for (const std::string& level : ranking.level_names) header += fmt::format("{:>22}", level);
   std::cout << header << fmt::format("{:>12}{:>12}{:>12}{:>6}\n", "intra", "inter", "peak", "fits");
   int64_t shown = 0;
   for (const RankedCandidate& rc : ranking.candidates) {
@@ -173,14 +176,18 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
                                   human_seconds(p.total_s), speedup_text(rc.speedup_over_worst),
                                   speedup_text(rc.speedup_over_ulysses));
     for (Phase ph : phases) row += fmt::format("{:>15}", seconds_text(p.phase(ph)));
+    for (size_t i = 0; i < ranking.level_names.size(); ++i)
+      row += fmt::format("{:>22}", p.level_bytes[i] > 0 ? human_bytes(double(p.level_bytes[i])) + " " + seconds_text(p.level_s[i])
+                                                        : std::string("-"));
     std::cout << row << fmt::format("{:>12}{:>12}{:>12}{:>6}\n", human_bytes(double(p.bytes_intra)),
                                     human_bytes(double(p.bytes_inter)), human_bytes(double(p.peak_bytes)),
                                     p.fits ? "yes" : "NO");
   }
   if (top > 0 && static_cast<int64_t>(ranking.candidates.size()) > top)
     std::cout << fmt::format("... {} more (drop --top to see all)\n", static_cast<int64_t>(ranking.candidates.size()) - top);
-  std::cout << "\ntimes: slowest rank per phase, phases back to back; intra/inter: bytes sent on each link class, "
-               "summed over ranks; peak: largest rank's buffers\n";
+  std::cout << "\ntimes: slowest rank per phase, phases back to back; per level (" << hw.name
+            << "'s topology, innermost first): bytes sent to peers first met there, summed over ranks, and the time its "
+               "busiest link is busy; intra/inter: bytes sent within / between nodes; peak: largest rank's buffers\n";
   if (!ranking.refused.empty()) {
     std::cout << fmt::format("\nrefused ({}):\n", ranking.refused.size());
     for (const sim::Refusal& r : ranking.refused) std::cout << "  " << to_string(r.candidate) << ": " << r.reason << "\n";
@@ -198,7 +205,7 @@ nlohmann::json config_json(const Config& c, const Ranking& ranking, const sim::H
   return doc;
 }
 
-void print_csv_header() {
+void print_csv_header(const std::vector<std::string>& level_names) {
   std::string phases;
   for (Phase ph : kAllPhases) {
     std::string name(to_string(ph));
@@ -207,7 +214,12 @@ void print_csv_header() {
   }
   std::cout << "hardware,pass,metadata,world,ranks_per_node,nodes,seq,batch,heads,kv_heads,head_dim,v_head_dim,dtype,"
                "mask,strategy,ulysses,ring,order,head_policy,time_s,speedup_over_worst,speedup_over_ulysses,"
-            << phases << "bytes_intra,bytes_inter,peak_bytes,fits,padding_waste_s,best\n";
+            << phases << "bytes_intra,bytes_inter,peak_bytes,fits,padding_waste_s,";
+  for (std::string name : level_names) {
+    for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+    std::cout << "level_" << name << "_bytes,level_" << name << "_s,";
+  }
+  std::cout << "best\n";
 }
 
 void print_csv_rows(const Config& c, const Ranking& ranking, const sim::Hardware& hw, const sim::PredictOptions& o) {
@@ -224,8 +236,10 @@ void print_csv_rows(const Config& c, const Ranking& ranking, const sim::Hardware
                                            rc.speedup_over_worst,
                                            rc.speedup_over_ulysses ? fmt::format("{:.4f}", *rc.speedup_over_ulysses) : "");
     for (double t : p.phase_s) row += fmt::format("{:.6e},", t);
-    row += fmt::format("{},{},{},{},{:.6e},{}\n", p.bytes_intra, p.bytes_inter, p.peak_bytes, p.fits ? 1 : 0,
-                       p.padding_waste_s, &rc == ranking.best() ? 1 : 0);
+    row += fmt::format("{},{},{},{},{:.6e},", p.bytes_intra, p.bytes_inter, p.peak_bytes, p.fits ? 1 : 0,
+                       p.padding_waste_s);
+    for (size_t i = 0; i < p.levels; ++i) row += fmt::format("{},{:.6e},", p.level_bytes[i], p.level_s[i]);
+    row += fmt::format("{}\n", &rc == ranking.best() ? 1 : 0);
     std::cout << row;
   }
 }
@@ -247,7 +261,9 @@ int cmd_simulate(const Args& args) {
   const bool sweep = configs.size() > 1;
 
   if (a.csv || (sweep && !a.json)) {
-    print_csv_header();
+    std::vector<std::string> names;
+    for (size_t i = 0; i < sim::level_count(hw); ++i) names.push_back(sim::level_name(hw, i));
+    print_csv_header(names);
     for (const Config& c : configs) {
       const Ranking ranking = sim::rank_candidates(c.shape, c.cluster, hw, options);
       if (ranking.candidates.empty())
