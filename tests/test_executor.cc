@@ -131,9 +131,10 @@ TEST(Executor, ADamagedMessageFailsVerification) {
         std::unique_ptr<testing::FaultyComm> faulty;
         const auto wrap = [&](Comm& world) -> Comm& {
           if (world.rank() != 1) return world;
-          // The member whose part rank 1 loses: another rank's (rank 1's own part is a local copy).
+          // The part rank 1 receives from rank 0: under the causal mask rank 1's queries see rank
+          // 0's keys (rank 2's are all in their future), and it is not rank 1's own local copy.
           faulty = std::make_unique<testing::FaultyComm>(world,
-                                                         std::make_shared<testing::FaultPlan>(testing::FaultPlan{fault, c.op, nth, 2}));
+                                                         std::make_shared<testing::FaultPlan>(testing::FaultPlan{fault, c.op, nth, 0}));
           return *faulty;
         };
         std::string log;
@@ -143,8 +144,8 @@ TEST(Executor, ADamagedMessageFailsVerification) {
         if (nth == 1000) {
           EXPECT_EQ(code, 0) << what;
         } else {
-          EXPECT_NE(code, 0) << what;
-          EXPECT_NE(log.find("worst error / tolerance"), std::string::npos) << what;
+          // Exit code 1: the ranks ran to the end and the verification failed (an Error exits 2).
+          EXPECT_NE(log.find("failed with exit code 1"), std::string::npos) << what;
         }
       }
     }
