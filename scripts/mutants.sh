@@ -56,9 +56,29 @@ EOF
 
 start=$(date +%s)
 mkdir -p "$TREE"
-# Contents only (-c, no times): a file left mutated by a killed run is rewritten with a new
-# mtime, so make rebuilds it.
-rsync -rlc --delete --exclude=/build --exclude=/.git "$ROOT/" "$TREE/"
+# The checkout's files into the tree (not build*/ or .git), compared by content and copied with
+# a new mtime: a file left mutated by a killed run is rewritten, so make rebuilds it.
+python3 - "$ROOT" "$TREE" <<'PY'
+import filecmp, os, shutil, sys
+root, tree = sys.argv[1:3]
+def walk(top):
+    for dirpath, dirs, files in os.walk(top):
+        if os.path.samefile(dirpath, top):
+            dirs[:] = [d for d in dirs if d != ".git" and not d.startswith("build")]
+        for f in files:
+            yield os.path.relpath(os.path.join(dirpath, f), top)
+wanted = set()
+for rel in walk(root):
+    src, dst = os.path.join(root, rel), os.path.join(tree, rel)
+    if os.path.islink(src) or not os.path.isfile(src):
+        continue
+    wanted.add(rel)
+    if not os.path.exists(dst) or not filecmp.cmp(src, dst, shallow=False):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copyfile(src, dst)
+for rel in set(walk(tree)) - wanted:
+    os.remove(os.path.join(tree, rel))
+PY
 if [[ ! -f $BUILD/CMakeCache.txt ]]; then
   cmake -S "$TREE" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
     -DCPTUNE_WITH_CUDA=OFF >/dev/null
@@ -86,7 +106,7 @@ run_tests() {  # tests log -> 0 when all pass
 }
 
 # Unmutated, every test program used must build and pass, or a kill would mean nothing.
-all_targets=$(for m in "${MUTANTS[@]}"; do IFS='|' read -r name _ _ _ tests <<<"$m"; selected "$name" && targets_of "$tests"; done | tr ' ' '\n' | sort -u | tr '\n' ' ')
+all_targets=$(for m in "${MUTANTS[@]}"; do IFS='|' read -r name _ _ _ tests <<<"$m"; if selected "$name"; then targets_of "$tests"; fi; done | tr ' ' '\n' | sort -u | tr '\n' ' ')
 log=$WORK/baseline.log
 : >"$log"
 cmake --build "$BUILD" -j2 --target $all_targets >>"$log" 2>&1 || { echo "mutants.sh: the unmutated tree does not build; see $log" >&2; exit 2; }
