@@ -85,6 +85,7 @@ TEST(Executor, EveryStrategyAndPolicyVerifiesOnOddShapes) {
   int runs = 0;
   for (const OddShape& odd : odd_shapes()) {
     testing::for_each_spec(odd.shape, odd.world, 2, [&](const LayoutSpec& spec) {
+      if (::testing::Test::HasFailure()) return;  // the first failure says it; the rest would only repeat
       // Rank order changes only which links are intra-node, not the result: run ring-inner
       // for the hybrids, where it changes the rank numbering.
       if (spec.mesh.order == RankOrder::ring_inner && !(spec.mesh.ulysses > 1 && spec.mesh.ring > 1)) return;
@@ -97,7 +98,7 @@ TEST(Executor, EveryStrategyAndPolicyVerifiesOnOddShapes) {
           << layout->ulysses() << " R=" << layout->ring() << " " << to_string(spec.mesh.order) << "\n" << log;
     });
   }
-  EXPECT_GT(runs, 60);
+  if (!::testing::Test::HasFailure()) EXPECT_GT(runs, 60);
 }
 
 TEST(Executor, HybridUaaThreeByTwoVerifies) {
