@@ -227,6 +227,74 @@ TEST(LayoutExchange, CountsDeliverShardsAndReturnEveryToken) {
   EXPECT_GT(checked, 500);
 }
 
+// Token ids of runs in storage order: (seq, position), padding slots as (-1, -1).
+std::vector<std::pair<int64_t, int64_t>> token_ids(std::span<const TokenRun> runs) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const TokenRun& run : runs)
+    for (int64_t t = 0; t < run.padded; ++t)
+      out.push_back(t < run.count ? std::pair<int64_t, int64_t>{run.seq, run.begin + t} : std::pair<int64_t, int64_t>{-1, -1});
+  return out;
+}
+
+// Token-level delivery: the Q all-to-all simulated with token ids. Each member's part is as
+// long as the Layout's counts say and holds that member's input tokens; placed by its input
+// runs inside the ring index's shard runs, the parts fill every shard slot exactly once with
+// exactly the global token the shard holds there, in order. Every real token of every
+// sequence lies in exactly one shard.
+TEST(LayoutExchange, EveryGlobalTokenLandsInItsShardSlot) {
+  int checked = 0;
+  for (int64_t P : {1, 2, 3, 4, 6, 8})
+    for (int64_t S : {P, P + 1, 2 * P + 3, int64_t{29}})
+      for (auto [hq, hkv] : {std::pair{8, 8}, {12, 4}, {15, 5}})
+        for_each_spec(make_shape({S, S + 5}, hq, hkv, {MaskKind::causal, 0}, 3, 5), P, P, [&](const LayoutSpec& spec) {
+          auto l = try_build(spec);
+          if (!l) return;
+          ++checked;
+          std::set<std::pair<int64_t, int64_t>> everywhere;
+          for (int64_t r = 0; r < l->ring(); ++r)
+            for (const auto& id : token_ids(l->shard_runs(r)))
+              if (id.first >= 0) ASSERT_TRUE(everywhere.insert(id).second) << describe(*l) << " token twice";
+          int64_t total = 0;
+          for (int64_t len : l->shape().seq_lens) total += len;
+          ASSERT_EQ(int64_t(everywhere.size()), total) << describe(*l);
+          for (const RankLayout& me : l->ranks()) {
+            const auto shard = token_ids(l->shard_runs(me.r));
+            std::vector<int> filled(shard.size(), 0);
+            const auto recv = l->recv_counts(Tensor::q, me.rank);
+            for (int64_t u = 0; u < l->ulysses(); ++u) {
+              const RankLayout& member = l->at(u, me.r);
+              const auto part = token_ids(member.input_runs);
+              ASSERT_EQ(recv[u], int64_t(part.size()) * me.q_heads.count() * 3) << describe(*l);
+              int64_t src = 0;
+              for (const TokenRun& piece : member.input_runs) {
+                int64_t chunk_offset = 0;
+                bool placed = false;
+                for (const TokenRun& chunk : l->shard_runs(me.r)) {
+                  if (chunk.seq == piece.seq && chunk.begin <= piece.begin && piece.begin < chunk.begin + chunk.padded) {
+                    for (int64_t t = 0; t < piece.padded; ++t) {
+                      const int64_t dst = chunk_offset + piece.begin - chunk.begin + t;
+                      ASSERT_LT(dst, int64_t(shard.size())) << describe(*l);
+                      ++filled[dst];
+                      if (part[src + t].first >= 0) ASSERT_EQ(part[src + t], shard[dst]) << describe(*l);
+                    }
+                    placed = true;
+                    break;
+                  }
+                  chunk_offset += chunk.padded;
+                }
+                ASSERT_TRUE(placed) << describe(*l);
+                src += piece.padded;
+              }
+            }
+            for (size_t i = 0; i < shard.size(); ++i) {
+              ASSERT_LE(filled[i], 1) << describe(*l) << " slot " << i;
+              if (shard[i].first >= 0) ASSERT_EQ(filled[i], 1) << describe(*l) << " slot " << i;
+            }
+          }
+        });
+  EXPECT_GT(checked, 300);
+}
+
 // Link bytes from the O(P) prefix sums equal a brute-force sum over every peer, and what is
 // sent over each link class is what is received over it.
 TEST(LayoutBytes, MatchBruteForceAndConserve) {
@@ -273,6 +341,7 @@ TEST(LayoutBytes, MatchBruteForceAndConserve) {
 // FLOPs: the useful FLOPs of all ranks add up to the single-device attention's, every mask;
 // a ring step's maximum equals the brute-force maximum over ranks.
 TEST(LayoutFlops, RanksShareTheSingleDeviceWorkExactly) {
+  int checked = 0;
   for (Mask mask : {Mask{MaskKind::full, 0}, Mask{MaskKind::causal, 0}, Mask{MaskKind::sliding_window, 5}})
     for (int64_t P : {1, 2, 3, 4, 6, 8})
       for_each_spec(make_shape({31, 9 + P}, 6, 2, mask, 4, 2), P, P, [&](const LayoutSpec& spec) {
@@ -283,6 +352,7 @@ TEST(LayoutFlops, RanksShareTheSingleDeviceWorkExactly) {
         int64_t want = 0;
         for (int64_t len : l->shape().seq_lens) want += brute_pairs(mask, 0, len, 0, len);
         EXPECT_EQ(total, want * 6 * 2 * (4 + 2)) << describe(*l);
+        ++checked;
         if (!rotates_kv(spec.choice.strategy)) return;
         for (int64_t k = 0; k < l->ring(); ++k) {
           int64_t best = 0;
@@ -296,6 +366,7 @@ TEST(LayoutFlops, RanksShareTheSingleDeviceWorkExactly) {
           EXPECT_EQ(l->ring_step_max(k).flops, best) << describe(*l) << " step " << k;
         }
       });
+  EXPECT_GT(checked, 200);
 }
 
 TEST(LayoutFlops, ZigzagBalancesCausalWorkBetterThanPlainRing) {

@@ -143,6 +143,25 @@ TEST(LookupNearest, PicksTheMeasuredLengthClosestInLogDistanceForEveryQuery) {
   }
 }
 
+// An exact tie in log distance (as the lookup computes it, in double): found by search, since
+// log(q) - log(a) == log(b) - log(q) holds in floating point only for some a, q, b = q^2 / a.
+TEST(LookupNearest, AnExactTieGoesToTheLonger) {
+  int ties = 0;
+  for (int64_t a = 2; a < 400 && ties < 20; ++a)
+    for (int64_t k = 2; k < 6 && ties < 20; ++k) {
+      const int64_t q = a * k, b = a * k * k;
+      const double lq = std::log(double(q));
+      if (lq - std::log(double(a)) != std::log(double(b)) - lq) continue;
+      ++ties;
+      const Lookup lookup({best_row(shape_of({a}), kUaa, 1.0), best_row(shape_of({b}), kZigzag, 2.0)});
+      const auto answer = lookup.query(shape_of({q}));
+      ASSERT_TRUE(answer) << q;
+      EXPECT_EQ(answer->source, Source::nearest) << q;
+      EXPECT_EQ(answer->measured_tokens, b) << "a tie between " << a << " and " << b << " at " << q;
+    }
+  EXPECT_EQ(ties, 20) << "too few exact ties: the test would not see a flipped tie-break";
+}
+
 TEST(LookupNearest, UsesTheSumOfAPackedBatchsLengths) {
   const Lookup lookup({best_row(shape_of({8192}), kUaa, 1.0), best_row(shape_of({1024}), kZigzag, 2.0)});
   const auto a = lookup.query(shape_of({4000, 4000, 100}));

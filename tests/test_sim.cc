@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -352,6 +353,9 @@ TEST(CostModelFloor, NoPhaseBeatsItsBytesOverBandwidthOrItsFlopsOverPeak) {
       ASSERT_LE(floor_of(rl.ring_bytes, 2), p.phase(Phase::attention_bwd) * tol) << describe(l);
       ASSERT_LE(double(rl.flops) / peak, p.phase(Phase::attention) * tol) << describe(l);
       ASSERT_LE(2.5 * double(rl.flops) / peak, p.phase(Phase::attention_bwd) * tol) << describe(l);
+      // The tighter floor, which the valid hardware above (rate <= peak) does not imply.
+      const double rate = hw.attention_flops_per_s.of(l.shape().dtype);
+      ASSERT_LE(double(rl.flops) / rate, p.phase(Phase::attention) * tol) << describe(l);
     }
     double sum = 0;
     for (double t : p.phase_s) sum += t;
@@ -359,6 +363,32 @@ TEST(CostModelFloor, NoPhaseBeatsItsBytesOverBandwidthOrItsFlopsOverPeak) {
     ++checked;
   });
   EXPECT_GT(checked, 3000);
+}
+
+// The floor above rests on the achieved rate never beating the peak. Random hardware that breaks
+// that assumption is refused naming the field; a fit that pushes a rate past the peak raises the
+// peak, and the prediction keeps its FLOP floor.
+TEST(CostModelFloor, HardwareFasterThanItsPeakIsRefusedOrRaisesThePeak) {
+  std::mt19937_64 rng(23);
+  const Layout l = Layout::build({AttentionShape{1, {4097}, 24, 8, 64, 64, DType::bf16, {MaskKind::causal, 0}},
+                                  Cluster{8, 8}, LayoutChoice{Strategy::ring, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
+  for (int i = 0; i < 200; ++i) {
+    Hardware hw = random_hardware(rng);
+    const DType d = std::array{DType::bf16, DType::fp16, DType::fp32}[i % 3];
+    hw.attention_flops_per_s.at(d) = hw.peak_flops_per_s.of(d) * std::exp(std::uniform_real_distribution<double>(0.01, 2.0)(rng));
+    try {
+      validate(hw, "random");
+      FAIL() << "a rate above the peak was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("attention_flops_per_s." + std::string(to_string(d))), std::string::npos) << e.what();
+    }
+    const Hardware fitted = from_vector(hw, to_vector(hw));
+    ASSERT_GE(fitted.peak_flops_per_s.of(d), fitted.attention_flops_per_s.of(d));
+    if (d != DType::bf16) continue;
+    const Prediction p = predict(l, fitted, {Pass::forward, MetadataChannel::cpu});
+    for (const RankLayout& rl : l.ranks())
+      ASSERT_LE(double(rl.flops) / fitted.peak_flops_per_s.of(d), p.phase(Phase::attention) * (1 + 1e-12));
+  }
 }
 
 // Scales one group of parameters by `factor` (> 1 means better hardware).

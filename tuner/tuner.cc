@@ -97,8 +97,8 @@ std::vector<ShapeOutcome> tune(const std::vector<AttentionShape>& shapes, const 
         const backends::RunResult& r = results[k];
         if (r.max_abs_err && !r.verified())
           throw Error("candidate " + to_string(candidates[k]) + " on " + to_string(outcome.shape) +
-                      " failed verification: max |O - O_ref| " + std::to_string(*r.max_abs_err) + " > " +
-                      std::to_string(r.tolerance) + " (a cptune bug: please report it with this line)");
+                      " failed verification: max |O - O_ref| " + std::to_string(*r.max_abs_err) + ", worst error / tolerance " +
+                      std::to_string(r.worst_ratio) + " > 1 (a cptune bug: please report it with this line)");
         outcome.rows.push_back(row_of(rankings[s].candidates[chosen[k]], r, options.profile));
       }
       if (writer) store->record_shape(options.fingerprint, outcome.shape, outcome.rows);

@@ -32,8 +32,8 @@ std::vector<ShapeValidation> measure_every_candidate(const std::vector<Attention
       const backends::RunResult& r = results[k];
       if (r.max_abs_err && !r.verified())
         throw Error("candidate " + to_string(shape.candidates[k].candidate) + " of shape " + std::to_string(s + 1) +
-                    " failed verification: max |O - O_ref| " + std::to_string(*r.max_abs_err) + " > " +
-                    std::to_string(r.tolerance) + " (a cptune bug: please report it with this line)");
+                    " failed verification: max |O - O_ref| " + std::to_string(*r.max_abs_err) + ", worst error / tolerance " +
+                      std::to_string(r.worst_ratio) + " > 1 (a cptune bug: please report it with this line)");
       shape.candidates[k].measured_s = options.fastest ? r.time.min_s : r.time.median_s;
       shape.candidates[k].min_s = r.time.min_s;
       shape.candidates[k].max_s = r.time.max_s;

@@ -37,7 +37,9 @@ nlohmann::json result_json(const Layout& layout, const backends::RunResult& r, c
               {"phases", phases},
               {"verified", r.max_abs_err ? nlohmann::json(r.verified()) : nlohmann::json(nullptr)},
               {"max_abs_err", r.max_abs_err ? nlohmann::json(*r.max_abs_err) : nlohmann::json(nullptr)},
-              {"tolerance", r.max_abs_err ? nlohmann::json(r.tolerance) : nlohmann::json(nullptr)}});
+              {"tolerance", r.max_abs_err ? nlohmann::json(r.tolerance) : nlohmann::json(nullptr)},
+              {"error_ratio", r.max_abs_err ? nlohmann::json(r.worst_ratio) : nlohmann::json(nullptr)},
+              {"verified_rows", r.max_abs_err ? nlohmann::json(r.verified_rows) : nlohmann::json(nullptr)}});
   return out;
 }
 
@@ -45,8 +47,8 @@ void print_result(const Layout& layout, const backends::RunResult& r, const std:
   std::cout << fmt::format("cptune run: {}, world {}, {} ranks, dtype {}\n", to_string(layout.choice()), layout.world(),
                            backend, to_string(layout.shape().dtype));
   if (r.max_abs_err)
-    std::cout << fmt::format("verify: max |O - O_ref| = {:.3e}, tolerance {:.3e}: {}\n", *r.max_abs_err, r.tolerance,
-                             r.verified() ? "PASSED" : "FAILED");
+    std::cout << fmt::format("verify: {} rows, max |O - O_ref| = {:.3e}, worst error / tolerance = {:.3f}: {}\n",
+                             r.verified_rows, *r.max_abs_err, r.worst_ratio, r.verified() ? "PASSED" : "FAILED");
   std::cout << fmt::format("time: slowest rank per iteration, {} iterations after {} warm-up(s)\n", r.iterations, warmups);
   std::cout << fmt::format("{:<14} {:>12} {:>12} {:>12}\n", "phase", "median", "min", "max");
   for (const auto& p : r.phases)

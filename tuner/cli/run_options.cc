@@ -46,7 +46,10 @@ void add_run_options(po::options_description& desc, RunArgs& a) {
   desc.add_options()
       ("warmups", po::value(&a.warmups)->default_value(1), "untimed iterations first")
       ("iterations", po::value(&a.iterations)->default_value(5), "timed iterations (median reported)")
-      ("verify", po::bool_switch(&a.verify), "compare every output row with a single-device reference")
+      ("verify", po::bool_switch(&a.verify), "compare the output with an independent double-precision reference")
+      ("verify-rows", po::value(&a.verify_rows)->default_value(0),
+       "output rows (token x head) --verify checks: 0 = every row up to 2^25 visible (query, key, head) "
+       "triples, else 4096 seeded samples over every rank and sequence; N = N samples")
       ("seed", po::value(&a.seed)->default_value(1), "seed of the generated Q, K, V")
       ("timeout", po::value(&a.timeout_s)->default_value(30), "seconds any communication may wait for a peer")
       ("rendezvous", po::value(&a.rendezvous),
@@ -67,7 +70,9 @@ backends::ExecutorOptions executor_options(const RunArgs& a) {
   options.metadata = parse_metadata_channel(a.metadata);
   options.warmups = a.warmups;
   options.iterations = a.iterations;
+  if (a.verify_rows < 0) throw Error("--verify-rows " + std::to_string(a.verify_rows) + " must not be negative");
   options.verify = a.verify;
+  options.verify_rows = a.verify_rows;
   options.seed = a.seed;
   return options;
 }

@@ -21,6 +21,7 @@ struct RunArgs {
   int warmups = 1;
   int iterations = 5;
   bool verify = false;
+  int64_t verify_rows = 0;  // ExecutorOptions::verify_rows
   uint64_t seed = 1;
   double timeout_s = 30;
   std::string rendezvous;  // outside launcher: file:///shared/dir or redis://host:port

@@ -1,0 +1,157 @@
+#include "backends/exec/reference.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <limits>
+
+#include "backends/exec/tensor_gen.h"
+#include "backends/kernels/dtype_convert.h"
+
+namespace cptune::backends {
+namespace {
+
+constexpr double kU32 = 0x1.0p-24;  // unit roundoff of fp32, the kernels' accumulation type
+
+// Unit roundoff of the storage dtype (round to nearest: |x - dtype(x)| <= u |x| for normal x)
+// and half the spacing of its subnormals (the absolute error left below the normal range).
+double storage_unit(DType dtype) {
+  switch (dtype) {
+    case DType::bf16: return 0x1.0p-8;
+    case DType::fp16: return 0x1.0p-11;
+    case DType::fp32: return kU32;
+  }
+  return 0;
+}
+double storage_subnormal(DType dtype) {
+  switch (dtype) {
+    case DType::bf16: return 0x1.0p-134;
+    case DType::fp16: return 0x1.0p-25;
+    case DType::fp32: return 0x1.0p-150;
+  }
+  return 0;
+}
+
+double gamma(double k) { return k * kU32 / (1 - k * kU32); }  // Higham's gamma_k for fp32
+
+// Values as the kernels receive them: generated in fp32, rounded to the storage dtype.
+void generate(std::span<double> out, uint64_t seed, Tensor tensor, int64_t seq, int64_t pos, int64_t sample,
+              int64_t head, DType dtype) {
+  std::vector<float> values(out.size()), back(out.size());
+  for (size_t d = 0; d < out.size(); ++d)
+    values[d] = input_value(seed, tensor, seq, pos, sample, head, static_cast<int64_t>(d));
+  std::vector<std::byte> stored(values.size() * static_cast<size_t>(dtype_bytes(dtype)));
+  from_float(values.data(), dtype, stored.data(), static_cast<int64_t>(values.size()));
+  to_float(stored.data(), dtype, back.data(), static_cast<int64_t>(back.size()));
+  std::copy(back.begin(), back.end(), out.begin());
+}
+
+}  // namespace
+
+Reference::Reference(const AttentionShape& shape, uint64_t seed) : shape_(shape), seed_(seed) {
+  int64_t begin = 0;
+  for (int64_t len : shape.seq_lens) {
+    seq_begin_.push_back(begin);
+    begin += len;
+  }
+}
+
+void Reference::load_kv(int64_t sample, int64_t kv_head) {
+  if (sample == loaded_sample_ && kv_head == loaded_kv_) return;
+  const int64_t D = shape_.head_dim, Dv = shape_.v_head_dim, total = shape_.total_tokens();
+  k_.resize(static_cast<size_t>(total * D));
+  v_.resize(static_cast<size_t>(total * Dv));
+  for (size_t s = 0; s < shape_.seq_lens.size(); ++s)
+    for (int64_t j = 0; j < shape_.seq_lens[s]; ++j) {
+      const int64_t t = seq_begin_[s] + j;
+      const auto seq = static_cast<int64_t>(s);
+      generate({k_.data() + t * D, static_cast<size_t>(D)}, seed_, Tensor::k, seq, j, sample, kv_head, shape_.dtype);
+      generate({v_.data() + t * Dv, static_cast<size_t>(Dv)}, seed_, Tensor::v, seq, j, sample, kv_head, shape_.dtype);
+    }
+  loaded_sample_ = sample;
+  loaded_kv_ = kv_head;
+}
+
+// The row from the definition: scores s_j = scale q.k_j for every key j the mask shows,
+// p_j = exp(s_j - m) with m = max s_j, Z = sum p_j, O_d = sum p_j v_jd / Z (all in double).
+//
+// Tolerance of element d, with u = 2^-24 (fp32), u_s the storage dtype's unit roundoff, e_s half
+// its subnormal spacing, gamma_k = k u / (1 - k u), n the keys the row sees, D the head dim:
+//   tol_d = u_s |O_d| + e_s + (1 + u_s) eps a_d,        a_d = sum p_j |v_jd| / Z  (<= max |v|)
+//   eps   = 2 gamma_{D+1} sigma            scores: a dot product of D terms and the scale, each
+//                                          s_j off by <= gamma_{D+1} sigma, sigma = max_j
+//                                          scale sum_d |q_d k_jd|; moves O by <= 2 (that) a_d
+//         + 2 gamma_n + 8 u                the sums of p_j v_jd and of p_j, the exps, the division
+//         + 2 M (2 L + 6) u                M = ceil(n / 32) + 16 log-sum-exp merges (key tiles of
+//                                          >= 32 keys, ring or gathered blocks), each LSE off by
+//                                          <= (L + 3) u with L = |m| + log Z the LSE's size
+// The first term is the one rounding of O to the storage dtype: no absolute tolerance assumes
+// |O| ~ 1 (|O| is ~ 1/sqrt(n) for these random inputs).
+void Reference::row(const RowId& id, std::span<double> out, std::span<double> tol) {
+  const int64_t D = shape_.head_dim, Dv = shape_.v_head_dim;
+  assert(static_cast<int64_t>(out.size()) == Dv && static_cast<int64_t>(tol.size()) == Dv);
+  const int64_t kv_head = id.head / (shape_.q_heads / shape_.kv_heads);
+  load_kv(id.sample, kv_head);
+  std::vector<double> q(static_cast<size_t>(D));
+  generate(q, seed_, Tensor::q, id.seq, id.pos, id.sample, id.head, shape_.dtype);
+  const double scale = 1.0 / std::sqrt(double(D));
+  const int64_t first = seq_begin_[static_cast<size_t>(id.seq)], len = shape_.seq_lens[static_cast<size_t>(id.seq)];
+
+  scores_.assign(static_cast<size_t>(len), -std::numeric_limits<double>::infinity());
+  double m = -std::numeric_limits<double>::infinity(), sigma = 0;
+  int64_t n = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    if (!shape_.mask.sees(id.pos, j)) continue;
+    const double* k = k_.data() + (first + j) * D;
+    double dot = 0, mag = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      dot += q[d] * k[d];
+      mag += std::fabs(q[d] * k[d]);
+    }
+    scores_[static_cast<size_t>(j)] = scale * dot;
+    m = std::max(m, scale * dot);
+    sigma = std::max(sigma, scale * mag);
+    ++n;
+  }
+  std::fill(out.begin(), out.end(), 0.0);
+  std::vector<double> abs_sum(static_cast<size_t>(Dv), 0.0);
+  double z = 0;
+  for (int64_t j = 0; j < len && n > 0; ++j) {
+    if (!shape_.mask.sees(id.pos, j)) continue;
+    const double p = std::exp(scores_[static_cast<size_t>(j)] - m);
+    const double* v = v_.data() + (first + j) * Dv;
+    z += p;
+    for (int64_t d = 0; d < Dv; ++d) {
+      out[d] += p * v[d];
+      abs_sum[d] += p * std::fabs(v[d]);
+    }
+  }
+  const double us = storage_unit(shape_.dtype), es = storage_subnormal(shape_.dtype);
+  const double lse = n > 0 ? std::fabs(m) + std::log(z) : 0;
+  const double merges = std::ceil(double(n) / 32) + 16;
+  const double eps = 2 * gamma(double(D + 1)) * sigma + 2 * gamma(double(n)) + 8 * kU32 + 2 * merges * (2 * lse + 6) * kU32;
+  for (int64_t d = 0; d < Dv; ++d) {
+    if (n > 0) {
+      out[d] /= z;
+      abs_sum[d] /= z;
+    }
+    tol[d] = us * std::fabs(out[d]) + es + (1 + us) * eps * abs_sum[d];
+  }
+}
+
+void RowCheck::add(double err, double tol) {
+  if (std::isnan(err)) err = std::numeric_limits<double>::infinity();
+  max_abs_err = std::max(max_abs_err, err);
+  max_tolerance = std::max(max_tolerance, tol);
+  const double ratio = err == 0 ? 0 : err / tol;
+  worst_ratio = std::max(worst_ratio, ratio);
+}
+
+void RowCheck::merge(const RowCheck& other) {
+  max_abs_err = std::max(max_abs_err, other.max_abs_err);
+  max_tolerance = std::max(max_tolerance, other.max_tolerance);
+  worst_ratio = std::max(worst_ratio, other.worst_ratio);
+  rows += other.rows;
+}
+
+}  // namespace cptune::backends

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Standing mutation check: each named one-line mutation below is applied to a copy of the tree,
+# the test programs that should notice it are rebuilt and run, and at least one of them must
+# fail. Prints each mutant killed / survived, the mutation score, and exits 1 if any survives
+# (2 when the script itself cannot run, e.g. a pattern no longer matches the code).
+#
+#   scripts/mutants.sh [NAME...]      # all mutants, or only those named
+#
+# The copy lives in build/mutants/tree (override with CPTUNE_MUTANTS_DIR) with its own build
+# dir, kept between runs: the first run builds it (minutes), later runs rebuild only what a
+# mutation touches (ccache makes the restore after each mutant a cache hit). Patterns are exact
+# code text, replaced exactly once; a pattern that matches zero or several times stops the run.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=${CPTUNE_MUTANTS_DIR:-$ROOT/build/mutants}
+TREE=$WORK/tree
+BUILD=$TREE/build
+TEST_TIMEOUT=${CPTUNE_MUTANT_TIMEOUT:-180}
+export CCACHE_BASEDIR=$TREE CCACHE_NOHASHDIR=1
+
+# name | file | code as it is | code mutated | test program:gtest filter, ... (run in order until one fails)
+MUTANTS=(
+  "window_plus_one|backends/kernels/attention.cc|return {i - std::min(mask.window, kFarPosition) + 1, i + 1};|return {i - std::min(mask.window, kFarPosition), i + 1};|test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
+  "window_minus_one|backends/kernels/attention.cc|return {i - std::min(mask.window, kFarPosition) + 1, i + 1};|return {i - std::min(mask.window, kFarPosition) + 2, i + 1};|test_attention_cpu:*,test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
+  "causal_diagonal_excluded|backends/kernels/attention.cc|return {-kFarPosition, i + 1};|return {-kFarPosition, i};|test_attention_cpu:*,test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
+  "lse_merge_without_max|backends/kernels/attention_cpu.cc|const float merged = std::max(lse, lse_b) + std::log1p(|const float merged = lse_b + std::log1p(|test_attention_cpu:*,test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
+  "kv_head_map_off_by_one_group|backends/kernels/attention.cc|return {rank.q_heads.begin, rank.kv_heads.begin, shape.group_size()};|return {rank.q_heads.begin, rank.kv_heads.begin - 1, shape.group_size()};|test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
+  "uneven_piece_last_token_dropped|backends/exec/executor.cc|copy_rows(device_, q, p.src, 0, q_attn, p.dst, 0, p.n, hq, B_, eb_);|copy_rows(device_, q, p.src, 0, q_attn, p.dst, 0, p.n - p.n % 2, hq, B_, eb_);|test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
+  "o_placement_offset_lost|backends/exec/executor.cc|out.push_back({src, chunk_offset + piece.begin - chunk.begin, piece.padded});|out.push_back({src, chunk_offset, piece.padded});|test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
+  "ring_step_order_reversed|core/layout.cc|return ((r - step) % ring() + ring()) % ring();|return ((r + step) % ring() + ring()) % ring();|test_layout:*,test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
+  "sequence_split_rule_changed|core/layout.cc|const int64_t cl = classic ? plen / chunks : split_size(len, chunks, c);|const int64_t cl = classic ? plen / chunks : split_size(len, chunks, chunks - 1 - c);|test_layout:*"
+  "attention_time_halved|sim/cost_model.cc|return double(flops) / hw.attention_flops_per_s.of(dtype);|return double(flops) / (2 * hw.attention_flops_per_s.of(dtype));|test_sim:CostModelFloor.*"
+  "lookup_tie_break_flipped|db/lookup.cc|log_tokens - std::prev(above)->first < above->first - log_tokens|log_tokens - std::prev(above)->first <= above->first - log_tokens|test_lookup:LookupNearest.*"
+)
+
+want=("$@")
+selected() {
+  [[ ${#want[@]} -eq 0 ]] && return 0
+  local w
+  for w in "${want[@]}"; do [[ $w == "$1" ]] && return 0; done
+  return 1
+}
+
+# Exact, single replacement; stops the run when the code no longer reads as expected.
+replace() {  # file from to
+  python3 - "$@" <<'EOF'
+import sys
+path, old, new = sys.argv[1:4]
+text = open(path).read()
+n = text.count(old)
+if n != 1:
+    sys.exit(f"mutants.sh: pattern found {n} times in {path} (need exactly 1): {old}")
+open(path, "w").write(text.replace(old, new))
+EOF
+}
+
+start=$(date +%s)
+mkdir -p "$TREE"
+# The checkout's files into the tree (not build*/ or .git), compared by content and copied with
+# a new mtime: a file left mutated by a killed run is rewritten, so make rebuilds it.
+python3 - "$ROOT" "$TREE" <<'PY'
+import filecmp, os, shutil, sys
+root, tree = sys.argv[1:3]
+def walk(top):
+    for dirpath, dirs, files in os.walk(top):
+        if os.path.samefile(dirpath, top):
+            dirs[:] = [d for d in dirs if d != ".git" and not d.startswith("build")]
+        for f in files:
+            yield os.path.relpath(os.path.join(dirpath, f), top)
+wanted = set()
+for rel in walk(root):
+    src, dst = os.path.join(root, rel), os.path.join(tree, rel)
+    if os.path.islink(src) or not os.path.isfile(src):
+        continue
+    wanted.add(rel)
+    if not os.path.exists(dst) or not filecmp.cmp(src, dst, shallow=False):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copyfile(src, dst)
+for rel in set(walk(tree)) - wanted:
+    os.remove(os.path.join(tree, rel))
+PY
+if [[ ! -f $BUILD/CMakeCache.txt ]]; then
+  cmake -S "$TREE" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
+    -DCPTUNE_WITH_CUDA=OFF >/dev/null
+fi
+
+# Every pattern must match the pristine code before anything is built.
+for m in "${MUTANTS[@]}"; do
+  IFS='|' read -r name file from to tests <<<"$m"
+  selected "$name" || continue
+  n=$(grep -cF -- "$from" "$TREE/$file" || true)
+  [[ $n == 1 ]] || { echo "mutants.sh: $name: pattern found $n times in $file: $from" >&2; exit 2; }
+done
+
+targets_of() { tr ',' '\n' <<<"$1" | cut -d: -f1 | sort -u | tr '\n' ' '; }
+run_tests() {  # tests log -> 0 when all pass
+  local t bin filter
+  for t in $(tr ',' ' ' <<<"$1"); do
+    bin=${t%%:*} filter=${t#*:}
+    if ! timeout "$TEST_TIMEOUT" "$BUILD/tests/$bin" --gtest_filter="$filter" --gtest_brief=1 >>"$2" 2>&1; then
+      echo "$bin"
+      return 1
+    fi
+  done
+  return 0
+}
+
+# Unmutated, every test program used must build and pass, or a kill would mean nothing.
+all_targets=$(for m in "${MUTANTS[@]}"; do IFS='|' read -r name _ _ _ tests <<<"$m"; if selected "$name"; then targets_of "$tests"; fi; done | tr ' ' '\n' | sort -u | tr '\n' ' ')
+log=$WORK/baseline.log
+: >"$log"
+cmake --build "$BUILD" -j2 --target $all_targets >>"$log" 2>&1 || { echo "mutants.sh: the unmutated tree does not build; see $log" >&2; exit 2; }
+for m in "${MUTANTS[@]}"; do
+  IFS='|' read -r name _ _ _ tests <<<"$m"
+  selected "$name" || continue
+  if ! failed=$(run_tests "$tests" "$log"); then
+    echo "mutants.sh: $failed fails without any mutation (for $name); see $log" >&2
+    exit 2
+  fi
+done
+echo "baseline: $all_targets pass unmutated ($(( $(date +%s) - start )) s)"
+
+tried=0 killed=0 survived=()
+for m in "${MUTANTS[@]}"; do
+  IFS='|' read -r name file from to tests <<<"$m"
+  selected "$name" || continue
+  tried=$((tried + 1))
+  t0=$(date +%s)
+  log=$WORK/$name.log
+  : >"$log"
+  replace "$TREE/$file" "$from" "$to"
+  verdict=""
+  if ! cmake --build "$BUILD" -j2 --target $(targets_of "$tests") >>"$log" 2>&1; then
+    verdict="killed (does not compile)"
+  elif failed=$(run_tests "$tests" "$log"); then
+    verdict="SURVIVED"
+  else
+    verdict="killed by $failed"
+  fi
+  cp "$ROOT/$file" "$TREE/$file"
+  touch "$TREE/$file"
+  if [[ $verdict == SURVIVED ]]; then survived+=("$name"); else killed=$((killed + 1)); fi
+  printf '%-34s %-40s %4d s  %s:%s\n' "$name" "$verdict" $(( $(date +%s) - t0 )) "$file" "${from:0:40}"
+done
+
+echo "mutation score: $killed / $tried killed, ${#survived[@]} survived${survived:+ (${survived[*]})}; $(( $(date +%s) - start )) s"
+[[ ${#survived[@]} -eq 0 ]]
