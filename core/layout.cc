@@ -401,13 +401,28 @@ int64_t Layout::ring_prev(int64_t rank_id) const {
 }
 
 int64_t Layout::run_pairs(std::span<const TokenRun> queries, std::span<const TokenRun> keys, bool padded) const {
+  const auto pairs_of = [&](const TokenRun& q, const TokenRun& k) {
+    return padded ? mask_pairs(spec_.shape.mask, q.begin, q.begin + q.padded, k.begin, k.begin + k.padded)
+                  : mask_pairs(spec_.shape.mask, q.begin, q.end(), k.begin, k.end());
+  };
+  const auto by_seq = [](const TokenRun& a, const TokenRun& b) { return a.seq < b.seq; };
   int64_t total = 0;
-  for (const TokenRun& q : queries) {
-    for (const TokenRun& k : keys) {
-      if (q.seq != k.seq) continue;
-      total += padded ? mask_pairs(spec_.shape.mask, q.begin, q.begin + q.padded, k.begin, k.begin + k.padded)
-                      : mask_pairs(spec_.shape.mask, q.begin, q.end(), k.begin, k.end());
-    }
+  if (!std::is_sorted(queries.begin(), queries.end(), by_seq) || !std::is_sorted(keys.begin(), keys.end(), by_seq)) {
+    for (const TokenRun& q : queries)
+      for (const TokenRun& k : keys)
+        if (q.seq == k.seq) total += pairs_of(q, k);
+    return total;
+  }
+  // Runs in sequence order (every shard is): walk both lists once, pairing runs of one sequence.
+  size_t j = 0;
+  for (size_t i = 0; i < queries.size();) {
+    const int32_t seq = queries[i].seq;
+    size_t end = i;
+    while (end < queries.size() && queries[end].seq == seq) ++end;
+    while (j < keys.size() && keys[j].seq < seq) ++j;
+    for (size_t k = j; k < keys.size() && keys[k].seq == seq; ++k)
+      for (size_t q = i; q < end; ++q) total += pairs_of(queries[q], keys[k]);
+    i = end;
   }
   return total;
 }

@@ -100,24 +100,9 @@ NodeWork busiest_node(const Layout& l, const std::vector<int64_t>& flops_by_rank
 }
 
 // Query x key pairs of ring index r's shard against src's, padding counted, as
-// Layout::ring_step_max counts them. Runs are stored sequence by sequence, so one merge pass
-// pairs each sequence's runs: O(runs), not O(runs^2).
+// Layout::ring_step_max counts them (one merge pass over the runs of each sequence).
 int64_t block_pairs(const Layout& l, int64_t r, int64_t src) {
-  const std::span<const TokenRun> queries = l.shard_runs(r), keys = l.shard_runs(src);
-  int64_t total = 0;
-  size_t j = 0;
-  for (size_t i = 0; i < queries.size();) {
-    const int32_t seq = queries[i].seq;
-    size_t end = i;
-    while (end < queries.size() && queries[end].seq == seq) ++end;
-    while (j < keys.size() && keys[j].seq < seq) ++j;
-    for (size_t k = j; k < keys.size() && keys[k].seq == seq; ++k)
-      for (size_t q = i; q < end; ++q)
-        total += mask_pairs(l.shape().mask, queries[q].begin, queries[q].begin + queries[q].padded, keys[k].begin,
-                            keys[k].begin + keys[k].padded);
-    i = end;
-  }
-  return total;
+  return l.run_pairs(l.shard_runs(r), l.shard_runs(src), true);
 }
 
 // Ring indices whose step-k blocks are equal, as the starts of runs [starts[i], starts[i+1]).
@@ -176,12 +161,11 @@ class RangeMax {
 
 // Every rank's FLOPs at ring step k: its Q heads against the block of ring index r - k.
 NodeWork ring_step_node(const Layout& l, int64_t step) {
-  const AttentionShape& s = l.shape();
   std::vector<int64_t> pairs(static_cast<size_t>(l.ring()));
   for (int64_t r = 0; r < l.ring(); ++r) pairs[size_t(r)] = block_pairs(l, r, l.ring_kv_source(r, step));
   std::vector<int64_t> flops(static_cast<size_t>(l.world()));
   for (const RankLayout& rl : l.ranks())
-    flops[size_t(rl.rank)] = pairs[size_t(rl.r)] * 2 * (s.head_dim + s.v_head_dim) * rl.q_heads.count() * s.batch;
+    flops[size_t(rl.rank)] = l.attention_flops(pairs[size_t(rl.r)], rl.q_heads.count());
   return busiest_node(l, flops);
 }
 
@@ -199,9 +183,7 @@ int64_t largest_merge_bytes(const Layout& l) {
 void prepare_ring(const Layout& l, const Topology& topo, const RingTraffic& traffic, bool node_work,
                   PreparedLayout& p) {
   if (!rotates_kv(l.strategy()) || l.ring() < 2) return;
-  const AttentionShape& s = l.shape();
   const int64_t R = l.ring(), L = int64_t(topo.levels());
-  const int64_t token_bytes = (s.head_dim + s.v_head_dim) * s.batch * l.elem_bytes();
   int64_t max_q_heads = 0, max_shard = 0;
   for (int64_t u = 0; u < l.ulysses(); ++u) max_q_heads = std::max(max_q_heads, l.at(u, 0).q_heads.count());
   for (int64_t r = 0; r < R; ++r) max_shard = std::max(max_shard, l.shard_padded_tokens(r));
@@ -224,10 +206,10 @@ void prepare_ring(const Layout& l, const Topology& topo, const RingTraffic& traf
       const int64_t r = starts[i], src = l.ring_kv_source(r, k);
       most_pairs = std::max(most_pairs, block_pairs(l, r, src));
       if (k + 1 == R) continue;  // the last step computes without sending
-      const int64_t block = l.shard_padded_tokens(src) * token_bytes;
+      const int64_t block = l.kv_block_bytes(l.shard_padded_tokens(src), 1);
       for (const auto& [level, range] : sends) step.bytes[level] = std::max(step.bytes[level], block * range.max(r, starts[i + 1]));
     }
-    step.flops = most_pairs * 2 * (s.head_dim + s.v_head_dim) * max_q_heads * s.batch;
+    step.flops = l.attention_flops(most_pairs, max_q_heads);
     step.merge_bytes = k > 0 && step.flops > 0 ? merge : 0;
     if (node_work) step.node = ring_step_node(l, k);
     RingStepLoad* last = p.ring_steps.empty() ? nullptr : &p.ring_steps.back();
@@ -237,11 +219,11 @@ void prepare_ring(const Layout& l, const Topology& topo, const RingTraffic& traf
     else
       p.ring_steps.push_back(step);
   }
-  for (size_t level = 0; level + 1 < size_t(L); ++level) p.ring_uplink[level] = traffic.uplink_heads[level] * max_shard * token_bytes;
+  for (size_t level = 0; level + 1 < size_t(L); ++level) p.ring_uplink[level] = l.kv_block_bytes(max_shard, traffic.uplink_heads[level]);
   // Backward: after the last step each rank sends the dK,dV of its next neighbour's shard home.
   for (const RankLayout& rl : l.ranks()) {
     const int64_t owner = (rl.r + 1) % R;
-    const int64_t block = l.shard_padded_tokens(owner) * s.batch * rl.kv_heads.count() * (s.head_dim + s.v_head_dim) * l.elem_bytes();
+    const int64_t block = l.kv_block_bytes(l.shard_padded_tokens(owner), rl.kv_heads.count());
     const bool intra = l.node_of(l.ring_next(rl.rank)) == rl.node;
     const size_t level = traffic.hop_level[size_t(rl.rank)];
     p.ring_return_bytes[level] = std::max(p.ring_return_bytes[level], block);
@@ -291,7 +273,7 @@ void prepare_allgather(const Layout& l, const Topology& topo, const RingTraffic&
 }  // namespace
 
 PreparedLayout prepare(const Layout& l) {
-  return prepare(l, Topology{{l.cluster().ranks_per_node, l.world()}});
+  return prepare(l, Topology{{l.cluster().ranks_per_node, l.world()}, {}});
 }
 
 PreparedLayout prepare(const Layout& l, const Topology& topology, const PrepareOptions& options) {

@@ -222,11 +222,11 @@ Exchange RankExecution::exchange_of(std::initializer_list<Tensor> tensors) const
 void RankExecution::allocate_buffers() {
   const int64_t hq = me_.q_heads.count(), hkv = me_.kv_heads.count();
   q_in_ = device_.allocate(B_ * t_in_ * s_.q_heads * D_ * eb_);
-  kv_in_ = device_.allocate(B_ * t_in_ * s_.kv_heads * (D_ + Dv_) * eb_);
+  kv_in_ = device_.allocate(L_.kv_block_bytes(t_in_, s_.kv_heads));
   o_out_ = device_.allocate(B_ * t_in_ * s_.q_heads * Dv_ * eb_);
   int64_t max_shard = 0;
   for (int64_t r = 0; r < L_.ring(); ++r) max_shard = std::max(max_shard, L_.shard_padded_tokens(r));
-  const int64_t shard_kv_bytes = B_ * t_shard_ * hkv * (D_ + Dv_) * eb_;
+  const int64_t shard_kv_bytes = L_.kv_block_bytes(t_shard_, hkv);
   int64_t kv_attn_bytes = L_.ulysses() > 1 ? shard_kv_bytes : 0;
   if (L_.ulysses() > 1) {
     q_attn_ = device_.allocate(B_ * t_shard_ * hq * D_ * eb_);
@@ -234,13 +234,13 @@ void RankExecution::allocate_buffers() {
   }
   if (rotates_kv(L_.strategy()) && L_.ring() > 1) {
     // Both rotating buffers must hold the largest shard: uneven shards pass through each.
-    kv_next_ = device_.allocate(B_ * max_shard * hkv * (D_ + Dv_) * eb_);
+    kv_next_ = device_.allocate(L_.kv_block_bytes(max_shard, hkv));
     kv_attn_bytes = std::max(kv_attn_bytes, kv_next_.bytes());
   }
   if (kv_attn_bytes > 0) kv_attn_ = device_.allocate(kv_attn_bytes);
   int64_t gathered = 0;  // allgather-kv receives every ring index's shard
   if (L_.strategy() == Strategy::allgather_kv && L_.ring() > 1)
-    for (int64_t r = 0; r < L_.ring(); ++r) gathered += B_ * L_.shard_padded_tokens(r) * hkv * (D_ + Dv_) * eb_;
+    for (int64_t r = 0; r < L_.ring(); ++r) gathered += L_.kv_block_bytes(L_.shard_padded_tokens(r), hkv);
   send_ = device_.allocate(std::max(qkv_.send_total, out_.send_total));
   recv_ = device_.allocate(std::max({qkv_.recv_total, out_.recv_total, gathered}));
   if (options_.metadata == MetadataChannel::device) {
@@ -359,7 +359,7 @@ void RankExecution::attend_ring() {
   std::byte* current = L_.ulysses() > 1 ? kv_attn_.data() : kv_in_.data();
   std::byte* incoming = kv_next_.data();
   std::byte* spare = L_.ulysses() > 1 ? nullptr : kv_attn_.data();
-  const int64_t token_bytes = B_ * hkv * (D_ + Dv_) * eb_;
+  const int64_t token_bytes = L_.kv_block_bytes(1, hkv);
   for (int64_t step = 0; step < R; ++step) {
     const int64_t src = L_.ring_kv_source(me_.r, step);
     std::unique_ptr<Request> send, recv;
@@ -380,7 +380,7 @@ void RankExecution::attend_ring() {
 
 void RankExecution::attend_allgathered() {
   const int64_t R = L_.ring(), hkv = me_.kv_heads.count();
-  const int64_t token_bytes = B_ * hkv * (D_ + Dv_) * eb_;
+  const int64_t token_bytes = L_.kv_block_bytes(1, hkv);
   std::vector<int64_t> sizes(static_cast<size_t>(R));
   for (int64_t r = 0; r < R; ++r) sizes[r] = L_.shard_padded_tokens(r) * token_bytes;
   ring_->allgatherv(kv_in_.data(), sizes[me_.r], recv_.data(), sizes);
@@ -418,11 +418,11 @@ void RankExecution::gather_out() {
 // not the time to enqueue it.
 void RankExecution::iterate(PhaseTimer& timer) {
   const Strategy st = L_.strategy();
-  const bool gathers_lengths = (st == Strategy::uaa || st == Strategy::hybrid_uaa) && L_.ulysses() > 1;
+  const bool gathers = gathers_lengths(st) && L_.ulysses() > 1;
   attention_->clear();
   device_.synchronize();
   timer.begin_iteration();
-  if (gathers_lengths) {
+  if (gathers) {
     timer.start(Phase::gather);
     exchange_lengths();
     device_.synchronize();
