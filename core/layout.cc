@@ -159,11 +159,20 @@ void Layout::place_heads() {
 
 void Layout::place_tokens() {
   const AttentionShape& s = spec_.shape;
-  const int64_t U = ulysses(), R = ring(), P = world();
-  const int64_t chunks = zigzag_ ? 2 * R : R;
-  const bool classic = pads_classic(spec_.choice.strategy);
+  const int64_t R = ring();
+  init_ranks();
+  shard_runs_by_r_.assign(static_cast<size_t>(R), {});
+  shard_tokens_.assign(static_cast<size_t>(R), 0);
+  shard_padded_.assign(static_cast<size_t>(R), 0);
+  padded_len_.resize(s.seq_lens.size());
+  padding_tokens_ = 0;
+  for (size_t seq = 0; seq < s.seq_lens.size(); ++seq) place_sequence(seq);
+}
 
-  ranks_.assign(static_cast<size_t>(P), RankLayout{});
+// Every rank's mesh coordinates, node and heads; no tokens yet.
+void Layout::init_ranks() {
+  const int64_t U = ulysses(), R = ring();
+  ranks_.assign(static_cast<size_t>(world()), RankLayout{});
   for (int64_t u = 0; u < U; ++u) {
     for (int64_t r = 0; r < R; ++r) {
       RankLayout& rl = ranks_[static_cast<size_t>(global_rank(u, r))];
@@ -173,46 +182,46 @@ void Layout::place_tokens() {
       rl.node = node_of(rl.rank);
       rl.q_heads = q_heads_by_u_[static_cast<size_t>(u)];
       rl.kv_heads = kv_heads_by_u_[static_cast<size_t>(u)];
-      rl.input_runs.reserve(s.seq_lens.size() * (zigzag_ ? 2 : 1));
+      rl.input_runs.reserve(spec_.shape.seq_lens.size() * (zigzag_ ? 2 : 1));
     }
   }
-  shard_runs_by_r_.assign(static_cast<size_t>(R), {});
-  shard_tokens_.assign(static_cast<size_t>(R), 0);
-  shard_padded_.assign(static_cast<size_t>(R), 0);
-  padded_len_.resize(s.seq_lens.size());
-  padding_tokens_ = 0;
+}
 
-  for (size_t seq = 0; seq < s.seq_lens.size(); ++seq) {
-    const int64_t len = s.seq_lens[seq];
-    const int64_t plen = classic ? round_up(len, chunks * U) : len;
-    padded_len_[seq] = plen;
-    padding_tokens_ += plen - len;
-    auto make_run = [&](int64_t begin, int64_t slot) {
-      const int64_t real = std::clamp<int64_t>(len - begin, 0, slot);
-      return TokenRun{static_cast<int32_t>(seq), begin, real, slot};
-    };
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t owned[2] = {r, chunks - 1 - r};
-      for (int64_t i = 0; i < (zigzag_ ? 2 : 1); ++i) {
-        const int64_t c = owned[i];
-        const int64_t cb = classic ? c * (plen / chunks) : split_begin(len, chunks, c);
-        const int64_t cl = classic ? plen / chunks : split_size(len, chunks, c);
-        if (cl > 0) {
-          TokenRun chunk = make_run(cb, cl);
-          shard_runs_by_r_[static_cast<size_t>(r)].push_back(chunk);
-          shard_tokens_[static_cast<size_t>(r)] += chunk.count;
-          shard_padded_[static_cast<size_t>(r)] += chunk.padded;
-        }
-        for (int64_t u = 0; u < U; ++u) {
-          const int64_t pb = cb + (classic ? u * (cl / U) : split_begin(cl, U, u));
-          const int64_t pl = classic ? cl / U : split_size(cl, U, u);
-          if (pl == 0) continue;
-          RankLayout& rl = ranks_[static_cast<size_t>(global_rank(u, r))];
-          TokenRun piece = make_run(pb, pl);
-          rl.input_runs.push_back(piece);
-          rl.input_tokens += piece.count;
-          rl.input_padded_tokens += piece.padded;
-        }
+// One sequence: its chunks go to the ring indices' shards, each chunk's pieces to the ranks of
+// that ring index (the file comment above says how).
+void Layout::place_sequence(size_t seq) {
+  const int64_t U = ulysses(), R = ring();
+  const int64_t chunks = zigzag_ ? 2 * R : R;
+  const bool classic = pads_classic(spec_.choice.strategy);
+  const int64_t len = spec_.shape.seq_lens[seq];
+  const int64_t plen = classic ? round_up(len, chunks * U) : len;
+  padded_len_[seq] = plen;
+  padding_tokens_ += plen - len;
+  auto make_run = [&](int64_t begin, int64_t slot) {
+    const int64_t real = std::clamp<int64_t>(len - begin, 0, slot);
+    return TokenRun{static_cast<int32_t>(seq), begin, real, slot};
+  };
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t owned[2] = {r, chunks - 1 - r};
+    for (int64_t i = 0; i < (zigzag_ ? 2 : 1); ++i) {
+      const int64_t c = owned[i];
+      const int64_t cb = classic ? c * (plen / chunks) : split_begin(len, chunks, c);
+      const int64_t cl = classic ? plen / chunks : split_size(len, chunks, c);
+      if (cl > 0) {
+        TokenRun chunk = make_run(cb, cl);
+        shard_runs_by_r_[static_cast<size_t>(r)].push_back(chunk);
+        shard_tokens_[static_cast<size_t>(r)] += chunk.count;
+        shard_padded_[static_cast<size_t>(r)] += chunk.padded;
+      }
+      for (int64_t u = 0; u < U; ++u) {
+        const int64_t pb = cb + (classic ? u * (cl / U) : split_begin(cl, U, u));
+        const int64_t pl = classic ? cl / U : split_size(cl, U, u);
+        if (pl == 0) continue;
+        RankLayout& rl = ranks_[static_cast<size_t>(global_rank(u, r))];
+        TokenRun piece = make_run(pb, pl);
+        rl.input_runs.push_back(piece);
+        rl.input_tokens += piece.count;
+        rl.input_padded_tokens += piece.padded;
       }
     }
   }
@@ -248,110 +257,136 @@ std::pair<int64_t, int64_t> Layout::ring_peers_on_node(int64_t rank) const {
   return {std::clamp<int64_t>(lo, 0, R), std::clamp<int64_t>(hi, 0, R)};
 }
 
-void Layout::count_costs() {
-  const AttentionShape& s = spec_.shape;
-  const int64_t U = ulysses(), R = ring(), B = s.batch, D = s.head_dim, Dv = s.v_head_dim;
-  const int64_t eb = elem_bytes();
-  const int64_t qkv_width_total = s.q_heads * (D + Dv) + s.kv_heads * (D + Dv);  // Q,K,V,O per token
+// Prefix sums the byte counts of every rank are read from in O(1): over Ulysses index u, the
+// per-token Q,K,V widths of u's heads and the O widths; per ring index r, the stored input
+// tokens of members u; over r, the shard tokens.
+struct Layout::Prefixes {
+  std::vector<int64_t> in_width, o_width, tokens, shards;
+  int64_t max_shard = 0;
+  int64_t range(const std::vector<int64_t>& prefix, size_t base, int64_t lo, int64_t hi) const {
+    return prefix[base + static_cast<size_t>(hi)] - prefix[base + static_cast<size_t>(lo)];
+  }
+};
 
-  // Prefix sums over Ulysses index u: per-token Q,K,V widths of u's heads, and O widths.
-  std::vector<int64_t> in_width(static_cast<size_t>(U) + 1, 0), o_width(static_cast<size_t>(U) + 1, 0);
+Layout::Prefixes Layout::prefixes() const {
+  const AttentionShape& s = spec_.shape;
+  const int64_t U = ulysses(), R = ring(), D = s.head_dim, Dv = s.v_head_dim;
+  Prefixes p;
+  p.in_width.assign(static_cast<size_t>(U) + 1, 0);
+  p.o_width.assign(static_cast<size_t>(U) + 1, 0);
   for (int64_t u = 0; u < U; ++u) {
     const HeadRange q = q_heads_by_u_[u], kv = kv_heads_by_u_[u];
-    in_width[u + 1] = in_width[u] + q.count() * D + kv.count() * (D + Dv);
-    o_width[u + 1] = o_width[u] + q.count() * Dv;
+    p.in_width[u + 1] = p.in_width[u] + q.count() * D + kv.count() * (D + Dv);
+    p.o_width[u + 1] = p.o_width[u] + q.count() * Dv;
   }
-  // Prefix over u of stored input tokens, per ring index r; and over r of shard tokens.
-  std::vector<int64_t> tok_prefix(static_cast<size_t>((U + 1) * R), 0);
+  p.tokens.assign(static_cast<size_t>((U + 1) * R), 0);
   for (int64_t r = 0; r < R; ++r)
     for (int64_t u = 0; u < U; ++u)
-      tok_prefix[r * (U + 1) + u + 1] = tok_prefix[r * (U + 1) + u] + at(u, r).input_padded_tokens;
-  std::vector<int64_t> shard_prefix(static_cast<size_t>(R) + 1, 0);
-  int64_t max_shard = 0;
+      p.tokens[r * (U + 1) + u + 1] = p.tokens[r * (U + 1) + u] + at(u, r).input_padded_tokens;
+  p.shards.assign(static_cast<size_t>(R) + 1, 0);
   for (int64_t r = 0; r < R; ++r) {
-    shard_prefix[r + 1] = shard_prefix[r] + shard_padded_[r];
-    max_shard = std::max(max_shard, shard_padded_[r]);
+    p.shards[r + 1] = p.shards[r] + shard_padded_[r];
+    p.max_shard = std::max(p.max_shard, shard_padded_[r]);
   }
-  const int64_t all_shards = shard_prefix[R];
-  auto range = [](const std::vector<int64_t>& prefix, size_t base, int64_t lo, int64_t hi) {
-    return prefix[base + static_cast<size_t>(hi)] - prefix[base + static_cast<size_t>(lo)];
-  };
-  const bool gathers = gathers_lengths(spec_.choice.strategy) && U > 1;
-  const int64_t length_bytes = 8 * static_cast<int64_t>(s.seq_lens.size());
+  return p;
+}
 
-  ring_max_kv_heads_intra_.assign(static_cast<size_t>(R), 0);
-  ring_max_kv_heads_inter_.assign(static_cast<size_t>(R), 0);
-
+void Layout::count_costs() {
+  const Prefixes p = prefixes();
+  ring_max_kv_heads_intra_.assign(static_cast<size_t>(ring()), 0);
+  ring_max_kv_heads_inter_.assign(static_cast<size_t>(ring()), 0);
   for (RankLayout& rl : ranks_) {
-    const int64_t u = rl.u, r = rl.r;
-    const int64_t hq = rl.q_heads.count(), hkv = rl.kv_heads.count();
-    const int64_t own_tokens = rl.input_padded_tokens;
-    const size_t tbase = static_cast<size_t>(r * (U + 1));
-
-    if (U > 1) {
-      auto [lo, hi] = ulysses_peers_on_node(rl.rank);
-      const int64_t self_in = in_width[u + 1] - in_width[u], self_o = o_width[u + 1] - o_width[u];
-      const int64_t my_in = hq * D + hkv * (D + Dv);
-      const int64_t intra_in_width = range(in_width, 0, lo, hi) - self_in;
-      const int64_t intra_o_width = range(o_width, 0, lo, hi) - self_o;
-      const int64_t intra_tok = range(tok_prefix, tbase, lo, hi) - own_tokens;
-      const int64_t all_tok = tok_prefix[tbase + U] - own_tokens;
-      // Q,K,V: my tokens x peer's heads out; peers' tokens x my heads in.
-      rl.qkv_bytes.send_intra = own_tokens * intra_in_width * B * eb;
-      rl.qkv_bytes.send_inter = own_tokens * (in_width[U] - self_in - intra_in_width) * B * eb;
-      rl.qkv_bytes.recv_intra = intra_tok * my_in * B * eb;
-      rl.qkv_bytes.recv_inter = (all_tok - intra_tok) * my_in * B * eb;
-      // O: peers' tokens x my heads out; my tokens x peers' heads in.
-      rl.o_bytes.send_intra = intra_tok * hq * Dv * B * eb;
-      rl.o_bytes.send_inter = (all_tok - intra_tok) * hq * Dv * B * eb;
-      rl.o_bytes.recv_intra = own_tokens * intra_o_width * B * eb;
-      rl.o_bytes.recv_inter = own_tokens * (o_width[U] - self_o - intra_o_width) * B * eb;
-      if (gathers) {
-        const int64_t intra_peers = hi - lo - 1, inter_peers = U - (hi - lo);
-        rl.gather_bytes = {intra_peers * length_bytes, inter_peers * length_bytes, intra_peers * length_bytes,
-                           inter_peers * length_bytes};
-      }
-    }
-
-    const int64_t kv_width = kv_block_bytes(1, hkv);  // bytes per token of a K,V shard
-    if (rotates_kv(spec_.choice.strategy) && R > 1) {
-      const bool next_intra = node_of(ring_next(rl.rank)) == rl.node;
-      const bool prev_intra = node_of(ring_prev(rl.rank)) == rl.node;
-      const int64_t sent = (all_shards - shard_padded_[(r + 1) % R]) * kv_width;
-      const int64_t recvd = (all_shards - shard_padded_[r]) * kv_width;
-      (next_intra ? rl.ring_bytes.send_intra : rl.ring_bytes.send_inter) = sent;
-      (prev_intra ? rl.ring_bytes.recv_intra : rl.ring_bytes.recv_inter) = recvd;
-      auto& best = next_intra ? ring_max_kv_heads_intra_ : ring_max_kv_heads_inter_;
-      best[r] = std::max(best[r], hkv);
-    }
-    if (spec_.choice.strategy == Strategy::allgather_kv && R > 1) {
-      auto [lo, hi] = ring_peers_on_node(rl.rank);
-      const int64_t own = shard_padded_[r];
-      const int64_t intra_tok = range(shard_prefix, 0, lo, hi) - own;
-      rl.allgather_bytes.send_intra = own * (hi - lo - 1) * kv_width;
-      rl.allgather_bytes.send_inter = own * (R - (hi - lo)) * kv_width;
-      rl.allgather_bytes.recv_intra = intra_tok * kv_width;
-      rl.allgather_bytes.recv_inter = (all_shards - own - intra_tok) * kv_width;
-    }
-
-    // Attention of ring index r's shard (after the all-to-all) against its whole sequences.
-    int64_t padded_pairs = 0, real_pairs = 0;
-    for (const TokenRun& run : shard_runs_by_r_[static_cast<size_t>(r)]) {
-      padded_pairs += mask_pairs(s.mask, run.begin, run.begin + run.padded, 0, padded_len_[run.seq]);
-      real_pairs += mask_pairs(s.mask, run.begin, run.begin + run.count, 0, s.seq_lens[run.seq]);
-    }
-    rl.flops = attention_flops(padded_pairs, hq);
-    rl.useful_flops = attention_flops(real_pairs, hq);
-
-    // Buffers held at once: input Q,K,V,O; post-all-to-all Q,K,V,O; K,V in flight; fp32 O + LSE.
-    const int64_t shard = shard_padded_[r];
-    int64_t elems = own_tokens * B * qkv_width_total;
-    if (U > 1) elems += shard * B * (hq * (D + Dv) + hkv * (D + Dv));
-    int64_t kv_extra_tokens = 0;
-    if (rotates_kv(spec_.choice.strategy) && R > 1) kv_extra_tokens = max_shard;
-    if (spec_.choice.strategy == Strategy::allgather_kv) kv_extra_tokens = all_shards - shard;
-    rl.peak_bytes = elems * eb + kv_extra_tokens * kv_width + shard * B * hq * (Dv + 1) * 4;
+    if (ulysses() > 1) count_ulysses_bytes(rl, p);
+    if (rotates_kv(spec_.choice.strategy) && ring() > 1) count_ring_bytes(rl, p);
+    if (spec_.choice.strategy == Strategy::allgather_kv && ring() > 1) count_allgather_bytes(rl, p);
+    count_flops(rl);
+    count_memory(rl, p);
   }
+}
+
+// The Ulysses all-to-alls (Q,K,V out, O back) and UAA's gather of sequence lengths.
+void Layout::count_ulysses_bytes(RankLayout& rl, const Prefixes& p) const {
+  const AttentionShape& s = spec_.shape;
+  const int64_t U = ulysses(), B = s.batch, D = s.head_dim, Dv = s.v_head_dim, eb = elem_bytes();
+  const int64_t u = rl.u, hq = rl.q_heads.count(), hkv = rl.kv_heads.count();
+  const int64_t own_tokens = rl.input_padded_tokens;
+  const size_t tbase = static_cast<size_t>(rl.r * (U + 1));
+  auto [lo, hi] = ulysses_peers_on_node(rl.rank);
+  const int64_t self_in = p.in_width[u + 1] - p.in_width[u], self_o = p.o_width[u + 1] - p.o_width[u];
+  const int64_t my_in = hq * D + hkv * (D + Dv);
+  const int64_t intra_in_width = p.range(p.in_width, 0, lo, hi) - self_in;
+  const int64_t intra_o_width = p.range(p.o_width, 0, lo, hi) - self_o;
+  const int64_t intra_tok = p.range(p.tokens, tbase, lo, hi) - own_tokens;
+  const int64_t all_tok = p.tokens[tbase + U] - own_tokens;
+  // Q,K,V: my tokens x peer's heads out; peers' tokens x my heads in.
+  rl.qkv_bytes.send_intra = own_tokens * intra_in_width * B * eb;
+  rl.qkv_bytes.send_inter = own_tokens * (p.in_width[U] - self_in - intra_in_width) * B * eb;
+  rl.qkv_bytes.recv_intra = intra_tok * my_in * B * eb;
+  rl.qkv_bytes.recv_inter = (all_tok - intra_tok) * my_in * B * eb;
+  // O: peers' tokens x my heads out; my tokens x peers' heads in.
+  rl.o_bytes.send_intra = intra_tok * hq * Dv * B * eb;
+  rl.o_bytes.send_inter = (all_tok - intra_tok) * hq * Dv * B * eb;
+  rl.o_bytes.recv_intra = own_tokens * intra_o_width * B * eb;
+  rl.o_bytes.recv_inter = own_tokens * (p.o_width[U] - self_o - intra_o_width) * B * eb;
+  if (gathers_lengths(spec_.choice.strategy)) {
+    const int64_t length_bytes = 8 * static_cast<int64_t>(s.seq_lens.size());
+    const int64_t intra_peers = hi - lo - 1, inter_peers = U - (hi - lo);
+    rl.gather_bytes = {intra_peers * length_bytes, inter_peers * length_bytes, intra_peers * length_bytes,
+                       inter_peers * length_bytes};
+  }
+}
+
+// The K,V rotation, all R-1 steps: every shard but the receiver's own passes each link once.
+void Layout::count_ring_bytes(RankLayout& rl, const Prefixes& p) {
+  const int64_t R = ring(), r = rl.r, hkv = rl.kv_heads.count();
+  const int64_t kv_width = kv_block_bytes(1, hkv);  // bytes per token of a K,V shard
+  const bool next_intra = node_of(ring_next(rl.rank)) == rl.node;
+  const bool prev_intra = node_of(ring_prev(rl.rank)) == rl.node;
+  const int64_t all_shards = p.shards[R];
+  (next_intra ? rl.ring_bytes.send_intra : rl.ring_bytes.send_inter) = (all_shards - shard_padded_[(r + 1) % R]) * kv_width;
+  (prev_intra ? rl.ring_bytes.recv_intra : rl.ring_bytes.recv_inter) = (all_shards - shard_padded_[r]) * kv_width;
+  auto& best = next_intra ? ring_max_kv_heads_intra_ : ring_max_kv_heads_inter_;
+  best[r] = std::max(best[r], hkv);
+}
+
+// allgather-kv: a direct exchange, the rank's own shard once to each of R-1 peers.
+void Layout::count_allgather_bytes(RankLayout& rl, const Prefixes& p) const {
+  const int64_t R = ring(), r = rl.r;
+  const int64_t kv_width = kv_block_bytes(1, rl.kv_heads.count());
+  auto [lo, hi] = ring_peers_on_node(rl.rank);
+  const int64_t own = shard_padded_[r];
+  const int64_t intra_tok = p.range(p.shards, 0, lo, hi) - own;
+  rl.allgather_bytes.send_intra = own * (hi - lo - 1) * kv_width;
+  rl.allgather_bytes.send_inter = own * (R - (hi - lo)) * kv_width;
+  rl.allgather_bytes.recv_intra = intra_tok * kv_width;
+  rl.allgather_bytes.recv_inter = (p.shards[R] - own - intra_tok) * kv_width;
+}
+
+// Attention of ring index r's shard (after the all-to-all) against its whole sequences.
+void Layout::count_flops(RankLayout& rl) const {
+  const AttentionShape& s = spec_.shape;
+  int64_t padded_pairs = 0, real_pairs = 0;
+  for (const TokenRun& run : shard_runs_by_r_[static_cast<size_t>(rl.r)]) {
+    padded_pairs += mask_pairs(s.mask, run.begin, run.begin + run.padded, 0, padded_len_[run.seq]);
+    real_pairs += mask_pairs(s.mask, run.begin, run.begin + run.count, 0, s.seq_lens[run.seq]);
+  }
+  rl.flops = attention_flops(padded_pairs, rl.q_heads.count());
+  rl.useful_flops = attention_flops(real_pairs, rl.q_heads.count());
+}
+
+// Buffers held at once: input Q,K,V,O; post-all-to-all Q,K,V,O; K,V in flight; fp32 O + LSE.
+void Layout::count_memory(RankLayout& rl, const Prefixes& p) const {
+  const AttentionShape& s = spec_.shape;
+  const int64_t B = s.batch, D = s.head_dim, Dv = s.v_head_dim;
+  const int64_t hq = rl.q_heads.count(), hkv = rl.kv_heads.count();
+  const int64_t qkv_width_total = s.q_heads * (D + Dv) + s.kv_heads * (D + Dv);  // Q,K,V,O per token
+  const int64_t shard = shard_padded_[rl.r];
+  int64_t elems = rl.input_padded_tokens * B * qkv_width_total;
+  if (ulysses() > 1) elems += shard * B * (hq * (D + Dv) + hkv * (D + Dv));
+  int64_t kv_extra_tokens = 0;
+  if (rotates_kv(spec_.choice.strategy) && ring() > 1) kv_extra_tokens = p.max_shard;
+  if (spec_.choice.strategy == Strategy::allgather_kv) kv_extra_tokens = p.shards[ring()] - shard;
+  rl.peak_bytes = elems * elem_bytes() + kv_block_bytes(kv_extra_tokens, hkv) + shard * B * hq * (Dv + 1) * 4;
 }
 
 std::span<const TokenRun> Layout::shard_runs(int64_t r) const { return shard_runs_by_r_[static_cast<size_t>(r)]; }
