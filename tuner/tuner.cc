@@ -48,59 +48,88 @@ std::vector<size_t> select_candidates(const sim::Ranking& ranking, int top_k, bo
   return chosen;
 }
 
+namespace {
+
+// Rank 0 alone opens the store; nobody measures for a store that is not there.
+std::optional<db::Store> open_store_on_rank0(const std::string& path, backends::Comm& world) {
+  const bool writer = world.rank() == 0;
+  std::optional<db::Store> store;
+  std::string error;
+  if (writer) {
+    try {
+      store.emplace(db::Store::open(path));
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  }
+  if (!agree_on_rank0(world, writer && store.has_value()))
+    throw Error(writer ? error : "rank 0 could not open the store " + path);
+  return store;
+}
+
+// Every shape ranked, and the candidates chosen to measure (cheap and deterministic on every
+// rank, done first so that progress knows the total).
+struct Plan {
+  std::vector<sim::Ranking> rankings;
+  std::vector<std::vector<size_t>> chosen;
+  size_t total = 0;
+};
+
+Plan plan_shapes(const std::vector<AttentionShape>& shapes, const Cluster& cluster, const TuneOptions& options) {
+  Plan plan;
+  for (const AttentionShape& shape : shapes) {
+    plan.rankings.push_back(sim::rank_candidates(shape, cluster, options.hardware, options.predict));
+    plan.chosen.push_back(select_candidates(plan.rankings.back(), options.top_k, options.exhaustive));
+    plan.total += plan.chosen.back().size();
+  }
+  return plan;
+}
+
+// Runs the chosen candidates of one shape side by side and turns each result into a row.
+std::vector<db::MeasurementRow> measure_shape(const AttentionShape& shape, const Cluster& cluster,
+                                              const sim::Ranking& ranking, const std::vector<size_t>& chosen,
+                                              const TuneOptions& options, backends::Comm& world) {
+  std::vector<Layout> layouts;
+  for (size_t i : chosen) layouts.push_back(Layout::build({shape, cluster, ranking.candidates[i].candidate}));
+  const std::vector<backends::RunResult> results = backends::execute_interleaved(layouts, world, options.executor);
+  std::vector<db::MeasurementRow> rows;
+  for (size_t k = 0; k < chosen.size(); ++k) {
+    const backends::RunResult& r = results[k];
+    if (r.max_abs_err && !r.verified())
+      throw Error("candidate " + to_string(layouts[k].choice()) + " on " + to_string(shape) +
+                  " failed verification: max |O - O_ref| " + std::to_string(*r.max_abs_err) + ", worst error / tolerance " +
+                  std::to_string(r.worst_ratio) + " > 1 (a cptune bug: please report it with this line)");
+    rows.push_back(row_of(ranking.candidates[chosen[k]], r, options.profile));
+  }
+  return rows;
+}
+
+}  // namespace
+
 std::vector<ShapeOutcome> tune(const std::vector<AttentionShape>& shapes, const TuneOptions& options,
                                backends::Comm& world, const TuneProgress& progress) {
   if (options.top_k < 1 && !options.exhaustive)
     throw Error("--top-k " + std::to_string(options.top_k) + " must be at least 1");
   const Cluster cluster{world.size(), options.ranks_per_node};
   const bool writer = world.rank() == 0;
-  std::optional<db::Store> store;
-  std::string store_error;
-  if (writer) {
-    try {
-      store.emplace(db::Store::open(options.db_path));
-    } catch (const Error& e) {
-      store_error = e.what();
-    }
-  }
-  if (!agree_on_rank0(world, writer && store.has_value()))  // nobody measures for a store that is not there
-    throw Error(writer ? store_error : "rank 0 could not open the store " + options.db_path);
-
-  // Rank every shape first (cheap, deterministic on every rank) so progress knows the total.
-  std::vector<sim::Ranking> rankings;
-  std::vector<std::vector<size_t>> selections;
-  size_t total = 0;
-  for (const AttentionShape& shape : shapes) {
-    rankings.push_back(sim::rank_candidates(shape, cluster, options.hardware, options.predict));
-    selections.push_back(select_candidates(rankings.back(), options.top_k, options.exhaustive));
-    total += selections.back().size();
-  }
+  std::optional<db::Store> store = open_store_on_rank0(options.db_path, world);
+  const Plan plan = plan_shapes(shapes, cluster, options);
 
   std::vector<ShapeOutcome> outcomes;
   size_t done = 0;
   for (size_t s = 0; s < shapes.size(); ++s) {
     ShapeOutcome outcome;
     outcome.shape = shapes[s];
-    for (const auto& c : rankings[s].candidates) outcome.feasible += c.prediction.fits ? 1 : 0;
-    const std::vector<size_t>& chosen = selections[s];
+    for (const auto& c : plan.rankings[s].candidates) outcome.feasible += c.prediction.fits ? 1 : 0;
+    const std::vector<size_t>& chosen = plan.chosen[s];
     outcome.skipped = agree_on_rank0(world, writer && store->has_shape(options.fingerprint, outcome.shape));
     if (!outcome.skipped && !chosen.empty()) {
-      std::vector<Layout> layouts;
-      std::vector<LayoutChoice> candidates;
-      for (size_t i : chosen) {
-        candidates.push_back(rankings[s].candidates[i].candidate);
-        layouts.push_back(Layout::build({shapes[s], cluster, candidates.back()}));
+      if (writer && progress.measuring) {
+        std::vector<LayoutChoice> candidates;
+        for (size_t i : chosen) candidates.push_back(plan.rankings[s].candidates[i].candidate);
+        progress.measuring(s, shapes.size(), outcome.shape, candidates, done, plan.total);
       }
-      if (writer && progress.measuring) progress.measuring(s, shapes.size(), outcome.shape, candidates, done, total);
-      const std::vector<backends::RunResult> results = backends::execute_interleaved(layouts, world, options.executor);
-      for (size_t k = 0; k < chosen.size(); ++k) {
-        const backends::RunResult& r = results[k];
-        if (r.max_abs_err && !r.verified())
-          throw Error("candidate " + to_string(candidates[k]) + " on " + to_string(outcome.shape) +
-                      " failed verification: max |O - O_ref| " + std::to_string(*r.max_abs_err) + ", worst error / tolerance " +
-                      std::to_string(r.worst_ratio) + " > 1 (a cptune bug: please report it with this line)");
-        outcome.rows.push_back(row_of(rankings[s].candidates[chosen[k]], r, options.profile));
-      }
+      outcome.rows = measure_shape(shapes[s], cluster, plan.rankings[s], chosen, options, world);
       if (writer) store->record_shape(options.fingerprint, outcome.shape, outcome.rows);
     }
     done += chosen.size();

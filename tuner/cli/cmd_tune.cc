@@ -95,6 +95,28 @@ void print_summary(const std::vector<tuner::ShapeOutcome>& outcomes, const std::
   std::cout << "stored in " << db_path << "\n";
 }
 
+// The shapes of --shapes FILE, or the one the shape flags name.
+std::vector<AttentionShape> shapes_to_tune(const ShapeArgs& shape, const std::string& shapes_path) {
+  if (shapes_path.empty()) return {to_shape(shape)};
+  if (!shape.seq.empty() || !shape.seq_list.empty())
+    throw Error("give either --shapes FILE or the shape flags (--seq ...), not both");
+  return read_shapes_file(shapes_path);
+}
+
+// Refuses a shape that cannot run on this world at all before any rank starts (ring lays out
+// any head count, so its refusal is the shape's fault).
+void check_shapes_lay_out(const std::vector<AttentionShape>& shapes, const Cluster& cluster,
+                          const std::string& shapes_path) {
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    try {
+      Layout::build({shapes[i], cluster, resolve({Strategy::ring}, cluster)});
+    } catch (const Error& e) {
+      throw Error((shapes_path.empty() ? std::string("shape") : "shape " + std::to_string(i + 1) + " of " + shapes_path) +
+                  ": " + e.what());
+    }
+  }
+}
+
 }  // namespace
 
 int cmd_tune(const Args& args) {
@@ -119,26 +141,10 @@ int cmd_tune(const Args& args) {
                   "usage: cptune tune --db tune.db --world P (--shapes shapes.csv | --seq S --heads H ...) [options]"))
     return 0;
   if (db_path.empty()) throw Error("--db is required: the SQLite file to store measurements in");
-  std::vector<AttentionShape> shapes;
-  if (!shapes_path.empty()) {
-    if (!shape.seq.empty() || !shape.seq_list.empty())
-      throw Error("give either --shapes FILE or the shape flags (--seq ...), not both");
-    shapes = read_shapes_file(shapes_path);
-  } else {
-    shapes.push_back(to_shape(shape));
-  }
   reject_layout_flags(mesh, "tune");
   const Cluster cluster = to_cluster(mesh);
-  // Refuse a shape that cannot run on this world at all before starting any rank (ring lays
-  // out any head count, so its refusal is the shape's fault).
-  for (size_t i = 0; i < shapes.size(); ++i) {
-    try {
-      Layout::build({shapes[i], cluster, resolve({Strategy::ring}, cluster)});
-    } catch (const Error& e) {
-      throw Error((shapes_path.empty() ? std::string("shape") : "shape " + std::to_string(i + 1) + " of " + shapes_path) +
-                  ": " + e.what());
-    }
-  }
+  const std::vector<AttentionShape> shapes = shapes_to_tune(shape, shapes_path);
+  check_shapes_lay_out(shapes, cluster, shapes_path);
   tuner::TuneOptions options;
   options.db_path = db_path;
   options.hardware = sim::load_hardware(hardware);
