@@ -71,7 +71,7 @@ std::vector<ShapeOutcome> tune(const std::vector<AttentionShape>& shapes, const 
   std::vector<std::vector<size_t>> selections;
   size_t total = 0;
   for (const AttentionShape& shape : shapes) {
-    rankings.push_back(sim::rank_candidates(shape, cluster, options.hardware, options.predict));
+    rankings.push_back(sim::rank_candidates(shape, cluster, options.hardware, options.predict, options.constraints));
     selections.push_back(select_candidates(rankings.back(), options.top_k, options.exhaustive));
     total += selections.back().size();
   }

@@ -27,6 +27,7 @@ struct TuneOptions {
   bool exhaustive = false;   // measured: every feasible candidate
   backends::ExecutorOptions executor;
   db::Fingerprint fingerprint;
+  sim::Constraints constraints;  // measure only what these allow (--engine, --strategy, ...)
 };
 
 // Which of a ranking's candidates to measure (indices into ranking.candidates): the top_k that

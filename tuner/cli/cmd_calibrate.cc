@@ -104,7 +104,8 @@ nlohmann::json fit_json(const tuner::FitResult& fit, const sim::Hardware& writte
 }
 
 // Rejects what would otherwise fail after a minute of measuring.
-void check_arguments(const CalibrateArgs& a) {
+void check_arguments(CalibrateArgs& a) {
+  join_outside_launch(a.world, nullptr, a.run);
   if (a.world < 2) throw Error(fmt::format("--world {} must be at least 2: calibration measures communication", a.world));
   if (a.out.empty()) throw Error("--out is required: the hardware file to write (then pass it as --hardware)");
   if (a.statistic != "median" && a.statistic != "min")

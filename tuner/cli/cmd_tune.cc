@@ -101,6 +101,7 @@ int cmd_tune(const Args& args) {
   ShapeArgs shape;
   MeshArgs mesh;
   RunArgs run;
+  ConstraintArgs constraint;
   std::string db_path, shapes_path, hardware = "cpu-gloo";
   int top_k = 3;
   bool exhaustive = false, no_verify = false;
@@ -108,6 +109,7 @@ int cmd_tune(const Args& args) {
   add_shape_options(desc, shape);
   add_mesh_options(desc, mesh);
   add_run_options(desc, run);
+  add_constraint_options(desc, constraint);
   desc.add_options()("db", po::value(&db_path), "SQLite database to store measurements in (created if missing)")(
       "shapes", po::value(&shapes_path), "CSV of shapes (header: seq,heads,kv_heads,head_dim,v_head_dim,dtype,mask,batch)")(
       "hardware", po::value(&hardware)->default_value("cpu-gloo"),
@@ -127,7 +129,7 @@ int cmd_tune(const Args& args) {
   } else {
     shapes.push_back(to_shape(shape));
   }
-  reject_layout_flags(mesh, "tune");
+  join_outside_launch(mesh.world, &mesh.ranks_per_node, run);
   const Cluster cluster = to_cluster(mesh);
   // Refuse a shape that cannot run on this world at all before starting any rank (ring lays
   // out any head count, so its refusal is the shape's fault).
@@ -150,6 +152,7 @@ int cmd_tune(const Args& args) {
   options.executor.verify = !no_verify;
   options.predict.metadata = options.executor.metadata;  // rank candidates with the channel they run with
   options.fingerprint = local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
+  options.constraints = to_constraints(constraint, mesh);
   db::Store::open(db_path);  // a bad path or file fails here, before any rank starts
 
   return run_ranks(run, cluster.world, [&](backends::Comm& world, backends::Device& device) {

@@ -176,6 +176,7 @@ int cmd_validate(const Args& args) {
                   "usage: cptune validate --hardware profile.json --world P --shapes held_out.csv [options]\n"
                   "Measures every feasible candidate of each shape (interleaved) and compares with the prediction."))
     return 0;
+  join_outside_launch(a.world, nullptr, a.run);
   if (a.world < 2) throw Error(fmt::format("--world {} must be at least 2", a.world));
   if (a.statistic != "median" && a.statistic != "min")
     throw Error("--statistic " + a.statistic + " is not one; use median or min");
