@@ -252,9 +252,11 @@ int cptune_lookup_query(const cptune_lookup* lookup, const cptune_shape* shape, 
   return guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
     const std::optional<Answer> answer = lookup->lookup.query(to_view(*shape));
     if (!answer) {
-      fail(CPTUNE_LOOKUP_NOT_FOUND, ("no layout for this shape: " + lookup->lookup.not_found_reason() +
-                                     ", and no simulator answer (open with a hardware description for one)")
-                                        .c_str());
+      fail(CPTUNE_LOOKUP_NOT_FOUND,
+           ("no layout for this shape: " + lookup->lookup.not_found_reason() +
+            (lookup->lookup.has_fallback() ? ", and the simulator found no layout allowed here"
+                                           : ", and no simulator answer (open with a hardware description for one)"))
+               .c_str());
       return CPTUNE_LOOKUP_NOT_FOUND;
     }
     fill_choice(*answer, *out);

@@ -49,14 +49,14 @@ std::vector<BestRow> best_allowed(const Store& store, int64_t id, const Filter& 
 }
 
 std::string reason_for(const Store& store, const std::string& db_path, const Fingerprint& fp,
-                       std::optional<int64_t> id) {
+                       std::optional<int64_t> id, bool filtered) {
   const auto summaries = store.fingerprints();
   if (id) {
     for (const auto& s : summaries)
       if (s.id == *id)
         return "database '" + db_path + "' holds " + std::to_string(s.shapes) + " shape(s) for fingerprint " +
                describe_full(s.fingerprint) + ", none of this shape's family (same heads, head dims, dtype, mask, "
-               "batch)";
+               "batch)" + (filtered ? " with a layout the caller's constraints allow" : "");
   }
   std::vector<Fingerprint> fps;
   for (const auto& s : summaries) fps.push_back(s.fingerprint);
@@ -78,7 +78,7 @@ Lookup Lookup::open(const std::string& db_path, const Fingerprint& fp, Fallback 
   Lookup lookup(std::move(rows), std::move(fallback));
   lookup.filter_ = std::move(filter);
   lookup.fingerprint_id_ = id;
-  lookup.not_found_reason_ = reason_for(store, db_path, fp, id);
+  lookup.not_found_reason_ = reason_for(store, db_path, fp, id, bool(lookup.filter_));
   return lookup;
 }
 

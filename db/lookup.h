@@ -54,6 +54,7 @@ class Lookup {
   // Why a query can come back empty, for messages: the fingerprint asked for and, when the
   // database has no rows for it, the closest fingerprint it holds.
   const std::string& not_found_reason() const { return not_found_reason_; }
+  bool has_fallback() const { return bool(fallback_); }
 
  private:
   struct Entry {

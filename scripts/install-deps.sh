@@ -7,7 +7,7 @@ packages=(
   nlohmann-json3-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   redis-server
-  python3 python3-matplotlib python3-venv python3-pip python3-setuptools python3-numpy
+  python3 python3-matplotlib python3-venv python3-pip python3-setuptools python3-wheel python3-numpy
   openmpi-bin
 )
 # torchrun for the launcher tests (tests/launchers/check_launchers.sh); CPTUNE_WITH_TORCH=0 skips it.

@@ -98,7 +98,7 @@ nlohmann::json fit_json(const tuner::FitResult& fit, const sim::Hardware& writte
                       {"relative_error", r.relative()}});
   for (const tuner::ResidualSummary& s : tuner::summarize(fit.residuals))
     summary.push_back({{"kind", s.kind}, {"probes", s.probes}, {"median_abs", s.median_abs}, {"max_abs", s.max_abs}});
-  return {{"out", path},         {"hardware", sim::to_json(written)}, {"fitted", fit.fitted},
+  return {{"schema", "cptune/calibrate/1"}, {"out", path},         {"hardware", sim::to_json(written)}, {"fitted", fit.fitted},
           {"kept", fit.kept},    {"iterations", fit.iterations},      {"probes", probes},
           {"residuals", summary}};
 }

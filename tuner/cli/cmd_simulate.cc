@@ -167,6 +167,7 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
 nlohmann::json config_json(const Config& c, const Ranking& ranking, const sim::Hardware& hw,
                            const sim::PredictOptions& o) {
   nlohmann::json doc = sim::to_json(ranking, o.pass);
+  doc["schema"] = "cptune/simulate/1";
   doc["hardware"] = hw.name;
   doc["cluster"] = {{"world", c.cluster.world}, {"ranks_per_node", c.cluster.ranks_per_node}, {"nodes", c.cluster.nodes()}};
   doc["shape"] = to_json(c.shape);

@@ -108,7 +108,8 @@ nlohmann::json report_json(const std::vector<tuner::ShapeValidation>& shapes, co
   for (const tuner::TopKPoint& p : r.curve)
     curve.push_back({{"k", p.k}, {"within", p.within}, {"mean_fraction", p.mean_fraction}});
   const double n = double(shapes.size());
-  return {{"hardware", hw.name},
+  return {{"schema", "cptune/validate/1"},
+          {"hardware", hw.name},
           {"hardware_file", a.hardware},
           {"world", a.world},
           {"iterations", a.run.iterations},
