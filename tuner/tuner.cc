@@ -92,7 +92,13 @@ std::vector<ShapeOutcome> tune(const std::vector<AttentionShape>& shapes, const 
         layouts.push_back(Layout::build({shapes[s], cluster, candidates.back()}));
       }
       if (writer && progress.measuring) progress.measuring(s, shapes.size(), outcome.shape, candidates, done, total);
-      const std::vector<backends::RunResult> results = backends::execute_interleaved(layouts, world, options.executor);
+      backends::ExecutorOptions executor = options.executor;
+      const size_t rounds = size_t(executor.warmups + executor.iterations);
+      if (writer && progress.round)
+        executor.on_round = [&, before = done * rounds, n = chosen.size()](int round, int) {
+          progress.round(before + size_t(round) * n, total * rounds);
+        };
+      const std::vector<backends::RunResult> results = backends::execute_interleaved(layouts, world, executor);
       for (size_t k = 0; k < chosen.size(); ++k) {
         const backends::RunResult& r = results[k];
         if (r.max_abs_err && !r.verified())

@@ -563,13 +563,18 @@ std::vector<RunResult> execute_interleaved(std::span<const Layout> layouts, Comm
   }
   const size_t n = runs.size();
   PhaseTimer warm;
-  for (int i = 0; i < options.warmups; ++i)
+  const int rounds = options.warmups + options.iterations;
+  for (int i = 0; i < options.warmups; ++i) {
     for (auto& run : runs) run->iterate(warm);
-  for (int i = 0; i < options.iterations; ++i)
+    if (options.on_round) options.on_round(i + 1, rounds);
+  }
+  for (int i = 0; i < options.iterations; ++i) {
     for (size_t j = 0; j < n; ++j) {
       const size_t k = (j + static_cast<size_t>(i)) % n;
       runs[k]->iterate(timers[k]);
     }
+    if (options.on_round) options.on_round(options.warmups + i + 1, rounds);
+  }
 
   std::vector<RunResult> results(n);
   for (size_t k = 0; k < n; ++k) {

@@ -4,6 +4,7 @@
 // optionally verifies the output rows against a single-device reference, and times every
 // phase (slowest rank, median of N after W warm-ups; GPU phases end with a stream sync).
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -29,6 +30,9 @@ struct ExecutorOptions {
   // Where buffers live and kernels run, owned by the caller: the GPU of an NCCL world
   // (make_cuda_device). Null: the host, which only a Gloo world can use.
   Device* device = nullptr;
+  // Called after every round (each layout once, warm-ups included) with the rounds done and
+  // the rounds in all; for progress reports. Not part of the arguments ranks must agree on.
+  std::function<void(int done, int total)> on_round;
 };
 
 struct RunResult {
