@@ -107,6 +107,7 @@ class RankExecution {
   RankExecution(const Layout& layout, Comm& world, Device& device, const ExecutorOptions& options);
   void iterate(PhaseTimer& timer);
   double verify() const;  // max |O - O_ref| over this rank's real output rows
+  std::vector<float> output_rows() const;  // my real output rows, [batch][my tokens][q heads][Dv]
 
  private:
   void join_groups();
@@ -252,7 +253,7 @@ void RankExecution::make_inputs() {
   Bytes stored;
   auto make = [&](Tensor t, HeadRange heads, int64_t dim, std::byte* out) {
     std::vector<float> values(static_cast<size_t>(B_ * t_in_ * heads.count() * dim));
-    fill_input(values, options_.seed, t, me_.input_runs, B_, heads, dim);
+    fill_input(values, options_.seed, t, me_.input_runs, B_, heads, dim, options_.inputs);
     stored.resize(values.size() * static_cast<size_t>(eb_));
     from_float(values.data(), s_.dtype, stored.data(), static_cast<int64_t>(values.size()));
     device_.upload(out, stored.data(), static_cast<int64_t>(stored.size()));
@@ -463,7 +464,7 @@ double RankExecution::verify() const {
   const int64_t total = s_.total_tokens();
   auto make = [&](Tensor t, std::span<const TokenRun> runs, int64_t tokens, int64_t heads, int64_t dim) {
     std::vector<float> values(static_cast<size_t>(B_ * tokens * heads * dim));
-    fill_input(values, options_.seed, t, runs, B_, {0, heads}, dim);
+    fill_input(values, options_.seed, t, runs, B_, {0, heads}, dim, options_.inputs);
     Bytes stored(values.size() * static_cast<size_t>(eb_));
     from_float(values.data(), s_.dtype, stored.data(), static_cast<int64_t>(values.size()));
     return stored;
@@ -510,6 +511,49 @@ double RankExecution::verify() const {
     }
   }
   return worst;
+}
+
+std::vector<float> RankExecution::output_rows() const {
+  Bytes out(static_cast<size_t>(o_out_.bytes()));
+  device_.download(out.data(), o_out_.data(), o_out_.bytes());
+  std::vector<float> all(static_cast<size_t>(B_ * t_in_ * s_.q_heads * Dv_)), rows;
+  to_float(out.data(), s_.dtype, all.data(), static_cast<int64_t>(all.size()));
+  const int64_t row = s_.q_heads * Dv_;
+  for (int64_t b = 0; b < B_; ++b) {
+    int64_t offset = b * t_in_;
+    for (const TokenRun& run : me_.input_runs) {
+      rows.insert(rows.end(), all.begin() + offset * row, all.begin() + (offset + run.count) * row);
+      offset += run.padded;
+    }
+  }
+  return rows;
+}
+
+// Every rank's real output rows, placed in the whole O by the layout's token runs.
+std::vector<float> gather_output(const Layout& layout, const RankExecution& run, Comm& world) {
+  const std::vector<float> mine = run.output_rows();
+  const AttentionShape& s = layout.shape();
+  const int64_t row = s.q_heads * s.v_head_dim;
+  std::vector<int64_t> sizes(static_cast<size_t>(world.size()));
+  for (int p = 0; p < world.size(); ++p) {
+    int64_t tokens = 0;
+    for (const TokenRun& r : layout.rank(p).input_runs) tokens += r.count;
+    sizes[static_cast<size_t>(p)] = s.batch * tokens * row * static_cast<int64_t>(sizeof(float));
+  }
+  std::vector<float> gathered(static_cast<size_t>(s.batch * s.total_tokens() * row));
+  world.allgatherv(mine.data(), static_cast<int64_t>(mine.size() * sizeof(float)), gathered.data(), sizes);
+  std::vector<int64_t> offsets(s.seq_lens.size(), 0);
+  for (size_t i = 1; i < offsets.size(); ++i) offsets[i] = offsets[i - 1] + s.seq_lens[i - 1];
+  std::vector<float> whole(gathered.size());
+  size_t from = 0;
+  for (int p = 0; p < world.size(); ++p)
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (const TokenRun& r : layout.rank(p).input_runs) {
+        const int64_t token = b * s.total_tokens() + offsets[static_cast<size_t>(r.seq)] + r.begin;
+        std::copy_n(gathered.begin() + std::ptrdiff_t(from), r.count * row, whole.begin() + token * row);
+        from += static_cast<size_t>(r.count * row);
+      }
+  return whole;
 }
 
 void check_same_arguments(const Layout& layout, const ExecutorOptions& options, Comm& world) {
@@ -590,6 +634,7 @@ std::vector<RunResult> execute_interleaved(std::span<const Layout> layouts, Comm
       result.max_abs_err = *std::max_element(all.begin(), all.end());
       result.tolerance = verify_tolerance(layouts[k].shape().dtype);
     }
+    if (options.collect_output) result.output = gather_output(layouts[k], *runs[k], world);
   }
   return results;
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backends/exec/phase_timer.h"
+#include "backends/exec/tensor_gen.h"
 #include "core/layout.h"
 
 namespace cptune::backends {
@@ -33,6 +34,11 @@ struct ExecutorOptions {
   // Called after every round (each layout once, warm-ups included) with the rounds done and
   // the rounds in all; for progress reports. Not part of the arguments ranks must agree on.
   std::function<void(int done, int total)> on_round;
+  // Q, K, V given whole (shape-checked by the caller) instead of generated from the seed;
+  // verification then checks against attention over these. Not owned.
+  const GivenInputs* inputs = nullptr;
+  // Every rank gets RunResult::output, the whole O (collective: all ranks pass the same).
+  bool collect_output = false;
 };
 
 struct RunResult {
@@ -43,6 +49,9 @@ struct RunResult {
   std::optional<double> max_abs_err;  // with verify: largest |O - O_ref| over all ranks
   double tolerance = 0;               // with verify: allowed max_abs_err for the dtype
   bool verified() const { return max_abs_err && *max_abs_err <= tolerance; }
+  // With collect_output: O as fp32 [batch][total tokens][q heads][v head dim], sequences in
+  // order, the dtype's rounding applied.
+  std::vector<float> output;
 };
 
 // Largest allowed |O - O_ref| for outputs stored in dtype (fp32 accumulation everywhere; the

@@ -14,6 +14,7 @@
 #include "core/layout_json.h"
 #include "core/layout.h"
 #include "tuner/cli/commands.h"
+#include "tuner/cli/npy.h"
 #include "core/format.h"
 #include "tuner/cli/run_options.h"
 #include "tuner/cli/shape_options.h"
@@ -122,6 +123,43 @@ void print_result(const Layout& layout, const backends::RunResult& r, const std:
                "overlaps)\n";
 }
 
+// --inputs q.npy,k.npy,v.npy: each [S, H, D] or [B, S, H, D] (S the total tokens of the packed
+// sequences), checked against the shape the flags give.
+backends::GivenInputs read_inputs(const std::string& list, const AttentionShape& s, bool& batch_axis) {
+  std::vector<std::string> paths;
+  for (size_t start = 0; start <= list.size();) {
+    const size_t comma = std::min(list.find(',', start), list.size());
+    paths.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  if (paths.size() != 3) throw Error("--inputs " + list + ": give three files, q.npy,k.npy,v.npy");
+  backends::GivenInputs in;
+  in.total_tokens = s.total_tokens();
+  in.q_heads = s.q_heads;
+  in.kv_heads = s.kv_heads;
+  in.head_dim = s.head_dim;
+  in.v_head_dim = s.v_head_dim;
+  in.offsets.assign(s.seq_lens.size(), 0);
+  for (size_t i = 1; i < s.seq_lens.size(); ++i) in.offsets[i] = in.offsets[i - 1] + s.seq_lens[i - 1];
+  const int64_t heads[3] = {s.q_heads, s.kv_heads, s.kv_heads}, dims[3] = {s.head_dim, s.head_dim, s.v_head_dim};
+  std::vector<float>* into[3] = {&in.q, &in.k, &in.v};
+  for (int i = 0; i < 3; ++i) {
+    NpyArray a = read_npy(paths[size_t(i)]);
+    std::vector<int64_t> want = {s.total_tokens(), heads[i], dims[i]};
+    if (a.shape.size() == 4 || s.batch > 1) want.insert(want.begin(), s.batch);
+    if (a.shape != want) {
+      std::string got, expected;
+      for (int64_t d : a.shape) got += (got.empty() ? "" : ", ") + std::to_string(d);
+      for (int64_t d : want) expected += (expected.empty() ? "" : ", ") + std::to_string(d);
+      throw Error("--inputs: " + paths[size_t(i)] + " has shape (" + got + "), the flags say (" + expected +
+                  ") = ([batch,] tokens, heads, head dim)");
+    }
+    batch_axis = batch_axis || a.shape.size() == 4;
+    *into[i] = std::move(a.data);
+  }
+  return in;
+}
+
 void print_csv_header() {
   std::cout << "strategy,ulysses,ring,world,seq,phase,median_s,min_s,max_s,collective,ranks,bytes,algbw_GBps,busbw_GBps\n";
 }
@@ -149,12 +187,15 @@ int cmd_run(const Args& args) {
   RunArgs run;
   StrategyArgs choice;
   bool csv = false;
+  std::string inputs, save_output;
   po::options_description desc("run options");
   add_shape_options(desc, shape);
   add_mesh_options(desc, mesh);
   add_run_options(desc, run);
   add_strategy_options(desc, choice);
-  desc.add_options()("csv", po::bool_switch(&csv), "print CSV: one row per sequence length and phase");
+  desc.add_options()("csv", po::bool_switch(&csv), "print CSV: one row per sequence length and phase")(
+      "inputs", po::value(&inputs), "q.npy,k.npy,v.npy: Q, K, V to run on ([batch,] tokens, heads, dim; float32/64)")(
+      "save-output", po::value(&save_output), "write O to this .npy (float32, [batch,] tokens, q heads, v head dim)");
   if (!parse_args(args, desc,
                   "usage: cptune run --world P --strategy NAME --seq S --heads H [--kv-heads K] [--verify] [options]\n"
                   "Starts P local CPU ranks over Gloo; under torchrun, mpirun or srun it is one rank of the\n"
@@ -166,6 +207,15 @@ int cmd_run(const Args& args) {
   std::vector<int64_t> seqs{0};
   if (shape.seq.find(':') != std::string::npos) seqs = parse_range(shape.seq, "--seq");
   backends::ExecutorOptions options = executor_options(run);
+  std::optional<backends::GivenInputs> given;
+  bool batch_axis = false;  // O gets a batch axis when the inputs had one
+  if ((!inputs.empty() || !save_output.empty()) && seqs.size() > 1)
+    throw Error("--inputs and --save-output take one shape; drop the --seq range");
+  if (!inputs.empty()) {
+    given = read_inputs(inputs, to_shape(shape), batch_axis);
+    options.inputs = &*given;
+  }
+  options.collect_output = !save_output.empty();
   int code = 0;
   if (csv) print_csv_header();
   for (size_t i = 0; i < seqs.size(); ++i) {
@@ -185,6 +235,12 @@ int cmd_run(const Args& args) {
         else
           print_result(layout, result, world.backend(), options.warmups);
         std::cout << std::flush;
+        if (!save_output.empty()) {
+          const AttentionShape& s = layout.shape();
+          NpyArray o{{s.total_tokens(), s.q_heads, s.v_head_dim}, result.output};
+          if (s.batch > 1 || batch_axis) o.shape.insert(o.shape.begin(), s.batch);
+          write_npy(save_output, o);
+        }
       }
       return result.max_abs_err && !result.verified() ? 1 : 0;
     }, std::cerr));
