@@ -35,17 +35,22 @@ std::string first_of(std::initializer_list<std::string> reasons) {
 bool causal(const ShapeView& s) { return s.mask.kind != MaskKind::full; }
 int64_t world(const LayoutChoice& c) { return c.ulysses * c.ring; }
 
-std::string kv(std::initializer_list<std::pair<std::string_view, std::string>> fields, std::string_view sep,
-               std::string_view assign) {
-  std::string out;
-  for (const auto& [k, v] : fields) out += (out.empty() ? "" : std::string(sep)) + std::string(k) + std::string(assign) + v;
-  return out;
-}
+using Fields = std::vector<std::pair<std::string_view, std::string>>;  // name, Python value
 
-std::string json_of(std::initializer_list<std::pair<std::string_view, std::string>> fields) {
-  std::string out = "{";
-  for (const auto& [k, v] : fields) out += (out.size() > 1 ? ", " : "") + fmt::format("\"{}\": {}", k, v);
-  return out + "}";
+// Fields as "a=1 b=True" (args), {"a": 1, "b": true} (json) or Name(a=1, b=True) (python).
+std::string render(const Fields& fields, ConfigFormat format, std::string_view python_name) {
+  std::string out;
+  for (const auto& [name, value] : fields) {
+    if (format == ConfigFormat::json) {
+      const std::string v = value == "True" ? "true" : value == "False" ? "false" : value;
+      out += (out.empty() ? "" : ", ") + fmt::format("\"{}\": {}", name, v);
+    } else {
+      out += (out.empty() ? "" : format == ConfigFormat::args ? " " : ", ") + fmt::format("{}={}", name, value);
+    }
+  }
+  if (format == ConfigFormat::json) return "{" + out + "}";
+  if (format == ConfigFormat::args) return out;
+  return std::string(python_name) + "(" + out + ")";
 }
 
 std::string str(std::string_view s) { return fmt::format("\"{}\"", s); }
@@ -69,12 +74,8 @@ Engine sglang() {
             return first_of({heads_multiple(s, c.ulysses), seq_multiple(s, world(c), "sglang splits evenly")});
           },
           [](const LayoutChoice& c, const ShapeView&, ConfigFormat f) {
-            const auto fields = {std::pair<std::string_view, std::string>{"ulysses_degree", num(c.ulysses)},
-                                 {"ring_degree", num(c.ring)}};
-            if (f == ConfigFormat::args)
-              return fmt::format("--ulysses-degree {} --ring-degree {}", c.ulysses, c.ring);
-            if (f == ConfigFormat::json) return json_of(fields);
-            return "ServerArgs(" + kv(fields, ", ", "=") + ")";
+            if (f == ConfigFormat::args) return fmt::format("--ulysses-degree {} --ring-degree {}", c.ulysses, c.ring);
+            return render({{"ulysses_degree", num(c.ulysses)}, {"ring_degree", num(c.ring)}}, f, "ServerArgs");
           }};
 }
 
@@ -90,22 +91,11 @@ Engine diffusers() {
             return std::string();
           },
           [](const LayoutChoice& c, const ShapeView& s, ConfigFormat f) {
-            std::vector<std::pair<std::string_view, std::string>> fields;
             const bool ring = c.strategy == S::allgather_kv;
-            fields.push_back({ring ? "ring_degree" : "ulysses_degree", num(world(c))});
+            Fields fields = {{ring ? "ring_degree" : "ulysses_degree", num(world(c))}};
             if (c.strategy == S::uaa) fields.push_back({"ulysses_anything", "True"});
             if (ring && !seq_multiple(s, c.ring, "").empty()) fields.push_back({"ring_anything", "True"});
-            std::string out;
-            for (const auto& [k, v] : fields) {
-              const std::string value = f == ConfigFormat::json ? (v == "True" ? "true" : v) : v;
-              if (f == ConfigFormat::json)
-                out += (out.empty() ? "" : ", ") + fmt::format("\"{}\": {}", k, value);
-              else
-                out += (out.empty() ? "" : (f == ConfigFormat::args ? " " : ", ")) + std::string(k) + "=" + value;
-            }
-            if (f == ConfigFormat::json) return "{" + out + "}";
-            if (f == ConfigFormat::args) return out;
-            return "ContextParallelConfig(" + out + ")";
+            return render(fields, f, "ContextParallelConfig");
           }};
 }
 
@@ -147,8 +137,9 @@ Engine xdit() {
             if (f == ConfigFormat::args)
               return fmt::format("--ulysses_degree {} --ring_degree {}", c.ulysses, c.ring);
             if (f == ConfigFormat::json)
-              return json_of({{"ulysses_degree", num(c.ulysses)}, {"ring_degree", num(c.ring)},
-                              {"ring_impl_type", str(impl)}, {"use_ulysses_low", low ? "true" : "false"}});
+              return render({{"ulysses_degree", num(c.ulysses)}, {"ring_degree", num(c.ring)},
+                             {"ring_impl_type", str(impl)}, {"use_ulysses_low", low ? "True" : "False"}},
+                            f, "");
             return fmt::format(
                 "set_seq_parallel_pg({}, {}, rank, world_size, use_ulysses_low={}); "
                 "LongContextAttention(ring_impl_type=\"{}\")",

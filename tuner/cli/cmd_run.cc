@@ -45,20 +45,30 @@ struct Traffic {
   double busbw(double seconds) const { return seconds > 0 ? double(bytes) / seconds : 0; }
 };
 
+// The bytes each communication phase moves, and over which group (Ulysses: U, ring: R).
+struct PhaseTraffic {
+  Phase phase;
+  LinkBytes RankLayout::*bytes;
+  std::string_view collective;
+  bool over_ulysses;
+};
+constexpr PhaseTraffic kPhaseTraffic[] = {
+    {Phase::gather, &RankLayout::gather_bytes, "allgather", true},
+    {Phase::qkv, &RankLayout::qkv_bytes, "alltoall", true},
+    {Phase::o, &RankLayout::o_bytes, "alltoall", true},
+    {Phase::allgather, &RankLayout::allgather_bytes, "allgather", false},
+    {Phase::attention, &RankLayout::ring_bytes, "sendrecv", false},  // the K,V rotation it overlaps
+};
+
 std::optional<Traffic> traffic(const Layout& layout, Phase phase) {
-  LinkBytes RankLayout::*field = nullptr;
-  Traffic t;
-  switch (phase) {
-    case Phase::gather: field = &RankLayout::gather_bytes, t = {"allgather", 0, layout.ulysses()}; break;
-    case Phase::qkv: field = &RankLayout::qkv_bytes, t = {"alltoall", 0, layout.ulysses()}; break;
-    case Phase::o: field = &RankLayout::o_bytes, t = {"alltoall", 0, layout.ulysses()}; break;
-    case Phase::allgather: field = &RankLayout::allgather_bytes, t = {"allgather", 0, layout.ring()}; break;
-    case Phase::attention: field = &RankLayout::ring_bytes, t = {"sendrecv", 0, layout.ring()}; break;
-    default: return std::nullopt;
+  for (const PhaseTraffic& p : kPhaseTraffic) {
+    if (p.phase != phase) continue;
+    Traffic t{p.collective, 0, p.over_ulysses ? layout.ulysses() : layout.ring()};
+    for (const RankLayout& r : layout.ranks()) t.bytes = std::max(t.bytes, (r.*p.bytes).send());
+    if (t.bytes == 0 || t.n < 2) return std::nullopt;
+    return t;
   }
-  for (const RankLayout& r : layout.ranks()) t.bytes = std::max(t.bytes, (r.*field).send());
-  if (t.bytes == 0 || t.n < 2) return std::nullopt;
-  return t;
+  return std::nullopt;
 }
 
 constexpr double kGB = 1e9;
