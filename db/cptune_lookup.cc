@@ -3,13 +3,17 @@
 #include "db/cptune_lookup.h"
 
 #include <cstdio>
+#include <memory>
 #include <cstring>
 #include <new>
 #include <string>
 
 #include "core/error.h"
 #include "cptune/version.h"
+#include "db/local_fingerprint.h"
 #include "db/lookup.h"
+#include "db/store.h"
+#include "sim/constraints.h"
 #include "db/sim_fallback.h"
 #include "sim/hardware.h"
 
@@ -116,6 +120,28 @@ void fill_choice(const Answer& a, cptune_choice& out) {
   out.measured_tokens = a.measured_tokens;
 }
 
+// Copies text into buffer (NUL-terminated) when it fits; *needed gets its size with the NUL.
+int write_text(const std::string& text, char* buffer, size_t size, size_t* needed) {
+  if (!needed) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "needed is NULL");
+  *needed = text.size() + 1;
+  if (size < text.size() + 1) {
+    if (buffer && size > 0) buffer[0] = '\0';
+    return fail(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, "buffer too small: see *needed");
+  }
+  std::memcpy(buffer, text.c_str(), text.size() + 1);
+  return CPTUNE_LOOKUP_OK;
+}
+
+cptune::LayoutChoice to_layout_choice(const cptune_choice& c) {
+  cptune::LayoutChoice out;
+  out.strategy = cptune::parse_strategy(c.strategy);
+  out.ulysses = c.ulysses;
+  out.ring = c.ring;
+  out.order = cptune::parse_rank_order(c.rank_order);
+  out.head_policy = cptune::parse_head_policy(c.head_policy);
+  return out;
+}
+
 static_assert(int(cptune::db::Source::exact) == CPTUNE_LOOKUP_SOURCE_EXACT);
 static_assert(int(cptune::db::Source::nearest) == CPTUNE_LOOKUP_SOURCE_NEAREST);
 static_assert(int(cptune::db::Source::simulated) == CPTUNE_LOOKUP_SOURCE_SIMULATED);
@@ -155,6 +181,68 @@ int cptune_lookup_open_with_simulator(const char* db_path, const cptune_fingerpr
   });
 }
 
+int cptune_lookup_open_local(const char* db_path, const char* backend, int64_t world, int64_t ranks_per_node,
+                             const char* hardware, const char* engine, cptune_lookup** out) {
+  if (!out) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "out is NULL");
+  *out = nullptr;
+  if (!db_path) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "db_path is NULL");
+  if (!backend) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "backend is NULL");
+  cptune::db::Fingerprint fingerprint;
+  cptune::db::Fallback fallback;
+  cptune::db::Filter filter;
+  std::shared_ptr<cptune::sim::Constraints> constraints;
+  if (int status = guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
+        fingerprint = cptune::db::local_hardware_fingerprint(backend, world, ranks_per_node);
+        if (engine && *engine) {
+          constraints = std::make_shared<cptune::sim::Constraints>();
+          cptune::sim::apply_engine(*constraints, engine);
+          filter = [constraints](const cptune::LayoutChoice& c, const ShapeView& v) { return constraints->allows(c, v); };
+        }
+        if (hardware && *hardware)
+          fallback = cptune::db::simulator_fallback(cptune::sim::load_hardware(hardware), fingerprint.cluster, {},
+                                                    constraints ? *constraints : cptune::sim::Constraints{});
+        return CPTUNE_LOOKUP_OK;
+      }))
+    return status;
+  return guarded(CPTUNE_LOOKUP_ERROR_DATABASE, [&] {
+    *out = new cptune_lookup{cptune::db::Lookup::open(db_path, fingerprint, std::move(fallback), std::move(filter))};
+    return CPTUNE_LOOKUP_OK;
+  });
+}
+
+int cptune_lookup_list_fingerprints(const char* db_path, char* buffer, size_t size, size_t* needed) {
+  if (!db_path) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "db_path is NULL");
+  std::string text;
+  if (int status = guarded(CPTUNE_LOOKUP_ERROR_DATABASE, [&] {
+        for (const auto& s : cptune::db::Store::open_read_only(db_path).fingerprints()) {
+          cptune::db::Fingerprint fp = s.fingerprint;
+          const std::string versions = cptune::db::describe_full(fp).substr(cptune::db::describe(fp).size());
+          text += std::to_string(s.id) + " " + cptune::db::describe(fp) + " shapes=" + std::to_string(s.shapes) +
+                  versions + "\n";
+        }
+        return CPTUNE_LOOKUP_OK;
+      }))
+    return status;
+  return write_text(text, buffer, size, needed);
+}
+
+int cptune_lookup_engine_config(const char* engine, const cptune_shape* shape, const cptune_choice* choice,
+                                const char* format, char* buffer, size_t size, size_t* needed) {
+  if (!engine || !format) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "engine or format is NULL");
+  if (int status = check_struct(shape, shape ? shape->struct_size : 0, sizeof(cptune_shape), "cptune_shape"))
+    return status;
+  if (int status = check_struct(choice, choice ? choice->struct_size : 0, sizeof(cptune_choice), "cptune_choice"))
+    return status;
+  std::string text;
+  if (int status = guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
+        text = cptune::sim::engine_config(engine, to_layout_choice(*choice), to_view(*shape),
+                                          cptune::sim::parse_config_format(format));
+        return CPTUNE_LOOKUP_OK;
+      }))
+    return status;
+  return write_text(text, buffer, size, needed);
+}
+
 int cptune_lookup_query(const cptune_lookup* lookup, const cptune_shape* shape, cptune_choice* out) {
   if (!lookup) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "lookup is NULL");
   if (int status = check_struct(shape, shape ? shape->struct_size : 0, sizeof(cptune_shape), "cptune_shape"))
@@ -163,7 +251,14 @@ int cptune_lookup_query(const cptune_lookup* lookup, const cptune_shape* shape, 
     return status;
   return guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
     const std::optional<Answer> answer = lookup->lookup.query(to_view(*shape));
-    if (!answer) return CPTUNE_LOOKUP_NOT_FOUND;
+    if (!answer) {
+      fail(CPTUNE_LOOKUP_NOT_FOUND,
+           ("no layout for this shape: " + lookup->lookup.not_found_reason() +
+            (lookup->lookup.has_fallback() ? ", and the simulator found no layout allowed here"
+                                           : ", and no simulator answer (open with a hardware description for one)"))
+               .c_str());
+      return CPTUNE_LOOKUP_NOT_FOUND;
+    }
     fill_choice(*answer, *out);
     return CPTUNE_LOOKUP_OK;
   });

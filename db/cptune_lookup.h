@@ -10,6 +10,8 @@
  * says what was wrong. A handle may be queried from several threads at once.
  *
  *   cptune_fingerprint fp = {sizeof fp, "gloo", "cpu", 4, 4, 1, NULL, NULL};
+ *   (or: cptune_lookup_open_local("tune.db", "gloo", 4, 4, NULL, NULL, &lookup), which builds
+ *   this machine's fingerprint: device_model "cpu" for Gloo CPU ranks, the GPU's model for NCCL)
  *   cptune_lookup* lookup = NULL;
  *   if (cptune_lookup_open("tune.db", &fp, &lookup) != CPTUNE_LOOKUP_OK) { ...last_error()... }
  *   int64_t seq = 4096;
@@ -113,6 +115,29 @@ CPTUNE_LOOKUP_API int cptune_lookup_open(const char* db_path, const cptune_finge
  * description that cannot be read is CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT. */
 CPTUNE_LOOKUP_API int cptune_lookup_open_with_simulator(const char* db_path, const cptune_fingerprint* fp,
                                                         const char* hardware, cptune_lookup** out);
+/* Added in 0.2 (ABI 1, no struct changed). This machine's fingerprint for `backend` ("gloo":
+ * device_model "cpu"; "nccl": the GPU model the NVIDIA driver reports), world and ranks_per_node
+ * (nodes derived), any library and cptune versions. `hardware` as for
+ * cptune_lookup_open_with_simulator. `engine` NULL or "": every layout; otherwise only layouts that
+ * engine can run ("sglang", "diffusers", "cache-dit", "xdit", "megatron", "prime-rl",
+ * "ring-flash-attn"): a measured best it cannot express is passed over for its best expressible
+ * measurement, else the simulator's best expressible layout. */
+CPTUNE_LOOKUP_API int cptune_lookup_open_local(const char* db_path, const char* backend, int64_t world,
+                                               int64_t ranks_per_node, const char* hardware, const char* engine,
+                                               cptune_lookup** out);
+/* Writes the fingerprints db_path holds, one line each ("id backend device P=.. G=.. nodes=..
+ * shapes=N (library versions; cptune version)"), NUL-terminated, into buffer (size bytes; NULL
+ * with size 0 asks only for the size). *needed gets the bytes needed, NUL included; a buffer too
+ * small is CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT with *needed set. */
+CPTUNE_LOOKUP_API int cptune_lookup_list_fingerprints(const char* db_path, char* buffer, size_t size,
+                                                      size_t* needed);
+/* The engine's own configuration for a choice on a shape, NUL-terminated into buffer: format
+ * "args" (flags), "json" (one object) or "python" (e.g. "ContextParallelConfig(ulysses_degree=4)").
+ * *needed as above. A layout the engine cannot express is CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT. */
+CPTUNE_LOOKUP_API int cptune_lookup_engine_config(const char* engine, const cptune_shape* shape,
+                                                  const cptune_choice* choice, const char* format, char* buffer,
+                                                  size_t size, size_t* needed);
+
 /* Fills *out and returns CPTUNE_LOOKUP_OK, or returns CPTUNE_LOOKUP_NOT_FOUND or an error. */
 CPTUNE_LOOKUP_API int cptune_lookup_query(const cptune_lookup* lookup, const cptune_shape* shape, cptune_choice* out);
 /* Shapes measured under the fingerprint (0 when it has no rows); 0 for NULL. */
@@ -121,7 +146,8 @@ CPTUNE_LOOKUP_API size_t cptune_lookup_shapes(const cptune_lookup* lookup);
 CPTUNE_LOOKUP_API void cptune_lookup_close(cptune_lookup* lookup);
 
 /* Message of the most recent failed call on this thread ("" if none); valid until the next
- * failed call on this thread. */
+ * failed call on this thread. A query that returns CPTUNE_LOOKUP_NOT_FOUND sets it too: the
+ * fingerprint asked for and the closest one the database holds. */
 CPTUNE_LOOKUP_API const char* cptune_lookup_last_error(void);
 /* "ok", "not-found", "null-argument", ...; "unknown" for other values. */
 CPTUNE_LOOKUP_API const char* cptune_lookup_status_name(int status);

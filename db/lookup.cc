@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <unordered_map>
 
+#include "db/local_fingerprint.h"
 #include "db/store.h"
 
 namespace cptune::db {
@@ -19,11 +21,64 @@ std::string_view to_string(Source s) {
   return "?";
 }
 
-Lookup Lookup::open(const std::string& db_path, const Fingerprint& fp, Fallback fallback) {
+namespace {
+
+// Each shape's fastest measurement under fingerprint `id` that the filter allows; a shape
+// whose every measurement is refused has no row.
+std::vector<BestRow> best_allowed(const Store& store, int64_t id, const Filter& filter) {
+  std::vector<BestRow> rows;
+  std::unordered_multimap<uint64_t, size_t> by_hash;
+  for (StoredMeasurement& m : store.measurements()) {
+    if (m.fingerprint_id != id || !filter(m.row.candidate, view_of(m.shape))) continue;
+    const uint64_t hash = shape_hash(view_of(m.shape));
+    BestRow* same = nullptr;
+    for (auto [it, end] = by_hash.equal_range(hash); it != end && !same; ++it)
+      if (rows[it->second].shape == m.shape) same = &rows[it->second];
+    if (!same) {
+      by_hash.emplace(hash, rows.size());
+      rows.push_back(BestRow{id, std::move(m.shape), m.row.candidate, m.row.median_s, 1});
+      continue;
+    }
+    ++same->measurements;
+    if (m.row.median_s < same->median_s) {
+      same->candidate = m.row.candidate;
+      same->median_s = m.row.median_s;
+    }
+  }
+  return rows;
+}
+
+std::string reason_for(const Store& store, const std::string& db_path, const Fingerprint& fp,
+                       std::optional<int64_t> id, bool filtered) {
+  const auto summaries = store.fingerprints();
+  if (id) {
+    for (const auto& s : summaries)
+      if (s.id == *id)
+        return "database '" + db_path + "' holds " + std::to_string(s.shapes) + " shape(s) for fingerprint " +
+               describe_full(s.fingerprint) + ", none of this shape's family (same heads, head dims, dtype, mask, "
+               "batch)" + (filtered ? " with a layout the caller's constraints allow" : "");
+  }
+  std::vector<Fingerprint> fps;
+  for (const auto& s : summaries) fps.push_back(s.fingerprint);
+  const int closest = closest_fingerprint(fp, fps);
+  std::string out = "database '" + db_path + "' has no measurements for fingerprint " + describe_full(fp);
+  if (closest < 0) return out + "; it holds none at all";
+  return out + "; the closest it holds is " + describe_full(fps[size_t(closest)]) + " (" +
+         std::to_string(summaries[size_t(closest)].shapes) + " shapes; `cptune db list --db " + db_path +
+         "` lists all " + std::to_string(fps.size()) + ")";
+}
+
+}  // namespace
+
+Lookup Lookup::open(const std::string& db_path, const Fingerprint& fp, Fallback fallback, Filter filter) {
   const Store store = Store::open_read_only(db_path);
   const std::optional<int64_t> id = store.match_fingerprint(fp);
-  Lookup lookup(id ? store.best(*id) : std::vector<BestRow>{}, std::move(fallback));
+  std::vector<BestRow> rows;
+  if (id) rows = filter ? best_allowed(store, *id, filter) : store.best(*id);
+  Lookup lookup(std::move(rows), std::move(fallback));
+  lookup.filter_ = std::move(filter);
   lookup.fingerprint_id_ = id;
+  lookup.not_found_reason_ = reason_for(store, db_path, fp, id, bool(lookup.filter_));
   return lookup;
 }
 
@@ -78,6 +133,7 @@ std::optional<Answer> Lookup::nearest(const ShapeView& shape) const {
   const auto best = below_closer ? std::prev(above) : above;
   Answer answer = entries_[best->second].answer;
   answer.source = Source::nearest;
+  if (filter_ && !filter_(answer.choice, shape)) return std::nullopt;  // e.g. a divisibility rule
   return answer;
 }
 

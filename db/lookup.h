@@ -29,12 +29,19 @@ struct Answer {
 // Called only on that path, so it may allocate and take its time.
 using Fallback = std::function<std::optional<Answer>(const AttentionShape&)>;
 
+// The layouts the caller can run (an engine's rules, sim/constraints.h): false refuses a
+// candidate on a shape. Empty: every layout.
+using Filter = std::function<bool(const LayoutChoice&, const ShapeView&)>;
+
 class Lookup {
  public:
   // Throws Error when the database cannot be read (missing, not a database, corrupt, newer).
   // A fingerprint with no rows in the file is not an error: every query goes to the fallback.
   // See Store::match_fingerprint for how fp is matched (empty version fields match any).
-  static Lookup open(const std::string& db_path, const Fingerprint& fp, Fallback fallback = {});
+  // With a filter, each shape's answer is its fastest measurement the filter allows (not the
+  // stored best), a nearest answer must be allowed on the queried shape, and the fallback is
+  // the caller's to restrict alike.
+  static Lookup open(const std::string& db_path, const Fingerprint& fp, Fallback fallback = {}, Filter filter = {});
   // The same from rows already read, for callers that hold a Store open. Takes the rows by
   // value so their shapes move into the table instead of being copied.
   explicit Lookup(std::vector<BestRow> rows, Fallback fallback = {});
@@ -44,6 +51,10 @@ class Lookup {
 
   size_t shapes() const { return entries_.size(); }
   std::optional<int64_t> fingerprint_id() const { return fingerprint_id_; }
+  // Why a query can come back empty, for messages: the fingerprint asked for and, when the
+  // database has no rows for it, the closest fingerprint it holds.
+  const std::string& not_found_reason() const { return not_found_reason_; }
+  bool has_fallback() const { return bool(fallback_); }
 
  private:
   struct Entry {
@@ -66,7 +77,9 @@ class Lookup {
   std::vector<Family> families_;
   FlatIndex by_family_;
   Fallback fallback_;
+  Filter filter_;
   std::optional<int64_t> fingerprint_id_;
+  std::string not_found_reason_;
 };
 
 }  // namespace cptune::db

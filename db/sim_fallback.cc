@@ -4,11 +4,13 @@
 
 namespace cptune::db {
 
-Fallback simulator_fallback(sim::Hardware hardware, Cluster cluster, sim::PredictOptions options) {
-  return [hardware = std::move(hardware), cluster, options](const AttentionShape& key) -> std::optional<Answer> {
+Fallback simulator_fallback(sim::Hardware hardware, Cluster cluster, sim::PredictOptions options,
+                            sim::Constraints constraints) {
+  return [hardware = std::move(hardware), cluster, options,
+          constraints = std::move(constraints)](const AttentionShape& key) -> std::optional<Answer> {
     sim::Ranking ranking;
     try {
-      ranking = sim::rank_candidates(key, cluster, hardware, options);
+      ranking = sim::rank_candidates(key, cluster, hardware, options, constraints);
     } catch (const Error&) {
       return std::nullopt;  // a shape no layout accepts on this cluster has no answer
     }

@@ -7,6 +7,8 @@
 
 namespace cptune::db {
 
-Fallback simulator_fallback(sim::Hardware hardware, Cluster cluster, sim::PredictOptions options = {});
+// With constraints, only the layouts they allow (an engine's, the CLI's flags).
+Fallback simulator_fallback(sim::Hardware hardware, Cluster cluster, sim::PredictOptions options = {},
+                            sim::Constraints constraints = {});
 
 }  // namespace cptune::db

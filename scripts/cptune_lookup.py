@@ -162,7 +162,7 @@ class CptuneLookup:
             "strategy": choice.strategy.decode(),
             "ulysses": choice.ulysses,
             "ring": choice.ring,
-            "rank_order": choice.rank_order.decode(),
+            "order": choice.rank_order.decode(),
             "head_policy": choice.head_policy.decode(),
             "time_s": choice.time_s,
             "measured_tokens": choice.measured_tokens,
@@ -229,7 +229,7 @@ def main(argv=None):
         print(json.dumps(choice if choice else {"source": "not-found"}))
     elif choice:
         print(f"{choice['source']} {choice['strategy']} U={choice['ulysses']} R={choice['ring']} "
-              f"{choice['rank_order']} {choice['head_policy']} {choice['time_s']:.9g} s")
+              f"{choice['order']} {choice['head_policy']} {choice['time_s']:.9g} s")
     else:
         print("not-found")
     return 0 if choice else 1

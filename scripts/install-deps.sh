@@ -7,9 +7,11 @@ packages=(
   nlohmann-json3-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   redis-server
-  python3 python3-matplotlib
+  python3 python3-matplotlib python3-venv python3-pip python3-setuptools python3-wheel python3-numpy
+  openmpi-bin
 )
-if [[ "${CPTUNE_WITH_TORCH:-0}" == 1 ]]; then packages+=(python3-torch); fi
+# torchrun for the launcher tests (tests/launchers/check_launchers.sh); CPTUNE_WITH_TORCH=0 skips it.
+if [[ "${CPTUNE_WITH_TORCH:-1}" == 1 ]]; then packages+=(python3-torch); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,7 +22,11 @@ bool same_heads(const Layout& a, const Layout& b) {
 }
 
 std::optional<Layout> try_build(const LayoutChoice& c, const AttentionShape& shape, const Cluster& cluster,
-                                std::vector<Refusal>* refused) {
+                                std::vector<Refusal>* refused, const Constraints& constraints) {
+  if (const std::string why = constraints.rule_refusal(c, view_of(shape)); !why.empty()) {
+    if (refused) refused->push_back({c, why});
+    return std::nullopt;
+  }
   try {
     return Layout::build({shape, cluster, c});
   } catch (const Error& e) {
@@ -33,13 +37,27 @@ std::optional<Layout> try_build(const LayoutChoice& c, const AttentionShape& sha
 
 // One mesh (strategy, U, R, order): balanced, and kv-aligned where it places heads differently.
 void visit_policies(LayoutChoice c, const AttentionShape& shape, const Cluster& cluster,
-                    const std::function<void(const LayoutChoice&, const Layout&)>& feasible, std::vector<Refusal>* refused) {
+                    const std::function<void(const LayoutChoice&, const Layout&)>& feasible, std::vector<Refusal>* refused,
+                    const Constraints& constraints) {
   c.head_policy = HeadPolicy::balanced;
-  std::optional<Layout> balanced = try_build(c, shape, cluster, refused);
-  if (balanced) feasible(c, *balanced);
+  std::optional<Layout> balanced;
+  if (constraints.selects(c)) {
+    balanced = try_build(c, shape, cluster, refused, constraints);
+    if (balanced) feasible(c, *balanced);
+  }
   if (c.ulysses < 2) return;  // one Ulysses rank holds every head under either policy
   c.head_policy = HeadPolicy::kv_aligned;
-  std::optional<Layout> aligned = try_build(c, shape, cluster, refused);
+  if (!constraints.selects(c)) return;
+  // Built even when balanced is not selected: kv-aligned counts only where it differs.
+  if (!balanced) {
+    LayoutChoice b = c;
+    b.head_policy = HeadPolicy::balanced;
+    try {
+      balanced = Layout::build({shape, cluster, b});
+    } catch (const Error&) {
+    }
+  }
+  std::optional<Layout> aligned = try_build(c, shape, cluster, refused, constraints);
   if (aligned && !(balanced && same_heads(*balanced, *aligned))) feasible(c, *aligned);
 }
 
@@ -47,34 +65,36 @@ void visit_policies(LayoutChoice c, const AttentionShape& shape, const Cluster& 
 
 void for_each_candidate(const AttentionShape& shape, const Cluster& cluster,
                         const std::function<void(const LayoutChoice&, const Layout&)>& feasible,
-                        std::vector<Refusal>* refused) {
+                        std::vector<Refusal>* refused, const Constraints& constraints) {
   const int64_t P = cluster.world;
   const bool orders_differ = cluster.nodes() > 1 && cluster.ranks_per_node > 1;
   for (Strategy s : kAllStrategies) {
     if (!is_hybrid(s)) {
       const bool ulysses_only = uses_ulysses(s);
-      visit_policies(LayoutChoice{s, ulysses_only ? P : 1, ulysses_only ? 1 : P}, shape, cluster, feasible, refused);
+      visit_policies(LayoutChoice{s, ulysses_only ? P : 1, ulysses_only ? 1 : P}, shape, cluster, feasible, refused,
+                     constraints);
       continue;
     }
     for (int64_t U = 2; U < P; ++U) {
       if (P % U != 0) continue;
       for (RankOrder order : {RankOrder::ulysses_inner, RankOrder::ring_inner}) {
         if (order == RankOrder::ring_inner && !orders_differ) continue;
-        visit_policies(LayoutChoice{s, U, P / U, order}, shape, cluster, feasible, refused);
+        visit_policies(LayoutChoice{s, U, P / U, order}, shape, cluster, feasible, refused, constraints);
       }
     }
   }
 }
 
 std::vector<LayoutChoice> enumerate_candidates(const AttentionShape& shape, const Cluster& cluster,
-                                            std::vector<Refusal>* refused) {
+                                            std::vector<Refusal>* refused, const Constraints& constraints) {
   std::vector<LayoutChoice> out;
-  for_each_candidate(shape, cluster, [&](const LayoutChoice& c, const Layout&) { out.push_back(c); }, refused);
+  for_each_candidate(shape, cluster, [&](const LayoutChoice& c, const Layout&) { out.push_back(c); }, refused,
+                     constraints);
   return out;
 }
 
 Ranking rank_candidates(const AttentionShape& shape, const Cluster& cluster, const Hardware& hw,
-                        const PredictOptions& options) {
+                        const PredictOptions& options, const Constraints& constraints) {
   Ranking ranking;
   const Topology topology = topology_of(hw, cluster.ranks_per_node, cluster.world);
   // Ring steps keep their busiest node's work only where ranks share compute units.
@@ -85,7 +105,7 @@ Ranking rank_candidates(const AttentionShape& shape, const Cluster& cluster, con
       [&](const LayoutChoice& c, const Layout& layout) {
         ranking.candidates.push_back({c, predict(prepare(layout, topology, prepare_options), hw, options), 1.0, std::nullopt});
       },
-      &ranking.refused);
+      &ranking.refused, constraints);
   std::stable_sort(ranking.candidates.begin(), ranking.candidates.end(),
                    [](const RankedCandidate& a, const RankedCandidate& b) {
                      if (a.prediction.fits != b.prediction.fits) return a.prediction.fits;

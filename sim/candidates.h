@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/layout.h"
+#include "sim/constraints.h"
 #include "sim/cost_model.h"
 #include "sim/hardware.h"
 
@@ -28,11 +29,14 @@ struct Refusal {
 // every link is intra-node, with one rank per node every link is inter-node: orders tie);
 // both head policies where they place heads differently (not for MHA, nor when Hkv % U == 0).
 // Calls `feasible` with each candidate that builds and its Layout; the others go to `refused`.
+// Only candidates `constraints` selects are visited; those its engine rules refuse go to
+// `refused` with the rule's reason.
 void for_each_candidate(const AttentionShape& shape, const Cluster& cluster,
                         const std::function<void(const LayoutChoice&, const Layout&)>& feasible,
-                        std::vector<Refusal>* refused = nullptr);
+                        std::vector<Refusal>* refused = nullptr, const Constraints& constraints = {});
 std::vector<LayoutChoice> enumerate_candidates(const AttentionShape& shape, const Cluster& cluster,
-                                            std::vector<Refusal>* refused = nullptr);
+                                            std::vector<Refusal>* refused = nullptr,
+                                            const Constraints& constraints = {});
 
 struct RankedCandidate {
   LayoutChoice candidate;
@@ -52,6 +56,6 @@ struct Ranking {
 };
 
 Ranking rank_candidates(const AttentionShape& shape, const Cluster& cluster, const Hardware& hw,
-                        const PredictOptions& options = {});
+                        const PredictOptions& options = {}, const Constraints& constraints = {});
 
 }  // namespace cptune::sim

@@ -477,7 +477,7 @@ TEST(InstalledLookup, ExportsOnlyTheCAbi) {
     EXPECT_TRUE(name.rfind("cptune_lookup_", 0) == 0 || name == "CPTUNE_LOOKUP_1") << name;
     ++symbols;
   }
-  EXPECT_EQ(symbols, 11);  // 10 functions and the version node
+  EXPECT_EQ(symbols, 14);  // 13 functions and the version node
 }
 
 TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPackage) {

@@ -59,7 +59,7 @@ TEST_F(PythonClient, AnExactShapeAnswersTheMeasuredWinnerAsJson) {
   EXPECT_EQ(answer["strategy"], "hybrid-uaa");
   EXPECT_EQ(answer["ulysses"], 2);
   EXPECT_EQ(answer["ring"], 2);
-  EXPECT_EQ(answer["rank_order"], "ring-inner");
+  EXPECT_EQ(answer["order"], "ring-inner");
   EXPECT_EQ(answer["head_policy"], "kv-aligned");
   EXPECT_EQ(answer["time_s"], 1.5e-3);
   EXPECT_EQ(answer["measured_tokens"], 4174);

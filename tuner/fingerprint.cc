@@ -8,6 +8,7 @@
 
 #include "backends/kernels/cpu_isa.h"
 #include "cptune/version.h"
+#include "db/local_fingerprint.h"
 
 #ifdef CPTUNE_HAVE_CUDA
 #include <nccl.h>
@@ -34,15 +35,18 @@ std::string cpu_model_name() {
 db::Fingerprint local_fingerprint(const std::string& backend, int64_t world, int64_t ranks_per_node) {
   db::Fingerprint fp;
   fp.backend = backend;
-  fp.device_model = cpu_model_name();
+  fp.device_model = db::local_device_model(backend);  // "cpu" for gloo: one name for tune, lookup and the ABI
   fp.cluster = Cluster{world, ranks_per_node};
   // Gloo's Debian build reports no version of its own beyond its package (0.5.0 snapshot).
   fp.library_versions = "gloo 0.5.0; eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." +
                         std::to_string(EIGEN_MAJOR_VERSION) + "." + std::to_string(EIGEN_MINOR_VERSION) + "; sqlite " +
                         sqlite3_libversion();
   // CPU ranks compute at the speed of the kernels' instruction-set variant (cpu_isa.h).
+  // The CPU model and the kernels' variant scope CPU measurements; they are versions here, so a
+  // lookup by device name "cpu" finds them.
   if (backend != "nccl")
-    fp.library_versions += "; cpu kernels " + std::string(backends::to_string(backends::active_cpu_isa()));
+    fp.library_versions += "; cpu kernels " + std::string(backends::to_string(backends::active_cpu_isa())) +
+                           "; host " + cpu_model_name();
   fp.cptune_version = CPTUNE_VERSION_STRING;
 #ifdef CPTUNE_HAVE_CUDA
   if (backend == "nccl") {  // the GPU, not the host CPU, is what an NCCL measurement depends on

@@ -78,7 +78,7 @@ struct Plan {
 Plan plan_shapes(const std::vector<AttentionShape>& shapes, const Cluster& cluster, const TuneOptions& options) {
   Plan plan;
   for (const AttentionShape& shape : shapes) {
-    plan.rankings.push_back(sim::rank_candidates(shape, cluster, options.hardware, options.predict));
+    plan.rankings.push_back(sim::rank_candidates(shape, cluster, options.hardware, options.predict, options.constraints));
     plan.chosen.push_back(select_candidates(plan.rankings.back(), options.top_k, options.exhaustive));
     plan.total += plan.chosen.back().size();
   }
@@ -86,12 +86,14 @@ Plan plan_shapes(const std::vector<AttentionShape>& shapes, const Cluster& clust
 }
 
 // Runs the chosen candidates of one shape side by side and turns each result into a row.
+// `executor` carries the progress callback of this shape's rounds.
 std::vector<db::MeasurementRow> measure_shape(const AttentionShape& shape, const Cluster& cluster,
                                               const sim::Ranking& ranking, const std::vector<size_t>& chosen,
-                                              const TuneOptions& options, backends::Comm& world) {
+                                              const TuneOptions& options, const backends::ExecutorOptions& executor,
+                                              backends::Comm& world) {
   std::vector<Layout> layouts;
   for (size_t i : chosen) layouts.push_back(Layout::build({shape, cluster, ranking.candidates[i].candidate}));
-  const std::vector<backends::RunResult> results = backends::execute_interleaved(layouts, world, options.executor);
+  const std::vector<backends::RunResult> results = backends::execute_interleaved(layouts, world, executor);
   std::vector<db::MeasurementRow> rows;
   for (size_t k = 0; k < chosen.size(); ++k) {
     const backends::RunResult& r = results[k];
@@ -129,7 +131,13 @@ std::vector<ShapeOutcome> tune(const std::vector<AttentionShape>& shapes, const 
         for (size_t i : chosen) candidates.push_back(plan.rankings[s].candidates[i].candidate);
         progress.measuring(s, shapes.size(), outcome.shape, candidates, done, plan.total);
       }
-      outcome.rows = measure_shape(shapes[s], cluster, plan.rankings[s], chosen, options, world);
+      backends::ExecutorOptions executor = options.executor;
+      const size_t rounds = size_t(executor.warmups + executor.iterations);
+      if (writer && progress.round)
+        executor.on_round = [&, before = done * rounds, n = chosen.size()](int round, int) {
+          progress.round(before + size_t(round) * n, plan.total * rounds);
+        };
+      outcome.rows = measure_shape(shapes[s], cluster, plan.rankings[s], chosen, options, executor, world);
       if (writer) store->record_shape(options.fingerprint, outcome.shape, outcome.rows);
     }
     done += chosen.size();

@@ -27,6 +27,7 @@ struct TuneOptions {
   bool exhaustive = false;   // measured: every feasible candidate
   backends::ExecutorOptions executor;
   db::Fingerprint fingerprint;
+  sim::Constraints constraints;  // measure only what these allow (--engine, --strategy, ...)
 };
 
 // Which of a ranking's candidates to measure (indices into ranking.candidates): the top_k that
@@ -47,6 +48,9 @@ struct TuneProgress {
                      size_t candidates_done, size_t candidates_total)>
       measuring;
   std::function<void(size_t shape_index, const ShapeOutcome&)> finished;
+  // After every measuring round of a shape: candidate runs done and in all, over every shape
+  // (a candidate run: one candidate measured once, warm-ups included).
+  std::function<void(size_t runs_done, size_t runs_total)> round;
 };
 
 // Every rank calls it with the same shapes and options. Throws Error on a bad shape list, a

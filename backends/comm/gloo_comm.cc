@@ -203,7 +203,7 @@ std::unique_ptr<GlooComm> GlooComm::create(const GlooCommOptions& options) {
   const RendezvousSpec spec = parse_rendezvous(options.rendezvous);
   auto endpoint = std::make_shared<Endpoint>();
   endpoint->rendezvous = to_string(spec);
-  endpoint->store = open_store(spec, options.timeout);
+  endpoint->store = open_store(spec, options.timeout, options.rank);
   endpoint->device = make_device(options);
   return connect(std::move(endpoint), options.rank, options.size, options.prefix, options.timeout);
 }

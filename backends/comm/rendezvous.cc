@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "backends/comm/tcp_store.h"
 #include "core/error.h"
 
 namespace cptune::backends {
@@ -26,12 +27,14 @@ namespace {
 
 constexpr std::string_view kFileScheme = "file://";
 constexpr std::string_view kRedisScheme = "redis://";
+constexpr std::string_view kEnvScheme = "env://";
 constexpr int kRedisDefaultPort = 6379;
 
 [[noreturn]] void throw_bad_spec(std::string_view spec, std::string_view why) {
   throw Error("bad rendezvous spec '" + std::string(spec) + "': " + std::string(why) +
               "; accepted forms: file:///absolute/dir (a directory every rank can see) or "
-              "redis://host:port (port 6379 when left out)");
+              "redis://host:port (port 6379 when left out) or env:// (MASTER_ADDR and MASTER_PORT, rank 0 serves a "
+              "TCP store)");
 }
 
 // The whole text must be a decimal integer; nullopt otherwise.
@@ -93,6 +96,51 @@ class BoundedStore final : public gloo::rendezvous::Store {
   std::chrono::milliseconds timeout_;
 };
 
+// "env://" (MASTER_ADDR, MASTER_PORT) or "env://host:port".
+RendezvousSpec parse_env_spec(std::string_view spec) {
+  std::string_view address = spec.substr(kEnvScheme.size());
+  if (!address.empty() && address.back() == '/') address.remove_suffix(1);
+  std::string host, port_text;
+  if (address.empty()) {
+    const char* addr = std::getenv("MASTER_ADDR");
+    const char* port = std::getenv("MASTER_PORT");
+    if (!addr || !*addr || !port || !*port)
+      throw_bad_spec(spec, std::string("env:// reads MASTER_ADDR and MASTER_PORT, but ") +
+                               (!addr || !*addr ? "MASTER_ADDR" : "MASTER_PORT") +
+                               " is not set; export both (the same on every rank) or write env://host:port");
+    host = addr;
+    port_text = port;
+  } else {
+    const size_t colon = address.rfind(':');
+    if (colon == std::string_view::npos) throw_bad_spec(spec, "env://host:port needs the port");
+    host = address.substr(0, colon);
+    port_text = address.substr(colon + 1);
+  }
+  if (host.empty()) throw_bad_spec(spec, "the store's host is empty");
+  std::optional<int> port = parse_int(port_text);
+  if (!port || *port < 1 || *port > 65535)
+    throw_bad_spec(spec, "the port '" + port_text + "' must be an integer in 1..65535");
+  if (address.empty()) {
+    // torchrun's agent serves its own store (another protocol) on MASTER_PORT and tells its
+    // workers so: cptune's rank 0 then serves on the next port, or on CPTUNE_MASTER_PORT.
+    const char* own = std::getenv("CPTUNE_MASTER_PORT");
+    const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+    if (own && *own) {
+      port = parse_int(own);
+      if (!port || *port < 1 || *port > 65535)
+        throw_bad_spec(spec, "CPTUNE_MASTER_PORT='" + std::string(own) + "' must be an integer in 1..65535");
+    } else if (agent && std::string_view(agent) == "True") {
+      if (*port == 65535) throw_bad_spec(spec, "MASTER_PORT 65535 leaves no next port; set CPTUNE_MASTER_PORT");
+      *port += 1;
+    }
+  }
+  RendezvousSpec out;
+  out.kind = RendezvousSpec::Kind::env;
+  out.host = host;
+  out.port = *port;
+  return out;
+}
+
 std::unique_ptr<gloo::rendezvous::Store> open_file_store(const RendezvousSpec& spec) {
   std::error_code ec;
   if (!std::filesystem::is_directory(spec.directory, ec))
@@ -124,12 +172,13 @@ struct LauncherVariables {
   const char* rank;
   const char* world;
   const char* local_rank;
+  const char* local_world;  // optional
 };
 
 constexpr std::array<LauncherVariables, 3> kLaunchers = {{
-    {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"},
-    {"mpirun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"},
-    {"srun", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"},
+    {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
+    {"mpirun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
+    {"srun", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"},
 }};
 
 int require_int_env(const LauncherVariables& family, const char* name) {
@@ -149,6 +198,13 @@ LaunchEnv read_launch_env(const LauncherVariables& family) {
   out.rank = require_int_env(family, family.rank);
   out.world = require_int_env(family, family.world);
   out.local_rank = require_int_env(family, family.local_rank);
+  if (const std::optional<std::string> local = env(family.local_world)) {
+    const std::optional<int> parsed = parse_int(*local);
+    if (!parsed || *parsed < 1 || *parsed > out.world)
+      throw Error(std::string(family.local_world) + "='" + *local + "' must be an integer in 1.." +
+                  std::to_string(out.world));
+    out.local_world = *parsed;
+  }
   const std::string values = std::string(family.rank) + "=" + std::to_string(out.rank) + ", " + family.world +
                              "=" + std::to_string(out.world) + ", " + family.local_rank + "=" +
                              std::to_string(out.local_rank);
@@ -168,15 +224,20 @@ LaunchEnv read_launch_env(const LauncherVariables& family) {
 RendezvousSpec parse_rendezvous(std::string_view spec) {
   if (spec.starts_with(kFileScheme)) return parse_file_spec(spec);
   if (spec.starts_with(kRedisScheme)) return parse_redis_spec(spec);
+  if (spec.starts_with(kEnvScheme)) return parse_env_spec(spec);
   throw_bad_spec(spec, "unknown scheme");
 }
 
 std::string to_string(const RendezvousSpec& spec) {
   if (spec.kind == RendezvousSpec::Kind::file) return std::string(kFileScheme) + spec.directory;
+  if (spec.kind == RendezvousSpec::Kind::env) return std::string(kEnvScheme) + spec.host + ":" + std::to_string(spec.port);
   return std::string(kRedisScheme) + spec.host + ":" + std::to_string(spec.port);
 }
 
-std::shared_ptr<gloo::rendezvous::Store> open_store(const RendezvousSpec& spec, std::chrono::milliseconds timeout) {
+std::shared_ptr<gloo::rendezvous::Store> open_store(const RendezvousSpec& spec, std::chrono::milliseconds timeout,
+                                                    int rank) {
+  // The TCP store bounds its own waits by the timeout.
+  if (spec.kind == RendezvousSpec::Kind::env) return std::make_shared<TcpStore>(spec.host, spec.port, timeout, rank == 0);
   auto store = spec.kind == RendezvousSpec::Kind::file ? open_file_store(spec) : open_redis_store(spec);
   return std::make_shared<BoundedStore>(std::move(store), timeout);
 }

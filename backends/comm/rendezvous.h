@@ -15,16 +15,20 @@ class Store;
 namespace cptune::backends {
 
 // "file:///abs/dir": a gloo FileStore in that directory (local, or shared by every host);
-// "redis://host:port" (port defaults to 6379): a gloo RedisStore for many hosts.
+// "redis://host:port" (port defaults to 6379): a gloo RedisStore for many hosts;
+// "env://": MASTER_ADDR / MASTER_PORT, a TCP store rank 0 serves (tcp_store.h); under torchrun
+// (TORCHELASTIC_USE_AGENT_STORE=True), whose agent serves its own store on MASTER_PORT, on
+// MASTER_PORT + 1; CPTUNE_MASTER_PORT overrides the port. "env://host:port" names both.
 struct RendezvousSpec {
-  enum class Kind { file, redis };
+  enum class Kind { file, redis, env };
   Kind kind = Kind::file;
   std::string directory;  // file: absolute path
-  std::string host;       // redis
-  int port = 0;           // redis
+  std::string host;       // redis, env
+  int port = 0;           // redis, env
 };
 
-// Throws Error naming the spec and the accepted forms.
+// Throws Error naming the spec and the accepted forms ("env://" also when MASTER_ADDR or
+// MASTER_PORT is missing or bad).
 RendezvousSpec parse_rendezvous(std::string_view spec);
 std::string to_string(const RendezvousSpec& spec);
 
@@ -33,7 +37,9 @@ std::string to_string(const RendezvousSpec& spec);
 // own 30 s. Throws Error when the directory does not exist or Redis cannot be reached.
 // A FileStore refuses keys an earlier run left behind, so a run needs a fresh directory or a
 // prefix of its own (GlooCommOptions::prefix).
-std::shared_ptr<gloo::rendezvous::Store> open_store(const RendezvousSpec& spec, std::chrono::milliseconds timeout);
+// env://: rank 0 (`rank`) serves the store as well as using it; other kinds ignore the rank.
+std::shared_ptr<gloo::rendezvous::Store> open_store(const RendezvousSpec& spec, std::chrono::milliseconds timeout,
+                                                    int rank = -1);
 
 // A fresh directory only this user can read, for the FileStore of one local run; removed with
 // everything in it when this object goes. Create it before forking the ranks and let only the
@@ -60,6 +66,8 @@ struct LaunchEnv {
   int rank = 0;
   int world = 1;
   int local_rank = 0;    // rank among the ranks on this host
+  int local_world = 0;   // ranks on this host (LOCAL_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_SIZE,
+                         // SLURM_NTASKS_PER_NODE); 0 when the launcher did not say
   std::string launcher;  // "torchrun", "mpirun" or "srun": which variables were read
 };
 

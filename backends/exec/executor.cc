@@ -110,6 +110,7 @@ class RankExecution {
   RankExecution(const Layout& layout, Comm& world, Device& device, const ExecutorOptions& options);
   void iterate(PhaseTimer& timer);
   RowCheck verify() const;  // this rank's real output rows against the reference
+  std::vector<float> output_rows() const;  // my real output rows, [batch][my tokens][q heads][Dv]
 
  private:
   void join_groups();
@@ -255,7 +256,7 @@ void RankExecution::make_inputs() {
   Bytes stored;
   auto make = [&](Tensor t, HeadRange heads, int64_t dim, std::byte* out) {
     std::vector<float> values(static_cast<size_t>(B_ * t_in_ * heads.count() * dim));
-    fill_input(values, options_.seed, t, me_.input_runs, B_, heads, dim);
+    fill_input(values, options_.seed, t, me_.input_runs, B_, heads, dim, options_.inputs);
     stored.resize(values.size() * static_cast<size_t>(eb_));
     from_float(values.data(), s_.dtype, stored.data(), static_cast<int64_t>(values.size()));
     device_.upload(out, stored.data(), static_cast<int64_t>(stored.size()));
@@ -533,7 +534,7 @@ RowCheck RankExecution::verify() const {
   device_.download(out.data(), o_out_.data(), o_out_.bytes());
   std::vector<float> got(static_cast<size_t>(B_ * t_in_ * hq * Dv_));
   to_float(out.data(), s_.dtype, got.data(), static_cast<int64_t>(got.size()));
-  Reference reference(s_, options_.seed);
+  Reference reference(s_, options_.seed, options_.inputs);
   std::vector<double> want(static_cast<size_t>(Dv_)), tol(want.size());
   RowCheck check;
   for (const Row& row : rows) {
@@ -543,6 +544,49 @@ RowCheck RankExecution::verify() const {
     ++check.rows;
   }
   return check;
+}
+
+std::vector<float> RankExecution::output_rows() const {
+  Bytes out(static_cast<size_t>(o_out_.bytes()));
+  device_.download(out.data(), o_out_.data(), o_out_.bytes());
+  std::vector<float> all(static_cast<size_t>(B_ * t_in_ * s_.q_heads * Dv_)), rows;
+  to_float(out.data(), s_.dtype, all.data(), static_cast<int64_t>(all.size()));
+  const int64_t row = s_.q_heads * Dv_;
+  for (int64_t b = 0; b < B_; ++b) {
+    int64_t offset = b * t_in_;
+    for (const TokenRun& run : me_.input_runs) {
+      rows.insert(rows.end(), all.begin() + offset * row, all.begin() + (offset + run.count) * row);
+      offset += run.padded;
+    }
+  }
+  return rows;
+}
+
+// Every rank's real output rows, placed in the whole O by the layout's token runs.
+std::vector<float> gather_output(const Layout& layout, const RankExecution& run, Comm& world) {
+  const std::vector<float> mine = run.output_rows();
+  const AttentionShape& s = layout.shape();
+  const int64_t row = s.q_heads * s.v_head_dim;
+  std::vector<int64_t> sizes(static_cast<size_t>(world.size()));
+  for (int p = 0; p < world.size(); ++p) {
+    int64_t tokens = 0;
+    for (const TokenRun& r : layout.rank(p).input_runs) tokens += r.count;
+    sizes[static_cast<size_t>(p)] = s.batch * tokens * row * static_cast<int64_t>(sizeof(float));
+  }
+  std::vector<float> gathered(static_cast<size_t>(s.batch * s.total_tokens() * row));
+  world.allgatherv(mine.data(), static_cast<int64_t>(mine.size() * sizeof(float)), gathered.data(), sizes);
+  std::vector<int64_t> offsets(s.seq_lens.size(), 0);
+  for (size_t i = 1; i < offsets.size(); ++i) offsets[i] = offsets[i - 1] + s.seq_lens[i - 1];
+  std::vector<float> whole(gathered.size());
+  size_t from = 0;
+  for (int p = 0; p < world.size(); ++p)
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (const TokenRun& r : layout.rank(p).input_runs) {
+        const int64_t token = b * s.total_tokens() + offsets[static_cast<size_t>(r.seq)] + r.begin;
+        std::copy_n(gathered.begin() + std::ptrdiff_t(from), r.count * row, whole.begin() + token * row);
+        from += static_cast<size_t>(r.count * row);
+      }
+  return whole;
 }
 
 void check_same_arguments(const Layout& layout, const ExecutorOptions& options, Comm& world) {
@@ -585,13 +629,18 @@ std::vector<RunResult> execute_interleaved(std::span<const Layout> layouts, Comm
   }
   const size_t n = runs.size();
   PhaseTimer warm;
-  for (int i = 0; i < options.warmups; ++i)
+  const int rounds = options.warmups + options.iterations;
+  for (int i = 0; i < options.warmups; ++i) {
     for (auto& run : runs) run->iterate(warm);
-  for (int i = 0; i < options.iterations; ++i)
+    if (options.on_round) options.on_round(i + 1, rounds);
+  }
+  for (int i = 0; i < options.iterations; ++i) {
     for (size_t j = 0; j < n; ++j) {
       const size_t k = (j + static_cast<size_t>(i)) % n;
       runs[k]->iterate(timers[k]);
     }
+    if (options.on_round) options.on_round(options.warmups + i + 1, rounds);
+  }
 
   std::vector<RunResult> results(n);
   for (size_t k = 0; k < n; ++k) {
@@ -613,6 +662,7 @@ std::vector<RunResult> execute_interleaved(std::span<const Layout> layouts, Comm
       result.worst_ratio = total.worst_ratio;
       result.verified_rows = total.rows;
     }
+    if (options.collect_output) result.output = gather_output(layouts[k], *runs[k], world);
   }
   return results;
 }

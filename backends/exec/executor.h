@@ -4,12 +4,14 @@
 // optionally verifies the output rows against an independent double-precision reference
 // (reference.h), and times every phase (slowest rank, median of N after W warm-ups; GPU phases end with a stream sync).
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "backends/exec/phase_timer.h"
+#include "backends/exec/tensor_gen.h"
 #include "core/layout.h"
 
 namespace cptune::backends {
@@ -32,6 +34,14 @@ struct ExecutorOptions {
   // Where buffers live and kernels run, owned by the caller: the GPU of an NCCL world
   // (make_cuda_device). Null: the host, which only a Gloo world can use.
   Device* device = nullptr;
+  // Called after every round (each layout once, warm-ups included) with the rounds done and
+  // the rounds in all; for progress reports. Not part of the arguments ranks must agree on.
+  std::function<void(int done, int total)> on_round;
+  // Q, K, V given whole (shape-checked by the caller) instead of generated from the seed;
+  // verification then checks against attention over these. Not owned.
+  const GivenInputs* inputs = nullptr;
+  // Every rank gets RunResult::output, the whole O (collective: all ranks pass the same).
+  bool collect_output = false;
 };
 
 struct RunResult {
@@ -45,6 +55,9 @@ struct RunResult {
   double worst_ratio = 0;             // largest |O - O_ref| / its tolerance; passes when <= 1
   int64_t verified_rows = 0;          // output rows (token x head) compared
   bool verified() const { return max_abs_err && worst_ratio <= 1; }
+  // With collect_output: O as fp32 [batch][total tokens][q heads][v head dim], sequences in
+  // order, the dtype's rounding applied.
+  std::vector<float> output;
 };
 
 // verify_rows = 0: every row up to this many visible (query, key, head) triples, else this many

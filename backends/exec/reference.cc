@@ -34,12 +34,13 @@ double storage_subnormal(DType dtype) {
 
 double gamma(double k) { return k * kU32 / (1 - k * kU32); }  // Higham's gamma_k for fp32
 
-// Values as the kernels receive them: generated in fp32, rounded to the storage dtype.
-void generate(std::span<double> out, uint64_t seed, Tensor tensor, int64_t seq, int64_t pos, int64_t sample,
-              int64_t head, DType dtype) {
+// Values as the kernels receive them: generated (or given) in fp32, rounded to the storage dtype.
+void generate(std::span<double> out, uint64_t seed, const GivenInputs* given, Tensor tensor, int64_t seq, int64_t pos,
+              int64_t sample, int64_t head, DType dtype) {
   std::vector<float> values(out.size()), back(out.size());
   for (size_t d = 0; d < out.size(); ++d)
-    values[d] = input_value(seed, tensor, seq, pos, sample, head, static_cast<int64_t>(d));
+    values[d] = given ? given->at(tensor, seq, pos, sample, head, static_cast<int64_t>(d))
+                      : input_value(seed, tensor, seq, pos, sample, head, static_cast<int64_t>(d));
   std::vector<std::byte> stored(values.size() * static_cast<size_t>(dtype_bytes(dtype)));
   from_float(values.data(), dtype, stored.data(), static_cast<int64_t>(values.size()));
   to_float(stored.data(), dtype, back.data(), static_cast<int64_t>(back.size()));
@@ -48,7 +49,8 @@ void generate(std::span<double> out, uint64_t seed, Tensor tensor, int64_t seq, 
 
 }  // namespace
 
-Reference::Reference(const AttentionShape& shape, uint64_t seed) : shape_(shape), seed_(seed) {
+Reference::Reference(const AttentionShape& shape, uint64_t seed, const GivenInputs* given)
+    : shape_(shape), seed_(seed), given_(given) {
   int64_t begin = 0;
   for (int64_t len : shape.seq_lens) {
     seq_begin_.push_back(begin);
@@ -65,8 +67,8 @@ void Reference::load_kv(int64_t sample, int64_t kv_head) {
     for (int64_t j = 0; j < shape_.seq_lens[s]; ++j) {
       const int64_t t = seq_begin_[s] + j;
       const auto seq = static_cast<int64_t>(s);
-      generate({k_.data() + t * D, static_cast<size_t>(D)}, seed_, Tensor::k, seq, j, sample, kv_head, shape_.dtype);
-      generate({v_.data() + t * Dv, static_cast<size_t>(Dv)}, seed_, Tensor::v, seq, j, sample, kv_head, shape_.dtype);
+      generate({k_.data() + t * D, static_cast<size_t>(D)}, seed_, given_, Tensor::k, seq, j, sample, kv_head, shape_.dtype);
+      generate({v_.data() + t * Dv, static_cast<size_t>(Dv)}, seed_, given_, Tensor::v, seq, j, sample, kv_head, shape_.dtype);
     }
   loaded_sample_ = sample;
   loaded_kv_ = kv_head;
@@ -93,7 +95,7 @@ void Reference::row(const RowId& id, std::span<double> out, std::span<double> to
   const int64_t kv_head = id.head / (shape_.q_heads / shape_.kv_heads);
   load_kv(id.sample, kv_head);
   std::vector<double> q(static_cast<size_t>(D));
-  generate(q, seed_, Tensor::q, id.seq, id.pos, id.sample, id.head, shape_.dtype);
+  generate(q, seed_, given_, Tensor::q, id.seq, id.pos, id.sample, id.head, shape_.dtype);
   const double scale = 1.0 / std::sqrt(double(D));
   const int64_t first = seq_begin_[static_cast<size_t>(id.seq)], len = shape_.seq_lens[static_cast<size_t>(id.seq)];
 

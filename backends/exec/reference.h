@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "backends/exec/tensor_gen.h"
 #include "core/types.h"
 
 namespace cptune::backends {
@@ -22,7 +23,8 @@ struct RowId {
 
 class Reference {
  public:
-  Reference(const AttentionShape& shape, uint64_t seed);
+  // `given`: Q, K, V the user passed (cptune run --inputs) instead of the generated ones; not owned.
+  Reference(const AttentionShape& shape, uint64_t seed, const GivenInputs* given = nullptr);
 
   // out[d] = the exact O of the row, tol[d] = the allowed |O_stored - out[d]|; both Dv long.
   // Rows that share (sample, KV head) reuse one generated K,V: ask for them together.
@@ -33,6 +35,7 @@ class Reference {
 
   AttentionShape shape_;
   uint64_t seed_;
+  const GivenInputs* given_;
   std::vector<int64_t> seq_begin_;     // first token of each sequence in the packed K,V below
   int64_t loaded_sample_ = -1, loaded_kv_ = -1;
   std::vector<double> k_, v_;          // [token][D], [token][Dv] of one (sample, KV head)

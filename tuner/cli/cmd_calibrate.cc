@@ -98,13 +98,14 @@ nlohmann::json fit_json(const tuner::FitResult& fit, const sim::Hardware& writte
                       {"relative_error", r.relative()}});
   for (const tuner::ResidualSummary& s : tuner::summarize(fit.residuals))
     summary.push_back({{"kind", s.kind}, {"probes", s.probes}, {"median_abs", s.median_abs}, {"max_abs", s.max_abs}});
-  return {{"out", path},         {"hardware", sim::to_json(written)}, {"fitted", fit.fitted},
+  return {{"schema", "cptune/calibrate/1"}, {"out", path},         {"hardware", sim::to_json(written)}, {"fitted", fit.fitted},
           {"kept", fit.kept},    {"iterations", fit.iterations},      {"probes", probes},
           {"residuals", summary}};
 }
 
 // Rejects what would otherwise fail after a minute of measuring.
-void check_arguments(const CalibrateArgs& a) {
+void check_arguments(CalibrateArgs& a) {
+  join_outside_launch(a.world, nullptr, a.run);
   if (a.world < 2) throw Error(fmt::format("--world {} must be at least 2: calibration measures communication", a.world));
   if (a.out.empty()) throw Error("--out is required: the hardware file to write (then pass it as --hardware)");
   if (a.statistic != "median" && a.statistic != "min")

@@ -91,12 +91,12 @@ nlohmann::ordered_json export_row(const db::StoredMeasurement& m, const db::Fing
       {"v_head_dim", s.v_head_dim},     {"dtype", to_string(s.dtype)},
       {"mask", to_string(s.mask)},      {"strategy", to_string(r.candidate.strategy)},
       {"ulysses", r.candidate.ulysses}, {"ring", r.candidate.ring},
-      {"rank_order", to_string(r.candidate.order)}, {"head_policy", to_string(r.candidate.head_policy)},
+      {"order", to_string(r.candidate.order)}, {"head_policy", to_string(r.candidate.head_policy)},
       {"median_s", r.median_s},         {"min_s", r.min_s},
       {"max_s", r.max_s},               {"iterations", r.iterations},
-      {"phase_medians_s", to_json(r.phase_medians_s)}, {"verify_max_abs_error", optional(r.verify_max_abs_error)},
+      {"phase_medians_s", to_json(r.phase_medians_s)}, {"max_abs_err", optional(r.verify_max_abs_error)},
       {"predicted_s", optional(r.predicted_s)}, {"profile", r.profile},
-      {"measured_at", r.measured_at}};
+      {"measured_at", r.measured_at},  {"schema", "cptune/measurement/1"}};
 }
 
 std::string csv_text(const nlohmann::ordered_json& value) {

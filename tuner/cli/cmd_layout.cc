@@ -14,6 +14,11 @@ namespace po = boost::program_options;
 namespace cptune::cli {
 namespace {
 
+nlohmann::json with_schema(nlohmann::json doc, const char* schema) {
+  doc["schema"] = schema;
+  return doc;
+}
+
 std::string runs_text(const RankLayout& rl) {
   std::string out;
   for (const TokenRun& run : rl.input_runs) {
@@ -56,7 +61,7 @@ int cmd_layout(const Args& args) {
   const LayoutSpec spec = to_spec(shape, mesh, choice);
   const Layout layout = Layout::build(spec);
   if (choice.json)
-    std::cout << to_json(layout).dump(2) << "\n";
+    std::cout << with_schema(to_json(layout), "cptune/layout/1").dump(2) << "\n";
   else
     print_table(layout);
   return 0;

@@ -39,6 +39,8 @@ struct SimulateArgs {
   bool json = false;
   bool csv = false;
   int64_t top = 0;
+  ConstraintArgs constraint;
+  MeshArgs layout;  // --ulysses, --ring, --order: constraints only
 };
 
 struct Config {
@@ -75,33 +77,8 @@ po::options_description make_options(SimulateArgs& a) {
       ("json", po::bool_switch(&a.json), "print JSON instead of a table")
       ("csv", po::bool_switch(&a.csv), "print CSV (the default for sweeps)")
       ("top", po::value(&a.top), "show only the N fastest candidates in the table");
+  add_constraint_options(desc, a.constraint, &a.layout);
   return desc;
-}
-
-// "a", "a:b" (x2), "a:b:xF" or "a:b:+N"; a and b as parse_count reads them (32k, 1M).
-std::vector<int64_t> parse_range(const std::string& text, const std::string& what) {
-  const size_t first = text.find(':');
-  if (first == std::string::npos) return {parse_count(text, what)};
-  const size_t second = text.find(':', first + 1);
-  const int64_t lo = parse_count(text.substr(0, first), what + " range start");
-  const int64_t hi = parse_count(text.substr(first + 1, second == std::string::npos ? std::string::npos : second - first - 1),
-                                 what + " range end");
-  const std::string step = second == std::string::npos ? "x2" : text.substr(second + 1);
-  auto bad = [&](const std::string& why) {
-    return Error(fmt::format("bad {} range '{}': {}; write a:b, a:b:xF (multiply) or a:b:+N (add)", what, text, why));
-  };
-  if (lo < 1 || hi < lo) throw bad("need 1 <= a <= b");
-  if (step.size() < 2 || (step[0] != 'x' && step[0] != '+')) throw bad("the step must be xF or +N");
-  const int64_t by = parse_count(step.substr(1), what + " range step");
-  if (step[0] == 'x' && by < 2) throw bad("a factor must be at least 2");
-  if (step[0] == '+' && by < 1) throw bad("an increment must be at least 1");
-  std::vector<int64_t> values;
-  for (int64_t v = lo; v <= hi; v = step[0] == 'x' ? v * by : v + by) {
-    values.push_back(v);
-    if (values.size() > 100000) throw bad("more than 100000 values");
-    if ((step[0] == 'x' && v > hi / by) || (step[0] == '+' && v > hi - by)) break;
-  }
-  return values;
 }
 
 std::vector<Config> make_configs(const SimulateArgs& a, const sim::Hardware& hw) {
@@ -197,6 +174,7 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
 nlohmann::json config_json(const Config& c, const Ranking& ranking, const sim::Hardware& hw,
                            const sim::PredictOptions& o) {
   nlohmann::json doc = sim::to_json(ranking, o.pass);
+  doc["schema"] = "cptune/simulate/1";
   doc["hardware"] = hw.name;
   doc["cluster"] = {{"world", c.cluster.world}, {"ranks_per_node", c.cluster.ranks_per_node}, {"nodes", c.cluster.nodes()}};
   doc["shape"] = to_json(c.shape);
@@ -257,6 +235,7 @@ int cmd_simulate(const Args& args) {
   if (a.top < 0) throw Error(fmt::format("--top {} must be positive", a.top));
   const sim::Hardware hw = sim::load_hardware(a.hardware);
   const sim::PredictOptions options{sim::parse_pass(a.pass), parse_metadata_channel(a.metadata)};
+  const sim::Constraints constraints = to_constraints(a.constraint, a.layout);
   const std::vector<Config> configs = make_configs(a, hw);
   const bool sweep = configs.size() > 1;
 
@@ -265,7 +244,7 @@ int cmd_simulate(const Args& args) {
     for (size_t i = 0; i < sim::level_count(hw); ++i) names.push_back(sim::level_name(hw, i));
     print_csv_header(names);
     for (const Config& c : configs) {
-      const Ranking ranking = sim::rank_candidates(c.shape, c.cluster, hw, options);
+      const Ranking ranking = sim::rank_candidates(c.shape, c.cluster, hw, options, constraints);
       if (ranking.candidates.empty())
         std::cerr << fmt::format("skipped world {}, seq {}, heads {}: {}\n", c.cluster.world, seq_text(c.shape, ","),
                                  c.shape.q_heads, first_reason(ranking));
@@ -275,7 +254,7 @@ int cmd_simulate(const Args& args) {
   }
   nlohmann::json documents = nlohmann::json::array();
   for (const Config& c : configs) {
-    const Ranking ranking = sim::rank_candidates(c.shape, c.cluster, hw, options);
+    const Ranking ranking = sim::rank_candidates(c.shape, c.cluster, hw, options, constraints);
     if (ranking.candidates.empty())
       throw Error(fmt::format("no candidate lays out on world {}: {}", c.cluster.world, first_reason(ranking)));
     if (a.json)

@@ -1,6 +1,7 @@
 // cptune tune: measure the promising candidates of every shape on this cluster and store them.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 
@@ -24,33 +25,52 @@ namespace po = boost::program_options;
 namespace cptune::cli {
 namespace {
 
-// A progress bar on a terminal; plain lines in a log.
+// "42s", "12m05s", "3h07m": an ETA short enough for the progress line.
+std::string eta_text(double seconds) {
+  if (!(seconds >= 0) || seconds > 360000) return "?";
+  const auto s = int64_t(seconds + 0.5);
+  if (s < 60) return fmt::format("{}s", s);
+  if (s < 3600) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  return fmt::format("{}h{:02}m", s / 3600, s % 3600 / 60);
+}
+
+// A progress line on a terminal, redrawn after every measuring round with an ETA from the rounds
+// measured so far (it fits 80 columns); plain lines in a log, one per shape.
 class ProgressReport {
  public:
+  static constexpr size_t kColumns = 79;  // the cursor stays on an 80-column line
+
   ProgressReport() : tty_(isatty(STDERR_FILENO) != 0), start_(clock::now()) {}
 
   void measuring(size_t index, size_t shapes, const AttentionShape& shape, const std::vector<LayoutChoice>& candidates,
                  size_t done, size_t total) {
+    index_ = index;
+    shapes_ = shapes;
+    shape_ = to_string(shape);
+    pending_ = candidates.size();
+    first_round_ = true;
+    if (tty_) {
+      draw(done, total);
+      return;
+    }
     std::string names;
     for (const LayoutChoice& c : candidates) names += (names.empty() ? "" : ", ") + to_string(c);
+    std::cerr << fmt::format("[{}/{} shapes, {}/{} candidates, ETA {}] {}: measuring {}", index + 1, shapes, done,
+                             total, eta_, shape_, names)
+              << std::endl;
+  }
+
+  // Candidate runs (one candidate once) done and in all.
+  void round(size_t done, size_t total) {
+    measured_runs_ += first_round_ ? pending_ : done - last_done_;
+    first_round_ = false;
+    last_done_ = done;
     const double elapsed = std::chrono::duration<double>(clock::now() - start_).count();
-    const std::string eta =
-        measured_ > 0 ? human_seconds(elapsed / double(measured_) * double(total - done)) : std::string("?");
-    const std::string line = fmt::format("[{}/{} shapes, {}/{} candidates, ETA {}] {}: measuring {}", index + 1, shapes,
-                                         done, total, eta, to_string(shape), names);
-    if (tty_) {
-      const int width = 30;
-      const int filled = total ? int(double(done) / double(total) * width) : 0;
-      std::cerr << "\r\033[K[" << std::string(size_t(filled), '#') << std::string(size_t(width - filled), '.') << "] "
-                << line.substr(0, 160) << std::flush;
-    } else {
-      std::cerr << line << std::endl;
-    }
-    pending_ = candidates.size();
+    eta_ = eta_text(elapsed / double(measured_runs_) * double(total - done));
+    if (tty_) draw(done, total);
   }
 
   void finished(const tuner::ShapeOutcome& outcome) {
-    measured_ += outcome.skipped ? 0 : pending_;
     pending_ = 0;
     if (tty_) std::cerr << "\r\033[K";
     if (outcome.skipped) {
@@ -66,11 +86,28 @@ class ProgressReport {
                                outcome.feasible);
   }
 
+  // "[#####...........] 37% 12/40 ETA 1m05s 4097 x 25/5 ...", cut to kColumns.
+  static std::string line(double fraction, size_t index, size_t shapes, const std::string& eta, const std::string& shape) {
+    constexpr int kBar = 16;
+    const int filled = std::clamp(int(fraction * kBar), 0, kBar);
+    std::string out = "[" + std::string(size_t(filled), '#') + std::string(size_t(kBar - filled), '.') + "] " +
+                      fmt::format("{:>3}% {}/{} ETA {} {}", int(fraction * 100), index + 1, shapes, eta, shape);
+    if (out.size() > kColumns) out.resize(kColumns);
+    return out;
+  }
+
  private:
+  void draw(size_t done, size_t total) {
+    const double fraction = total ? double(done) / double(total) : 0;
+    std::cerr << "\r\033[K" << line(fraction, index_, shapes_, eta_, shape_) << std::flush;
+  }
+
   using clock = std::chrono::steady_clock;
   bool tty_;
   clock::time_point start_;
-  size_t measured_ = 0, pending_ = 0;
+  size_t index_ = 0, shapes_ = 0, pending_ = 0, measured_runs_ = 0, last_done_ = 0;
+  bool first_round_ = true;
+  std::string shape_, eta_ = "?";
 };
 
 void print_summary(const std::vector<tuner::ShapeOutcome>& outcomes, const std::string& db_path) {
@@ -123,6 +160,7 @@ int cmd_tune(const Args& args) {
   ShapeArgs shape;
   MeshArgs mesh;
   RunArgs run;
+  ConstraintArgs constraint;
   std::string db_path, shapes_path, hardware = "cpu-gloo";
   int top_k = 3;
   bool exhaustive = false, no_verify = false;
@@ -130,6 +168,7 @@ int cmd_tune(const Args& args) {
   add_shape_options(desc, shape);
   add_mesh_options(desc, mesh);
   add_run_options(desc, run);
+  add_constraint_options(desc, constraint);
   desc.add_options()("db", po::value(&db_path), "SQLite database to store measurements in (created if missing)")(
       "shapes", po::value(&shapes_path), "CSV of shapes (header: seq,heads,kv_heads,head_dim,v_head_dim,dtype,mask,batch)")(
       "hardware", po::value(&hardware)->default_value("cpu-gloo"),
@@ -141,7 +180,7 @@ int cmd_tune(const Args& args) {
                   "usage: cptune tune --db tune.db --world P (--shapes shapes.csv | --seq S --heads H ...) [options]"))
     return 0;
   if (db_path.empty()) throw Error("--db is required: the SQLite file to store measurements in");
-  reject_layout_flags(mesh, "tune");
+  join_outside_launch(mesh.world, &mesh.ranks_per_node, run);
   const Cluster cluster = to_cluster(mesh);
   const std::vector<AttentionShape> shapes = shapes_to_tune(shape, shapes_path);
   check_shapes_lay_out(shapes, cluster, shapes_path);
@@ -156,6 +195,7 @@ int cmd_tune(const Args& args) {
   options.executor.verify = !no_verify;
   options.predict.metadata = options.executor.metadata;  // rank candidates with the channel they run with
   options.fingerprint = local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
+  options.constraints = to_constraints(constraint, mesh);
   db::Store::open(db_path);  // a bad path or file fails here, before any rank starts
 
   return run_ranks(run, cluster.world, [&](backends::Comm& world, backends::Device& device) {
@@ -165,6 +205,7 @@ int cmd_tune(const Args& args) {
     progress.measuring = [&](size_t i, size_t n, const AttentionShape& s, const std::vector<LayoutChoice>& c, size_t d,
                              size_t t) { report.measuring(i, n, s, c, d, t); };
     progress.finished = [&](size_t, const tuner::ShapeOutcome& o) { report.finished(o); };
+    progress.round = [&](size_t done, size_t total) { report.round(done, total); };
     const auto outcomes = tuner::tune(shapes, options, world, progress);
     if (world.rank() == 0) print_summary(outcomes, db_path);
     return 0;

@@ -108,7 +108,8 @@ nlohmann::json report_json(const std::vector<tuner::ShapeValidation>& shapes, co
   for (const tuner::TopKPoint& p : r.curve)
     curve.push_back({{"k", p.k}, {"within", p.within}, {"mean_fraction", p.mean_fraction}});
   const double n = double(shapes.size());
-  return {{"hardware", hw.name},
+  return {{"schema", "cptune/validate/1"},
+          {"hardware", hw.name},
           {"hardware_file", a.hardware},
           {"world", a.world},
           {"iterations", a.run.iterations},
@@ -176,6 +177,7 @@ int cmd_validate(const Args& args) {
                   "usage: cptune validate --hardware profile.json --world P --shapes held_out.csv [options]\n"
                   "Measures every feasible candidate of each shape (interleaved) and compares with the prediction."))
     return 0;
+  join_outside_launch(a.world, nullptr, a.run);
   if (a.world < 2) throw Error(fmt::format("--world {} must be at least 2", a.world));
   if (a.statistic != "median" && a.statistic != "min")
     throw Error("--statistic " + a.statistic + " is not one; use median or min");

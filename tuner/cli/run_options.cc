@@ -1,5 +1,8 @@
 #include "tuner/cli/run_options.h"
 
+#include <cstdlib>
+
+#include "backends/comm/rendezvous.h"
 #include "core/error.h"
 
 #include "backends/exec/device.h"
@@ -42,6 +45,27 @@ void check_nccl_available([[maybe_unused]] const RunArgs& a, [[maybe_unused]] in
 
 }  // namespace
 
+void join_outside_launch(int64_t& world, int64_t* ranks_per_node, RunArgs& a) {
+  const std::optional<backends::LaunchEnv> env = backends::launch_env_from_environment();
+  if (!env) return;
+  const std::string who = env->launcher + " rank " + std::to_string(env->rank) + " of " + std::to_string(env->world);
+  if (world == 0) world = env->world;
+  if (world != env->world)
+    throw Error("--world " + std::to_string(world) + " disagrees with the launcher's world size " +
+                std::to_string(env->world) + " (" + who + "); drop --world, it defaults to the launcher's");
+  if (ranks_per_node && *ranks_per_node == 0 && env->local_world > 0) *ranks_per_node = env->local_world;
+  if (!a.rendezvous.empty()) return;
+  const char* addr = std::getenv("MASTER_ADDR");
+  const char* port = std::getenv("MASTER_PORT");
+  if (addr && *addr && port && *port) {
+    a.rendezvous = "env://";
+    return;
+  }
+  throw Error("this process is " + who + " but has no way to meet the other ranks: pass --rendezvous "
+              "file:///shared/fresh-dir or redis://host:port, or export MASTER_ADDR=<rank 0 host> and "
+              "MASTER_PORT=<free port> on every rank (mpirun -x MASTER_ADDR -x MASTER_PORT) for env://");
+}
+
 void add_run_options(po::options_description& desc, RunArgs& a) {
   desc.add_options()
       ("warmups", po::value(&a.warmups)->default_value(1), "untimed iterations first")
@@ -53,7 +77,8 @@ void add_run_options(po::options_description& desc, RunArgs& a) {
       ("seed", po::value(&a.seed)->default_value(1), "seed of the generated Q, K, V")
       ("timeout", po::value(&a.timeout_s)->default_value(30), "seconds any communication may wait for a peer")
       ("rendezvous", po::value(&a.rendezvous),
-       "store of an outside launch: file:///shared/dir or redis://host:port (rank from RANK/WORLD_SIZE, "
+       "store of an outside launch: env:// (MASTER_ADDR/MASTER_PORT; the default under a launcher when "
+       "they are set), file:///shared/dir or redis://host:port (rank from RANK/WORLD_SIZE, "
        "OMPI_COMM_WORLD_*, SLURM_*)")
       ("run-id", po::value(&a.run_id)->default_value("cptune"), "key prefix in a shared rendezvous store")
       ("backend", po::value(&a.backend)->default_value("gloo"),

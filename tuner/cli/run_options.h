@@ -31,6 +31,13 @@ struct RunArgs {
 };
 
 void add_run_options(boost::program_options::options_description& desc, RunArgs& args);
+
+// Under an outside launcher (RANK/WORLD_SIZE, OMPI_COMM_WORLD_*, SLURM_*) this process is one
+// rank of the launcher's world and never forks: `world` (0 = not given) becomes the launcher's
+// world (a different one is an Error), `ranks_per_node` (when given a pointer to 0) its ranks
+// per host, and --rendezvous defaults to env:// when MASTER_ADDR and MASTER_PORT are set. Without
+// them and without --rendezvous it is an Error saying what to pass. No launcher: nothing changes.
+void join_outside_launch(int64_t& world, int64_t* ranks_per_node, RunArgs& args);
 backends::ExecutorOptions executor_options(const RunArgs& args);
 
 // Starts the ranks on the backend --backend names and runs body on each with its world Comm and

@@ -1,6 +1,8 @@
 #include "tuner/cli/shape_options.h"
 
 #include <charconv>
+
+#include <fmt/format.h>
 #include <iostream>
 
 #include "core/error.h"
@@ -42,12 +44,32 @@ LayoutSpec to_spec(const ShapeArgs& shape, const MeshArgs& mesh, const StrategyA
   }
 }
 
-void reject_layout_flags(const MeshArgs& mesh, const std::string& command) {
-  for (const auto& [flag, given] : {std::pair{"--ulysses", mesh.ulysses != 0}, std::pair{"--ring", mesh.ring != 0},
-                                    std::pair{"--order", !mesh.order.empty()}})
-    if (given)
-      throw Error(std::string(flag) + " names one layout, but " + command +
-                  " ranks every layout choice itself and cannot be restricted to one yet; drop " + flag);
+void add_constraint_options(po::options_description& desc, ConstraintArgs& a, MeshArgs* layout) {
+  std::string engines;
+  for (std::string_view e : sim::engine_names()) engines += (engines.empty() ? "" : ", ") + std::string(e);
+  desc.add_options()
+      ("engine", po::value(&a.engine), ("only layouts this engine can run, answered in its terms: " + engines).c_str())
+      ("strategy", po::value(&a.strategies), "only these strategies, e.g. ulysses,hybrid")
+      ("head-policy", po::value(&a.head_policy), "only this head policy: balanced or kv-aligned");
+  if (layout)
+    desc.add_options()
+        ("ulysses", po::value(&layout->ulysses), "only this Ulysses degree U")
+        ("ring", po::value(&layout->ring), "only this ring degree R")
+        ("order", po::value(&layout->order), "only this rank order: ulysses-inner or ring-inner");
+}
+
+sim::Constraints to_constraints(const ConstraintArgs& a, const MeshArgs& layout) {
+  sim::Constraints c;
+  if (!a.strategies.empty()) c.strategies = sim::parse_strategy_list(a.strategies);
+  if (layout.ulysses < 0 || layout.ring < 0)
+    throw Error("--ulysses and --ring must be at least 1 (" + std::to_string(layout.ulysses) + ", " +
+                std::to_string(layout.ring) + " given)");
+  c.ulysses = layout.ulysses;
+  c.ring = layout.ring;
+  if (!layout.order.empty()) c.order = parse_rank_order(layout.order);
+  if (!a.head_policy.empty()) c.head_policy = parse_head_policy(a.head_policy);
+  if (!a.engine.empty()) sim::apply_engine(c, a.engine);
+  return c;
 }
 
 void add_mesh_options(po::options_description& desc, MeshArgs& a) {
@@ -90,6 +112,32 @@ std::vector<int64_t> parse_count_list(const std::string& text, const std::string
     start = comma + 1;
   }
   return out;
+}
+
+// "a", "a:b" (x2), "a:b:xF" or "a:b:+N"; a and b as parse_count reads them (32k, 1M).
+std::vector<int64_t> parse_range(const std::string& text, const std::string& what) {
+  const size_t first = text.find(':');
+  if (first == std::string::npos) return {parse_count(text, what)};
+  const size_t second = text.find(':', first + 1);
+  const int64_t lo = parse_count(text.substr(0, first), what + " range start");
+  const int64_t hi = parse_count(text.substr(first + 1, second == std::string::npos ? std::string::npos : second - first - 1),
+                                 what + " range end");
+  const std::string step = second == std::string::npos ? "x2" : text.substr(second + 1);
+  auto bad = [&](const std::string& why) {
+    return Error(fmt::format("bad {} range '{}': {}; write a:b, a:b:xF (multiply) or a:b:+N (add)", what, text, why));
+  };
+  if (lo < 1 || hi < lo) throw bad("need 1 <= a <= b");
+  if (step.size() < 2 || (step[0] != 'x' && step[0] != '+')) throw bad("the step must be xF or +N");
+  const int64_t by = parse_count(step.substr(1), what + " range step");
+  if (step[0] == 'x' && by < 2) throw bad("a factor must be at least 2");
+  if (step[0] == '+' && by < 1) throw bad("an increment must be at least 1");
+  std::vector<int64_t> values;
+  for (int64_t v = lo; v <= hi; v = step[0] == 'x' ? v * by : v + by) {
+    values.push_back(v);
+    if (values.size() > 100000) throw bad("more than 100000 values");
+    if ((step[0] == 'x' && v > hi / by) || (step[0] == '+' && v > hi - by)) break;
+  }
+  return values;
 }
 
 AttentionShape to_shape(const ShapeArgs& a) {

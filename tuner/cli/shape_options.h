@@ -8,6 +8,7 @@
 #include <boost/program_options.hpp>
 
 #include "core/types.h"
+#include "sim/constraints.h"
 
 namespace cptune::cli {
 
@@ -43,14 +44,28 @@ void add_strategy_options(boost::program_options::options_description& desc, Str
 // The one layout these flags name, its choice resolved (throws Error naming a bad value and
 // the flag that sets it).
 LayoutSpec to_spec(const ShapeArgs& shape, const MeshArgs& mesh, const StrategyArgs& strategy);
-// tune and lookup rank every layout choice themselves: --ulysses, --ring and --order given to
-// them are an Error, not silently ignored.
-void reject_layout_flags(const MeshArgs& mesh, const std::string& command);
 void add_mesh_options(boost::program_options::options_description& desc, MeshArgs& args);
+
+// What tune, simulate and lookup may choose from: --engine NAME (sim/constraints.h profiles),
+// --strategy A,B and --head-policy, with --ulysses, --ring and --order of MeshArgs. They
+// filter the candidates; they never name the one answer.
+struct ConstraintArgs {
+  std::string engine;
+  std::string strategies;
+  std::string head_policy;
+};
+// With `layout`, also adds --ulysses, --ring and --order bound to it (simulate has no MeshArgs).
+void add_constraint_options(boost::program_options::options_description& desc, ConstraintArgs& args,
+                            MeshArgs* layout = nullptr);
+// Throws Error naming a bad value or a contradiction (an engine that cannot run what is asked).
+sim::Constraints to_constraints(const ConstraintArgs& args, const MeshArgs& layout);
 
 // "4097", "32k", "1M", "2G" -> tokens. Throws Error naming the text.
 int64_t parse_count(const std::string& text, const std::string& what);
 std::vector<int64_t> parse_count_list(const std::string& text, const std::string& what);
+// "a", "a:b" (x2), "a:b:xF" (multiply) or "a:b:+N" (add), as nccl-tests' -b/-e/-f; a and b as
+// parse_count reads them. Throws Error naming the text.
+std::vector<int64_t> parse_range(const std::string& text, const std::string& what);
 
 AttentionShape to_shape(const ShapeArgs& args);  // seq must be one value here
 Cluster to_cluster(const MeshArgs& args);  // --world and --ranks-per-node

@@ -1,0 +1,13 @@
+"""cptune: which context-parallel layout to run for an attention shape, from a tuning database.
+
+    import cptune
+    answer = cptune.Lookup("tune.db", world=8).best(cptune.Shape([4096], q_heads=24, kv_heads=8),
+                                                    engine="diffusers")
+    answer.config  # 'ContextParallelConfig(ulysses_degree=8)'
+"""
+from ._lookup import (ABI_VERSION, Answer, ENGINES, Lookup, CptuneError, NotFound, Shape, fingerprints,
+                      library_path)
+
+__all__ = ["ABI_VERSION", "Answer", "ENGINES", "Lookup", "CptuneError", "NotFound", "Shape", "fingerprints",
+           "library_path"]
+__version__ = "0.2.0"
