@@ -2,7 +2,7 @@
 # Installs every Debian package cptune needs to build, test and benchmark. Idempotent; run as root.
 set -euo pipefail
 packages=(
-  build-essential cmake pkg-config
+  build-essential cmake pkg-config ccache
   libgloo-dev libeigen3-dev libboost-program-options-dev libsqlite3-dev sqlite3
   nlohmann-json3-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev

@@ -81,8 +81,10 @@ for rel in set(walk(tree)) - wanted:
     os.remove(os.path.join(tree, rel))
 PY
 if [[ ! -f $BUILD/CMakeCache.txt ]]; then
-  cmake -S "$TREE" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER_LAUNCHER=ccache \
-    -DCPTUNE_WITH_CUDA=OFF >/dev/null
+  # The flags of scripts/build.sh: with ccache relative to each tree, what the main build compiled
+  # is a cache hit here, and only mutated objects (and those naming the tree's path) compile.
+  cmake -S "$TREE" -B "$BUILD" -DCMAKE_BUILD_TYPE=${CMAKE_BUILD_TYPE:-RelWithDebInfo} \
+    -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache >/dev/null
 fi
 
 # Every pattern must match the pristine code before anything is built.
