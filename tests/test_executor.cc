@@ -25,16 +25,7 @@ using backends::Comm;
 
 AttentionShape shape_of(std::vector<int64_t> seqs, int64_t hq, int64_t hkv, Mask mask, int64_t batch = 1,
                         DType dtype = DType::bf16) {
-  AttentionShape s;
-  s.seq_lens = std::move(seqs);
-  s.batch = batch;
-  s.q_heads = hq;
-  s.kv_heads = hkv;
-  s.head_dim = 16;
-  s.v_head_dim = 8;
-  s.dtype = dtype;
-  s.mask = mask;
-  return s;
+  return AttentionShape{batch, std::move(seqs), hq, hkv, 16, 8, dtype, mask};
 }
 
 backends::RankLaunch local_launch(int64_t world) {

@@ -107,16 +107,7 @@ TEST(GpuExecutorCli, RunsNcclWithVerifyOnOneGpu) {
 
 AttentionShape shape_of(std::vector<int64_t> seqs, int64_t hq, int64_t hkv, Mask mask, int64_t d, int64_t dv,
                         DType dtype = DType::bf16, int64_t batch = 1) {
-  AttentionShape s;
-  s.seq_lens = std::move(seqs);
-  s.batch = batch;
-  s.q_heads = hq;
-  s.kv_heads = hkv;
-  s.head_dim = d;
-  s.v_head_dim = dv;
-  s.dtype = dtype;
-  s.mask = mask;
-  return s;
+  return AttentionShape{batch, std::move(seqs), hq, hkv, d, dv, dtype, mask};
 }
 
 struct GpuShape {

@@ -17,15 +17,7 @@ using testing::try_build;
 
 AttentionShape make_shape(std::vector<int64_t> seqs, int64_t hq, int64_t hkv, Mask mask = {}, int64_t D = 4,
                           int64_t Dv = 4) {
-  AttentionShape s;
-  s.seq_lens = std::move(seqs);
-  s.q_heads = hq;
-  s.kv_heads = hkv;
-  s.head_dim = D;
-  s.v_head_dim = Dv;
-  s.dtype = DType::bf16;
-  s.mask = mask;
-  return s;
+  return AttentionShape{1, std::move(seqs), hq, hkv, D, Dv, DType::bf16, mask};
 }
 
 std::string describe(const Layout& l) { return to_string(l.choice()) + " " + to_string(l.shape()); }

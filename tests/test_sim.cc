@@ -35,16 +35,7 @@ using testing::try_build;
 
 AttentionShape make_shape(std::vector<int64_t> seqs, int64_t hq, int64_t hkv, Mask mask = {}, int64_t D = 64,
                           int64_t Dv = 64, int64_t batch = 1) {
-  AttentionShape s;
-  s.batch = batch;
-  s.seq_lens = std::move(seqs);
-  s.q_heads = hq;
-  s.kv_heads = hkv;
-  s.head_dim = D;
-  s.v_head_dim = Dv;
-  s.dtype = DType::bf16;
-  s.mask = mask;
-  return s;
+  return AttentionShape{batch, std::move(seqs), hq, hkv, D, Dv, DType::bf16, mask};
 }
 
 // Round numbers, so the closed forms below can be worked by hand.

@@ -27,15 +27,7 @@ using testing::try_build;
 
 AttentionShape make_shape(std::vector<int64_t> seqs, int64_t hq, int64_t hkv, Mask mask, int64_t D = 16,
                           int64_t Dv = 16, int64_t batch = 1) {
-  AttentionShape s;
-  s.batch = batch;
-  s.seq_lens = std::move(seqs);
-  s.q_heads = hq;
-  s.kv_heads = hkv;
-  s.head_dim = D;
-  s.v_head_dim = Dv;
-  s.mask = mask;
-  return s;
+  return AttentionShape{batch, std::move(seqs), hq, hkv, D, Dv, DType::bf16, mask};
 }
 
 // Small shapes (GQA, uneven and packed lengths, every mask) on P <= 16 and several node sizes.
