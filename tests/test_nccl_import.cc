@@ -150,7 +150,7 @@ TEST(NcclTests, ApplyReplacesTheCrossedLevelsOnly) {
   const sim::Hardware base = sim::load_hardware("h100-sxm");
   std::vector<NcclTestsRun> runs = {
       parse_nccl_tests(read(fixture("nccl_tests_alltoall_1node.txt")), "one.txt", std::nullopt),
-      parse_nccl_tests(read(fixture("nccl_tests_alltoall_perf_2node.txt")), "two.txt", std::nullopt)};
+      parse_nccl_tests(read(fixture("nccl_tests_alltoall_perf_2node.txt")), "two.txt", NcclTestKind::alltoall)};
   EXPECT_EQ(crossed_level(base, runs[0]), 0u);  // node
   EXPECT_EQ(crossed_level(base, runs[1]), 1u);  // scalable unit: 2 nodes fit in one
   const sim::Hardware hw = apply_nccl_tests(base, runs);
@@ -202,7 +202,7 @@ TEST(NcclTopology, DualSocketEightGpusTwoPerSwitch) {
   const sim::Hardware hw = hardware_from_topology(read_nccl_topology(read(path), path), sim::load_hardware("l20"), path, "b", 1);
   const double lane = 16e9 * 16 * 128 / 130 / 8;
   EXPECT_EQ(levels_text(hw), fmt::format("switch:2:{0:.4g}:up{0:.4g} socket:4:{0:.4g}:up40 host:8:{0:.4g}:bounce network:0:6.25 ", lane / 1e9));
-  EXPECT_EQ(hw.injection_bytes_per_s, lane);
+  EXPECT_DOUBLE_EQ(hw.injection_bytes_per_s, lane);
   EXPECT_EQ(sim::levels_of(hw, 8).size(), 4u);
 }
 
@@ -222,7 +222,8 @@ TEST(NcclTopology, GroupsThatDoNotNestAreLeftOutAndSaid) {
   }
   xml += "</cpu></system>";
   const sim::Hardware hw = hardware_from_topology(read_nccl_topology(xml, "x.xml"), sim::load_hardware("h100-sxm"), "x.xml", "x", 1);
-  EXPECT_EQ(levels_text(hw), "nvlink:2:100 host:4:63.02 network:0:50 ");
+  // One socket: its level is the node (the host level would hold the same four).
+  EXPECT_EQ(levels_text(hw), "nvlink:2:100 socket:4:63.02 network:0:50 ");
   EXPECT_NE(hw.source.find("no 'switch' level: its groups cut across the level below."), std::string::npos) << hw.source;
   EXPECT_NE(hw.source.find("0 2 1 3"), std::string::npos) << hw.source;  // pairs contiguous
 }
@@ -267,8 +268,20 @@ TEST(NcclImportCli, CalibrateAndImportWriteFilesThatSimulate) {
                                      dir.file("a.json"))));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("nvlink"), std::string::npos) << r.output;
-  r = run_command(cptune(fmt::format("simulate --hardware {} --seq 32k --heads 32 --head-dim 128 --causal --json", dir.file("a.json"))));
+  r = run_command(cptune(fmt::format("simulate --hardware {} --seq 32k --heads 32 --head-dim 128 --mask causal --json", dir.file("a.json"))));
   ASSERT_EQ(r.exit_code, 0) << r.output;
+  // Host (a): Ulysses U = 2 inside the NVLink pairs with a ring across them beats Ulysses over all
+  // four, whose all-to-all sends half its bytes across the sockets through host memory.
+  const nlohmann::json ranking = nlohmann::json::parse(r.output)["candidates"];
+  auto position = [&](const std::string& strategy, int u, int ring) {
+    for (size_t i = 0; i < ranking.size(); ++i)
+      if (ranking[i]["strategy"] == strategy && ranking[i]["ulysses"] == u && ranking[i]["ring"] == ring &&
+          ranking[i]["order"] == "ulysses-inner")
+        return i;
+    return ranking.size();
+  };
+  EXPECT_EQ(position("hybrid", 2, 2), 0u) << ranking.dump(1);
+  EXPECT_LT(position("hybrid", 2, 2), position("ulysses", 4, 1));
   // Bad input exits 2 naming the problem.
   r = run_command(cptune(fmt::format("calibrate --nccl-tests {} --base h100-sxm --out {}", dir.file("missing.txt"), dir.file("x.json"))));
   EXPECT_EQ(r.exit_code, 2);

@@ -339,7 +339,7 @@ sim::Hardware hardware_from_topology(const TopoHost& host, const sim::Hardware& 
   std::set<int> numas;
   for (const TopoGpu& g : gpus) numas.insert(g.numa);
   const bool cross_socket = numas.size() > 1;
-  candidates.push_back({{"host", 0, {pci_alpha, lane}, 0, 1, cross_socket}, Partition(size_t(n), 0),
+  candidates.push_back({{"host", 0, {pci_alpha, lane}, 0, 1, cross_socket}, Partition(static_cast<size_t>(n), 0),
                         cross_socket ? "host across CPU sockets (NCCL path SYS): NCCL's default P2P level stops short of SYS, "
                                        "so messages are staged through host memory (host_bounce), GPU lane, alpha 5.7 us"
                                      : "host: GPU lane, alpha 5.7 us"});
@@ -352,7 +352,7 @@ sim::Hardware hardware_from_topology(const TopoHost& host, const sim::Hardware& 
   std::string source = fmt::format("Imported from the NCCL topology dump {} by `cptune topology import`: {} GPU(s) (sm {}), {} NIC(s), "
                                    "{} NUMA node(s) with GPUs; compute numbers from {}.",
                                    file, n, gpus[0].sm, host.nics, numas.size(), base.name);
-  Partition current(size_t(n));
+  Partition current(static_cast<size_t>(n));
   std::iota(current.begin(), current.end(), 0);
   std::vector<Partition> kept;
   for (Candidate& c : candidates) {
@@ -387,7 +387,7 @@ sim::Hardware hardware_from_topology(const TopoHost& host, const sim::Hardware& 
   }
   hw.levels.push_back(network);
   // Rank order: instances contiguous, coarsest grouping first.
-  std::vector<int> order(size_t(n));
+  std::vector<int> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
     for (size_t k = kept.size(); k-- > 0;)
