@@ -228,6 +228,25 @@ TEST(NcclTopology, GroupsThatDoNotNestAreLeftOutAndSaid) {
   EXPECT_NE(hw.source.find("0 2 1 3"), std::string::npos) << hw.source;  // pairs contiguous
 }
 
+TEST(NcclTopology, NestedBridgesGroupByTheSwitchAboveThePerGpuPorts) {
+  // A PCIe switch's upstream port (a bridge) holds one downstream port (a bridge) per GPU.
+  std::string xml = "<system version=\"1\"><cpu numaid=\"0\">";
+  for (int sw = 0; sw < 2; ++sw) {
+    xml += fmt::format("<pci busid=\"0000:{}0:00.0\" class=\"0x060400\" link_speed=\"16.0 GT/s PCIe\" link_width=\"8\">", sw + 1);
+    for (int k = 0; k < 2; ++k)
+      xml += fmt::format("<pci busid=\"0000:{0}{1}:00.0\" class=\"0x060400\" link_speed=\"16.0 GT/s PCIe\" link_width=\"16\">"
+                         "<pci busid=\"0000:{0}{1}:01.0\" class=\"0x030200\" link_speed=\"16.0 GT/s PCIe\" link_width=\"16\">"
+                         "<gpu dev=\"{2}\" sm=\"89\" rank=\"{2}\"/></pci></pci>",
+                         sw + 1, k + 1, 2 * sw + k);
+    xml += "</pci>";
+  }
+  xml += "</cpu></system>";
+  const sim::Hardware hw = hardware_from_topology(read_nccl_topology(xml, "n.xml"), sim::load_hardware("l20"), "n.xml", "n", 1);
+  EXPECT_EQ(levels_text(hw), "pcie-tree:2:31.51:up15.75 socket:4:31.51 network:0:12.5 ");
+  EXPECT_NE(hw.source.find("no 'switch' level: one GPU per group."), std::string::npos) << hw.source;
+  EXPECT_NE(hw.source.find("no <net> in the dump"), std::string::npos) << hw.source;
+}
+
 void expect_xml_error(const std::string& xml, const std::string& needle) {
   try {
     read_nccl_topology(xml, "t.xml");

@@ -194,6 +194,7 @@ struct Walker {
     for (const XmlElement* b : bridges) gpu.switches.push_back(b->attr("busid"));
     gpu.pcie_bytes_per_s = pcie_bytes_per_s(file, pci);
     if (!bridges.empty()) gpu.switch_uplink_bytes_per_s = pcie_bytes_per_s(file, *bridges.back());
+    if (!bridges.empty()) gpu.tree_uplink_bytes_per_s = pcie_bytes_per_s(file, *bridges.front());
     if (gpu.pcie_bytes_per_s == 0) gpu.pcie_bytes_per_s = gpu.switch_uplink_bytes_per_s;
     if (gpu.pcie_bytes_per_s == 0) fail_at(file, pci, "has no link_speed and link_width, nor has a switch above it");
     for (const XmlElement& l : g.children) {
@@ -317,28 +318,30 @@ sim::Hardware hardware_from_topology(const TopoHost& host, const sim::Hardware& 
                                       "hwLat[NVLINK]",
                                       nvswitch ? "through an NVSwitch" : "peers", nvlink_bytes_per_s_per_link(gpus[0].sm) / 1e9, gpus[0].sm)});
   }
-  double switch_uplink = 0;
-  for (const TopoGpu& g : gpus)
+  double switch_uplink = 0, tree_uplink = 0;
+  for (const TopoGpu& g : gpus) {
     switch_uplink = switch_uplink == 0 ? g.switch_uplink_bytes_per_s : std::min(switch_uplink, g.switch_uplink_bytes_per_s);
+    tree_uplink = tree_uplink == 0 ? g.tree_uplink_bytes_per_s : std::min(tree_uplink, g.tree_uplink_bytes_per_s);
+  }
   candidates.push_back({{"switch", 0, {pci_alpha, lane}, switch_uplink},
                         partition_by(gpus, [](const TopoGpu& g) { return g.switches.empty() ? g.busid : g.switches.back(); }),
                         "PCIe switch (NCCL path PIX): each GPU's lane link_speed x link_width x 128/130, uplink the switch's "
                         "own link, alpha 5.7 us NCCL hwLat[PCI]"});
-  candidates.push_back({{"pcie-tree", 0, {pci_alpha, lane}},
+  candidates.push_back({{"pcie-tree", 0, {pci_alpha, lane}, tree_uplink},
                         partition_by(gpus, [](const TopoGpu& g) { return g.switches.empty() ? g.busid : g.switches.front(); }),
-                        "PCIe switches under one root port (NCCL path PXB): the GPU lane, alpha 5.7 us"});
-  double socket_uplink = 0;
+                        "PCIe switches under one root port (NCCL path PXB): the GPU lane, uplink the outermost switch's link, alpha 5.7 us"});
+  std::set<int> numas;
+  for (const TopoGpu& g : gpus) numas.insert(g.numa);
+  const bool cross_socket = numas.size() > 1;
+  double socket_uplink = 0;  // one socket: nothing above it but the network, which its NICs reach
   for (const sim::Level& l : base.levels)
-    if (l.name == "socket") socket_uplink = l.uplink_bytes_per_s;
+    if (l.name == "socket" && cross_socket) socket_uplink = l.uplink_bytes_per_s;
   candidates.push_back({{"socket", 0, {pci_alpha, lane}, socket_uplink},
                         partition_by(gpus, [](const TopoGpu& g) { return g.numa; }),
                         fmt::format("CPU socket / NUMA node (NCCL path PHB): peer-to-peer through the root complex at the GPU "
                                     "lane, alpha 5.7 us; uplink {:.0f} GB/s from {}'s socket level (0: none; the dump does not "
                                     "give the CPU interconnect)",
                                     socket_uplink / 1e9, base.name)});
-  std::set<int> numas;
-  for (const TopoGpu& g : gpus) numas.insert(g.numa);
-  const bool cross_socket = numas.size() > 1;
   candidates.push_back({{"host", 0, {pci_alpha, lane}, 0, 1, cross_socket}, Partition(static_cast<size_t>(n), 0),
                         cross_socket ? "host across CPU sockets (NCCL path SYS): NCCL's default P2P level stops short of SYS, "
                                        "so messages are staged through host memory (host_bounce), GPU lane, alpha 5.7 us"

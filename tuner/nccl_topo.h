@@ -46,6 +46,7 @@ struct TopoGpu {
   std::vector<std::string> switches;       // PCIe bridges (class 0x0604) from the CPU down to it
   double pcie_bytes_per_s = 0;             // its own link: GT/s x width x 128/130 / 8
   double switch_uplink_bytes_per_s = 0;    // its innermost switch's link to the level above; 0: none
+  double tree_uplink_bytes_per_s = 0;      // its outermost switch's link (to the CPU); 0: none
   std::vector<std::pair<std::string, int>> nvlinks;  // target bus id (or "nvswitch") and link count
 };
 
