@@ -2,7 +2,9 @@
 // description to the probes, print the residuals, write a hardware file for --hardware.
 #include <chrono>
 #include <ctime>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -11,9 +13,11 @@
 #include "backends/comm/comm.h"
 #include "core/error.h"
 #include "sim/hardware.h"
+#include "sim/topology.h"
 #include "tuner/calibrate.h"
 #include "tuner/cli/commands.h"
 #include "tuner/fingerprint.h"
+#include "tuner/nccl_tests.h"
 #include "core/format.h"
 #include "tuner/cli/output_file.h"
 #include "tuner/cli/run_options.h"
@@ -31,6 +35,7 @@ struct CalibrateArgs {
   double scale = 1;
   bool json = false;
   std::string statistic = "median";
+  std::vector<std::string> nccl_tests;  // [KIND=]FILE
 };
 
 std::string utc_now() {
@@ -117,6 +122,46 @@ void check_arguments(CalibrateArgs& a) {
   check_writable(a.out, "--out");
 }
 
+std::string read_text(const std::string& path, const std::string& flag) {
+  std::ifstream in(path);
+  if (!in) throw Error(fmt::format("{} {}: cannot be read; check the path", flag, path));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// --nccl-tests: no probes; each log's size sweep fitted, the levels it crossed replaced.
+int calibrate_from_nccl_tests(const CalibrateArgs& a) {
+  if (a.out.empty()) throw Error("--out is required: the hardware file to write (then pass it as --hardware)");
+  check_writable(a.out, "--out");
+  const sim::Hardware base = sim::load_hardware(a.base);
+  std::vector<tuner::NcclTestsRun> runs;
+  for (const std::string& item : a.nccl_tests) {
+    const size_t eq = item.find('=');
+    std::optional<tuner::NcclTestKind> kind;
+    std::string file = item;
+    if (eq != std::string::npos && eq > 0 && item.find('/') > eq) {
+      kind = tuner::parse_nccl_test_kind(item.substr(0, eq));
+      file = item.substr(eq + 1);
+    }
+    runs.push_back(tuner::parse_nccl_tests(read_text(file, "--nccl-tests"), file, kind));
+  }
+  sim::Hardware hw = tuner::apply_nccl_tests(base, runs);
+  hw.name = a.name.empty() ? base.name + "-nccl-tests" : a.name;
+  sim::save_hardware(hw, a.out);
+  std::cout << fmt::format("{:<40} {:>10} {:>6} {:>12} {:>12} {:>14} {:>8}  {}\n", "file", "kind", "ranks", "intercept",
+                           "alpha/msg", "bandwidth", "resid", "level");
+  for (const tuner::NcclTestsRun& run : runs) {
+    const tuner::LinkFit fit = tuner::fit_link(run);
+    std::cout << fmt::format("{:<40} {:>10} {:>3}x{:<2} {:>12} {:>12} {:>9.4g} GB/s {:>7.1f}%  {}\n", run.file,
+                             tuner::to_string(run.kind), run.ranks_per_host(), run.hosts, human_seconds(fit.intercept_s),
+                             human_seconds(fit.alpha_s), fit.bandwidth_bytes_per_s / 1e9, 100 * fit.median_abs_residual,
+                             sim::level_name(base, tuner::crossed_level(base, run)));
+  }
+  std::cout << "\nwrote " << a.out << " (" << hw.name << "); use it as --hardware " << a.out << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int cmd_calibrate(const Args& args) {
@@ -128,16 +173,21 @@ int cmd_calibrate(const Args& args) {
       "hardware the fit starts from; parameters no probe exercises are kept from it")(
       "name", po::value(&a.name), "name field of the written file (default: BACKEND-pP-calibrated)")(
       "scale", po::value(&a.scale)->default_value(1.0), "multiply every probe size (tokens, bytes) by this")(
-      "json", po::bool_switch(&a.json), "print the fit as JSON instead of tables");
+      "json", po::bool_switch(&a.json), "print the fit as JSON instead of tables")(
+      "nccl-tests", po::value(&a.nccl_tests)->multitoken(),
+      "[KIND=]FILE...: fit the levels to nccl-tests logs (alltoall_perf, sendrecv_perf, all_gather_perf) instead of "
+      "probing; give --base the GPU preset");
   desc.add_options()("statistic", po::value(&a.statistic)->default_value("median"),
                      "time of a probe or candidate over its iterations: median, or min (the least disturbed run)");
   add_run_options(desc, a.run);
   if (!parse_args(args, desc,
                   "usage: cptune calibrate --backend gloo --world P --out profile.json [options]\n"
+                  "       cptune calibrate --nccl-tests [KIND=]FILE... --base PRESET --out hw.json\n"
                   "Measures all-to-all-v, ring hops, pack copies, attention and the gather of sequence lengths on P\n"
                   "ranks, fits the cost model's latencies, bandwidths and throughputs by least squares, prints the\n"
                   "residuals and writes a hardware file."))
     return 0;
+  if (!a.nccl_tests.empty()) return calibrate_from_nccl_tests(a);
   check_arguments(a);
   const sim::Hardware base = sim::load_hardware(a.base);
   tuner::ProbePlan plan = tuner::ProbePlan{}.scaled(a.scale);

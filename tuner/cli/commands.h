@@ -16,5 +16,6 @@ int cmd_lookup(const Args& args);
 int cmd_db(const Args& args);
 int cmd_calibrate(const Args& args);
 int cmd_validate(const Args& args);
+int cmd_topology(const Args& args);
 
 }  // namespace cptune::cli

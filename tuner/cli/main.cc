@@ -1,4 +1,4 @@
-// cptune: layout, simulate, run, tune, lookup, db, calibrate, validate.
+// cptune: layout, simulate, run, tune, lookup, db, calibrate, validate, topology.
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -28,6 +28,7 @@ constexpr Command kCommands[] = {
     {"db", cptune::cli::cmd_db, "list, show or export a tuning database"},
     {"calibrate", cptune::cli::cmd_calibrate, "probe links and kernels on P ranks, fit a hardware file to them"},
     {"validate", cptune::cli::cmd_validate, "measure every candidate of held-out shapes, report the model's error"},
+    {"topology", cptune::cli::cmd_topology, "import an NCCL topology dump (NCCL_TOPO_DUMP_FILE) as a hardware file's levels"},
 };
 
 void usage(FILE* out) {
