@@ -77,6 +77,16 @@ FROM (SELECT fingerprint_id, shape_id, candidate_id, id AS measurement_id, min(m
 JOIN shapes AS s ON s.id = w.shape_id
 JOIN candidates AS c ON c.id = w.candidate_id;
 )sql",
+    // 1 -> 2: one tuner per (database, fingerprint) at a time (db/lease.h).
+    R"sql(
+CREATE TABLE tune_leases (
+  fingerprint TEXT PRIMARY KEY,   -- the fingerprint's fields, one key (db/store.cc lease_key)
+  host TEXT NOT NULL,
+  pid INTEGER NOT NULL,
+  start_time INTEGER NOT NULL,    -- of pid, from /proc/<pid>/stat: a reused pid is another process
+  acquired_at TEXT NOT NULL
+);
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion);
 
@@ -176,7 +186,7 @@ void check_for_reading(const Connection& conn) {
   if (h.user_version == 0)
     throw Error("database '" + conn.path() + "' holds no cptune data yet; run 'cptune tune --db " + conn.path() +
                 "' first");
-  if (h.user_version < kSchemaVersion)
+  if (h.user_version < kOldestReadableVersion)
     throw Error("database '" + conn.path() + "' has the older schema version " + std::to_string(h.user_version) +
                 "; run 'cptune tune --db " + conn.path() + "' once to migrate it");
 }

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/layout_json.h"
+#include "db/lease.h"
 #include "db/schema.h"
 #include "db/sqlite.h"
 
@@ -56,6 +57,13 @@ void bind_shape_row(Statement& st, const AttentionShape& s) {
 void bind_candidate(Statement& st, const LayoutChoice& c) {
   st.bind(1, to_string(c.strategy)).bind(2, c.ulysses).bind(3, c.ring).bind(4, to_string(c.order));
   st.bind(5, to_string(c.head_policy));
+}
+
+// The lease's key: every field of the fingerprint, separated by a character none of them holds.
+std::string lease_key(const Fingerprint& fp) {
+  const char sep = '\x1f';
+  return fp.backend + sep + fp.device_model + sep + std::to_string(fp.cluster.world) + sep +
+         std::to_string(fp.cluster.ranks_per_node) + sep + fp.library_versions + sep + fp.cptune_version;
 }
 
 std::optional<int64_t> select_id(Statement& select) {
@@ -194,6 +202,30 @@ bool Store::has_shape(const Fingerprint& fp, const AttentionShape& shape) const 
   Statement any(*conn_, "SELECT 1 FROM measurements WHERE fingerprint_id = ?1 AND shape_id = ?2 LIMIT 1");
   any.bind(1, *fingerprint_id).bind(2, *shape_id);
   return any.step();
+}
+
+std::optional<ProcessIdentity> Store::take_lease(const Fingerprint& fp, const ProcessIdentity& self) {
+  Transaction tx(*conn_, Transaction::Kind::write);
+  Statement select(*conn_, "SELECT host, pid, start_time, acquired_at FROM tune_leases WHERE fingerprint = ?1");
+  select.bind(1, lease_key(fp));
+  if (select.step()) {
+    ProcessIdentity holder{select.column_text(0), select.column_int(1), select.column_int(2), select.column_text(3)};
+    if (holder == self) return std::nullopt;
+    if (holder_alive(holder)) return holder;
+  }
+  Statement take(*conn_,
+                 "INSERT OR REPLACE INTO tune_leases (fingerprint, host, pid, start_time, acquired_at) "
+                 "VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))");
+  take.bind(1, lease_key(fp)).bind(2, self.host).bind(3, self.pid).bind(4, self.start_time);
+  take.run();
+  tx.commit();
+  return std::nullopt;
+}
+
+void Store::release_lease(const Fingerprint& fp, const ProcessIdentity& self) {
+  Statement drop(*conn_, "DELETE FROM tune_leases WHERE fingerprint = ?1 AND host = ?2 AND pid = ?3 AND start_time = ?4");
+  drop.bind(1, lease_key(fp)).bind(2, self.host).bind(3, self.pid).bind(4, self.start_time);
+  drop.run();
 }
 
 std::vector<FingerprintSummary> Store::fingerprints() const {

@@ -9,6 +9,7 @@
 #include "backends/comm/comm.h"
 #include "core/error.h"
 #include "core/layout.h"
+#include "db/lease.h"
 #include "db/store.h"
 #include "sim/hardware.h"
 #include "tuner/cli/commands.h"
@@ -103,7 +104,7 @@ int cmd_tune(const Args& args) {
   RunArgs run;
   std::string db_path, shapes_path, hardware = "cpu-gloo";
   int top_k = 3;
-  bool exhaustive = false, no_verify = false;
+  bool exhaustive = false, no_verify = false, wait = false;
   po::options_description desc("tune options");
   add_shape_options(desc, shape);
   add_mesh_options(desc, mesh);
@@ -114,7 +115,8 @@ int cmd_tune(const Args& args) {
       "hardware profile that ranks candidates: a preset name or a JSON file (e.g. from cptune calibrate)")(
       "top-k", po::value(&top_k)->default_value(3), "measure the k fastest predicted candidates (+ best of each strategy)")(
       "exhaustive", po::bool_switch(&exhaustive), "measure every feasible candidate")(
-      "no-verify", po::bool_switch(&no_verify), "skip checking each candidate's output against one device");
+      "no-verify", po::bool_switch(&no_verify), "skip checking each candidate's output against one device")(
+      "wait", po::bool_switch(&wait), "wait for another tune on the same database and cluster to finish, instead of refusing");
   if (!parse_args(args, desc,
                   "usage: cptune tune --db tune.db --world P (--shapes shapes.csv | --seq S --heads H ...) [options]"))
     return 0;
@@ -150,7 +152,9 @@ int cmd_tune(const Args& args) {
   options.executor.verify = !no_verify;
   options.predict.metadata = options.executor.metadata;  // rank candidates with the channel they run with
   options.fingerprint = local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
-  db::Store::open(db_path);  // a bad path or file fails here, before any rank starts
+  db::Store store = db::Store::open(db_path);  // a bad path or file fails here, before any rank starts
+  // One tuner per database and cluster: a second would measure every missing shape again.
+  const db::TuneLease lease(store, options.fingerprint, wait);
 
   return run_ranks(run, cluster.world, [&](backends::Comm& world, backends::Device& device) {
     options.executor.device = &device;
