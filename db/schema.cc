@@ -128,6 +128,28 @@ void check_header(const Connection& conn, const Header& h) {
                 "); use that cptune or a new file name");
 }
 
+// The tables and views a schema version has: one missing (dropped by hand, or a damaged file)
+// would otherwise read as "no rows" and make a tuner skip or a reader answer nothing.
+void check_schema_objects(const Connection& conn, int64_t version) {
+  struct Object {
+    const char* type;
+    const char* name;
+    int64_t since;  // the schema version that added it
+  };
+  constexpr Object kObjects[] = {{"table", "fingerprints", 1}, {"table", "shapes", 1},     {"table", "candidates", 1},
+                                 {"table", "measurements", 1}, {"view", "best", 1},       {"table", "tune_leases", 2}};
+  Statement st(conn, "SELECT count(*) FROM sqlite_schema WHERE type = ?1 AND name = ?2");
+  for (const Object& o : kObjects) {
+    if (o.since > version) continue;
+    st.bind(1, std::string_view(o.type)).bind(2, std::string_view(o.name));
+    const bool present = st.step() && st.column_int(0) == 1;
+    st.reset();
+    if (!present)
+      throw Error("database '" + conn.path() + "' is damaged: its " + o.type + " '" + o.name +
+                  "' is missing; restore it from a copy or tune again into a new file");
+  }
+}
+
 // Writers check every page once before they add to a file; readers find damage as they read.
 void quick_check(const Connection& conn) {
   Statement st(conn, "PRAGMA quick_check");
@@ -173,6 +195,7 @@ void open_for_writing(const Connection& conn) {
   check_header(conn, read_header(conn));
   quick_check(conn);
   migrate(conn);
+  check_schema_objects(conn, kSchemaVersion);
   enable_wal(conn);
   // NORMAL in WAL keeps every committed shape when the process is killed (only a power cut
   // may lose the last commits), at a fraction of FULL's fsyncs.
@@ -189,6 +212,7 @@ void check_for_reading(const Connection& conn) {
   if (h.user_version < kOldestReadableVersion)
     throw Error("database '" + conn.path() + "' has the older schema version " + std::to_string(h.user_version) +
                 "; run 'cptune tune --db " + conn.path() + "' once to migrate it");
+  check_schema_objects(conn, h.user_version);
 }
 
 }  // namespace cptune::db

@@ -6,6 +6,7 @@
 #include <system_error>
 
 #include "core/error.h"
+#include "core/read_file.h"
 
 namespace cptune::db {
 namespace {
@@ -51,7 +52,8 @@ void require_existing_file(const std::string& path) {
 Connection::Connection(std::string path, OpenMode mode) : path_(std::move(path)), mode_(mode) {
   if (path_.empty()) throw Error("no database path given; pass --db FILE");
   if (mode == OpenMode::read_only) require_existing_file(path_);
-  if (std::filesystem::is_directory(path_)) throw Error("database '" + path_ + "' is a directory; pass a file name");
+  // A directory, FIFO or device is refused before SQLite opens it (a FIFO would block the open).
+  refuse_special_file(path_, "database");
   // NOMUTEX: a Connection is used by one thread at a time, so SQLite's per-call mutex is waste.
   const int flags = SQLITE_OPEN_NOMUTEX |
                     (mode == OpenMode::read_only ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE));
@@ -142,6 +144,21 @@ void Statement::reset() {
 
 void Statement::run() {
   while (step()) {
+  }
+}
+
+Statement::Type Statement::column_type(int col) const {
+  switch (sqlite3_column_type(stmt_, col)) {
+    case SQLITE_INTEGER:
+      return Type::integer;
+    case SQLITE_FLOAT:
+      return Type::real;
+    case SQLITE_TEXT:
+      return Type::text;
+    case SQLITE_BLOB:
+      return Type::blob;
+    default:
+      return Type::null;
   }
 }
 

@@ -56,6 +56,9 @@ class Store {
   // Drops the lease on fp if self holds it.
   void release_lease(const Fingerprint& fp, const ProcessIdentity& self);
 
+  // Lines of PRAGMA integrity_check that are not "ok" (none for a sound file).
+  std::vector<std::string> integrity_problems() const;
+
   std::vector<FingerprintSummary> fingerprints() const;
   // The fingerprint the lookup uses for fp: the hardware fields (backend, device model, world,
   // ranks per node, nodes) must be equal; library_versions and cptune_version must be equal

@@ -1,6 +1,7 @@
 // What survives an adversary: ranks never outlive the cptune that started them (SIGKILL,
 // SIGTERM or Ctrl-C to the parent), a killed tune keeps every finished shape in a sound
 // database, and two tuners on one database never measure a shape twice.
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -8,16 +9,22 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include <chrono>
+#include <climits>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
 #include <vector>
 
+#include "db/cptune_lookup.h"
 #include "db/lease.h"
 #include "db/sqlite.h"
+#include "db/store.h"
 #include "tests/command.h"
+#include "tuner/cli/shapes_file.h"
 #include "tests/temp_dir.h"
 
 extern char** environ;
@@ -235,6 +242,275 @@ TEST(TuneLease, DeadHoldersLeaseIsTakenOver) {
   const auto next = testing::run_command(std::string(CPTUNE_BINARY) + " tune --db " + db_path +
                                          " --seq 256 --heads 4 --world 2 --no-verify");
   EXPECT_EQ(next.exit_code, 0) << next.output;
+}
+
+// Bad input the CLI must refuse with exit code 2 and a message, never wrap around, hang or
+// end in "internal error".
+TEST(BadInput, OversizedShapesAndClustersAreRefusedNotWrapped) {
+  struct Case {
+    std::string args, needle;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"simulate --nodes 99999999999 --gpus-per-node 99999999 --seq 4096 --heads 8",
+            "exceed the supported world"},
+           {"simulate --world 2097152 --seq 4194304 --heads 8", "world 2097152 is outside"},
+           {"layout --seq 9223372036854775807 --heads 8 --world 2", "sequence length 9223372036854775807"},
+           {"layout --seq-list 4611686018427387904,4611686018427387904 --heads 8 --world 2", "sequence length"},
+           {"layout --seq 4096 --heads 8 --head-dim 9223372036854775807 --world 2", "head dim 9223372036854775807"},
+           {"layout --seq 4096 --heads 8 --world 2 --mask sliding:9223372036854775807", "sliding window"},
+           {"layout --seq 4096 --heads 100000000 --world 2", "query heads 100000000"},
+       }) {
+    const auto r = testing::run_command(std::string(CPTUNE_BINARY) + " " + c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.needle), std::string::npos) << c.args << "\n" << r.output;
+    EXPECT_EQ(r.output.find("internal error"), std::string::npos) << c.args << "\n" << r.output;
+  }
+}
+
+// The C ABI keeps its header's promise: a bad value is INVALID_ARGUMENT, never NOT_FOUND,
+// INTERNAL or an answer.
+class CAbiCodes : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_.file("t.db");
+    db::Store store = db::Store::open(path_);
+    db::MeasurementRow row;
+    row.candidate = LayoutChoice{Strategy::uaa, 2, 1, RankOrder::ulysses_inner, HeadPolicy::balanced};
+    row.median_s = row.min_s = row.max_s = 1e-3;
+    row.iterations = 3;
+    store.record_shape(fingerprint(), AttentionShape{1, {4096}, 8, 8, 64, 64, DType::bf16, {}}, {row});
+  }
+  static db::Fingerprint fingerprint() { return {"gloo", "cpu", Cluster{2, 2}, "gloo 0.5.0", "0.1.0"}; }
+  cptune_fingerprint c_fingerprint() const {
+    cptune_fingerprint fp{};
+    fp.struct_size = sizeof fp;
+    fp.backend = "gloo";
+    fp.device_model = "cpu";
+    fp.world = 2;
+    fp.ranks_per_node = 2;
+    fp.nodes = 1;
+    fp.library_versions = "gloo 0.5.0";
+    fp.cptune_version = "0.1.0";
+    return fp;
+  }
+  int open_with(const std::string& hardware) {
+    const cptune_fingerprint fp = c_fingerprint();
+    cptune_lookup* lookup = nullptr;
+    const int status = cptune_lookup_open_with_simulator(path_.c_str(), &fp, hardware.c_str(), &lookup);
+    cptune_lookup_close(lookup);
+    return status;
+  }
+  int query(std::vector<int64_t> seq_lens, int64_t q_heads, int64_t kv_heads, int64_t head_dim, const char* mask) {
+    const cptune_fingerprint fp = c_fingerprint();
+    cptune_lookup* lookup = nullptr;
+    EXPECT_EQ(cptune_lookup_open(path_.c_str(), &fp, &lookup), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+    cptune_shape shape{};
+    shape.struct_size = sizeof shape;
+    shape.batch = 1;
+    shape.seq_lens = seq_lens.data();
+    shape.num_seqs = seq_lens.size();
+    shape.q_heads = q_heads;
+    shape.kv_heads = kv_heads;
+    shape.head_dim = head_dim;
+    shape.dtype = "bf16";
+    shape.mask = mask;
+    cptune_choice out{};
+    out.struct_size = sizeof out;
+    const int status = cptune_lookup_query(lookup, &shape, &out);
+    cptune_lookup_close(lookup);
+    return status;
+  }
+  TempDir dir_;
+  std::string path_;
+};
+
+TEST_F(CAbiCodes, AnUnreadableHardwareDescriptionIsInvalidArgument) {
+  EXPECT_EQ(open_with("cpu-gloo"), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+  EXPECT_EQ(open_with(std::string(5000, 'x') + ".json"), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(open_with(std::string(5000, 'x')), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(open_with(dir_.path()), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(cptune_lookup_last_error()).find("directory"), std::string::npos) << cptune_lookup_last_error();
+  const std::string fifo = dir_.file("hw.fifo");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(open_with(fifo), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT) << "a FIFO is refused, not waited on";
+}
+
+TEST_F(CAbiCodes, PresetsComeFromTheBuildsShareFolderNotTheSourceTree) {
+  EXPECT_EQ(open_with("no-such-preset"), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  const std::string message = cptune_lookup_last_error();
+  EXPECT_NE(message.find("cpu-gloo"), std::string::npos) << message;
+  EXPECT_EQ(message.find(CPTUNE_SOURCE_DIR), std::string::npos) << message;
+  EXPECT_TRUE(std::filesystem::exists(std::string(CPTUNE_BUILD_DIR) + "/share/cptune/hardware/cpu-gloo.json"));
+}
+
+// The installed library reads the presets installed beside it, and nothing else: with them
+// removed, a preset name is INVALID_ARGUMENT even though the source and build trees hold it.
+TEST_F(CAbiCodes, AnInstalledLibraryFindsOnlyInstalledPresets) {
+  if (std::filesystem::exists(CPTUNE_INSTALLED_HARDWARE_DIR) || std::getenv("CPTUNE_HARDWARE_DIR"))
+    GTEST_SKIP() << "presets are installed system-wide or named by CPTUNE_HARDWARE_DIR here";
+  const std::string prefix = dir_.file("prefix");
+  const auto install =
+      testing::run_command("cmake --install " CPTUNE_BUILD_DIR " --component lookup --prefix " + prefix);
+  ASSERT_EQ(install.exit_code, 0) << install.output;
+  std::string library;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(prefix))
+    if (entry.path().filename() == "libcptune_lookup.so") library = entry.path();
+  ASSERT_FALSE(library.empty()) << install.output;
+  void* handle = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+  ASSERT_NE(handle, nullptr) << dlerror();
+  using OpenFn = int (*)(const char*, const cptune_fingerprint*, const char*, cptune_lookup**);
+  using CloseFn = void (*)(cptune_lookup*);
+  const auto open = reinterpret_cast<OpenFn>(dlsym(handle, "cptune_lookup_open_with_simulator"));
+  const auto close = reinterpret_cast<CloseFn>(dlsym(handle, "cptune_lookup_close"));
+  ASSERT_TRUE(open && close);
+  const cptune_fingerprint fp = c_fingerprint();
+  const auto open_status = [&] {
+    cptune_lookup* lookup = nullptr;
+    const int status = open(path_.c_str(), &fp, "cpu-gloo", &lookup);
+    close(lookup);
+    return status;
+  };
+  EXPECT_EQ(open_status(), CPTUNE_LOOKUP_OK);
+  std::filesystem::remove_all(prefix + "/share/cptune/hardware");
+  EXPECT_EQ(open_status(), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  dlclose(handle);
+}
+
+TEST_F(CAbiCodes, BadShapesAreInvalidArgument) {
+  EXPECT_EQ(query({4096}, 8, 8, 64, "full"), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+  EXPECT_EQ(query({4096}, 8, 3, 64, "full"), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT) << "kv heads not dividing q heads";
+  EXPECT_EQ(query({INT64_MAX}, 8, 8, 64, "full"), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(query({int64_t(1) << 62, int64_t(1) << 62}, 8, 8, 64, "full"), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(query({4096}, 8, 8, INT64_MAX, "full"), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(query({4096}, INT64_MAX, 1, 64, "full"), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(query({4096}, 8, 8, 64, "sliding:9223372036854775807"), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(query({kMaxTokens}, 8, 8, 64, "full"), CPTUNE_LOOKUP_OK) << "the limit itself is accepted";
+}
+
+TEST_F(CAbiCodes, AHugeFingerprintWorldIsInvalidArgument) {
+  cptune_fingerprint fp = c_fingerprint();
+  fp.world = INT64_MAX;
+  fp.ranks_per_node = 1;
+  fp.nodes = INT64_MAX;
+  cptune_lookup* lookup = nullptr;
+  EXPECT_EQ(cptune_lookup_open(path_.c_str(), &fp, &lookup), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(lookup, nullptr);
+}
+
+testing::CommandResult cptune_cli(const std::string& args) {
+  return testing::run_command("timeout 60 " + std::string(CPTUNE_BINARY) + " " + args);
+}
+
+// Exit code 2, the needle in the message, and no internal error or crash.
+void expect_refused(const std::string& args, const std::string& needle) {
+  const auto r = cptune_cli(args);
+  EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output.substr(0, 2000);
+  EXPECT_NE(r.output.find(needle), std::string::npos) << args << "\n" << r.output.substr(0, 2000);
+  EXPECT_EQ(r.output.find("internal error"), std::string::npos) << args << "\n" << r.output.substr(0, 2000);
+  EXPECT_LT(r.output.size(), 4000u) << args << ": a message quotes at most a bounded excerpt";
+}
+
+// A database tuned for real, then damaged by hand: every reader refuses it, naming table and row.
+class DamagedDatabase : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = dir_.file("t.db");
+    const auto r = cptune_cli("tune --db " + db_ + " --world 2 --seq 256 --heads 4 --head-dim 16 --iterations 1 " +
+                              "--warmups 0 --no-verify");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  void damage(const char* sql) {
+    db::Connection conn(db_, db::OpenMode::read_write);
+    conn.exec("PRAGMA ignore_check_constraints = ON");
+    conn.exec(sql);
+  }
+  void expect_every_reader_refuses(const std::string& needle) {
+    expect_refused("lookup --db " + db_ + " --world 2 --seq 256 --heads 4 --head-dim 16", needle);
+    expect_refused("db show --db " + db_, needle);
+    expect_refused("db export --csv --db " + db_, needle);
+    expect_refused("db check --db " + db_, needle);
+  }
+  TempDir dir_;
+  std::string db_;
+};
+
+TEST_F(DamagedDatabase, ASoundDatabasePassesCheck) {
+  const auto r = cptune_cli("db check --db " + db_);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(": ok"), std::string::npos) << r.output;
+}
+
+TEST_F(DamagedDatabase, DegreesThatAreNotTheWorldAreRefused) {
+  damage("UPDATE candidates SET ulysses = 0, ring = -7 - id");
+  expect_every_reader_refuses("table candidates row");
+}
+
+TEST_F(DamagedDatabase, AnInfiniteMedianIsRefused) {
+  damage("UPDATE measurements SET median_s = -1e999");
+  expect_every_reader_refuses("median_s");
+}
+
+TEST_F(DamagedDatabase, TextInANumberColumnIsRefused) {
+  damage("UPDATE shapes SET q_heads = 'four'");
+  expect_every_reader_refuses("table shapes row");
+}
+
+TEST_F(DamagedDatabase, AMissingTableIsRefusedByTheTunerToo) {
+  damage("DROP TABLE candidates");
+  expect_every_reader_refuses("table 'candidates' is missing");
+  expect_refused("tune --db " + db_ + " --world 2 --seq 256 --heads 4 --head-dim 16 --no-verify",
+                 "table 'candidates' is missing");
+}
+
+// Files that are not regular files are refused at once, never waited on or read forever.
+TEST(BadInput, FifosDevicesAndDirectoriesAreRefusedAtOnce) {
+  TempDir dir;
+  const std::string fifo = dir.file("in.fifo");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  const std::string shape = " --world 2 --seq 256 --heads 4 --head-dim 16";
+  expect_refused("tune --db " + dir.file("t.db") + " --world 2 --shapes " + fifo, "is a FIFO");
+  expect_refused("tune --db " + dir.file("t.db") + " --world 2 --shapes /dev/zero", "is a device");
+  expect_refused("tune --db " + dir.file("t.db") + " --world 2 --shapes " + dir.path(), "is a directory");
+  expect_refused("tune --db " + fifo + shape, "is a FIFO");
+  expect_refused("lookup --db " + fifo + shape, "is a FIFO");
+  expect_refused("simulate --hardware " + fifo + " --world 2 --seq 4096 --heads 8", "is a FIFO");
+  expect_refused("simulate --hardware " + dir.path() + " --world 2 --seq 4096 --heads 8", "is a directory");
+}
+
+TEST(ShapesFile, DuplicatesAreMeasuredOnceAndAByteOrderMarkIsAccepted) {
+  TempDir dir;
+  const std::string path = dir.file("shapes.csv");
+  {
+    std::ofstream out(path);
+    out << "\xEF\xBB\xBFseq,heads,kv_heads,head_dim\n";
+    for (int i = 0; i < 200000; ++i) out << (i % 3 == 1 ? "512" : "256") << ",8,8,64\n";
+  }
+  const std::vector<AttentionShape> shapes = cli::read_shapes_file(path);
+  ASSERT_EQ(shapes.size(), 2u);
+  EXPECT_EQ(shapes[0].seq_lens, std::vector<int64_t>{256}) << "the first line naming a shape keeps its place";
+  EXPECT_EQ(shapes[1].seq_lens, std::vector<int64_t>{512});
+}
+
+TEST(BadInput, ImpossibleSizesAreRefusedBeforeAnyRankStarts) {
+  expect_refused("run --world 2 --seq 1M --heads 4096", "GiB of host memory");
+  expect_refused("tune --db /tmp/cptune_never_written.db --world 2 --seq 1M --heads 4096", "GiB of host memory");
+  expect_refused("run --world 2 --seq 4096 --heads 100000000", "query heads 100000000");
+  expect_refused("tune --db /tmp/cptune_never_written.db --world 2 --seq 256 --heads 100000000",
+                 "query heads 100000000");
+  EXPECT_FALSE(std::filesystem::exists("/tmp/cptune_never_written.db-wal"));
+}
+
+TEST(BadInput, SmallerGapsAreClosed) {
+  TempDir dir;
+  const std::string seq = std::string(100000, '7');
+  expect_refused("layout --world 2 --heads 4 --seq-list 1," + seq, "--seq-list");
+  expect_refused("lookup --db " + dir.file("none.db") + " --world 2 --heads 4 --seq-list -5,7", "-5");
+  expect_refused("lookup --db " + dir.file("none.db") + " --world 2 --heads 4 --seq 99999999999999",
+                 "99999999999999");
+  expect_refused("lookup --db " + dir.file("none.db") + " --world 2 --heads 4 --seq 256 --backend x", "--backend x");
+  expect_refused("layout --world 2 --heads 4 --seq 256 stray", "unexpected argument 'stray'");
+  expect_refused("layout --world 2 --heads 4 --seq 256 --ranks-per-node 3", "--ranks-per-node 3");
+  expect_refused("simulate --world 2 --heads 4 --seq 256 --top 0", "--top 0");
 }
 
 }  // namespace

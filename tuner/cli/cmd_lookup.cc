@@ -34,7 +34,12 @@ int cmd_lookup(const Args& args) {
   if (!parse_args(args, desc, "usage: cptune lookup --db tune.db --world P --seq S --heads H [--kv-heads K] [options]"))
     return 0;
   if (db_path.empty()) throw Error("--db is required: the tuning database to read");
+  if (backend != "gloo" && backend != "nccl") throw Error("--backend " + backend + " must be gloo or nccl");
   const AttentionShape s = to_shape(shape);
+  check_limits(view_of(s));  // a lookup builds no layout, so the shape is checked here
+  if (s.q_heads % s.kv_heads != 0)
+    throw Error(fmt::format("{} query heads are not a multiple of {} kv heads; GQA needs Hq % Hkv == 0", s.q_heads,
+                            s.kv_heads));
   reject_layout_flags(mesh, "lookup");
   const Cluster cluster = to_cluster(mesh);
   db::Fingerprint fp = local_fingerprint(backend, cluster.world, cluster.ranks_per_node);

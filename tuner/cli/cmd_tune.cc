@@ -74,7 +74,9 @@ class ProgressReport {
   size_t measured_ = 0, pending_ = 0;
 };
 
-void print_summary(const std::vector<tuner::ShapeOutcome>& outcomes, const std::string& db_path) {
+// Returns the number of shapes nothing was measured for (no candidate fits this cluster).
+size_t print_summary(const std::vector<tuner::ShapeOutcome>& outcomes, const std::string& db_path) {
+  size_t unmeasured = 0;
   std::cout << fmt::format("{:<50} {:<44} {:>12} {:>10} {:>10}\n", "shape", "best", "median", "vs worst",
                            "vs ulysses");
   for (const auto& o : outcomes) {
@@ -88,12 +90,17 @@ void print_summary(const std::vector<tuner::ShapeOutcome>& outcomes, const std::
       if (!worst || row.median_s > worst->median_s) worst = &row;
       if (row.candidate.strategy == Strategy::ulysses) ulysses = &row;
     }
-    if (!best) continue;
+    if (!best) {
+      std::cout << fmt::format("{:<50} {:<44}\n", to_string(o.shape), "(no candidate fits: nothing measured)");
+      ++unmeasured;
+      continue;
+    }
     std::cout << fmt::format("{:<50} {:<44} {:>12} {:>9.2f}x {:>10}\n", to_string(o.shape), to_string(best->candidate),
                              human_seconds(best->median_s), worst->median_s / best->median_s,
                              ulysses ? fmt::format("{:.2f}x", ulysses->median_s / best->median_s) : "n/a");
   }
   std::cout << "stored in " << db_path << "\n";
+  return unmeasured;
 }
 
 }  // namespace
@@ -135,7 +142,7 @@ int cmd_tune(const Args& args) {
   // out any head count, so its refusal is the shape's fault).
   for (size_t i = 0; i < shapes.size(); ++i) {
     try {
-      Layout::build({shapes[i], cluster, resolve({Strategy::ring}, cluster)});
+      check_host_memory(run, Layout::build({shapes[i], cluster, resolve({Strategy::ring}, cluster)}));
     } catch (const Error& e) {
       throw Error((shapes_path.empty() ? std::string("shape") : "shape " + std::to_string(i + 1) + " of " + shapes_path) +
                   ": " + e.what());
@@ -164,7 +171,13 @@ int cmd_tune(const Args& args) {
                              size_t t) { report.measuring(i, n, s, c, d, t); };
     progress.finished = [&](size_t, const tuner::ShapeOutcome& o) { report.finished(o); };
     const auto outcomes = tuner::tune(shapes, options, world, progress);
-    if (world.rank() == 0) print_summary(outcomes, db_path);
+    if (world.rank() != 0) return 0;
+    if (const size_t unmeasured = print_summary(outcomes, db_path)) {
+      std::cerr << fmt::format("error: {} shape(s) had no candidate that fits this cluster (the simulator predicts "
+                               "none fits in device memory with --hardware {}); nothing was stored for them\n",
+                               unmeasured, hardware);
+      return 2;
+    }
     return 0;
   }, std::cerr);
 }

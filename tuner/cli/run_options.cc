@@ -1,6 +1,11 @@
 #include "tuner/cli/run_options.h"
 
+#include <unistd.h>
+
+#include <fmt/format.h>
+
 #include "core/error.h"
+#include "core/layout.h"
 
 #include "backends/exec/device.h"
 #if CPTUNE_HAVE_CUDA
@@ -95,6 +100,29 @@ int run_ranks(const RunArgs& a, int64_t world,
 #else
   return 2;  // unreachable: check_nccl_available threw
 #endif
+}
+
+void check_host_memory(const RunArgs& a, const Layout& layout) {
+  if (a.backend != "gloo") return;  // NCCL ranks hold their buffers on the GPUs
+  const AttentionShape& s = layout.shape();
+  const bool local = a.rendezvous.empty();
+  __int128 need = 0;
+  for (const RankLayout& rank : layout.ranks()) {
+    need += rank.peak_bytes;
+    if (!local) break;  // an outside launcher's rank holds only its own
+  }
+  if (a.verify)  // the reference: Q, K, V and O of the whole shape in fp32
+    need += static_cast<__int128>(s.batch) * s.total_tokens() *
+            ((s.q_heads + s.kv_heads) * s.head_dim + (s.kv_heads + s.q_heads) * s.v_head_dim) * 4;
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return;  // unknown: let the allocation decide
+  const double gib = double(1 << 30);
+  const double have = double(pages) * double(page_size);
+  if (double(need) > have)
+    throw Error(fmt::format("{} needs about {:.1f} GiB of host memory ({} rank(s) on this machine{}), but this machine "
+                            "has {:.1f} GiB; use a shorter sequence, fewer heads or more machines",
+                            to_string(s), double(need) / gib, local ? layout.world() : 1,
+                            a.verify ? ", plus the --verify reference" : "", have / gib));
 }
 
 backends::RankLaunch rank_launch(const RunArgs& a, int64_t world) {

@@ -10,6 +10,10 @@
 #include "backends/exec/executor.h"
 #include "backends/comm/launcher.h"
 
+namespace cptune {
+class Layout;
+}
+
 namespace cptune::backends {
 class Comm;
 class Device;
@@ -39,6 +43,12 @@ backends::ExecutorOptions executor_options(const RunArgs& args);
 // ("no CUDA device: ..." without a GPU, or a build without CUDA and NCCL).
 int run_ranks(const RunArgs& args, int64_t world,
               const std::function<int(backends::Comm& world, backends::Device& device)>& body, std::ostream& err);
+
+// Throws Error, with the sizes, when the host buffers of layout's ranks that this machine holds
+// (every rank when the ranks are local CPU ranks, this one rank under an outside launcher; plus
+// the single-device reference with --verify) exceed its physical memory. Called before any
+// rank starts, so an impossible shape is refused instead of failing with bad_alloc.
+void check_host_memory(const RunArgs& args, const Layout& layout);
 
 // The Gloo launch of these flags. With --backend nccl it throws Error: NCCL ranks start
 // through run_ranks() above, and a caller of this function would silently start Gloo ones.
