@@ -240,6 +240,12 @@ const std::string& Store::path() const { return conn_->path(); }
 
 void Store::record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows) {
   if (rows.empty()) return;
+  for (const MeasurementRow& row : rows)  // what readers refuse is never written
+    if (row.candidate.ulysses < 1 || row.candidate.ring < 1 ||
+        row.candidate.ulysses * row.candidate.ring != fp.cluster.world || !std::isfinite(row.median_s) ||
+        row.median_s <= 0)
+      throw Error("measurement of " + to_string(row.candidate) + " (median " + std::to_string(row.median_s) +
+                  " s) does not fit world " + std::to_string(fp.cluster.world) + " or is not a positive time");
   if (!writer_) writer_ = std::make_unique<Writer>(*conn_);
   Writer& w = *writer_;
   Transaction tx(*conn_, Transaction::Kind::write);
