@@ -511,6 +511,12 @@ TEST(BadInput, SmallerGapsAreClosed) {
   expect_refused("layout --world 2 --heads 4 --seq 256 stray", "unexpected argument 'stray'");
   expect_refused("layout --world 2 --heads 4 --seq 256 --ranks-per-node 3", "--ranks-per-node 3");
   expect_refused("simulate --world 2 --heads 4 --seq 256 --top 0", "--top 0");
+  std::ofstream(dir.file("plain")) << "x";
+  const auto file_store = testing::run_command("RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 timeout 60 " + std::string(CPTUNE_BINARY) +
+                                               " run --world 1 --heads 4 --seq 256 --rendezvous file://" +
+                                               dir.file("plain"));
+  EXPECT_EQ(file_store.exit_code, 2) << file_store.output;
+  EXPECT_NE(file_store.output.find("is a file, not a directory"), std::string::npos) << file_store.output;
 }
 
 }  // namespace
