@@ -47,14 +47,15 @@ bool holder_alive(const ProcessIdentity& holder) {
   return start && *start == holder.start_time;
 }
 
-TuneLease::TuneLease(Store& store, const Fingerprint& fp, bool wait, std::chrono::milliseconds poll)
-    : store_(store), fp_(fp), self_(this_process()) {
+TuneLease::TuneLease(const std::string& db_path, const Fingerprint& fp, bool wait, std::chrono::milliseconds poll)
+    : db_path_(db_path), fp_(fp), self_(this_process()) {
+  Store store = Store::open(db_path_);
   for (;;) {
-    const std::optional<ProcessIdentity> holder = store_.take_lease(fp_, self_);
+    const std::optional<ProcessIdentity> holder = store.take_lease(fp_, self_);
     if (!holder) return;
     if (!wait)
       throw Error("another tune (pid " + std::to_string(holder->pid) + " on " + holder->host + ", since " +
-                  holder->acquired_at + ") is measuring " + describe(fp_) + " into '" + store_.path() +
+                  holder->acquired_at + ") is measuring " + describe(fp_) + " into '" + db_path_ +
                   "'; wait for it (--wait), or stop it; a lease whose holder has died is taken over");
     std::this_thread::sleep_for(poll);
   }
@@ -62,7 +63,7 @@ TuneLease::TuneLease(Store& store, const Fingerprint& fp, bool wait, std::chrono
 
 TuneLease::~TuneLease() {
   try {
-    store_.release_lease(fp_, self_);
+    Store::open(db_path_).release_lease(fp_, self_);
   } catch (const std::exception&) {
     // The database went away or is locked: the lease stays, and the next tuner finds its holder dead.
   }

@@ -34,18 +34,20 @@ std::optional<int64_t> process_start_time(int64_t pid);
 bool holder_alive(const ProcessIdentity& holder);
 
 // Holds the lease for its lifetime; released by the destructor (a clean exit or an error).
+// The lease is a row, not a lock: no connection stays open while it is held, so the tuner can
+// fork its ranks without carrying an open SQLite connection into them.
 class TuneLease {
  public:
-  // Takes the lease on fp in store, or takes over a dead holder's. A live holder: throws Error
-  // naming it, or with `wait`, polls until it is released or dies.
-  TuneLease(Store& store, const Fingerprint& fp, bool wait,
+  // Takes the lease on fp in the database at db_path, or takes over a dead holder's. A live
+  // holder: throws Error naming it, or with `wait`, polls until it is released or dies.
+  TuneLease(const std::string& db_path, const Fingerprint& fp, bool wait,
             std::chrono::milliseconds poll = std::chrono::milliseconds(200));
   ~TuneLease();
   TuneLease(const TuneLease&) = delete;
   TuneLease& operator=(const TuneLease&) = delete;
 
  private:
-  Store& store_;
+  std::string db_path_;
   Fingerprint fp_;
   ProcessIdentity self_;
 };

@@ -159,9 +159,9 @@ int cmd_tune(const Args& args) {
   options.executor.verify = !no_verify;
   options.predict.metadata = options.executor.metadata;  // rank candidates with the channel they run with
   options.fingerprint = local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
-  db::Store store = db::Store::open(db_path);  // a bad path or file fails here, before any rank starts
-  // One tuner per database and cluster: a second would measure every missing shape again.
-  const db::TuneLease lease(store, options.fingerprint, wait);
+  // A bad path or file fails here, before any rank starts. One tuner per database and cluster:
+  // a second would measure every missing shape again.
+  const db::TuneLease lease(db_path, options.fingerprint, wait);
 
   return run_ranks(run, cluster.world, [&](backends::Comm& world, backends::Device& device) {
     options.executor.device = &device;
