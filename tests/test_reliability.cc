@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/error.h"
 #include "db/cptune_lookup.h"
 #include "db/lease.h"
 #include "db/sqlite.h"
@@ -440,9 +441,22 @@ TEST_F(DamagedDatabase, ASoundDatabasePassesCheck) {
   EXPECT_NE(r.output.find(": ok"), std::string::npos) << r.output;
 }
 
+TEST_F(DamagedDatabase, AReaderLeavesNoWalOrShmFilesBehind) {
+  ASSERT_FALSE(std::filesystem::exists(db_ + "-wal"));
+  const auto r = cptune_cli("lookup --db " + db_ + " --world 2 --seq 256 --heads 4 --head-dim 16");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(db_ + "-wal"));
+  EXPECT_FALSE(std::filesystem::exists(db_ + "-shm"));
+  EXPECT_EQ(cptune_cli("db show --db " + db_).exit_code, 0);
+  EXPECT_FALSE(std::filesystem::exists(db_ + "-wal"));
+  db::Connection reader(db_, db::OpenMode::read_only);
+  EXPECT_THROW(reader.exec("DELETE FROM measurements"), Error) << "a reader still cannot write";
+}
+
 TEST_F(DamagedDatabase, DegreesThatAreNotTheWorldAreRefused) {
   damage("UPDATE candidates SET ulysses = 0, ring = -7 - id");
-  expect_every_reader_refuses("table candidates row");
+  expect_every_reader_refuses("candidates");
+  expect_refused("lookup --db " + db_ + " --world 2 --seq 256 --heads 4 --head-dim 16", "table candidates row");
 }
 
 TEST_F(DamagedDatabase, AnInfiniteMedianIsRefused) {
