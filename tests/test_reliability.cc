@@ -505,6 +505,19 @@ TEST(ShapesFile, DuplicatesAreMeasuredOnceAndAByteOrderMarkIsAccepted) {
   EXPECT_EQ(shapes[1].seq_lens, std::vector<int64_t>{512});
 }
 
+// Found by tests/fuzz/fuzz_shapes_csv: a column named twice made a row read past its cells.
+TEST(ShapesFile, AColumnNamedTwiceIsRefused) {
+  TempDir dir;
+  const std::string path = dir.file("shapes.csv");
+  std::ofstream(path) << "seq,seq,heads\n7,8\n";
+  try {
+    cli::read_shapes_file(path);
+    ADD_FAILURE() << "a header naming seq twice was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("column 'seq' is named twice"), std::string::npos) << e.what();
+  }
+}
+
 TEST(BadInput, ImpossibleSizesAreRefusedBeforeAnyRankStarts) {
   expect_refused("run --world 2 --seq 1M --heads 4096", "GiB of host memory");
   expect_refused("tune --db /tmp/cptune_never_written.db --world 2 --seq 1M --heads 4096", "GiB of host memory");

@@ -118,10 +118,12 @@ void check_host_memory(const RunArgs& a, const Layout& layout) {
   if (pages <= 0 || page_size <= 0) return;  // unknown: let the allocation decide
   const double gib = double(1 << 30);
   const double have = double(pages) * double(page_size);
+  std::string shape = to_string(s);  // a packed batch of many sequences is quoted in part
+  if (shape.size() > 200) shape = shape.substr(0, 200) + "...";
   if (double(need) > have)
     throw Error(fmt::format("{} needs about {:.1f} GiB of host memory ({} rank(s) on this machine{}), but this machine "
                             "has {:.1f} GiB; use a shorter sequence, fewer heads or more machines",
-                            to_string(s), double(need) / gib, local ? layout.world() : 1,
+                            shape, double(need) / gib, local ? layout.world() : 1,
                             a.verify ? ", plus the --verify reference" : "", have / gib));
 }
 

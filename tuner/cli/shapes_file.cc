@@ -67,7 +67,8 @@ std::vector<AttentionShape> read_shapes_file(const std::string& path) {
         if (std::find(kColumns.begin(), kColumns.end(), cells[i]) == kColumns.end())
           throw Error(where + ": unknown column '" + cells[i] + "'; columns are seq, heads, kv_heads, head_dim, "
                       "v_head_dim, dtype, mask, batch");
-        column[cells[i]] = i;
+        if (!column.emplace(cells[i], i).second)  // else a row's cell count would not match the map's
+          throw Error(where + ": column '" + cells[i] + "' is named twice");
       }
       if (!column.count("seq") || !column.count("heads"))
         throw Error(where + ": the header row must name at least the columns seq and heads");
