@@ -11,6 +11,9 @@ JOBS=${JOBS:-2}
 LIMIT=${LIMIT:-1800}
 TESTS=${TESTS:-'RanksDie|TuneLease|CAbiCodes|DamagedDatabase|BadInput|ShapesFile|Store|Lookup|PythonClient|Cli|Layout'}
 TARGETS=${TARGETS:-"cptune test_reliability test_store test_lookup test_lookup_python test_cli test_layout"}
+# Left out: the C program built against the installed library is compiled without the sanitizer
+# runtime the library needs.
+EXCLUDE=${EXCLUDE:-'InstalledLookup.ACProgramBuilds'}
 launcher=""
 command -v ccache >/dev/null && launcher="-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCPTUNE_WITH_CUDA=OFF \
@@ -21,4 +24,4 @@ cmake --build "$BUILD" -j"$JOBS" --target $TARGETS
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
 cd "$BUILD"
-timeout "$LIMIT" ctest -j"$JOBS" -R "$TESTS" --timeout 600 --output-on-failure
+timeout "$LIMIT" ctest -j"$JOBS" -R "$TESTS" -E "$EXCLUDE" --timeout 600 --output-on-failure
