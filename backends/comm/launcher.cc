@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -152,7 +153,9 @@ int launch_local(const LocalLaunchOptions& options, const std::function<int(int)
 
   const int stop_signal = g_stop_signal;
   if (stop_signal != 0) {
-    // Stopped from outside: every rank got the signal; report that once, not per rank.
+    // Stopped from outside: every rank got the signal; report that once, not per rank. Any
+    // rank left (the loop may have ended on the failure grace first) is killed, not waited for.
+    if (std::any_of(children.begin(), children.end(), [](const Child& c) { return !c.status; })) kill(-group, SIGKILL);
     for (Child& c : children)
       if (!c.status) waitpid(c.pid, nullptr, 0);
     err << "stopped by signal " << stop_signal << " (" << strsignal(stop_signal) << "); the ranks were stopped too\n";
