@@ -120,7 +120,8 @@ class RowReader {
   int64_t count(int col, const char* name, int64_t max = INT64_MAX) const {
     if (st_.column_type(col) != Statement::Type::integer) fail(std::string("column ") + name + " is not an integer");
     const int64_t v = st_.column_int(col);
-    if (v < 1 || v > max) fail(std::string("column ") + name + " is " + std::to_string(v) + ", outside 1.." + std::to_string(max));
+    if (v < 1 || v > max)
+      fail(std::string("column ") + name + " is " + std::to_string(v) + ", outside 1.." + std::to_string(max));
     return v;
   }
   double seconds(int col, const char* name) const {
@@ -128,7 +129,8 @@ class RowReader {
     if (type != Statement::Type::real && type != Statement::Type::integer)
       fail(std::string("column ") + name + " is not a number");
     const double v = st_.column_double(col);
-    if (!std::isfinite(v) || v <= 0) fail(std::string("column ") + name + " is " + std::to_string(v) + ", not a positive time");
+    if (!std::isfinite(v) || v <= 0)
+      fail(std::string("column ") + name + " is " + std::to_string(v) + ", not a positive time");
     return v;
   }
   std::optional<double> optional_number(int col, const char* name) const {
@@ -151,7 +153,8 @@ class RowReader {
     try {
       return parse(value);
     } catch (const Error& e) {
-      fail(std::string("column ") + name + ": " + e.what());
+      const std::string what = e.what();  // it may quote the whole value: a part is enough
+      fail(std::string("column ") + name + ": " + (what.size() <= 300 ? what : what.substr(0, 300) + "..."));
     }
   }
   [[noreturn]] void fail(const std::string& why) const {
@@ -299,7 +302,8 @@ std::optional<ProcessIdentity> Store::take_lease(const Fingerprint& fp, const Pr
 }
 
 void Store::release_lease(const Fingerprint& fp, const ProcessIdentity& self) {
-  Statement drop(*conn_, "DELETE FROM tune_leases WHERE fingerprint = ?1 AND host = ?2 AND pid = ?3 AND start_time = ?4");
+  Statement drop(*conn_,
+                 "DELETE FROM tune_leases WHERE fingerprint = ?1 AND host = ?2 AND pid = ?3 AND start_time = ?4");
   drop.bind(1, lease_key(fp)).bind(2, self.host).bind(3, self.pid).bind(4, self.start_time);
   drop.run();
 }
