@@ -25,6 +25,8 @@
 #include "db/sqlite.h"
 #include "db/store.h"
 #include "tests/command.h"
+#include "core/layout.h"
+#include "tuner/cli/run_options.h"
 #include "tuner/cli/shapes_file.h"
 #include "tests/temp_dir.h"
 
@@ -522,11 +524,33 @@ TEST(ShapesFile, AColumnNamedTwiceIsRefused) {
 
 TEST(BadInput, ImpossibleSizesAreRefusedBeforeAnyRankStarts) {
   expect_refused("run --world 2 --seq 1M --heads 4096", "GiB of host memory");
-  expect_refused("tune --db /tmp/cptune_never_written.db --world 2 --seq 1M --heads 4096", "GiB of host memory");
+  expect_refused("tune --db /tmp/cptune_never_written.db --world 2 --seq 1M --heads 4096", "no candidate layout fits");
+  EXPECT_FALSE(std::filesystem::exists("/tmp/cptune_never_written.db")) << "refused before the database is touched";
   expect_refused("run --world 2 --seq 4096 --heads 100000000", "query heads 100000000");
   expect_refused("tune --db /tmp/cptune_never_written.db --world 2 --seq 256 --heads 100000000",
                  "query heads 100000000");
   EXPECT_FALSE(std::filesystem::exists("/tmp/cptune_never_written.db-wal"));
+}
+
+// The tuner allocates every candidate of a shape at once (interleaved measurement): a shape
+// whose layouts fit one at a time but not together is refused, not left to the OOM killer.
+TEST(HostMemory, CandidatesMeasuredTogetherAreCountedTogether) {
+  const double have = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  const Cluster cluster{2, 2};
+  const cli::RunArgs local;  // gloo, local ranks
+  for (int64_t seq = 1024; seq <= kMaxTokens; seq *= 2) {
+    const Layout layout = Layout::build(
+        {AttentionShape{1, {seq}, 8, 8, 64, 64, DType::fp32, {}}, cluster, resolve({Strategy::ring}, cluster)});
+    double need = 0;
+    for (const RankLayout& rank : layout.ranks()) need += double(rank.peak_bytes);
+    if (need <= have / 2) continue;
+    if (need > have) GTEST_SKIP() << "no sequence length lands between half and all of this machine's memory";
+    EXPECT_NO_THROW(cli::check_host_memory(local, {&layout, 1}, false));
+    const std::vector<Layout> together{layout, layout};
+    EXPECT_THROW(cli::check_host_memory(local, together, false), Error);
+    return;
+  }
+  FAIL() << "no shape reached half of this machine's memory";
 }
 
 TEST(BadInput, SmallerGapsAreClosed) {

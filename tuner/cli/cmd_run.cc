@@ -75,7 +75,7 @@ int cmd_run(const Args& args) {
     return 0;
   const Layout layout = Layout::build(to_spec(shape, mesh, choice));
   backends::ExecutorOptions options = executor_options(run);
-  check_host_memory(run, layout);
+  check_host_memory(run, {&layout, 1}, run.verify);
   return run_ranks(run, layout.world(), [&](backends::Comm& world, backends::Device& device) {
     options.device = &device;
     const backends::RunResult result = backends::execute(layout, world, options);

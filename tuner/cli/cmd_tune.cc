@@ -11,6 +11,7 @@
 #include "core/layout.h"
 #include "db/lease.h"
 #include "db/store.h"
+#include "sim/candidates.h"
 #include "sim/hardware.h"
 #include "tuner/cli/commands.h"
 #include "tuner/fingerprint.h"
@@ -138,16 +139,6 @@ int cmd_tune(const Args& args) {
   }
   reject_layout_flags(mesh, "tune");
   const Cluster cluster = to_cluster(mesh);
-  // Refuse a shape that cannot run on this world at all before starting any rank (ring lays
-  // out any head count, so its refusal is the shape's fault).
-  for (size_t i = 0; i < shapes.size(); ++i) {
-    try {
-      check_host_memory(run, Layout::build({shapes[i], cluster, resolve({Strategy::ring}, cluster)}));
-    } catch (const Error& e) {
-      throw Error((shapes_path.empty() ? std::string("shape") : "shape " + std::to_string(i + 1) + " of " + shapes_path) +
-                  ": " + e.what());
-    }
-  }
   tuner::TuneOptions options;
   options.db_path = db_path;
   options.hardware = sim::load_hardware(hardware);
@@ -159,6 +150,26 @@ int cmd_tune(const Args& args) {
   options.executor.verify = !no_verify;
   options.predict.metadata = options.executor.metadata;  // rank candidates with the channel they run with
   options.fingerprint = local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
+  // Refuse a shape that cannot run on this world at all before starting any rank (ring lays
+  // out any head count, so its refusal is the shape's fault), or whose candidates, measured
+  // together, do not fit this machine's memory.
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    try {
+      Layout::build({shapes[i], cluster, resolve({Strategy::ring}, cluster)});
+      const sim::Ranking ranking = sim::rank_candidates(shapes[i], cluster, options.hardware, options.predict);
+      std::vector<Layout> measured;
+      for (size_t c : tuner::select_candidates(ranking, top_k, exhaustive))
+        measured.push_back(Layout::build({shapes[i], cluster, ranking.candidates[c].candidate}));
+      if (measured.empty())
+        throw Error(fmt::format("no candidate layout fits: the simulator predicts each one exceeds the {:.1f} GiB "
+                                "per rank of --hardware {}; use a shorter sequence, fewer heads or more ranks",
+                                double(options.hardware.device_memory_bytes) / double(1 << 30), hardware));
+      check_host_memory(run, measured, options.executor.verify);
+    } catch (const Error& e) {
+      throw Error((shapes_path.empty() ? std::string("shape") : "shape " + std::to_string(i + 1) + " of " + shapes_path) +
+                  ": " + e.what());
+    }
+  }
   // A bad path or file fails here, before any rank starts. One tuner per database and cluster:
   // a second would measure every missing shape again.
   const db::TuneLease lease(db_path, options.fingerprint, wait);
