@@ -163,10 +163,15 @@ fs::path presets_beside(const fs::path& file) {
 std::vector<fs::path> preset_dirs() {
   std::vector<fs::path> dirs;
   if (const char* env = std::getenv("CPTUNE_HARDWARE_DIR"); env && *env) dirs.emplace_back(env);
+  // dladdr names a library by the path it was loaded with (relative ones against the working
+  // directory), and the main program by its argv[0]: that one is found through /proc instead.
   Dl_info info{};
-  const bool in_library =
-      dladdr(reinterpret_cast<void*>(&presets_beside), &info) && info.dli_fname && info.dli_fname[0] == '/';
-  dirs.push_back(presets_beside(in_library ? info.dli_fname : "/proc/self/exe"));  // the main program has no path
+  fs::path self = "/proc/self/exe";
+  std::error_code ec;
+  if (dladdr(reinterpret_cast<void*>(&presets_beside), &info) && info.dli_fname && *info.dli_fname &&
+      fs::exists(info.dli_fname, ec) && !fs::equivalent(info.dli_fname, self, ec))
+    self = info.dli_fname;
+  dirs.push_back(presets_beside(self));
   dirs.emplace_back(CPTUNE_INSTALLED_HARDWARE_DIR);
   std::erase(dirs, fs::path());
   return dirs;

@@ -359,9 +359,16 @@ TEST_F(CAbiCodes, AnInstalledLibraryFindsOnlyInstalledPresets) {
   for (const auto& entry : std::filesystem::recursive_directory_iterator(prefix))
     if (entry.path().filename() == "libcptune_lookup.so") library = entry.path();
   ASSERT_FALSE(library.empty()) << install.output;
-  // The library's own code is bound inside it (version script), so this program's static copy
-  // of the same functions cannot stand in for it.
-  void* handle = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
+  // Loaded by a relative path, as ctypes.CDLL("./libcptune_lookup.so") does. The library's own
+  // code is bound inside it (version script), so this program's static copy of the same
+  // functions cannot stand in for it.
+  const std::filesystem::path cwd = std::filesystem::current_path();
+  std::filesystem::current_path(std::filesystem::path(library).parent_path());
+  struct RestoreCwd {
+    std::filesystem::path path;
+    ~RestoreCwd() { std::filesystem::current_path(path); }
+  } restore{cwd};
+  void* handle = dlopen("./libcptune_lookup.so", RTLD_NOW | RTLD_LOCAL);
   ASSERT_NE(handle, nullptr) << dlerror();
   using OpenFn = int (*)(const char*, const cptune_fingerprint*, const char*, cptune_lookup**);
   using CloseFn = void (*)(cptune_lookup*);
