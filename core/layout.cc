@@ -44,8 +44,7 @@ void validate_shape(const AttentionShape& s, const Cluster& m) {
   require_positive(s.head_dim, "head dim");
   require_positive(s.v_head_dim, "value head dim");
   if (s.seq_lens.empty()) throw Error("no sequence length given: the shape's sequence list is empty");
-  if (s.seq_lens.size() > (1u << 20)) throw Error("more than 1048576 packed sequences");
-  if (m.world > (1 << 20)) throw Error("world " + to_string(m.world) + " exceeds the supported 1048576 ranks");
+  check_world_limit(m.world);
   if (s.q_heads % s.kv_heads != 0)
     throw Error(to_string(s.q_heads) + " query heads are not a multiple of " + to_string(s.kv_heads) +
                 " kv heads; GQA needs Hq % Hkv == 0");
@@ -57,6 +56,7 @@ void validate_shape(const AttentionShape& s, const Cluster& m) {
       throw Error("sequence length " + to_string(len) + " is smaller than world " + to_string(m.world) +
                   "; every rank needs at least one token of every sequence: use fewer ranks");
   }
+  check_limits(view_of(s));  // every size bounded: the 128-bit sums below cannot overflow
   // Bound every byte and FLOP count up front so the arithmetic below cannot overflow.
   __int128 tokens = 0, square = 0;
   for (int64_t len : s.seq_lens) {
@@ -66,9 +66,12 @@ void validate_shape(const AttentionShape& s, const Cluster& m) {
   }
   const __int128 width = static_cast<__int128>(s.q_heads) * (s.head_dim + s.v_head_dim) +
                          static_cast<__int128>(s.kv_heads) * (s.head_dim + s.v_head_dim);
-  const __int128 bytes = tokens * s.batch * width * 4 * 8;  // every buffer held, with headroom
-  const __int128 flops = square * s.batch * s.q_heads * 2 * (s.head_dim + s.v_head_dim);
-  if (bytes > INT64_MAX || flops > INT64_MAX || bytes < 0 || flops < 0)
+  __int128 bytes = 0, flops = 0;  // every buffer held, with headroom; FLOPs of the whole shape
+  const bool overflow =
+      __builtin_mul_overflow(tokens * s.batch, width * 4 * 8, &bytes) ||
+      __builtin_mul_overflow(square * s.batch, static_cast<__int128>(s.q_heads) * 2 * (s.head_dim + s.v_head_dim),
+                             &flops);
+  if (overflow || bytes > INT64_MAX || flops > INT64_MAX)
     throw Error("this shape's byte or FLOP counts overflow 64 bits (batch " + to_string(s.batch) + ", " +
                 to_string(static_cast<int64_t>(std::min<__int128>(tokens, INT64_MAX))) +
                 " tokens, head dims " + to_string(s.head_dim) + "/" + to_string(s.v_head_dim) +

@@ -103,6 +103,16 @@ std::string seq_lens_text(std::span<const int64_t> seq_lens) {
   return out;
 }
 
+namespace {
+
+// At most the first 100 characters of text, so a huge bad value makes a readable message.
+std::string excerpt(std::string_view text) {
+  if (text.size() <= 100) return std::string(text);
+  return std::string(text.substr(0, 100)) + "... (" + std::to_string(text.size()) + " characters)";
+}
+
+}  // namespace
+
 std::vector<int64_t> parse_seq_lens(std::string_view text) {
   std::vector<int64_t> lens;
   const char* p = text.data();
@@ -111,19 +121,50 @@ std::vector<int64_t> parse_seq_lens(std::string_view text) {
     int64_t len = 0;
     auto [next, ec] = std::from_chars(p, end, len);
     if (ec != std::errc() || len <= 0 || (next != end && *next != ','))
-      throw Error("bad sequence lengths '" + std::string(text) + "'; expected positive token counts separated by commas");
+      throw Error("bad sequence lengths '" + excerpt(text) + "'; expected positive token counts separated by commas");
     lens.push_back(len);
     p = next == end ? end : next + 1;
   }
   if (lens.empty() || text.back() == ',')
-    throw Error("bad sequence lengths '" + std::string(text) + "'; expected e.g. 77,4097");
+    throw Error("bad sequence lengths '" + excerpt(text) + "'; expected e.g. 77,4097");
   return lens;
 }
 
 int64_t sum_tokens(std::span<const int64_t> seq_lens) {
   int64_t n = 0;
-  for (int64_t l : seq_lens) n += l;
+  for (int64_t l : seq_lens)
+    if (__builtin_add_overflow(n, l, &n))
+      throw Error("the sequence lengths add up to more than 2^63 tokens; at most " + std::to_string(kMaxTokens) +
+                  " tokens per sample are supported");
   return n;
+}
+
+namespace {
+
+void check_range(int64_t value, int64_t limit, const char* what) {
+  if (value < 1 || value > limit)
+    throw Error(std::string(what) + " " + std::to_string(value) + " is outside the supported 1.." +
+                std::to_string(limit));
+}
+
+}  // namespace
+
+void check_world_limit(int64_t world) { check_range(world, kMaxWorld, "world"); }
+
+void check_limits(const ShapeView& s) {
+  check_range(s.batch, kMaxBatch, "batch");
+  check_range(s.q_heads, kMaxHeads, "query heads");
+  check_range(s.kv_heads, kMaxHeads, "kv heads");
+  check_range(s.head_dim, kMaxHeadDim, "head dim");
+  check_range(s.v_head_dim, kMaxHeadDim, "value head dim");
+  check_range(int64_t(s.seq_lens.size()), kMaxSequences, "number of packed sequences");
+  int64_t total = 0;  // each length <= 2^40 and at most 2^20 of them: no overflow
+  for (int64_t len : s.seq_lens) {
+    check_range(len, kMaxTokens, "sequence length");
+    total += len;
+  }
+  check_range(total, kMaxTokens, "total tokens per sample");
+  if (s.mask.kind == MaskKind::sliding_window) check_range(s.mask.window, kMaxTokens, "sliding window");
 }
 
 std::string to_string(const AttentionShape& k) {

@@ -63,10 +63,20 @@ std::string to_string(const Mask& m);  // "full", "causal", "sliding:4096"
 Mask parse_mask(std::string_view s);   // accepts the same, and "sliding-window:W"
 
 // Sequence lists as every layer spells them: "77,4097". parse throws Error naming the text
-// (empty, not a number, a length below 1); sum_tokens adds them up.
+// (empty, not a number, a length below 1); sum_tokens adds them up (Error if the sum leaves
+// 64 bits).
 std::string seq_lens_text(std::span<const int64_t> seq_lens);
 std::vector<int64_t> parse_seq_lens(std::string_view text);
 int64_t sum_tokens(std::span<const int64_t> seq_lens);
+
+// The largest shape and cluster cptune models (README "Limits"). Every byte and FLOP count of
+// a shape within them fits in 64 bits; anything larger is refused with Error, never wrapped.
+inline constexpr int64_t kMaxWorld = int64_t(1) << 20;      // ranks
+inline constexpr int64_t kMaxTokens = int64_t(1) << 40;     // per sample, packed sequences together; sliding window
+inline constexpr int64_t kMaxSequences = int64_t(1) << 20;  // packed sequences per sample
+inline constexpr int64_t kMaxBatch = int64_t(1) << 20;
+inline constexpr int64_t kMaxHeads = int64_t(1) << 20;      // query heads and kv heads
+inline constexpr int64_t kMaxHeadDim = int64_t(1) << 16;    // D and Dv
 
 // One attention call. seq_lens has one entry for a plain batch; several for a packed (varlen)
 // batch of independent sequences, each split over the ranks on its own (cu_seqlens semantics:
@@ -102,6 +112,10 @@ struct ShapeView {
 
   int64_t total_tokens() const { return sum_tokens(seq_lens); }
 };
+// Throws Error naming the first size of shape (or world) outside [1, its limit above], or a
+// sum of sequence lengths beyond kMaxTokens. kv_heads and v_head_dim must be set (not 0).
+void check_limits(const ShapeView& shape);
+void check_world_limit(int64_t world);
 ShapeView view_of(const AttentionShape& shape);
 AttentionShape shape_of(const ShapeView& view);
 bool same_shape(const ShapeView& a, const ShapeView& b);

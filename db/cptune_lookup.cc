@@ -75,6 +75,10 @@ cptune::db::Fingerprint to_fingerprint(const cptune_fingerprint& fp) {
   if (!fp.backend || !fp.device_model) throw cptune::Error("fingerprint backend and device_model must not be NULL");
   if (fp.world < 1 || fp.ranks_per_node < 1 || fp.nodes < 1)
     throw cptune::Error("fingerprint world, ranks_per_node and nodes must be at least 1");
+  cptune::check_world_limit(fp.world);
+  if (fp.ranks_per_node > cptune::kMaxWorld)
+    throw cptune::Error("fingerprint ranks_per_node " + std::to_string(fp.ranks_per_node) + " exceeds " +
+                        std::to_string(cptune::kMaxWorld));
   const cptune::Cluster cluster{fp.world, fp.ranks_per_node};
   if (fp.nodes != cluster.nodes())
     throw cptune::Error("fingerprint nodes " + std::to_string(fp.nodes) + " do not match world " +
@@ -100,6 +104,10 @@ ShapeView to_view(const cptune_shape& s) {
   v.v_head_dim = s.v_head_dim ? s.v_head_dim : s.head_dim;
   v.dtype = s.dtype ? cptune::parse_dtype(s.dtype) : cptune::DType::bf16;
   v.mask = s.mask ? cptune::parse_mask(s.mask) : cptune::Mask{};
+  cptune::check_limits(v);
+  if (v.q_heads % v.kv_heads != 0)
+    throw cptune::Error("shape q_heads " + std::to_string(v.q_heads) + " is not a multiple of kv_heads " +
+                        std::to_string(v.kv_heads));
   return v;
 }
 

@@ -77,6 +77,16 @@ FROM (SELECT fingerprint_id, shape_id, candidate_id, id AS measurement_id, min(m
 JOIN shapes AS s ON s.id = w.shape_id
 JOIN candidates AS c ON c.id = w.candidate_id;
 )sql",
+    // 1 -> 2: one tuner per (database, fingerprint) at a time (db/lease.h).
+    R"sql(
+CREATE TABLE tune_leases (
+  fingerprint TEXT PRIMARY KEY,   -- the fingerprint's fields, one key (db/store.cc lease_key)
+  host TEXT NOT NULL,
+  pid INTEGER NOT NULL,
+  start_time INTEGER NOT NULL,    -- of pid, from /proc/<pid>/stat: a reused pid is another process
+  acquired_at TEXT NOT NULL
+);
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion);
 
@@ -116,6 +126,28 @@ void check_header(const Connection& conn, const Header& h) {
     throw Error("database '" + path + "' was written by a newer cptune (schema version " +
                 std::to_string(h.user_version) + "; this cptune knows up to " + std::to_string(kSchemaVersion) +
                 "); use that cptune or a new file name");
+}
+
+// The tables and views a schema version has: one missing (dropped by hand, or a damaged file)
+// would otherwise read as "no rows" and make a tuner skip or a reader answer nothing.
+void check_schema_objects(const Connection& conn, int64_t version) {
+  struct Object {
+    const char* type;
+    const char* name;
+    int64_t since;  // the schema version that added it
+  };
+  constexpr Object kObjects[] = {{"table", "fingerprints", 1}, {"table", "shapes", 1},     {"table", "candidates", 1},
+                                 {"table", "measurements", 1}, {"view", "best", 1},       {"table", "tune_leases", 2}};
+  Statement st(conn, "SELECT count(*) FROM sqlite_schema WHERE type = ?1 AND name = ?2");
+  for (const Object& o : kObjects) {
+    if (o.since > version) continue;
+    st.bind(1, std::string_view(o.type)).bind(2, std::string_view(o.name));
+    const bool present = st.step() && st.column_int(0) == 1;
+    st.reset();
+    if (!present)
+      throw Error("database '" + conn.path() + "' is damaged: its " + o.type + " '" + o.name +
+                  "' is missing; restore it from a copy or tune again into a new file");
+  }
 }
 
 // Writers check every page once before they add to a file; readers find damage as they read.
@@ -163,6 +195,7 @@ void open_for_writing(const Connection& conn) {
   check_header(conn, read_header(conn));
   quick_check(conn);
   migrate(conn);
+  check_schema_objects(conn, kSchemaVersion);
   enable_wal(conn);
   // NORMAL in WAL keeps every committed shape when the process is killed (only a power cut
   // may lose the last commits), at a fraction of FULL's fsyncs.
@@ -176,9 +209,10 @@ void check_for_reading(const Connection& conn) {
   if (h.user_version == 0)
     throw Error("database '" + conn.path() + "' holds no cptune data yet; run 'cptune tune --db " + conn.path() +
                 "' first");
-  if (h.user_version < kSchemaVersion)
+  if (h.user_version < kOldestReadableVersion)
     throw Error("database '" + conn.path() + "' has the older schema version " + std::to_string(h.user_version) +
                 "; run 'cptune tune --db " + conn.path() + "' once to migrate it");
+  check_schema_objects(conn, h.user_version);
 }
 
 }  // namespace cptune::db

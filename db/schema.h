@@ -8,7 +8,9 @@ namespace cptune::db {
 
 class Connection;
 
-inline constexpr int kSchemaVersion = 1;
+inline constexpr int kSchemaVersion = 2;
+// Readers need only the tables of version 1 (version 2 added the tuners' leases).
+inline constexpr int kOldestReadableVersion = 1;
 inline constexpr int32_t kApplicationId = 0x43505455;  // "CPTU"
 
 // Writers: checks the file, then brings it to kSchemaVersion (an empty or new file gets the
@@ -16,7 +18,7 @@ inline constexpr int32_t kApplicationId = 0x43505455;  // "CPTU"
 // a database, is corrupt, belongs to another program, or comes from a newer cptune.
 void open_for_writing(const Connection& conn);
 
-// Readers: the same checks, read-only; the schema must already be kSchemaVersion.
+// Readers: the same checks, read-only; the schema must be kOldestReadableVersion or newer.
 void check_for_reading(const Connection& conn);
 
 }  // namespace cptune::db

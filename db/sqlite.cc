@@ -1,11 +1,14 @@
 #include "db/sqlite.h"
 
+#include <unistd.h>
+
 #include <sqlite3.h>
 
 #include <filesystem>
 #include <system_error>
 
 #include "core/error.h"
+#include "core/read_file.h"
 
 namespace cptune::db {
 namespace {
@@ -37,6 +40,12 @@ std::string hint_for(int rc, OpenMode mode) {
   }
 }
 
+// Whether this process may write the file and its folder (where SQLite puts -wal and -shm).
+bool may_write(const std::string& path) {
+  const std::filesystem::path folder = std::filesystem::path(path).parent_path();
+  return access(path.c_str(), W_OK) == 0 && access(folder.empty() ? "." : folder.c_str(), W_OK) == 0;
+}
+
 void require_existing_file(const std::string& path) {
   std::error_code ec;
   const auto status = std::filesystem::status(path, ec);
@@ -51,10 +60,16 @@ void require_existing_file(const std::string& path) {
 Connection::Connection(std::string path, OpenMode mode) : path_(std::move(path)), mode_(mode) {
   if (path_.empty()) throw Error("no database path given; pass --db FILE");
   if (mode == OpenMode::read_only) require_existing_file(path_);
-  if (std::filesystem::is_directory(path_)) throw Error("database '" + path_ + "' is a directory; pass a file name");
+  // A directory, FIFO or device is refused before SQLite opens it (a FIFO would block the open).
+  refuse_special_file(path_, "database");
   // NOMUTEX: a Connection is used by one thread at a time, so SQLite's per-call mutex is waste.
-  const int flags = SQLITE_OPEN_NOMUTEX |
-                    (mode == OpenMode::read_only ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE));
+  // A reader of a file it may write opens it read-write with query_only set: it still cannot
+  // change the database, and, as the last connection to close, it removes the -wal and -shm
+  // files that reading a WAL database creates (an SQLITE_OPEN_READONLY one would leave them).
+  const bool query_only = mode == OpenMode::read_only && may_write(path_);
+  const int flags = SQLITE_OPEN_NOMUTEX | (mode == OpenMode::read_write ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE
+                                           : query_only                 ? SQLITE_OPEN_READWRITE
+                                                                        : SQLITE_OPEN_READONLY);
   const int rc = sqlite3_open_v2(path_.c_str(), &db_, flags, nullptr);
   if (rc != SQLITE_OK) {
     const std::string message = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
@@ -65,6 +80,7 @@ Connection::Connection(std::string path, OpenMode mode) : path_(std::move(path))
   }
   sqlite3_extended_result_codes(db_, 1);
   sqlite3_busy_timeout(db_, kBusyTimeoutMs);
+  if (query_only) exec("PRAGMA query_only = ON");
 }
 
 Connection::~Connection() { sqlite3_close_v2(db_); }
@@ -142,6 +158,21 @@ void Statement::reset() {
 
 void Statement::run() {
   while (step()) {
+  }
+}
+
+Statement::Type Statement::column_type(int col) const {
+  switch (sqlite3_column_type(stmt_, col)) {
+    case SQLITE_INTEGER:
+      return Type::integer;
+    case SQLITE_FLOAT:
+      return Type::real;
+    case SQLITE_TEXT:
+      return Type::text;
+    case SQLITE_BLOB:
+      return Type::blob;
+    default:
+      return Type::null;
   }
 }
 

@@ -60,6 +60,8 @@ class Statement {
   void reset();  // ready to bind and step again; keeps nothing bound from before
   void run();    // steps a statement that returns no rows
 
+  enum class Type { integer, real, text, blob, null };
+  Type column_type(int col) const;  // the stored value's type (SQLite columns are not typed)
   int64_t column_int(int col) const;
   double column_double(int col) const;
   std::string column_text(int col) const;

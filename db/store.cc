@@ -1,9 +1,12 @@
 #include "db/store.h"
 
+#include <cmath>
+
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/layout_json.h"
+#include "db/lease.h"
 #include "db/schema.h"
 #include "db/sqlite.h"
 
@@ -58,6 +61,13 @@ void bind_candidate(Statement& st, const LayoutChoice& c) {
   st.bind(5, to_string(c.head_policy));
 }
 
+// The lease's key: every field of the fingerprint, separated by a character none of them holds.
+std::string lease_key(const Fingerprint& fp) {
+  const char sep = '\x1f';
+  return fp.backend + sep + fp.device_model + sep + std::to_string(fp.cluster.world) + sep +
+         std::to_string(fp.cluster.ranks_per_node) + sep + fp.library_versions + sep + fp.cptune_version;
+}
+
 std::optional<int64_t> select_id(Statement& select) {
   std::optional<int64_t> id;
   if (select.step()) id = select.column_int(0);
@@ -99,28 +109,99 @@ std::map<Phase, double> parse_phases(const std::string& text, int64_t measuremen
   }
 }
 
-// Columns batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask from col on.
-AttentionShape read_shape(const Statement& st, int col) {
+// Reads the columns of one stored row and refuses what cptune never writes: a value of the
+// wrong SQL type (text in a number column reads as 0 otherwise), a count below 1, a time that
+// is not finite and positive. A hand-edited or damaged row is named by table and id.
+class RowReader {
+ public:
+  RowReader(const Statement& st, const std::string& path, const char* table, int64_t id)
+      : st_(st), path_(path), table_(table), id_(id) {}
+
+  int64_t count(int col, const char* name, int64_t max = INT64_MAX) const {
+    if (st_.column_type(col) != Statement::Type::integer) fail(std::string("column ") + name + " is not an integer");
+    const int64_t v = st_.column_int(col);
+    if (v < 1 || v > max)
+      fail(std::string("column ") + name + " is " + std::to_string(v) + ", outside 1.." + std::to_string(max));
+    return v;
+  }
+  double seconds(int col, const char* name) const {
+    const Statement::Type type = st_.column_type(col);
+    if (type != Statement::Type::real && type != Statement::Type::integer)
+      fail(std::string("column ") + name + " is not a number");
+    const double v = st_.column_double(col);
+    if (!std::isfinite(v) || v <= 0)
+      fail(std::string("column ") + name + " is " + std::to_string(v) + ", not a positive time");
+    return v;
+  }
+  std::optional<double> optional_number(int col, const char* name) const {
+    const Statement::Type type = st_.column_type(col);
+    if (type == Statement::Type::null) return std::nullopt;
+    if (type != Statement::Type::real && type != Statement::Type::integer)
+      fail(std::string("column ") + name + " is not a number");
+    const double v = st_.column_double(col);
+    if (!std::isfinite(v) || v < 0) fail(std::string("column ") + name + " is " + std::to_string(v));
+    return v;
+  }
+  std::string text(int col, const char* name) const {
+    if (st_.column_type(col) != Statement::Type::text) fail(std::string("column ") + name + " is not text");
+    return st_.column_text(col);
+  }
+  // Runs parse (a core parser) on the column's text; its Error names the row.
+  template <typename Parse>
+  auto parsed(int col, const char* name, Parse parse) const {
+    const std::string value = text(col, name);
+    try {
+      return parse(value);
+    } catch (const Error& e) {
+      const std::string what = e.what();  // it may quote the whole value: a part is enough
+      fail(std::string("column ") + name + ": " + (what.size() <= 300 ? what : what.substr(0, 300) + "..."));
+    }
+  }
+  [[noreturn]] void fail(const std::string& why) const {
+    throw Error("database '" + path_ + "' is damaged: table " + table_ + " row " + std::to_string(id_) + ": " + why +
+                "; restore it from a copy or tune again into a new file ('cptune db check' tests the whole file)");
+  }
+
+ private:
+  const Statement& st_;
+  const std::string& path_;
+  const char* table_;
+  int64_t id_;
+};
+
+// Columns batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask from col on,
+// of the shapes row `row` reads.
+AttentionShape read_shape(const Statement& st, int col, const RowReader& row) {
   AttentionShape s;
-  s.batch = st.column_int(col);
-  s.seq_lens = parse_seq_lens(st.column_text(col + 1));
-  s.q_heads = st.column_int(col + 2);
-  s.kv_heads = st.column_int(col + 3);
-  s.head_dim = st.column_int(col + 4);
-  s.v_head_dim = st.column_int(col + 5);
-  s.dtype = parse_dtype(st.column_text(col + 6));
-  s.mask = parse_mask(st.column_text(col + 7));
+  s.batch = row.count(col, "batch", kMaxBatch);
+  s.seq_lens = row.parsed(col + 1, "seq_lens", [](const std::string& t) { return parse_seq_lens(t); });
+  s.q_heads = row.count(col + 2, "q_heads", kMaxHeads);
+  s.kv_heads = row.count(col + 3, "kv_heads", kMaxHeads);
+  s.head_dim = row.count(col + 4, "head_dim", kMaxHeadDim);
+  s.v_head_dim = row.count(col + 5, "v_head_dim", kMaxHeadDim);
+  s.dtype = row.parsed(col + 6, "dtype", [](const std::string& t) { return parse_dtype(t); });
+  s.mask = row.parsed(col + 7, "mask", [](const std::string& t) { return parse_mask(t); });
+  try {
+    check_limits(view_of(s));
+  } catch (const Error& e) {
+    row.fail(e.what());
+  }
+  if (s.q_heads % s.kv_heads != 0) row.fail("q_heads is not a multiple of kv_heads");
   return s;
 }
 
-// Columns strategy, ulysses, ring, rank_order, head_policy from col on.
-LayoutChoice read_candidate(const Statement& st, int col) {
+// Columns strategy, ulysses, ring, rank_order, head_policy from col on, of the candidates row
+// `row` reads; U x R must be the world of the fingerprint it was measured on.
+LayoutChoice read_candidate(const Statement& st, int col, const RowReader& row, int64_t world) {
   LayoutChoice c;
-  c.strategy = parse_strategy(st.column_text(col));
-  c.ulysses = st.column_int(col + 1);
-  c.ring = st.column_int(col + 2);
-  c.order = parse_rank_order(st.column_text(col + 3));
-  c.head_policy = parse_head_policy(st.column_text(col + 4));
+  c.strategy = row.parsed(col, "strategy", [](const std::string& t) { return parse_strategy(t); });
+  c.ulysses = row.count(col + 1, "ulysses", kMaxWorld);
+  c.ring = row.count(col + 2, "ring", kMaxWorld);
+  c.order = row.parsed(col + 3, "rank_order", [](const std::string& t) { return parse_rank_order(t); });
+  c.head_policy = row.parsed(col + 4, "head_policy", [](const std::string& t) { return parse_head_policy(t); });
+  if (c.ulysses * c.ring != world)
+    row.fail("ulysses " + std::to_string(c.ulysses) + " x ring " + std::to_string(c.ring) + " is not the world " +
+             std::to_string(world) + " it was measured on");
   return c;
 }
 
@@ -162,6 +243,12 @@ const std::string& Store::path() const { return conn_->path(); }
 
 void Store::record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows) {
   if (rows.empty()) return;
+  for (const MeasurementRow& row : rows)  // what readers refuse is never written
+    if (row.candidate.ulysses < 1 || row.candidate.ring < 1 ||
+        row.candidate.ulysses * row.candidate.ring != fp.cluster.world || !std::isfinite(row.median_s) ||
+        row.median_s <= 0)
+      throw Error("measurement of " + to_string(row.candidate) + " (median " + std::to_string(row.median_s) +
+                  " s) does not fit world " + std::to_string(fp.cluster.world) + " or is not a positive time");
   if (!writer_) writer_ = std::make_unique<Writer>(*conn_);
   Writer& w = *writer_;
   Transaction tx(*conn_, Transaction::Kind::write);
@@ -196,6 +283,39 @@ bool Store::has_shape(const Fingerprint& fp, const AttentionShape& shape) const 
   return any.step();
 }
 
+std::optional<ProcessIdentity> Store::take_lease(const Fingerprint& fp, const ProcessIdentity& self) {
+  Transaction tx(*conn_, Transaction::Kind::write);
+  Statement select(*conn_, "SELECT host, pid, start_time, acquired_at FROM tune_leases WHERE fingerprint = ?1");
+  select.bind(1, lease_key(fp));
+  if (select.step()) {
+    ProcessIdentity holder{select.column_text(0), select.column_int(1), select.column_int(2), select.column_text(3)};
+    if (holder == self) return std::nullopt;
+    if (holder_alive(holder)) return holder;
+  }
+  Statement take(*conn_,
+                 "INSERT OR REPLACE INTO tune_leases (fingerprint, host, pid, start_time, acquired_at) "
+                 "VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))");
+  take.bind(1, lease_key(fp)).bind(2, self.host).bind(3, self.pid).bind(4, self.start_time);
+  take.run();
+  tx.commit();
+  return std::nullopt;
+}
+
+void Store::release_lease(const Fingerprint& fp, const ProcessIdentity& self) {
+  Statement drop(*conn_,
+                 "DELETE FROM tune_leases WHERE fingerprint = ?1 AND host = ?2 AND pid = ?3 AND start_time = ?4");
+  drop.bind(1, lease_key(fp)).bind(2, self.host).bind(3, self.pid).bind(4, self.start_time);
+  drop.run();
+}
+
+std::vector<std::string> Store::integrity_problems() const {
+  Statement st(*conn_, "PRAGMA integrity_check");
+  std::vector<std::string> problems;
+  while (st.step())
+    if (std::string line = st.column_text(0); line != "ok") problems.push_back(std::move(line));
+  return problems;
+}
+
 std::vector<FingerprintSummary> Store::fingerprints() const {
   Statement st(*conn_,
                "SELECT f.id, f.backend, f.device_model, f.world, f.ranks_per_node, f.nodes, f.library_versions, "
@@ -206,9 +326,11 @@ std::vector<FingerprintSummary> Store::fingerprints() const {
   while (st.step()) {
     FingerprintSummary s;
     s.id = st.column_int(0);
+    const RowReader row(st, path(), "fingerprints", s.id);
     // nodes (column 5) is derived from world and ranks per node; the table keeps it for readers.
-    s.fingerprint = Fingerprint{st.column_text(1), st.column_text(2), Cluster{st.column_int(3), st.column_int(4)},
-                                st.column_text(6), st.column_text(7)};
+    s.fingerprint = Fingerprint{row.text(1, "backend"), row.text(2, "device_model"),
+                                Cluster{row.count(3, "world", kMaxWorld), row.count(4, "ranks_per_node", kMaxWorld)},
+                                row.text(6, "library_versions"), row.text(7, "cptune_version")};
     s.shapes = st.column_int(8);
     s.measurements = st.column_int(9);
     s.last_measured_at = st.column_text(10);
@@ -229,15 +351,20 @@ std::optional<int64_t> Store::match_fingerprint(const Fingerprint& fp) const {
 
 std::vector<BestRow> Store::best(std::optional<int64_t> fingerprint_id) const {
   constexpr const char* kColumns =
-      "SELECT fingerprint_id, batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask, "
-      "strategy, ulysses, ring, rank_order, head_policy, median_s, measurements FROM best ";
-  const std::string sql = std::string(kColumns) + (fingerprint_id ? "WHERE fingerprint_id = ?1" : "");
+      "SELECT b.fingerprint_id, batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask, "
+      "strategy, ulysses, ring, rank_order, head_policy, median_s, measurements, shape_id, candidate_id, "
+      "measurement_id, f.world FROM best AS b JOIN fingerprints AS f ON f.id = b.fingerprint_id ";
+  const std::string sql = std::string(kColumns) + (fingerprint_id ? "WHERE b.fingerprint_id = ?1" : "");
   Statement st(*conn_, sql.c_str());
   if (fingerprint_id) st.bind(1, *fingerprint_id);
   std::vector<BestRow> out;
-  while (st.step())
-    out.push_back(BestRow{st.column_int(0), read_shape(st, 1), read_candidate(st, 9), st.column_double(14),
-                          st.column_int(15)});
+  while (st.step()) {
+    const int64_t world = RowReader(st, path(), "fingerprints", st.column_int(0)).count(19, "world", kMaxWorld);
+    const AttentionShape shape = read_shape(st, 1, RowReader(st, path(), "shapes", st.column_int(16)));
+    const LayoutChoice candidate = read_candidate(st, 9, RowReader(st, path(), "candidates", st.column_int(17)), world);
+    const double median_s = RowReader(st, path(), "measurements", st.column_int(18)).seconds(14, "median_s");
+    out.push_back(BestRow{st.column_int(0), shape, candidate, median_s, st.column_int(15)});
+  }
   return out;
 }
 
@@ -246,25 +373,28 @@ std::vector<StoredMeasurement> Store::measurements() const {
                "SELECT m.id, m.fingerprint_id, s.batch, s.seq_lens, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, "
                "s.dtype, s.mask, c.strategy, c.ulysses, c.ring, c.rank_order, c.head_policy, m.median_s, m.min_s, "
                "m.max_s, m.iterations, m.phase_medians_s, m.verify_max_abs_error, m.predicted_s, m.profile, "
-               "m.measured_at FROM measurements AS m JOIN shapes AS s ON s.id = m.shape_id "
-               "JOIN candidates AS c ON c.id = m.candidate_id ORDER BY m.id");
+               "m.measured_at, s.id, c.id, f.world FROM measurements AS m JOIN shapes AS s ON s.id = m.shape_id "
+               "JOIN candidates AS c ON c.id = m.candidate_id JOIN fingerprints AS f ON f.id = m.fingerprint_id "
+               "ORDER BY m.id");
   std::vector<StoredMeasurement> out;
   while (st.step()) {
     StoredMeasurement sm;
     sm.id = st.column_int(0);
     sm.fingerprint_id = st.column_int(1);
-    sm.shape = read_shape(st, 2);
+    const RowReader row(st, path(), "measurements", sm.id);
+    const int64_t world = RowReader(st, path(), "fingerprints", sm.fingerprint_id).count(26, "world", kMaxWorld);
+    sm.shape = read_shape(st, 2, RowReader(st, path(), "shapes", st.column_int(24)));
     MeasurementRow& r = sm.row;
-    r.candidate = read_candidate(st, 10);
-    r.median_s = st.column_double(15);
-    r.min_s = st.column_double(16);
-    r.max_s = st.column_double(17);
-    r.iterations = st.column_int(18);
-    r.phase_medians_s = parse_phases(st.column_text(19), sm.id);
-    r.verify_max_abs_error = st.column_optional_double(20);
-    r.predicted_s = st.column_optional_double(21);
-    r.profile = st.column_text(22);
-    r.measured_at = st.column_text(23);
+    r.candidate = read_candidate(st, 10, RowReader(st, path(), "candidates", st.column_int(25)), world);
+    r.median_s = row.seconds(15, "median_s");
+    r.min_s = row.seconds(16, "min_s");
+    r.max_s = row.seconds(17, "max_s");
+    r.iterations = row.count(18, "iterations");
+    r.phase_medians_s = parse_phases(row.text(19, "phase_medians_s"), sm.id);
+    r.verify_max_abs_error = row.optional_number(20, "verify_max_abs_error");
+    r.predicted_s = row.optional_number(21, "predicted_s");
+    r.profile = row.text(22, "profile");
+    r.measured_at = row.text(23, "measured_at");
     out.push_back(std::move(sm));
   }
   return out;

@@ -14,6 +14,7 @@
 namespace cptune::db {
 
 class Connection;
+struct ProcessIdentity;
 
 struct FingerprintSummary {
   int64_t id = 0;
@@ -47,6 +48,16 @@ class Store {
   // An empty list records nothing, so has_shape stays false and a rerun measures the shape.
   void record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows);
   bool has_shape(const Fingerprint& fp, const AttentionShape& shape) const;
+
+  // The tune lease on fp (db/lease.h), in one write transaction: taken for self when free,
+  // held by self already, or held by a holder that is dead; otherwise the live holder is
+  // returned and nothing changes.
+  std::optional<ProcessIdentity> take_lease(const Fingerprint& fp, const ProcessIdentity& self);
+  // Drops the lease on fp if self holds it.
+  void release_lease(const Fingerprint& fp, const ProcessIdentity& self);
+
+  // Lines of PRAGMA integrity_check that are not "ok" (none for a sound file).
+  std::vector<std::string> integrity_problems() const;
 
   std::vector<FingerprintSummary> fingerprints() const;
   // The fingerprint the lookup uses for fp: the hardware fields (backend, device model, world,

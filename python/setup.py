@@ -38,6 +38,16 @@ class BuildPyWithLibrary(build_py):
         target = os.path.join(self.build_lib, "cptune", "libcptune_lookup.so")
         shutil.copyfile(os.path.realpath(library), target)
         print(f"cptune: bundled {library}")
+        # The hardware presets the simulated answer needs, where the library looks for them
+        # (hardware/ beside it): the build's copy (build/share/cptune/hardware), else the sources'.
+        build_presets = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(library))), "share", "cptune",
+                                     "hardware")
+        presets = sorted(glob.glob(os.path.join(build_presets, "*.json"))) or sorted(
+            glob.glob(os.path.join(HERE, "..", "sim", "hardware", "*.json")))
+        os.makedirs(os.path.join(self.build_lib, "cptune", "hardware"), exist_ok=True)
+        for preset in presets:
+            shutil.copyfile(preset, os.path.join(self.build_lib, "cptune", "hardware", os.path.basename(preset)))
+        print(f"cptune: bundled {len(presets)} hardware presets")
 
 
 setup(cmdclass={"build_py": BuildPyWithLibrary})

@@ -1,6 +1,9 @@
 #include "sim/hardware.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/read_file.h"
 
 namespace cptune::sim {
 namespace {
@@ -209,7 +213,38 @@ json source_lines(const std::string& text) {
   return lines;
 }
 
-std::vector<fs::path> preset_dirs() { return {CPTUNE_HARDWARE_DIR, CPTUNE_INSTALLED_HARDWARE_DIR}; }
+// share/cptune/hardware beside the bin/ or lib/ folder that holds `file`.
+fs::path presets_beside(const fs::path& file) {
+  std::error_code ec;
+  const fs::path resolved = fs::canonical(file, ec);
+  return ec ? fs::path() : resolved.parent_path().parent_path() / "share" / "cptune" / "hardware";
+}
+
+// Where presets are found, in order: $CPTUNE_HARDWARE_DIR; share/cptune/hardware beside the
+// library or program this code is linked into (libcptune_lookup.so, found with dladdr, or the
+// cptune program), which is the install prefix once installed and build/share/cptune/hardware
+// in the build tree (sim/CMakeLists.txt copies them there); hardware/ beside the library itself;
+// the configured install directory.
+// Never the source tree: an installed cptune reads only what was installed.
+std::vector<fs::path> preset_dirs() {
+  std::vector<fs::path> dirs;
+  if (const char* env = std::getenv("CPTUNE_HARDWARE_DIR"); env && *env) dirs.emplace_back(env);
+  // dladdr names a library by the path it was loaded with (relative ones against the working
+  // directory), and the main program by its argv[0]: that one is found through /proc instead.
+  Dl_info info{};
+  fs::path self = "/proc/self/exe";
+  std::error_code ec;
+  if (dladdr(reinterpret_cast<void*>(&presets_beside), &info) && info.dli_fname && *info.dli_fname &&
+      fs::exists(info.dli_fname, ec) && !fs::equivalent(info.dli_fname, self, ec))
+    self = info.dli_fname;
+  dirs.push_back(presets_beside(self));
+  // A bundle that keeps the library and its presets in one folder (the Python package:
+  // site-packages/cptune/libcptune_lookup.so and site-packages/cptune/hardware/).
+  if (const fs::path lib = fs::canonical(self, ec); !ec) dirs.push_back(lib.parent_path() / "hardware");
+  dirs.emplace_back(CPTUNE_INSTALLED_HARDWARE_DIR);
+  std::erase(dirs, fs::path());
+  return dirs;
+}
 
 bool looks_like_path(const std::string& s) {
   return s.find('/') != std::string::npos || (s.size() > 5 && s.substr(s.size() - 5) == ".json");
@@ -217,11 +252,10 @@ bool looks_like_path(const std::string& s) {
 
 Hardware load_file(const fs::path& path) {
   const std::string where = "hardware file " + path.string();
-  std::ifstream in(path);
-  if (!in) throw Error(where + ": cannot be read; check the path");
+  const std::string text = read_regular_file(path.string(), "hardware file");
   json doc;
   try {
-    doc = json::parse(in);
+    doc = json::parse(text);
   } catch (const json::exception& e) {
     throw Error(where + ": not valid JSON: " + e.what());
   }
@@ -369,11 +403,12 @@ std::vector<std::string> preset_names() {
 
 Hardware load_hardware(const std::string& name_or_path) {
   if (looks_like_path(name_or_path)) return load_file(name_or_path);
+  std::error_code ec;  // a name too long for a path is simply not a preset
   for (const fs::path& dir : preset_dirs()) {
     const fs::path file = dir / (name_or_path + ".json");
-    if (fs::exists(file)) return load_file(file);
+    if (fs::exists(file, ec)) return load_file(file);
   }
-  if (fs::exists(name_or_path)) return load_file(name_or_path);
+  if (fs::exists(name_or_path, ec)) return load_file(name_or_path);
   std::string presets;
   for (const std::string& n : preset_names()) presets += (presets.empty() ? "" : ", ") + n;
   throw Error(fmt::format("unknown hardware '{}'; use a preset ({}) or a path to a JSON file like sim/hardware/h100-sxm.json",

@@ -17,7 +17,10 @@
 namespace cptune::db {
 namespace {
 
-constexpr const char* kPython = "/usr/bin/python3 -B";  // -B: no __pycache__ in the source tree
+#ifndef CPTUNE_PYTHON_ENV
+#define CPTUNE_PYTHON_ENV ""  // tests/CMakeLists.txt: the ASan runtime preloaded under -DCPTUNE_SANITIZE
+#endif
+constexpr const char* kPython = CPTUNE_PYTHON_ENV "/usr/bin/python3 -B";  // -B: no __pycache__ in the source tree
 constexpr const char* kClient = CPTUNE_SOURCE_DIR "/scripts/cptune_lookup.py";
 constexpr const char* kLibrary = CPTUNE_BUILD_DIR "/db/libcptune_lookup.so";
 

@@ -75,12 +75,22 @@ MeasurementRow measurement(const LayoutChoice& c, double median_s) {
   return r;
 }
 
+// The candidate of world 4 moved to an even world: the store keeps U x R = world.
+LayoutChoice on_world(LayoutChoice c, int64_t world) {
+  if (c.ulysses == 2 && c.ring == 2) c.ring = world / 2;
+  else if (c.ulysses == 4) c.ulysses = world;
+  else c.ring = world;
+  return c;
+}
+
 // One measurement per candidate, medians drawn at random: the property tests' input.
-std::vector<MeasurementRow> random_rows(std::mt19937& rng, size_t count = candidates_for_world_4().size()) {
+std::vector<MeasurementRow> random_rows(std::mt19937& rng, size_t count = candidates_for_world_4().size(),
+                                        int64_t world = 4) {
   std::uniform_real_distribution<double> median(1e-4, 1e-1);
   std::vector<MeasurementRow> rows;
   const auto candidates = candidates_for_world_4();
-  for (size_t i = 0; i < count; ++i) rows.push_back(measurement(candidates[i % candidates.size()], median(rng)));
+  for (size_t i = 0; i < count; ++i)
+    rows.push_back(measurement(on_world(candidates[i % candidates.size()], world), median(rng)));
   return rows;
 }
 
@@ -156,7 +166,7 @@ TEST(StoreBest, PicksTheMinimumMedianOfEveryShapeAndFingerprint) {
   std::map<std::pair<int64_t, std::string>, std::pair<LayoutChoice, double>> fastest;
   for (int64_t world : {2, 4}) {
     for (const AttentionShape& shape : shape_sweep()) {
-      const std::vector<MeasurementRow> rows = random_rows(rng);
+      const std::vector<MeasurementRow> rows = random_rows(rng, candidates_for_world_4().size(), world);
       store.record_shape(cpu_fingerprint(world), shape, rows);
       const auto best = std::min_element(rows.begin(), rows.end(),
                                          [](const auto& a, const auto& b) { return a.median_s < b.median_s; });
@@ -213,7 +223,7 @@ TEST(StoreFingerprints, ListsShapeAndMeasurementCountsPerFingerprint) {
   Store store = Store::open(dir.file("tune.db"));
   std::mt19937 rng(4);
   for (int i = 0; i < 3; ++i) store.record_shape(cpu_fingerprint(4), shape_of({1024 << i}), random_rows(rng, 5));
-  store.record_shape(cpu_fingerprint(2), shape_of({1024}), random_rows(rng, 2));
+  store.record_shape(cpu_fingerprint(2), shape_of({1024}), random_rows(rng, 2, 2));
   const auto fps = store.fingerprints();
   ASSERT_EQ(fps.size(), 2u);
   EXPECT_EQ(fps[0].fingerprint, cpu_fingerprint(4));
@@ -512,7 +522,7 @@ class DbCommand : public ::testing::Test {
     store.record_shape(cpu_fingerprint(), shape_of({77, 4097}),
                        {measurement(candidates[0], 2e-3), measurement(candidates[7], 1e-3)});
     store.record_shape(cpu_fingerprint(), shape_of({8192}), random_rows(rng, 4));
-    store.record_shape(cpu_fingerprint(8), shape_of({8192}), random_rows(rng, 3));
+    store.record_shape(cpu_fingerprint(8), shape_of({8192}), random_rows(rng, 3, 8));
   }
   TempDir dir_;
   std::string path_;

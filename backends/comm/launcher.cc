@@ -1,10 +1,12 @@
 #include "backends/comm/launcher.h"
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -19,6 +21,51 @@
 
 namespace cptune::backends {
 namespace {
+
+// The ranks' process group (0 until the first rank is forked), read by the signal handler.
+volatile sig_atomic_t g_rank_group = 0;
+volatile sig_atomic_t g_stop_signal = 0;
+
+// SIGINT / SIGTERM to the parent stop its ranks: they run in their own process group (a
+// terminal's Ctrl-C reaches only the parent), so the parent passes the signal on and then
+// reaps them as usual. kill() is async-signal-safe.
+void forward_to_ranks(int sig) {
+  g_stop_signal = sig;
+  if (g_rank_group > 0) kill(-pid_t(g_rank_group), sig);
+}
+
+// Ranks die with the parent, even with SIGKILL: PDEATHSIG covers a parent that dies after
+// prctl, the getppid check one that died between fork and prctl. Then the signal dispositions
+// and mask the parent set up for itself are undone.
+void bind_to_parent(pid_t parent, const sigset_t& old_mask) {
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(1);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+}
+
+// Installs forward_to_ranks for SIGINT and SIGTERM while the ranks run; restores the old ones.
+class StopSignals {
+ public:
+  StopSignals() {
+    struct sigaction forward {};
+    forward.sa_handler = forward_to_ranks;
+    sigemptyset(&forward.sa_mask);
+    sigaction(SIGINT, &forward, &old_int_);
+    sigaction(SIGTERM, &forward, &old_term_);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+    g_rank_group = 0;
+    g_stop_signal = 0;
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
 
 [[noreturn]] void run_child(int rank, const std::function<int(int)>& body) {
   int code = 1;
@@ -47,20 +94,41 @@ int launch_local(const LocalLaunchOptions& options, const std::function<int(int)
   if (options.world < 1) throw Error("world " + std::to_string(options.world) + " must be at least 1");
   std::fflush(stdout);
   std::fflush(stderr);
+  // SIGINT / SIGTERM stay blocked until every rank is in the group, so none escapes the forward.
+  sigset_t stop_signals, old_mask;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  sigprocmask(SIG_BLOCK, &stop_signals, &old_mask);
+  StopSignals forwarding;
+  const pid_t parent = getpid();
   std::vector<Child> children(static_cast<size_t>(options.world));
+  pid_t group = 0;
   for (int rank = 0; rank < options.world; ++rank) {
     const pid_t pid = fork();
     if (pid < 0) {
+      const int fork_errno = errno;
+      if (group > 0) kill(-group, SIGKILL);
       for (const Child& c : children)
-        if (c.pid > 0) kill(c.pid, SIGKILL);
-      throw Error(std::string("cannot start local rank ") + std::to_string(rank) + ": fork failed: " + std::strerror(errno));
+        if (c.pid > 0) waitpid(c.pid, nullptr, 0);
+      sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+      throw Error(std::string("cannot start local rank ") + std::to_string(rank) +
+                  ": fork failed: " + std::strerror(fork_errno));
     }
-    if (pid == 0) run_child(rank, body);
+    if (pid == 0) {
+      setpgid(0, group);  // the first rank leads the group
+      bind_to_parent(parent, old_mask);
+      run_child(rank, body);
+    }
+    if (group == 0) group = pid;
+    setpgid(pid, group);  // also here: whichever of parent and child runs first sets it
     children[static_cast<size_t>(rank)].pid = pid;
   }
+  g_rank_group = group;
+  sigprocmask(SIG_SETMASK, &old_mask, nullptr);
 
   using clock = std::chrono::steady_clock;
-  std::optional<clock::time_point> deadline;
+  std::optional<clock::time_point> deadline, stop_deadline;
   int running = options.world;
   while (running > 0) {
     bool reaped = false;
@@ -76,7 +144,22 @@ int launch_local(const LocalLaunchOptions& options, const std::function<int(int)
       }
     }
     if (deadline && clock::now() > *deadline) break;
+    // A rank that outlives a forwarded SIGINT / SIGTERM by a second (one that handles or
+    // blocks it) is killed: stopping must not wait for a shape to finish.
+    if (g_stop_signal != 0 && !stop_deadline) stop_deadline = clock::now() + std::chrono::seconds(1);
+    if (stop_deadline && clock::now() > *stop_deadline) kill(-group, SIGKILL);
     if (!reaped) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+
+  const int stop_signal = g_stop_signal;
+  if (stop_signal != 0) {
+    // Stopped from outside: every rank got the signal; report that once, not per rank. Any
+    // rank left (the loop may have ended on the failure grace first) is killed, not waited for.
+    if (std::any_of(children.begin(), children.end(), [](const Child& c) { return !c.status; })) kill(-group, SIGKILL);
+    for (Child& c : children)
+      if (!c.status) waitpid(c.pid, nullptr, 0);
+    err << "stopped by signal " << stop_signal << " (" << strsignal(stop_signal) << "); the ranks were stopped too\n";
+    return 128 + stop_signal;
   }
 
   int result = 0;

@@ -143,6 +143,8 @@ RendezvousSpec parse_env_spec(std::string_view spec) {
 
 std::unique_ptr<gloo::rendezvous::Store> open_file_store(const RendezvousSpec& spec) {
   std::error_code ec;
+  if (std::filesystem::exists(spec.directory, ec) && !std::filesystem::is_directory(spec.directory, ec))
+    throw Error("rendezvous directory '" + spec.directory + "' is a file, not a directory; give a directory");
   if (!std::filesystem::is_directory(spec.directory, ec))
     throw Error("rendezvous directory '" + spec.directory +
                 "' does not exist; create it where every rank can see it, or use a fresh one");

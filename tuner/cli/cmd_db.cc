@@ -24,7 +24,8 @@ namespace {
 constexpr const char* kUsage =
     "usage: cptune db list --db FILE\n"
     "       cptune db show --db FILE [--fingerprint ID]\n"
-    "       cptune db export --db FILE (--csv | --json)";
+    "       cptune db export --db FILE (--csv | --json)\n"
+    "       cptune db check --db FILE   (exit 0: sound; 2: damaged, the first problem named)";
 
 // Column layouts of the list and show tables, shared by the header and the rows.
 constexpr std::string_view kListRow = "{:>4}  {:<8} {:<24} {:>5} {:>5} {:>5} {:>7} {:>12}  {:<24}  {:<8} {}\n";
@@ -140,10 +141,28 @@ void export_measurements(const db::Store& store, bool csv) {
   }
 }
 
+// Every check a reader makes, on every row: the file's integrity, its schema, then each row of
+// each table read and validated (db/store.cc RowReader). Damage throws Error (exit 2).
+void check(const db::Store& store) {
+  const std::vector<std::string> problems = store.integrity_problems();
+  if (!problems.empty()) {
+    std::string text;
+    for (size_t i = 0; i < problems.size() && i < 10; ++i) text += "\n  " + problems[i];
+    throw Error(fmt::format("database '{}' is damaged: integrity_check reports {} problem(s):{}", store.path(),
+                            problems.size(), text));
+  }
+  const size_t fingerprints = store.fingerprints().size();
+  const size_t measurements = store.measurements().size();
+  const size_t shapes = store.best().size();
+  std::cout << fmt::format("{}: ok (integrity, schema and every row checked: {} fingerprint(s), {} shape(s), {} "
+                           "measurement(s))\n",
+                           store.path(), fingerprints, shapes, measurements);
+}
+
 }  // namespace
 
 int cmd_db(const Args& args) {
-  if (args.empty()) throw Error(std::string("cptune db needs an action: list, show or export\n") + kUsage);
+  if (args.empty()) throw Error(std::string("cptune db needs an action: list, show, export or check\n") + kUsage);
   const std::string& action = args[0];
   std::string path;
   int64_t fingerprint_id = 0;
@@ -163,11 +182,13 @@ int cmd_db(const Args& args) {
     list(db::Store::open_read_only(path));
   } else if (action == "show") {
     show(db::Store::open_read_only(path), vm->count("fingerprint") ? std::optional(fingerprint_id) : std::nullopt);
+  } else if (action == "check") {
+    check(db::Store::open_read_only(path));
   } else if (action == "export") {
     if (csv == json) throw Error("cptune db export needs exactly one of --csv and --json");
     export_measurements(db::Store::open_read_only(path), csv);
   } else {
-    throw Error("unknown db action '" + action + "'; choose list, show or export\n" + kUsage);
+    throw Error("unknown db action '" + action + "'; choose list, show, export or check\n" + kUsage);
   }
   return 0;
 }

@@ -234,6 +234,7 @@ int cmd_run(const Args& args) {
     ShapeArgs one = shape;
     if (seqs[i] > 0) one.seq = std::to_string(seqs[i]);
     const Layout layout = Layout::build(to_spec(one, mesh, choice));
+    check_host_memory(run, {&layout, 1}, run.verify);
     RunArgs step = run;
     if (seqs.size() > 1) step.run_id = run.run_id + "-" + std::to_string(i);  // fresh keys in a shared store
     code = std::max(code, run_ranks(step, layout.world(), [&](backends::Comm& world, backends::Device& device) {

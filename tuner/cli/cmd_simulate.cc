@@ -85,9 +85,14 @@ std::vector<Config> make_configs(const SimulateArgs& a, const sim::Hardware& hw)
   if (!a.world.empty() && a.nodes > 0) throw Error("give --world or --nodes, not both");
   if (a.nodes < 0 || a.gpus_per_node < 0) throw Error("--nodes and --gpus-per-node must be positive");
   const int64_t per_node = a.gpus_per_node > 0 ? a.gpus_per_node : hw.ranks_per_node;
+  const int64_t nodes = a.nodes > 0 ? a.nodes : hw.nodes;
+  int64_t nodes_world = 0;
+  if (__builtin_mul_overflow(nodes, per_node, &nodes_world) || nodes_world > kMaxWorld)
+    throw Error(fmt::format("{} nodes x {} ranks per node exceed the supported world of {} ranks", nodes, per_node,
+                            kMaxWorld));
   const std::vector<int64_t> worlds = !a.world.empty() ? parse_range(a.world, "--world")
-                                      : a.nodes > 0    ? std::vector<int64_t>{a.nodes * per_node}
-                                                       : std::vector<int64_t>{hw.nodes * per_node};
+                                                       : std::vector<int64_t>{nodes_world};
+  for (int64_t world : worlds) check_world_limit(world);
   if (a.heads.empty()) throw Error("--heads is required (query heads)");
   const std::vector<int64_t> heads = parse_range(a.heads, "--heads");
   const bool packed = !a.shape.seq_list.empty();
@@ -231,8 +236,9 @@ std::string first_reason(const Ranking& ranking) {
 int cmd_simulate(const Args& args) {
   SimulateArgs a;
   const po::options_description desc = make_options(a);
-  if (!parse_args(args, desc, kUsage)) return 0;
-  if (a.top < 0) throw Error(fmt::format("--top {} must be positive", a.top));
+  const auto vm = parse_args(args, desc, kUsage);
+  if (!vm) return 0;
+  if (vm->count("top") && a.top < 1) throw Error(fmt::format("--top {} must be at least 1", a.top));
   const sim::Hardware hw = sim::load_hardware(a.hardware);
   const sim::PredictOptions options{sim::parse_pass(a.pass), parse_metadata_channel(a.metadata)};
   const sim::Constraints constraints = to_constraints(a.constraint, a.layout);

@@ -3,14 +3,18 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <iostream>
 
 #include <fmt/format.h>
 
 #include "backends/comm/comm.h"
+#include "backends/comm/rendezvous.h"
 #include "core/error.h"
 #include "core/layout.h"
+#include "db/lease.h"
 #include "db/store.h"
+#include "sim/candidates.h"
 #include "sim/hardware.h"
 #include "tuner/cli/commands.h"
 #include "tuner/fingerprint.h"
@@ -110,7 +114,9 @@ class ProgressReport {
   std::string shape_, eta_ = "?";
 };
 
-void print_summary(const std::vector<tuner::ShapeOutcome>& outcomes, const std::string& db_path) {
+// Returns the number of shapes nothing was measured for (no candidate fits this cluster).
+size_t print_summary(const std::vector<tuner::ShapeOutcome>& outcomes, const std::string& db_path) {
+  size_t unmeasured = 0;
   std::cout << fmt::format("{:<50} {:<44} {:>12} {:>10} {:>10}\n", "shape", "best", "median", "vs worst",
                            "vs ulysses");
   for (const auto& o : outcomes) {
@@ -124,12 +130,17 @@ void print_summary(const std::vector<tuner::ShapeOutcome>& outcomes, const std::
       if (!worst || row.median_s > worst->median_s) worst = &row;
       if (row.candidate.strategy == Strategy::ulysses) ulysses = &row;
     }
-    if (!best) continue;
+    if (!best) {
+      std::cout << fmt::format("{:<50} {:<44}\n", to_string(o.shape), "(no candidate fits: nothing measured)");
+      ++unmeasured;
+      continue;
+    }
     std::cout << fmt::format("{:<50} {:<44} {:>12} {:>9.2f}x {:>10}\n", to_string(o.shape), to_string(best->candidate),
                              human_seconds(best->median_s), worst->median_s / best->median_s,
                              ulysses ? fmt::format("{:.2f}x", ulysses->median_s / best->median_s) : "n/a");
   }
   std::cout << "stored in " << db_path << "\n";
+  return unmeasured;
 }
 
 // The shapes of --shapes FILE, or the one the shape flags name.
@@ -140,13 +151,25 @@ std::vector<AttentionShape> shapes_to_tune(const ShapeArgs& shape, const std::st
   return read_shapes_file(shapes_path);
 }
 
-// Refuses a shape that cannot run on this world at all before any rank starts (ring lays out
-// any head count, so its refusal is the shape's fault).
-void check_shapes_lay_out(const std::vector<AttentionShape>& shapes, const Cluster& cluster,
-                          const std::string& shapes_path) {
+// Refuses, before any rank starts, a shape that cannot run on this world at all (ring lays out
+// any head count, so its refusal is the shape's fault), of which no candidate fits the
+// hardware's device memory, or whose candidates, measured together, do not fit this machine.
+void check_shapes_fit(const std::vector<AttentionShape>& shapes, const Cluster& cluster,
+                      const tuner::TuneOptions& options, const RunArgs& run, const std::string& shapes_path,
+                      const std::string& hardware) {
   for (size_t i = 0; i < shapes.size(); ++i) {
     try {
       Layout::build({shapes[i], cluster, resolve({Strategy::ring}, cluster)});
+      const sim::Ranking ranking =
+          sim::rank_candidates(shapes[i], cluster, options.hardware, options.predict, options.constraints);
+      std::vector<Layout> measured;
+      for (size_t c : tuner::select_candidates(ranking, options.top_k, options.exhaustive))
+        measured.push_back(Layout::build({shapes[i], cluster, ranking.candidates[c].candidate}));
+      if (measured.empty())
+        throw Error(fmt::format("no candidate layout fits: the simulator predicts each one exceeds the {:.1f} GiB "
+                                "per rank of --hardware {}; use a shorter sequence, fewer heads or more ranks",
+                                double(options.hardware.device_memory_bytes) / double(1 << 30), hardware));
+      check_host_memory(run, measured, options.executor.verify);
     } catch (const Error& e) {
       throw Error((shapes_path.empty() ? std::string("shape") : "shape " + std::to_string(i + 1) + " of " + shapes_path) +
                   ": " + e.what());
@@ -163,7 +186,7 @@ int cmd_tune(const Args& args) {
   ConstraintArgs constraint;
   std::string db_path, shapes_path, hardware = "cpu-gloo";
   int top_k = 3;
-  bool exhaustive = false, no_verify = false;
+  bool exhaustive = false, no_verify = false, wait = false;
   po::options_description desc("tune options");
   add_shape_options(desc, shape);
   add_mesh_options(desc, mesh);
@@ -175,7 +198,8 @@ int cmd_tune(const Args& args) {
       "hardware profile that ranks candidates: a preset name or a JSON file (e.g. from cptune calibrate)")(
       "top-k", po::value(&top_k)->default_value(3), "measure the k fastest predicted candidates (+ best of each strategy)")(
       "exhaustive", po::bool_switch(&exhaustive), "measure every feasible candidate")(
-      "no-verify", po::bool_switch(&no_verify), "skip checking each candidate's output against one device");
+      "no-verify", po::bool_switch(&no_verify), "skip checking each candidate's output against one device")(
+      "wait", po::bool_switch(&wait), "wait for another tune on the same database and cluster to finish, instead of refusing");
   if (!parse_args(args, desc,
                   "usage: cptune tune --db tune.db --world P (--shapes shapes.csv | --seq S --heads H ...) [options]"))
     return 0;
@@ -183,7 +207,6 @@ int cmd_tune(const Args& args) {
   join_outside_launch(mesh.world, &mesh.ranks_per_node, run);
   const Cluster cluster = to_cluster(mesh);
   const std::vector<AttentionShape> shapes = shapes_to_tune(shape, shapes_path);
-  check_shapes_lay_out(shapes, cluster, shapes_path);
   tuner::TuneOptions options;
   options.db_path = db_path;
   options.hardware = sim::load_hardware(hardware);
@@ -196,7 +219,13 @@ int cmd_tune(const Args& args) {
   options.predict.metadata = options.executor.metadata;  // rank candidates with the channel they run with
   options.fingerprint = local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
   options.constraints = to_constraints(constraint, mesh);
-  db::Store::open(db_path);  // a bad path or file fails here, before any rank starts
+  check_shapes_fit(shapes, cluster, options, run, shapes_path, hardware);
+  // A bad path or file fails here, before any rank starts. One tuner per database and cluster:
+  // a second would measure every missing shape again. Under an outside launcher every process
+  // runs this command: rank 0, the one that writes the store, holds the lease.
+  const std::optional<backends::LaunchEnv> launch = backends::launch_env_from_environment();
+  std::optional<db::TuneLease> lease;
+  if (!launch || launch->rank == 0) lease.emplace(db_path, options.fingerprint, wait);
 
   return run_ranks(run, cluster.world, [&](backends::Comm& world, backends::Device& device) {
     options.executor.device = &device;
@@ -207,7 +236,13 @@ int cmd_tune(const Args& args) {
     progress.finished = [&](size_t, const tuner::ShapeOutcome& o) { report.finished(o); };
     progress.round = [&](size_t done, size_t total) { report.round(done, total); };
     const auto outcomes = tuner::tune(shapes, options, world, progress);
-    if (world.rank() == 0) print_summary(outcomes, db_path);
+    if (world.rank() != 0) return 0;
+    if (const size_t unmeasured = print_summary(outcomes, db_path)) {
+      std::cerr << fmt::format("error: {} shape(s) had no candidate that fits this cluster (the simulator predicts "
+                               "none fits in device memory with --hardware {}); nothing was stored for them\n",
+                               unmeasured, hardware);
+      return 2;
+    }
     return 0;
   }, std::cerr);
 }

@@ -1,9 +1,14 @@
 #include "tuner/cli/run_options.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
+
+#include <fmt/format.h>
 
 #include "backends/comm/rendezvous.h"
 #include "core/error.h"
+#include "core/layout.h"
 
 #include "backends/exec/device.h"
 #if CPTUNE_HAVE_CUDA
@@ -125,6 +130,33 @@ int run_ranks(const RunArgs& a, int64_t world,
 #else
   return 2;  // unreachable: check_nccl_available threw
 #endif
+}
+
+void check_host_memory(const RunArgs& a, std::span<const Layout> layouts, bool verify) {
+  if (a.backend != "gloo" || layouts.empty()) return;  // NCCL ranks hold their buffers on the GPUs
+  const AttentionShape& s = layouts.front().shape();
+  const bool local = a.rendezvous.empty();
+  __int128 need = 0;
+  for (const Layout& layout : layouts)
+    for (const RankLayout& rank : layout.ranks()) {
+      need += rank.peak_bytes;
+      if (!local) break;  // an outside launcher's rank holds only its own
+    }
+  if (verify)  // the reference: Q, K, V and O of the whole shape in fp32
+    need += static_cast<__int128>(s.batch) * s.total_tokens() *
+            ((s.q_heads + s.kv_heads) * s.head_dim + (s.kv_heads + s.q_heads) * s.v_head_dim) * 4;
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return;  // unknown: let the allocation decide
+  const double gib = double(1 << 30);
+  const double have = double(pages) * double(page_size);
+  std::string shape = to_string(s);  // a packed batch of many sequences is quoted in part
+  if (shape.size() > 200) shape = shape.substr(0, 200) + "...";
+  if (double(need) > have)
+    throw Error(fmt::format("{} needs about {:.1f} GiB of host memory ({} layout(s) at once on {} rank(s) of this "
+                            "machine{}), but this machine has {:.1f} GiB; use a shorter sequence, fewer heads, "
+                            "fewer candidates (--top-k) or more machines",
+                            shape, double(need) / gib, layouts.size(), local ? layouts.front().world() : 1,
+                            verify ? ", plus the verification reference" : "", have / gib));
 }
 
 backends::RankLaunch rank_launch(const RunArgs& a, int64_t world) {

@@ -3,12 +3,17 @@
 #include <cstdint>
 #include <functional>
 #include <iosfwd>
+#include <span>
 #include <string>
 
 #include <boost/program_options.hpp>
 
 #include "backends/exec/executor.h"
 #include "backends/comm/launcher.h"
+
+namespace cptune {
+class Layout;
+}
 
 namespace cptune::backends {
 class Comm;
@@ -47,6 +52,13 @@ backends::ExecutorOptions executor_options(const RunArgs& args);
 // ("no CUDA device: ..." without a GPU, or a build without CUDA and NCCL).
 int run_ranks(const RunArgs& args, int64_t world,
               const std::function<int(backends::Comm& world, backends::Device& device)>& body, std::ostream& err);
+
+// Throws Error, with the sizes, when the host buffers that this machine holds for layouts, all
+// allocated at once (the tuner interleaves a shape's candidates), exceed its physical memory:
+// every rank's when the ranks are local CPU ranks, this one rank's under an outside launcher,
+// plus the single-device reference when verifying. Called before any rank starts, so an
+// impossible shape is refused instead of failing with bad_alloc or the OOM killer.
+void check_host_memory(const RunArgs& args, std::span<const Layout> layouts, bool verify);
 
 // The Gloo launch of these flags. With --backend nccl it throws Error: NCCL ranks start
 // through run_ranks() above, and a caller of this function would silently start Gloo ones.

@@ -97,7 +97,8 @@ int64_t parse_count(const std::string& text, const std::string& what) {
     ++ptr;
   }
   if (ec != std::errc() || ptr != end || scale == 0 || value > INT64_MAX / scale)
-    throw Error("bad " + what + " '" + text + "'; write a whole number, optionally with k, M or G (x1024)");
+    throw Error("bad " + what + " '" + (text.size() <= 100 ? text : text.substr(0, 100) + "...") +
+                "'; write a whole number, optionally with k, M or G (x1024)");
   return value * scale;
 }
 
@@ -159,6 +160,8 @@ Cluster to_cluster(const MeshArgs& a) {
   if (a.world == 0) throw Error("--world is required (ranks in the context-parallel group)");
   if (a.world < 0) throw Error("--world " + std::to_string(a.world) + " must be at least 1");
   if (a.ranks_per_node < 0) throw Error("--ranks-per-node " + std::to_string(a.ranks_per_node) + " must be at least 1");
+  if (a.ranks_per_node > a.world)
+    throw Error("--ranks-per-node " + std::to_string(a.ranks_per_node) + " exceeds --world " + std::to_string(a.world));
   return Cluster{a.world, a.ranks_per_node == 0 ? a.world : a.ranks_per_node};
 }
 
@@ -171,7 +174,12 @@ std::optional<po::variables_map> parse_args(const std::vector<std::string>& args
     }
   }
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(desc).run(), vm);
+  const po::parsed_options parsed = po::command_line_parser(args).options(desc).run();
+  for (const po::option& o : parsed.options)  // no command takes a positional argument
+    if (o.position_key >= 0 || o.string_key.empty())
+      throw Error("unexpected argument '" + (o.original_tokens.empty() ? o.string_key : o.original_tokens.front()) +
+                  "'; every value follows its --option");
+  po::store(parsed, vm);
   po::notify(vm);
   return vm;
 }

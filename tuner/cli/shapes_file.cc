@@ -1,10 +1,12 @@
 #include "tuner/cli/shapes_file.h"
 
 #include <algorithm>
-#include <fstream>
 #include <map>
+#include <sstream>
+#include <unordered_map>
 
 #include "core/error.h"
+#include "core/read_file.h"
 #include "tuner/cli/shape_options.h"
 
 namespace cptune::cli {
@@ -38,13 +40,23 @@ const std::vector<std::string> kColumns{"seq", "heads", "kv_heads", "head_dim", 
 }  // namespace
 
 std::vector<AttentionShape> read_shapes_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error("cannot read shapes file '" + path + "'; pass a CSV with a header row (seq,heads,...)");
+  // A regular file of bounded size: a FIFO, /dev/zero or a directory is refused, not waited on.
+  std::istringstream in(read_regular_file(path, "shapes file"));
   std::string line;
   int line_no = 0;
   std::map<std::string, size_t> column;
   std::vector<AttentionShape> shapes;
+  // A shape listed twice is measured once: the first line that names it keeps its place.
+  std::unordered_map<uint64_t, std::vector<size_t>> seen;
+  const auto first_time = [&](const AttentionShape& shape) {
+    std::vector<size_t>& same_hash = seen[shape_hash(view_of(shape))];
+    for (size_t i : same_hash)
+      if (shapes[i] == shape) return false;
+    same_hash.push_back(shapes.size());
+    return true;
+  };
   while (std::getline(in, line)) {
+    if (line_no == 0 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);  // a UTF-8 byte order mark
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (trim(line).empty() || trim(line)[0] == '#') continue;
@@ -55,7 +67,8 @@ std::vector<AttentionShape> read_shapes_file(const std::string& path) {
         if (std::find(kColumns.begin(), kColumns.end(), cells[i]) == kColumns.end())
           throw Error(where + ": unknown column '" + cells[i] + "'; columns are seq, heads, kv_heads, head_dim, "
                       "v_head_dim, dtype, mask, batch");
-        column[cells[i]] = i;
+        if (!column.emplace(cells[i], i).second)  // else a row's cell count would not match the map's
+          throw Error(where + ": column '" + cells[i] + "' is named twice");
       }
       if (!column.count("seq") || !column.count("heads"))
         throw Error(where + ": the header row must name at least the columns seq and heads");
@@ -88,7 +101,8 @@ std::vector<AttentionShape> read_shapes_file(const std::string& path) {
       if (!cell("dtype").empty()) args.dtype = cell("dtype");
       if (!cell("mask").empty()) args.mask = cell("mask");
       if (seq.empty()) throw Error("empty seq cell");
-      shapes.push_back(to_shape(args));
+      AttentionShape shape = to_shape(args);
+      if (first_time(shape)) shapes.push_back(std::move(shape));
     } catch (const Error& e) {
       const std::string what = e.what();
       throw Error(what.rfind(where, 0) == 0 ? what : where + ": " + what);
