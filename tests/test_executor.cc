@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <set>
 #include <sstream>
 
 #include "backends/comm/comm.h"
@@ -89,7 +90,9 @@ TEST(Executor, EveryStrategyAndPolicyVerifiesOnOddShapes) {
           << layout->ulysses() << " R=" << layout->ring() << " " << to_string(spec.choice.order) << "\n" << log;
     });
   }
-  if (!::testing::Test::HasFailure()) EXPECT_GT(runs, 60);
+  if (!::testing::Test::HasFailure()) {
+    EXPECT_GT(runs, 60);
+  }
 }
 
 TEST(Executor, HybridUaaThreeByTwoVerifies) {
@@ -161,6 +164,30 @@ TEST(Executor, APerturbedKernelBlockFailsVerification) {
       EXPECT_NE(code, 0) << to_string(strategy) << " kernel fault " << int(fault) << "\n" << err.str();
       EXPECT_NE(err.str().find("rank 2 failed"), std::string::npos) << err.str();
     }
+}
+
+// --phase-barriers times each phase alone: the results still verify, every phase the strategy
+// has is reported, and no phase can take longer than the iteration that holds it.
+TEST(Executor, PhaseBarriersKeepResultsAndTimeEveryPhase) {
+  for (const LayoutChoice& choice : {LayoutChoice{Strategy::uaa}, LayoutChoice{Strategy::hybrid_uaa, 2, 2}}) {
+    auto layout = Layout::build({shape_of({301}, 4, 2, {MaskKind::causal, 0}), Cluster{4, 4}, choice});
+    std::ostringstream err;
+    const int code = backends::run_ranks(local_launch(4), [&](Comm& world) {
+      backends::ExecutorOptions options;
+      options.verify = true;
+      options.iterations = 3;
+      options.phase_barriers = true;
+      const backends::RunResult r = backends::execute(layout, world, options);
+      std::set<Phase> seen;
+      for (const auto& p : r.phases) {
+        seen.insert(p.phase);
+        if (p.time.max_s > r.time.max_s) return 3;
+      }
+      if (seen != std::set<Phase>{Phase::gather, Phase::qkv, Phase::attention, Phase::o}) return 2;
+      return r.verified() ? 0 : 1;
+    }, err);
+    EXPECT_EQ(code, 0) << to_string(choice) << "\n" << err.str();
+  }
 }
 
 // Beyond the every-row size --verify samples rows on every rank; a wrong sliding window (one key

@@ -109,6 +109,7 @@ class RankExecution {
  public:
   RankExecution(const Layout& layout, Comm& world, Device& device, const ExecutorOptions& options);
   void iterate(PhaseTimer& timer);
+  void start_phase(PhaseTimer& timer, Phase phase);
   RowCheck verify() const;  // this rank's real output rows against the reference
   std::vector<float> output_rows() const;  // my real output rows, [batch][my tokens][q heads][Dv]
 
@@ -415,6 +416,11 @@ void RankExecution::gather_out() {
   }
 }
 
+void RankExecution::start_phase(PhaseTimer& timer, Phase phase) {
+  if (options_.phase_barriers) world_.barrier();
+  timer.start(phase);
+}
+
 // Every phase ends with device_.synchronize(): on a GPU the host timer then measures the work,
 // not the time to enqueue it.
 void RankExecution::iterate(PhaseTimer& timer) {
@@ -424,24 +430,24 @@ void RankExecution::iterate(PhaseTimer& timer) {
   device_.synchronize();
   timer.begin_iteration();
   if (gathers) {
-    timer.start(Phase::gather);
+    start_phase(timer, Phase::gather);
     exchange_lengths();
     device_.synchronize();
     timer.stop(Phase::gather);
   }
   if (L_.ulysses() > 1) {
-    timer.start(Phase::qkv);
+    start_phase(timer, Phase::qkv);
     scatter_qkv();
     device_.synchronize();
     timer.stop(Phase::qkv);
   }
   if (st == Strategy::allgather_kv && L_.ring() > 1) {
-    timer.start(Phase::allgather);
+    start_phase(timer, Phase::allgather);
     attend_allgathered();
     device_.synchronize();
     timer.stop(Phase::allgather);
   } else {
-    timer.start(Phase::attention);
+    start_phase(timer, Phase::attention);
     if (rotates_kv(st) && L_.ring() > 1)
       attend_ring();
     else
@@ -449,7 +455,7 @@ void RankExecution::iterate(PhaseTimer& timer) {
     device_.synchronize();
     timer.stop(Phase::attention);
   }
-  timer.start(Phase::o);
+  start_phase(timer, Phase::o);
   const int64_t o_bytes = B_ * t_shard_ * me_.q_heads.count() * Dv_ * eb_;
   attention_->store_output(s_.dtype, o_shard(), o_bytes);
   gather_out();
@@ -593,7 +599,8 @@ void check_same_arguments(const Layout& layout, const ExecutorOptions& options, 
   const std::string text = to_json(layout.shape()).dump() + to_string(layout.choice()) + "/" +
                            std::to_string(layout.cluster().ranks_per_node) + " " + std::to_string(options.warmups) + " " + std::to_string(options.iterations) + " " +
                            std::to_string(options.verify) + " " + std::to_string(options.seed) + " " +
-                           std::to_string(static_cast<int>(options.metadata)) + " " + world.backend();
+                           std::to_string(static_cast<int>(options.metadata)) + " " + std::to_string(options.phase_barriers) + " " +
+                           world.backend();
   const uint64_t mine = fnv1a(text);
   std::vector<uint64_t> all(static_cast<size_t>(world.size()));
   world.allgather_host(&mine, sizeof(mine), all.data());

@@ -29,6 +29,10 @@ struct ExecutorOptions {
   // Samples are seeded by `seed`, spread over the ranks by their share of the rows, and include
   // the first and last token of every run a rank holds, so every rank and sequence is checked.
   int64_t verify_rows = 0;
+  // A barrier on every rank before each phase starts: each phase is timed alone, with no rank
+  // still busy in the previous one (clean per-phase attribution for calibration and validation;
+  // the barriers add their own time to the iteration). Off by default: engines overlap phases.
+  bool phase_barriers = false;
   uint64_t seed = 1;
   MetadataChannel metadata = MetadataChannel::cpu;
   // Where buffers live and kernels run, owned by the caller: the GPU of an NCCL world

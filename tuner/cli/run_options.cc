@@ -79,6 +79,9 @@ void add_run_options(po::options_description& desc, RunArgs& a) {
       ("verify-rows", po::value(&a.verify_rows)->default_value(0),
        "output rows (token x head) --verify checks: 0 = every row up to 2^25 visible (query, key, head) "
        "triples, else 4096 seeded samples over every rank and sequence; N = N samples")
+      ("phase-barriers", po::bool_switch(&a.phase_barriers),
+       "a barrier before each phase, so each is timed alone (clean per-phase attribution; adds the barriers' "
+       "time to the iteration)")
       ("seed", po::value(&a.seed)->default_value(1), "seed of the generated Q, K, V")
       ("timeout", po::value(&a.timeout_s)->default_value(30), "seconds any communication may wait for a peer")
       ("rendezvous", po::value(&a.rendezvous),
@@ -103,6 +106,7 @@ backends::ExecutorOptions executor_options(const RunArgs& a) {
   if (a.verify_rows < 0) throw Error("--verify-rows " + std::to_string(a.verify_rows) + " must not be negative");
   options.verify = a.verify;
   options.verify_rows = a.verify_rows;
+  options.phase_barriers = a.phase_barriers;
   options.seed = a.seed;
   return options;
 }

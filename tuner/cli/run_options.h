@@ -27,6 +27,7 @@ struct RunArgs {
   int iterations = 5;
   bool verify = false;
   int64_t verify_rows = 0;  // ExecutorOptions::verify_rows
+  bool phase_barriers = false;  // ExecutorOptions::phase_barriers
   uint64_t seed = 1;
   double timeout_s = 30;
   std::string rendezvous;  // outside launcher: file:///shared/dir or redis://host:port
