@@ -30,8 +30,8 @@ print('| world | phases | run | median error | Kendall tau (median) | predicted 
 print('|---|---|---|---|---|---|---|---|')
 for W in (2,4):
     for mode in ('plain','barriers'):
-        nf=noise(fDIR + '/v_{W}_{mode}_A.csv',fDIR + '/v_{W}_{mode}_B.csv')
+        nf=noise(DIR + f'/v_{W}_{mode}_A.csv',DIR + f'/v_{W}_{mode}_B.csv')
         for rep in 'AB':
-            j=json.load(open(fDIR + '/v_{W}_{mode}_{rep}.json'))
-            e,n=err(fDIR + '/v_{W}_{mode}_{rep}.csv')
+            j=json.load(open(DIR + f'/v_{W}_{mode}_{rep}.json'))
+            e,n=err(DIR + f'/v_{W}_{mode}_{rep}.csv')
             print(f"| {W} | {'--phase-barriers' if mode=='barriers' else 'overlapped'} | {rep} | {e*100:.1f}% ({n} cand.) | {j['median_tau']:.3f} | {j['top_is_best_fraction']*100:.0f}% | {j['top_within_fraction']*100:.0f}% | " + (f"{nf[0]*100:.1f}%, {nf[1]:.3f}, {nf[2]}/{nf[3]} |" if rep=='A' else '|'))
