@@ -20,7 +20,7 @@ flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -f
        -I. -I"$GENERATED" -I/usr/include/eigen3 -DCPTUNE_INSTALLED_HARDWARE_DIR=\"/nonexistent\")
 core=(core/*.cc)
 sim=(sim/*.cc)
-db=(db/cptune_lookup.cc db/lease.cc db/lookup.cc db/records.cc db/schema.cc db/sim_fallback.cc db/sqlite.cc db/store.cc)
+db=(db/cptune_lookup.cc db/lease.cc db/local_fingerprint.cc db/lookup.cc db/records.cc db/schema.cc db/sim_fallback.cc db/sqlite.cc db/store.cc)
 cli=(tuner/cli/shapes_file.cc tuner/cli/shape_options.cc)
 
 # Each source compiled once into $OUT/obj, with libFuzzer's coverage but not its main().
@@ -39,7 +39,7 @@ status=0
 for t in "${targets[@]}"; do
   case $t in
     seq_lens) sources=("${core[@]}") libs=(-lfmt) ;;
-    shapes_csv) sources=("${core[@]}" "${cli[@]}") libs=(-lfmt -lboost_program_options) ;;
+    shapes_csv) sources=("${core[@]}" "${sim[@]}" "${cli[@]}") libs=(-lfmt -lboost_program_options -ldl) ;;
     hardware_json) sources=("${core[@]}" "${sim[@]}") libs=(-lfmt -ldl) ;;
     lookup_query) sources=("${core[@]}" "${sim[@]}" "${db[@]}") libs=(-lfmt -lsqlite3 -ldl) ;;
     *) echo "unknown fuzz target '$t'" >&2; exit 2 ;;
