@@ -3,6 +3,7 @@
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config ccache
+  clang libclang-rt-14-dev
   libgloo-dev libeigen3-dev libboost-program-options-dev libsqlite3-dev sqlite3
   nlohmann-json3-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev

@@ -16,6 +16,10 @@ TARGETS=${TARGETS:-"cptune test_reliability test_store test_lookup test_lookup_p
 EXCLUDE=${EXCLUDE:-'InstalledLookup.ACProgramBuilds'}
 launcher=""
 command -v ccache >/dev/null && launcher="-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
+# Paths relative to the checkout, so another clone's sanitizer build is a cache hit.
+CCACHE_BASEDIR=$(pwd)
+CCACHE_NOHASHDIR=1
+export CCACHE_BASEDIR CCACHE_NOHASHDIR
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCPTUNE_WITH_CUDA=OFF \
   -DCPTUNE_SANITIZE=address,undefined $launcher >/dev/null
 # shellcheck disable=SC2086
