@@ -171,7 +171,7 @@ class RowReader {
 
 // Columns batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask from col on,
 // of the shapes row `row` reads.
-AttentionShape read_shape(const Statement& st, int col, const RowReader& row) {
+AttentionShape read_shape(int col, const RowReader& row) {
   AttentionShape s;
   s.batch = row.count(col, "batch", kMaxBatch);
   s.seq_lens = row.parsed(col + 1, "seq_lens", [](const std::string& t) { return parse_seq_lens(t); });
@@ -192,7 +192,7 @@ AttentionShape read_shape(const Statement& st, int col, const RowReader& row) {
 
 // Columns strategy, ulysses, ring, rank_order, head_policy from col on, of the candidates row
 // `row` reads; U x R must be the world of the fingerprint it was measured on.
-LayoutChoice read_candidate(const Statement& st, int col, const RowReader& row, int64_t world) {
+LayoutChoice read_candidate(int col, const RowReader& row, int64_t world) {
   LayoutChoice c;
   c.strategy = row.parsed(col, "strategy", [](const std::string& t) { return parse_strategy(t); });
   c.ulysses = row.count(col + 1, "ulysses", kMaxWorld);
@@ -360,8 +360,8 @@ std::vector<BestRow> Store::best(std::optional<int64_t> fingerprint_id) const {
   std::vector<BestRow> out;
   while (st.step()) {
     const int64_t world = RowReader(st, path(), "fingerprints", st.column_int(0)).count(19, "world", kMaxWorld);
-    const AttentionShape shape = read_shape(st, 1, RowReader(st, path(), "shapes", st.column_int(16)));
-    const LayoutChoice candidate = read_candidate(st, 9, RowReader(st, path(), "candidates", st.column_int(17)), world);
+    const AttentionShape shape = read_shape(1, RowReader(st, path(), "shapes", st.column_int(16)));
+    const LayoutChoice candidate = read_candidate(9, RowReader(st, path(), "candidates", st.column_int(17)), world);
     const double median_s = RowReader(st, path(), "measurements", st.column_int(18)).seconds(14, "median_s");
     out.push_back(BestRow{st.column_int(0), shape, candidate, median_s, st.column_int(15)});
   }
@@ -383,9 +383,9 @@ std::vector<StoredMeasurement> Store::measurements() const {
     sm.fingerprint_id = st.column_int(1);
     const RowReader row(st, path(), "measurements", sm.id);
     const int64_t world = RowReader(st, path(), "fingerprints", sm.fingerprint_id).count(26, "world", kMaxWorld);
-    sm.shape = read_shape(st, 2, RowReader(st, path(), "shapes", st.column_int(24)));
+    sm.shape = read_shape(2, RowReader(st, path(), "shapes", st.column_int(24)));
     MeasurementRow& r = sm.row;
-    r.candidate = read_candidate(st, 10, RowReader(st, path(), "candidates", st.column_int(25)), world);
+    r.candidate = read_candidate(10, RowReader(st, path(), "candidates", st.column_int(25)), world);
     r.median_s = row.seconds(15, "median_s");
     r.min_s = row.seconds(16, "min_s");
     r.max_s = row.seconds(17, "max_s");

@@ -72,7 +72,9 @@ TEST(EngineProfiles, ConstrainedEnumerationIsTheUnconstrainedOneFilteredByTheRul
           EXPECT_EQ(k.head_policy, HeadPolicy::balanced) << name;
         }
         for (const sim::Refusal& r : refused)
-          if (r.reason.starts_with("engine ")) EXPECT_NE(r.reason.find(std::string(name)), std::string::npos);
+          if (r.reason.starts_with("engine ")) {
+            EXPECT_NE(r.reason.find(std::string(name)), std::string::npos);
+          }
       }
     }
   }
@@ -178,7 +180,9 @@ TEST(EngineLookup, AnswersTheBestExpressibleMeasurementElseTheSimulatorsBestExpr
   // And for many shapes of the family: whatever the source, always expressible.
   for (int64_t seq : {1000, 4096, 4097, 6000, 100000}) {
     const AttentionShape s = make_shape({seq}, 24, 8);
-    if (const auto a = lookup.query(s)) EXPECT_TRUE(c.allows(a->choice, view_of(s))) << seq << " " << to_string(a->choice);
+    if (const auto a = lookup.query(s)) {
+      EXPECT_TRUE(c.allows(a->choice, view_of(s))) << seq << " " << to_string(a->choice);
+    }
   }
 }
 
@@ -193,7 +197,8 @@ TEST(LookupAbi, LocalFingerprintMatchesWhatTuneRecordsAndMissesNameTheClosest) {
   EXPECT_EQ(db::local_device_model("gloo"), "cpu");
   int64_t seq = 4096;
   cptune_shape shape = {sizeof shape, 1, &seq, 1, 8, 8, 64, 64, "bf16", "full"};
-  cptune_choice choice = {sizeof choice};
+  cptune_choice choice{};
+  choice.struct_size = sizeof choice;
   cptune_lookup* lookup = nullptr;
   ASSERT_EQ(cptune_lookup_open_local(path.c_str(), "gloo", 4, 4, nullptr, nullptr, &lookup), CPTUNE_LOOKUP_OK)
       << cptune_lookup_last_error();
@@ -218,7 +223,8 @@ TEST(LookupAbi, LocalFingerprintMatchesWhatTuneRecordsAndMissesNameTheClosest) {
       << text;
 
   char config[256];
-  choice = {sizeof choice};
+  choice = cptune_choice{};
+  choice.struct_size = sizeof choice;
   std::snprintf(choice.strategy, sizeof choice.strategy, "allgather-kv");
   choice.ulysses = 1;
   choice.ring = 4;

@@ -245,7 +245,9 @@ TEST(LayoutExchange, EveryGlobalTokenLandsInItsShardSlot) {
           std::set<std::pair<int64_t, int64_t>> everywhere;
           for (int64_t r = 0; r < l->ring(); ++r)
             for (const auto& id : token_ids(l->shard_runs(r)))
-              if (id.first >= 0) ASSERT_TRUE(everywhere.insert(id).second) << describe(*l) << " token twice";
+              if (id.first >= 0) {
+                ASSERT_TRUE(everywhere.insert(id).second) << describe(*l) << " token twice";
+              }
           int64_t total = 0;
           for (int64_t len : l->shape().seq_lens) total += len;
           ASSERT_EQ(int64_t(everywhere.size()), total) << describe(*l);
@@ -267,7 +269,9 @@ TEST(LayoutExchange, EveryGlobalTokenLandsInItsShardSlot) {
                       const int64_t dst = chunk_offset + piece.begin - chunk.begin + t;
                       ASSERT_LT(dst, int64_t(shard.size())) << describe(*l);
                       ++filled[dst];
-                      if (part[src + t].first >= 0) ASSERT_EQ(part[src + t], shard[dst]) << describe(*l);
+                      if (part[src + t].first >= 0) {
+                        ASSERT_EQ(part[src + t], shard[dst]) << describe(*l);
+                      }
                     }
                     placed = true;
                     break;
@@ -280,7 +284,9 @@ TEST(LayoutExchange, EveryGlobalTokenLandsInItsShardSlot) {
             }
             for (size_t i = 0; i < shard.size(); ++i) {
               ASSERT_LE(filled[i], 1) << describe(*l) << " slot " << i;
-              if (shard[i].first >= 0) ASSERT_EQ(filled[i], 1) << describe(*l) << " slot " << i;
+              if (shard[i].first >= 0) {
+                ASSERT_EQ(filled[i], 1) << describe(*l) << " slot " << i;
+              }
             }
           }
         });

@@ -247,7 +247,7 @@ TEST(TopologyRing, SegmentedStepsEqualLayoutRingStepMax) {
   for_each_small_layout([&](const Layout& l) {
     if (!rotates_kv(l.strategy()) || l.ring() < 2) return;
     for (bool node_work : {true, false}) {
-      const PreparedLayout p = prepare(l, Topology{{l.cluster().ranks_per_node, l.world()}}, {node_work});
+      const PreparedLayout p = prepare(l, Topology{{l.cluster().ranks_per_node, l.world()}, {}}, {node_work});
       int64_t k = 0;
       for (const RingStepLoad& s : p.ring_steps)
         for (int64_t i = 0; i < s.repeat; ++i, ++k) {
@@ -269,7 +269,7 @@ TEST(TopologyRing, LargeSingleSequenceRingsMatchBruteForceToo) {
     for (Mask mask : {Mask{MaskKind::causal, 0}, Mask{MaskKind::full, 0}})
       for (Strategy s : {Strategy::ring, Strategy::ring_zigzag}) {
         const Layout l = Layout::build(LayoutSpec{make_shape({100003}, 4, 2, mask), Cluster{P, 8}, LayoutChoice{s, 1, P, RankOrder::ulysses_inner, HeadPolicy::balanced}});
-        const PreparedLayout p = prepare(l, Topology{{8, P}}, {false});
+        const PreparedLayout p = prepare(l, Topology{{8, P}, {}}, {false});
         int64_t k = 0;
         for (const RingStepLoad& step : p.ring_steps)
           for (int64_t i = 0; i < step.repeat; ++i, ++k) {
