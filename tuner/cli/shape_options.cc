@@ -96,7 +96,7 @@ int64_t parse_count(const std::string& text, const std::string& what) {
     }
     ++ptr;
   }
-  if (ec != std::errc() || ptr != end || scale == 0 || value > INT64_MAX / scale)
+  if (ec != std::errc() || ptr != end || scale == 0 || value < 0 || value > INT64_MAX / scale)
     throw Error("bad " + what + " '" + (text.size() <= 100 ? text : text.substr(0, 100) + "...") +
                 "'; write a whole number, optionally with k, M or G (x1024)");
   return value * scale;
