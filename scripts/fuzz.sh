@@ -5,6 +5,8 @@
 # crashes to build-fuzz/crashes; the exit code is non-zero when a target crashed.
 #   scripts/fuzz.sh            # every target, 60 s each
 #   SECONDS_EACH=600 scripts/fuzz.sh lookup_query
+#   FUZZ_SEED=1 FUZZ_RUNS=20000 scripts/fuzz.sh   # the same inputs every time (what CI runs: a gate
+#                                                 # must not fail on luck; exploration is for nightly runs)
 # Needs clang (Debian: apt-get install clang) and a configured build/ (for cptune/version.h).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +51,8 @@ for t in "${targets[@]}"; do
   mkdir -p "$OUT/corpus/$t"
   echo "== fuzz_$t: ${SECONDS_EACH} s"
   if ! CPTUNE_HARDWARE_DIR="$PWD/sim/hardware" ASAN_OPTIONS=detect_leaks=0 \
-      "$OUT/fuzz_$t" -max_total_time="$SECONDS_EACH" -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
+      "$OUT/fuzz_$t" -max_total_time="$SECONDS_EACH" ${FUZZ_SEED:+-seed=$FUZZ_SEED} ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} \
+      -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
       -artifact_prefix="$OUT/crashes/$t-" "$OUT/corpus/$t" "tests/fuzz/corpus/$t" 2>"$OUT/fuzz_$t.log"; then
     echo "fuzz_$t FAILED: see $OUT/fuzz_$t.log and $OUT/crashes" >&2
     tail -30 "$OUT/fuzz_$t.log" >&2
