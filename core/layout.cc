@@ -82,7 +82,7 @@ std::string hybrid_hint(Strategy s) { return s == Strategy::hybrid ? "hybrid-uaa
 
 }  // namespace
 
-int64_t mask_pairs(const Mask& mask, int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
+int64_t mask_pairs(const Mask& mask, int64_t len, int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
   if (qb <= qa || kb <= ka) return 0;
   switch (mask.kind) {
     case MaskKind::full:
@@ -91,6 +91,8 @@ int64_t mask_pairs(const Mask& mask, int64_t qa, int64_t qb, int64_t ka, int64_t
       return causal_sum(qa, qb, ka, kb, 0);
     case MaskKind::sliding_window:
       return causal_sum(qa, qb, ka, kb, 0) - causal_sum(qa, qb, ka, kb, mask.window);
+    case MaskKind::blocks:
+      return mask.blocks->pairs(len, qa, qb, ka, kb);
   }
   return 0;
 }
@@ -370,8 +372,9 @@ void Layout::count_flops(RankLayout& rl) const {
   const AttentionShape& s = spec_.shape;
   int64_t padded_pairs = 0, real_pairs = 0;
   for (const TokenRun& run : shard_runs_by_r_[static_cast<size_t>(rl.r)]) {
-    padded_pairs += mask_pairs(s.mask, run.begin, run.begin + run.padded, 0, padded_len_[run.seq]);
-    real_pairs += mask_pairs(s.mask, run.begin, run.begin + run.count, 0, s.seq_lens[run.seq]);
+    const int64_t len = s.seq_lens[run.seq];
+    padded_pairs += mask_pairs(s.mask, len, run.begin, run.begin + run.padded, 0, padded_len_[run.seq]);
+    real_pairs += mask_pairs(s.mask, len, run.begin, run.begin + run.count, 0, len);
   }
   rl.flops = attention_flops(padded_pairs, rl.q_heads.count());
   rl.useful_flops = attention_flops(real_pairs, rl.q_heads.count());
@@ -440,8 +443,9 @@ int64_t Layout::ring_prev(int64_t rank_id) const {
 
 int64_t Layout::run_pairs(std::span<const TokenRun> queries, std::span<const TokenRun> keys, bool padded) const {
   const auto pairs_of = [&](const TokenRun& q, const TokenRun& k) {
-    return padded ? mask_pairs(spec_.shape.mask, q.begin, q.begin + q.padded, k.begin, k.begin + k.padded)
-                  : mask_pairs(spec_.shape.mask, q.begin, q.end(), k.begin, k.end());
+    const int64_t len = spec_.shape.seq_lens[static_cast<size_t>(q.seq)];
+    return padded ? mask_pairs(spec_.shape.mask, len, q.begin, q.begin + q.padded, k.begin, k.begin + k.padded)
+                  : mask_pairs(spec_.shape.mask, len, q.begin, q.end(), k.begin, k.end());
   };
   const auto by_seq = [](const TokenRun& a, const TokenRun& b) { return a.seq < b.seq; };
   int64_t total = 0;

@@ -173,8 +173,9 @@ class Layout {
   std::vector<int64_t> ring_max_kv_heads_intra_, ring_max_kv_heads_inter_;  // per r, next link
 };
 
-// Exact count of (i, j) with i in [qa, qb), j in [ka, kb) visible under the mask (one sequence).
-int64_t mask_pairs(const Mask& mask, int64_t qa, int64_t qb, int64_t ka, int64_t kb);
+// Exact count of (i, j) with i in [qa, qb), j in [ka, kb) visible under the mask in one sequence
+// of len real tokens (block masks cut it into their blocks; positions past len are padding).
+int64_t mask_pairs(const Mask& mask, int64_t len, int64_t qa, int64_t qb, int64_t ka, int64_t kb);
 
 // tensor_split rule: part i of n of length L starts at i*floor(L/n) + min(i, L mod n).
 inline int64_t split_begin(int64_t len, int64_t parts, int64_t i) {

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/read_file.h"
 
 namespace cptune {
 namespace {
@@ -14,9 +15,10 @@ template <typename E, size_t N>
 using NameTable = std::array<std::pair<E, std::string_view>, N>;
 
 constexpr NameTable<DType, 3> kDTypes{{{DType::bf16, "bf16"}, {DType::fp16, "fp16"}, {DType::fp32, "fp32"}}};
-constexpr NameTable<MaskKind, 3> kMasks{{{MaskKind::full, "full"},
+constexpr NameTable<MaskKind, 4> kMasks{{{MaskKind::full, "full"},
                                          {MaskKind::causal, "causal"},
-                                         {MaskKind::sliding_window, "sliding"}}};
+                                         {MaskKind::sliding_window, "sliding"},
+                                         {MaskKind::blocks, "blocks"}}};
 constexpr NameTable<Strategy, 7> kStrategies{{{Strategy::ulysses, "ulysses"},
                                               {Strategy::uaa, "uaa"},
                                               {Strategy::ring, "ring"},
@@ -74,7 +76,12 @@ MetadataChannel parse_metadata_channel(std::string_view s) { return parse_of(kCh
 
 std::string to_string(const Mask& m) {
   if (m.kind == MaskKind::sliding_window) return "sliding:" + std::to_string(m.window);
+  if (m.kind == MaskKind::blocks) return m.blocks ? m.blocks->name() : "blocks";
   return std::string(to_string(m.kind));
+}
+
+Mask block_mask(BlockTable table) {
+  return Mask{MaskKind::blocks, 0, std::make_shared<const BlockTable>(std::move(table))};
 }
 
 Mask parse_mask(std::string_view s) {
@@ -91,7 +98,30 @@ Mask parse_mask(std::string_view s) {
   }
   if (s == "sliding" || s == "sliding-window")
     throw Error("mask '" + std::string(s) + "' needs a window; write sliding:W, e.g. sliding:4096");
-  return Mask{parse_mask_kind(s), 0};
+  if (s == "blocks" || s == "blocks:")
+    throw Error("mask '" + std::string(s) + "' needs a table; write blocks:FILE or a pattern such as star:16");
+  if (s.substr(0, 7) == "blocks:") {
+    // "blocks:N:ROWS" (the inline text to_string writes) or "blocks:FILE".
+    const std::string_view rest = s.substr(7);
+    const size_t colon = rest.find(':');
+    const std::string_view head = rest.substr(0, colon);
+    const bool inline_form = colon != std::string_view::npos && !head.empty() &&
+                             head.find_first_not_of("0123456789") == std::string_view::npos;
+    if (inline_form) {
+      std::string text(head);
+      text += '\n';
+      for (char c : rest.substr(colon + 1)) text += c == '/' ? '\n' : c;
+      return block_mask(parse_block_table(text, "mask '" + std::string(s.substr(0, 40)) + "'"));
+    }
+    const std::string path(rest);
+    return block_mask(parse_block_table(read_regular_file(path, "block table", size_t(1) << 20), path));
+  }
+  if (is_block_pattern(s)) return block_mask(block_pattern(s));
+  for (const auto& [kind, name] : kMasks)
+    if (name == s) return Mask{kind, 0};
+  throw Error("unknown mask '" + std::string(s) +
+              "'; choose full, causal, sliding:W, blocks:FILE or a block pattern (strided:N,S, "
+              "global-local:N,G,W, star:N, stream:N,SINK,LOCAL)");
 }
 
 std::string seq_lens_text(std::span<const int64_t> seq_lens) {
@@ -165,6 +195,8 @@ void check_limits(const ShapeView& s) {
   }
   check_range(total, kMaxTokens, "total tokens per sample");
   if (s.mask.kind == MaskKind::sliding_window) check_range(s.mask.window, kMaxTokens, "sliding window");
+  if (s.mask.kind == MaskKind::blocks && !s.mask.blocks)
+    throw Error("a block mask without its table; give blocks:FILE or a pattern such as star:16");
 }
 
 std::string to_string(const AttentionShape& k) {
@@ -214,6 +246,7 @@ uint64_t family_hash(const ShapeView& s) {
   for (int64_t v : {s.batch, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, int64_t(s.dtype), int64_t(s.mask.kind)})
     h = combine(h, v);
   if (s.mask.kind == MaskKind::sliding_window) h = combine(h, s.mask.window);
+  if (s.mask.kind == MaskKind::blocks && s.mask.blocks) h = combine(h, int64_t(s.mask.blocks->hash()));
   return h;
 }
 

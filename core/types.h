@@ -3,15 +3,18 @@
 // attention shape, cluster, layout choice and phases every layer (sim, backends, db, tuner,
 // the C ABI, every JSON and CSV) uses unchanged.
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "core/block_mask.h"
+
 namespace cptune {
 
 enum class DType { bf16, fp16, fp32 };
-enum class MaskKind { full, causal, sliding_window };
+enum class MaskKind { full, causal, sliding_window, blocks };
 enum class Strategy { ulysses, uaa, ring, ring_zigzag, allgather_kv, hybrid, hybrid_uaa };
 enum class HeadPolicy { balanced, kv_aligned };
 enum class RankOrder { ulysses_inner, ring_inner };
@@ -36,18 +39,27 @@ Strategy parse_strategy(std::string_view s);
 HeadPolicy parse_head_policy(std::string_view s);
 RankOrder parse_rank_order(std::string_view s);
 
-// Query i attends to key j when: full: always; causal: j <= i;
-// sliding window W: i - W < j <= i (causal, the last W keys including i itself).
+// Query i attends to key j (positions in a sequence of len tokens) when: full: always; causal:
+// j <= i; sliding window W: i - W < j <= i (causal, the last W keys including i itself);
+// blocks: the block table says so (core/block_mask.h: the sequence cut into N equal blocks).
 struct Mask {
   MaskKind kind = MaskKind::full;
-  int64_t window = 0;  // tokens; used by sliding_window only
+  int64_t window = 0;                        // tokens; used by sliding_window only
+  std::shared_ptr<const BlockTable> blocks;  // blocks only (shared, never modified)
 
-  // The definition above, position by position (references and tests; kernels tile it).
-  // The window matters only for sliding windows.
+  Mask(MaskKind k = MaskKind::full, int64_t w = 0, std::shared_ptr<const BlockTable> b = {})
+      : kind(k), window(w), blocks(std::move(b)) {}
+
+  // Masks are equal when they see the same pairs: the window matters only for sliding windows,
+  // the table's cells (not its name) only for block masks.
   bool operator==(const Mask& o) const {
-    return kind == o.kind && (kind != MaskKind::sliding_window || window == o.window);
+    if (kind != o.kind) return false;
+    if (kind == MaskKind::sliding_window) return window == o.window;
+    if (kind == MaskKind::blocks) return blocks == o.blocks || (blocks && o.blocks && *blocks == *o.blocks);
+    return true;
   }
-  bool sees(int64_t i, int64_t j) const {
+  // The definition above, position by position (references and tests; kernels tile it).
+  bool sees(int64_t i, int64_t j, int64_t len) const {
     switch (kind) {
       case MaskKind::full:
         return true;
@@ -55,11 +67,18 @@ struct Mask {
         return j <= i;
       case MaskKind::sliding_window:
         return i - window < j && j <= i;
+      case MaskKind::blocks:
+        return blocks->sees(len, i, j);
     }
     return false;
   }
 };
-std::string to_string(const Mask& m);  // "full", "causal", "sliding:4096"
+// "full", "causal", "sliding:4096", a pattern's text ("star:16") or a table's inline text
+// ("blocks:4:C.../FC../F.C./F..C"): every form parse_mask reads back.
+std::string to_string(const Mask& m);
+// Accepts the same, "sliding-window:W", and "blocks:FILE" (a table file, core/block_mask.h).
+// Throws Error naming the bad text.
+Mask block_mask(BlockTable table);
 Mask parse_mask(std::string_view s);   // accepts the same, and "sliding-window:W"
 
 // Sequence lists as every layer spells them: "77,4097". parse throws Error naming the text

@@ -86,7 +86,7 @@ PairCount pairs_in_plan(const TilePlan& plan, const std::vector<StoredRun>& q_ru
           // The kernel masks by these positions: they must be the runs' own.
           if (tile.pos + i != q->begin + (tile.row + i - q->offset) || seg.pos + j != k->begin + (seg.row + j - k->offset))
             ++out[{-2, -2}];
-          if (mask.sees(tile.pos + i, seg.pos + j)) ++out[{tile.row + i, seg.row + j}];
+          if (mask.sees(tile.pos + i, seg.pos + j, kFarPosition)) ++out[{tile.row + i, seg.row + j}];
         }
       }
   return out;
@@ -100,7 +100,7 @@ PairCount visible_pairs(const std::vector<StoredRun>& q_runs, const std::vector<
       if (q.seq == k.seq)
         for (int64_t i = 0; i < q.count; ++i)
           for (int64_t j = 0; j < k.count; ++j)
-            if (mask.sees(q.begin + i, k.begin + j)) ++out[{q.offset + i, k.offset + j}];
+            if (mask.sees(q.begin + i, k.begin + j, kFarPosition)) ++out[{q.offset + i, k.offset + j}];
   return out;
 }
 

@@ -23,22 +23,25 @@ AttentionShape make_shape(std::vector<int64_t> seqs, int64_t hq, int64_t hkv, Ma
 std::string describe(const Layout& l) { return to_string(l.choice()) + " " + to_string(l.shape()); }
 
 // Brute force: number of visible (i, j) pairs of a sequence of length n.
-int64_t brute_pairs(const Mask& m, int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
+int64_t brute_pairs(const Mask& m, int64_t len, int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
   int64_t n = 0;
   for (int64_t i = qa; i < qb; ++i)
-    for (int64_t j = ka; j < kb; ++j) n += m.sees(i, j);
+    for (int64_t j = ka; j < kb; ++j) n += m.sees(i, j, len);
   return n;
 }
 
+// Ranges reach past the sequence's length: padding positions count as the last block's.
 TEST(MaskPairs, EqualsBruteForceForEveryRangeAndMask) {
   for (Mask m : {Mask{MaskKind::full, 0}, Mask{MaskKind::causal, 0}, Mask{MaskKind::sliding_window, 1},
-                 Mask{MaskKind::sliding_window, 3}, Mask{MaskKind::sliding_window, 20}})
-    for (int64_t qa = 0; qa < 12; ++qa)
-      for (int64_t qb = qa; qb < 12; ++qb)
-        for (int64_t ka = 0; ka < 12; ++ka)
-          for (int64_t kb = ka; kb < 12; kb += 2)
-            ASSERT_EQ(mask_pairs(m, qa, qb, ka, kb), brute_pairs(m, qa, qb, ka, kb))
-                << to_string(m) << " q[" << qa << "," << qb << ") k[" << ka << "," << kb << ")";
+                 Mask{MaskKind::sliding_window, 3}, Mask{MaskKind::sliding_window, 20}, parse_mask("star:3"),
+                 parse_mask("strided:5,2"), parse_mask("global-local:4,1,1"), parse_mask("stream:7,1,2")})
+    for (int64_t len : {1, 5, 10})
+      for (int64_t qa = 0; qa < 12; ++qa)
+        for (int64_t qb = qa; qb < 12; ++qb)
+          for (int64_t ka = 0; ka < 12; ++ka)
+            for (int64_t kb = ka; kb < 12; kb += 2)
+              ASSERT_EQ(mask_pairs(m, len, qa, qb, ka, kb), brute_pairs(m, len, qa, qb, ka, kb))
+                  << to_string(m) << " len " << len << " q[" << qa << "," << qb << ") k[" << ka << "," << kb << ")";
 }
 
 // Heads: every Q head computed by exactly one Ulysses rank; each rank gets exactly the KV heads
@@ -348,7 +351,7 @@ TEST(LayoutFlops, RanksShareTheSingleDeviceWorkExactly) {
         int64_t total = 0;
         for (const RankLayout& rl : l->ranks()) total += rl.useful_flops;
         int64_t want = 0;
-        for (int64_t len : l->shape().seq_lens) want += brute_pairs(mask, 0, len, 0, len);
+        for (int64_t len : l->shape().seq_lens) want += brute_pairs(mask, len, 0, len, 0, len);
         EXPECT_EQ(total, want * 6 * 2 * (4 + 2)) << describe(*l);
         ++checked;
         if (!rotates_kv(spec.choice.strategy)) return;
@@ -358,7 +361,8 @@ TEST(LayoutFlops, RanksShareTheSingleDeviceWorkExactly) {
             int64_t pairs = 0;
             for (const TokenRun& q : l->shard_runs(rl.r))
               for (const TokenRun& kv : l->shard_runs(l->ring_kv_source(rl.r, k)))
-                if (q.seq == kv.seq) pairs += brute_pairs(mask, q.begin, q.begin + q.padded, kv.begin, kv.begin + kv.padded);
+                if (q.seq == kv.seq) pairs += brute_pairs(mask, l->shape().seq_lens[size_t(q.seq)], q.begin, q.begin + q.padded, kv.begin,
+                                     kv.begin + kv.padded);
             best = std::max(best, pairs * rl.q_heads.count() * 2 * (4 + 2));
           }
           EXPECT_EQ(l->ring_step_max(k).flops, best) << describe(*l) << " step " << k;

@@ -236,7 +236,7 @@ void add_ring_steps(Comm& world, const ProbePlan& plan, std::vector<PendingProbe
     p.probe.label = fmt::format("ring step: attention {} tokens, {} heads, D {} + hop {}", a.tokens, a.q_heads,
                                 a.head_dim, human_bytes(double(step.bytes)));
     p.probe.hop_bytes = step.bytes;
-    p.probe.flops = mask_pairs(a.mask, 0, a.tokens, 0, a.tokens) * 2 * (2 * a.head_dim) * a.q_heads;
+    p.probe.flops = mask_pairs(a.mask, a.tokens, 0, a.tokens, 0, a.tokens) * 2 * (2 * a.head_dim) * a.q_heads;
     p.probe.node.flops_ranks = {{p.probe.flops, P}};
     p.probe.dtype = a.dtype;
     p.before = [in] { in->state.clear(); };
@@ -262,7 +262,7 @@ void add_attention(Comm& world, const ProbePlan& plan, std::vector<PendingProbe>
     p.probe.kind = ProbeKind::attention;
     p.probe.label = fmt::format("attention {} tokens, {}/{} heads, D {}, {}, {}, {} of {} ranks", T, a.q_heads,
                                 a.kv_heads, D, to_string(a.mask), to_string(a.dtype), active, world.size());
-    p.probe.flops = mask_pairs(a.mask, 0, T, 0, T) * 2 * (D + D) * a.q_heads;  // the Layout's count
+    p.probe.flops = mask_pairs(a.mask, T, 0, T, 0, T) * 2 * (D + D) * a.q_heads;  // the Layout's count
     p.probe.node.flops_ranks = {{p.probe.flops, active}};
     p.probe.dtype = a.dtype;
     p.before = [in] { in->state.clear(); };

@@ -103,7 +103,7 @@ void Reference::row(const RowId& id, std::span<double> out, std::span<double> to
   double m = -std::numeric_limits<double>::infinity(), sigma = 0;
   int64_t n = 0;
   for (int64_t j = 0; j < len; ++j) {
-    if (!shape_.mask.sees(id.pos, j)) continue;
+    if (!shape_.mask.sees(id.pos, j, len)) continue;
     const double* k = k_.data() + (first + j) * D;
     double dot = 0, mag = 0;
     for (int64_t d = 0; d < D; ++d) {
@@ -119,7 +119,7 @@ void Reference::row(const RowId& id, std::span<double> out, std::span<double> to
   std::vector<double> abs_sum(static_cast<size_t>(Dv), 0.0);
   double z = 0;
   for (int64_t j = 0; j < len && n > 0; ++j) {
-    if (!shape_.mask.sees(id.pos, j)) continue;
+    if (!shape_.mask.sees(id.pos, j, len)) continue;
     const double p = std::exp(scores_[static_cast<size_t>(j)] - m);
     const double* v = v_.data() + (first + j) * Dv;
     z += p;

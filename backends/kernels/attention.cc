@@ -67,6 +67,14 @@ void check_attention_arguments(const Queries& queries, const KvBlock& block, con
   check_heads(params.heads, q.heads, k.heads, kernel);
   if (params.mask.kind == MaskKind::sliding_window && params.mask.window < 1)
     throw Error(fmt::format("{}: sliding window {} must be >= 1 token", kernel, params.mask.window));
+  if (params.mask.kind == MaskKind::blocks) {
+    if (!params.mask.blocks) throw Error(fmt::format("{}: a block mask without its table", kernel));
+    for (const auto* runs : {&queries.runs, &block.runs})
+      for (const StoredRun& run : *runs)
+        if (run.seq < 0 || static_cast<size_t>(run.seq) >= params.seq_lens.size())
+          throw Error(fmt::format("{}: block mask {} needs the length of sequence {}, but {} lengths were given",
+                                  kernel, params.mask.blocks->name(), run.seq, params.seq_lens.size()));
+  }
   if (params.scale && !std::isfinite(*params.scale))
     throw Error(fmt::format("{}: scale {} must be finite", kernel, *params.scale));
 }
@@ -103,6 +111,8 @@ KeyWindow key_window(const Mask& mask, int64_t i) {
       return {-kFarPosition, i + 1};
     case MaskKind::sliding_window:
       return {i - std::min(mask.window, kFarPosition) + 1, i + 1};
+    case MaskKind::blocks:
+      throw Error("attention: a block mask has no single key window; kernels tile it by its blocks");
   }
   return {0, 0};
 }

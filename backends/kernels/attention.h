@@ -68,6 +68,9 @@ struct AttentionParams {
   Mask mask;
   HeadMap heads;
   std::optional<float> scale;  // multiplies q.k; unset: 1 / sqrt(D)
+  // Length of each sequence, by TokenRun::seq: a block mask cuts every sequence into its blocks
+  // (core/block_mask.h). Needed for MaskKind::blocks only; other masks ignore it.
+  std::span<const int64_t> seq_lens{};
 };
 
 // Stands for "no bound" in key windows; far from INT64 limits so window arithmetic cannot wrap.
@@ -79,6 +82,11 @@ struct KeyWindow {
   int64_t lo, hi;
 };
 KeyWindow key_window(const Mask& mask, int64_t i);
+// The length of sequence seq for the mask (params.seq_lens; kFarPosition when not given).
+inline int64_t seq_len_of(const AttentionParams& params, int32_t seq) {
+  return seq >= 0 && static_cast<size_t>(seq) < params.seq_lens.size() ? params.seq_lens[static_cast<size_t>(seq)]
+                                                                        : kFarPosition;
+}
 
 // The checks every attention kernel (CPU, CUDA) runs on its arguments: tensor sizes, runs inside
 // their tensors, Q heads reading KV heads that are held, a state of the right size, mask and

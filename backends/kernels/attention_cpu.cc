@@ -38,14 +38,14 @@ RowMatrixD head_in_double(const TensorView& t, int64_t head) {
 
 // Softmax(scale q.k) V for one query row over every visible key, two passes over the scores.
 void reference_row(const RowMatrixD& q, const RowMatrixD& k, const RowMatrixD& v, int64_t q_row, int64_t pos,
-                   const StoredRun& q_run, const KvBlock& keys, const Mask& mask, double scale, float* out,
+                   const StoredRun& q_run, const KvBlock& keys, const Mask& mask, int64_t len, double scale, float* out,
                    float& lse) {
   std::vector<double> scores;
   std::vector<int64_t> key_rows;
   for (const StoredRun& run : keys.runs) {
     if (run.seq != q_run.seq) continue;
     for (int64_t t = 0; t < run.count; ++t) {
-      if (!mask.sees(pos, run.begin + t)) continue;  // the definition, not the kernel's tiling
+      if (!mask.sees(pos, run.begin + t, len)) continue;  // the definition, not the kernel's tiling
       scores.push_back(scale * q.row(q_row).dot(k.row(run.offset + t)));
       key_rows.push_back(run.offset + t);
     }
@@ -97,7 +97,8 @@ void reference_attention(const Queries& queries, const KvBlock& keys, const Atte
     const RowMatrixD q = head_in_double(queries.q, h), k = head_in_double(keys.k, kv), v = head_in_double(keys.v, kv);
     for (const StoredRun& run : queries.runs)
       for (int64_t t = 0; t < run.count; ++t)
-        reference_row(q, k, v, run.offset + t, run.begin + t, run, keys, params.mask, scale,
+        reference_row(q, k, v, run.offset + t, run.begin + t, run, keys, params.mask,
+                      seq_len_of(params, run.seq), scale,
                       state.out_row(run.offset + t, h), state.lse_at(run.offset + t, h));
   }
 }

@@ -85,7 +85,7 @@ void run(benchmark::State& state, MaskKind mask_kind, DType dtype, Attention att
     cpu_seconds += thread_cpu_seconds() - start;
   }
   const double flops =
-      2.0 * static_cast<double>(D + D) * static_cast<double>(mask_pairs(params.mask, 0, S, 0, S)) * kQHeads;
+      2.0 * static_cast<double>(D + D) * static_cast<double>(mask_pairs(params.mask, S, 0, S, 0, S)) * kQHeads;
   state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   if (roofline != nullptr) {
     const double kernel = flops * static_cast<double>(state.iterations()) / cpu_seconds * 1e-9;

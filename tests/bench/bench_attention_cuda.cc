@@ -34,7 +34,7 @@ using namespace cptune::backends;
 constexpr int64_t kHeads = 16, kDim = 128;
 
 double forward_flops(int64_t S, MaskKind mask) {
-  return 2.0 * static_cast<double>(kDim + kDim) * static_cast<double>(mask_pairs({mask, 0}, 0, S, 0, S)) * kHeads;
+  return 2.0 * static_cast<double>(kDim + kDim) * static_cast<double>(mask_pairs({mask, 0}, S, 0, S, 0, S)) * kHeads;
 }
 
 #if CPTUNE_HAVE_CUDA

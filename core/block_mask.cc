@@ -1,0 +1,278 @@
+#include "core/block_mask.h"
+
+#include <algorithm>
+#include <charconv>
+#include <climits>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace cptune {
+namespace {
+
+using std::to_string;
+
+// Pairs (i, j), i in [qa, qb), j in [ka, kb), with j <= i.
+int64_t causal_pairs(int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
+  // count(i) = clamp(i + 1 - ka, 0, kb - ka), summed over i.
+  const int64_t lo = qa + 1 - ka, hi = qb + 1 - ka, cap = kb - ka;
+  if (hi <= lo || cap <= 0) return 0;
+  int64_t total = 0;
+  const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, cap);
+  if (b > a) total += (a + b - 1) * (b - a) / 2;
+  const int64_t at_cap = hi - std::max(lo, cap);
+  if (at_cap > 0) total += at_cap * cap;
+  return total;
+}
+
+char cell_char(BlockKind k) { return k == BlockKind::full ? 'F' : k == BlockKind::causal ? 'C' : '.'; }
+
+bool cell_of(char c, BlockKind& out) {
+  switch (c) {
+    case '.':
+      out = BlockKind::empty;
+      return true;
+    case 'F':
+    case 'f':
+      out = BlockKind::full;
+      return true;
+    case 'C':
+    case 'c':
+      out = BlockKind::causal;
+      return true;
+  }
+  return false;
+}
+
+uint64_t mix(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return h;
+}
+
+void check_blocks(int64_t n, std::string_view where) {
+  if (n < 1 || n > kMaxMaskBlocks)
+    throw Error("block count " + to_string(n) + " in " + std::string(where) + " must be in [1, " +
+                to_string(kMaxMaskBlocks) + "]");
+}
+
+// Rows of cell characters, one string per query block; blanks inside a row are skipped.
+BlockTable table_of_rows(int64_t n, const std::vector<std::string>& rows, std::string_view source) {
+  check_blocks(n, source);
+  if (static_cast<int64_t>(rows.size()) != n)
+    throw Error(std::string(source) + ": " + to_string(rows.size()) + " rows for " + to_string(n) +
+                " blocks; a table has one row per block");
+  std::vector<BlockKind> cells;
+  cells.reserve(static_cast<size_t>(n * n));
+  for (size_t r = 0; r < rows.size(); ++r) {
+    int64_t width = 0;
+    for (char c : rows[r]) {
+      if (c == ' ' || c == '\t') continue;
+      BlockKind k;
+      if (!cell_of(c, k))
+        throw Error(std::string(source) + ": row " + to_string(r) + " has '" + std::string(1, c) +
+                    "'; cells are '.' (empty), 'F' (full) or 'C' (causal)");
+      cells.push_back(k);
+      ++width;
+    }
+    if (width != n)
+      throw Error(std::string(source) + ": row " + to_string(r) + " has " + to_string(width) + " cells, not " +
+                  to_string(n));
+  }
+  return BlockTable(n, std::move(cells));
+}
+
+int64_t parse_int(std::string_view s, std::string_view what, std::string_view text) {
+  int64_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || end != s.data() + s.size())
+    throw Error("bad " + std::string(what) + " '" + std::string(s) + "' in mask '" + std::string(text) + "'");
+  return v;
+}
+
+struct Pattern {
+  std::string_view name;
+  std::vector<std::string_view> params;  // names, in order
+  std::string_view usage;
+};
+const Pattern kPatterns[] = {
+    {"strided", {"N", "S"}, "strided:N,S"},
+    {"global-local", {"N", "G", "W"}, "global-local:N,G,W"},
+    {"star", {"N"}, "star:N"},
+    {"stream", {"N", "SINK", "LOCAL"}, "stream:N,SINK,LOCAL"},
+};
+
+}  // namespace
+
+BlockTable::BlockTable(int64_t n, std::vector<BlockKind> cells, std::string name)
+    : n_(n), cells_(std::move(cells)), name_(std::move(name)) {
+  check_blocks(n, "a block table");
+  if (static_cast<int64_t>(cells_.size()) != n * n)
+    throw Error("a block table of " + to_string(n) + " blocks needs " + to_string(n * n) + " cells, got " +
+                to_string(cells_.size()));
+  uint64_t h = mix(0x626c6f636b73ULL ^ uint64_t(n));  // "blocks"
+  for (size_t i = 0; i < cells_.size(); i += 8) {
+    uint64_t word = 0;
+    for (size_t b = i; b < std::min(cells_.size(), i + 8); ++b) word = (word << 8) | uint64_t(cells_[b]);
+    h = mix(h ^ (word + 0x9e3779b97f4a7c15ULL + (h << 6)));
+  }
+  hash_ = h;
+  if (name_.empty()) name_ = inline_text(*this);
+}
+
+int64_t BlockTable::count(BlockKind kind) const { return std::count(cells_.begin(), cells_.end(), kind); }
+
+int64_t BlockTable::pairs(int64_t len, int64_t qa, int64_t qb, int64_t ka, int64_t kb) const {
+  if (qb <= qa || kb <= ka) return 0;
+  const auto end_of = [&](int64_t b) { return b == n_ - 1 ? INT64_MAX : block_begin(len, n_, b + 1); };
+  const int64_t q0 = block_of(len, n_, qa), q1 = block_of(len, n_, qb - 1);
+  const int64_t k0 = block_of(len, n_, ka), k1 = block_of(len, n_, kb - 1);
+  int64_t total = 0;
+  for (int64_t q = q0; q <= q1; ++q) {
+    const int64_t qlo = std::max(qa, block_begin(len, n_, q)), qhi = std::min(qb, end_of(q));
+    if (qhi <= qlo) continue;
+    const BlockKind* row = cells_.data() + q * n_;
+    for (int64_t k = k0; k <= k1; ++k) {
+      if (row[k] == BlockKind::empty) continue;
+      const int64_t klo = std::max(ka, block_begin(len, n_, k)), khi = std::min(kb, end_of(k));
+      if (khi <= klo) continue;
+      total += row[k] == BlockKind::full ? (qhi - qlo) * (khi - klo) : causal_pairs(qlo, qhi, klo, khi);
+    }
+  }
+  return total;
+}
+
+std::string inline_text(const BlockTable& t) {
+  std::string out = "blocks:" + to_string(t.n()) + ":";
+  out.reserve(out.size() + static_cast<size_t>(t.n() * (t.n() + 1)));
+  for (int64_t q = 0; q < t.n(); ++q) {
+    if (q) out += '/';
+    for (int64_t k = 0; k < t.n(); ++k) out += cell_char(t.at(q, k));
+  }
+  return out;
+}
+
+std::string rows_text(const BlockTable& t) {
+  std::string out;
+  for (int64_t q = 0; q < t.n(); ++q) {
+    for (int64_t k = 0; k < t.n(); ++k) {
+      if (k) out += ' ';
+      out += cell_char(t.at(q, k));
+    }
+    out += '\n';
+  }
+  return out;
+}
+
+BlockTable parse_block_table(std::string_view text, std::string_view source) {
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos) throw Error(std::string(source) + ": empty block table");
+  if (text[first] == '{') {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(std::string(source) + ": not valid JSON: " + e.what());
+    }
+    if (!j.is_object() || !j.contains("blocks") || !j["blocks"].is_number_integer() || !j.contains("rows") ||
+        !j["rows"].is_array())
+      throw Error(std::string(source) + ": a JSON block table is {\"blocks\": N, \"rows\": [\"C...\", ...]}");
+    std::vector<std::string> rows;
+    for (const auto& r : j["rows"]) {
+      if (!r.is_string()) throw Error(std::string(source) + ": every row is a string of '.', 'F', 'C'");
+      rows.push_back(r.get<std::string>());
+    }
+    return table_of_rows(j["blocks"].get<int64_t>(), rows, source);
+  }
+  // Text: lines, '#' comments and blank lines dropped; the first is N, the rest the rows.
+  std::vector<std::string> lines;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string_view::npos) nl = text.size();
+    std::string_view line = text.substr(pos, nl - pos);
+    if (const size_t hash = line.find('#'); hash != std::string_view::npos) line = line.substr(0, hash);
+    const size_t a = line.find_first_not_of(" \t\r"), b = line.find_last_not_of(" \t\r");
+    if (a != std::string_view::npos) lines.emplace_back(line.substr(a, b - a + 1));
+    pos = nl + 1;
+  }
+  if (lines.empty()) throw Error(std::string(source) + ": empty block table");
+  const int64_t n = parse_int(lines[0], "block count", source);
+  return table_of_rows(n, std::vector<std::string>(lines.begin() + 1, lines.end()), source);
+}
+
+bool is_block_pattern(std::string_view text) {
+  const std::string_view head = text.substr(0, text.find(':'));
+  return std::any_of(std::begin(kPatterns), std::end(kPatterns), [&](const Pattern& p) { return p.name == head; });
+}
+
+BlockTable block_pattern(std::string_view text) {
+  const size_t colon = text.find(':');
+  const std::string_view head = text.substr(0, colon);
+  const Pattern* pattern = nullptr;
+  for (const Pattern& p : kPatterns)
+    if (p.name == head) pattern = &p;
+  if (!pattern) throw Error("unknown block pattern '" + std::string(text) + "'; choose strided, global-local, star, stream");
+  if (colon == std::string_view::npos)
+    throw Error("mask '" + std::string(text) + "' needs its parameters; write " + std::string(pattern->usage));
+  std::vector<int64_t> v;
+  std::string_view rest = text.substr(colon + 1);
+  while (true) {
+    const size_t comma = rest.find(',');
+    v.push_back(parse_int(rest.substr(0, comma), "number", text));
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  if (v.size() != pattern->params.size())
+    throw Error("mask '" + std::string(text) + "' has " + to_string(v.size()) + " parameters; write " +
+                std::string(pattern->usage));
+  const int64_t n = v[0];
+  check_blocks(n, "mask '" + std::string(text) + "'");
+  const auto need = [&](size_t i, int64_t lo, int64_t hi) {
+    if (v[i] < lo || v[i] > hi)
+      throw Error(std::string(pattern->params[i]) + " = " + to_string(v[i]) + " in mask '" + std::string(text) +
+                  "' must be in [" + to_string(lo) + ", " + to_string(hi) + "]");
+  };
+  std::vector<BlockKind> cells(static_cast<size_t>(n * n), BlockKind::empty);
+  const auto set = [&](int64_t q, int64_t k, BlockKind kind) { cells[static_cast<size_t>(q * n + k)] = kind; };
+  std::string name;
+  if (head == "strided") {
+    need(1, 1, n);
+    const int64_t s = v[1];
+    for (int64_t q = 0; q < n; ++q)
+      for (int64_t k = 0; k <= q; ++k)
+        if (k == q) set(q, k, BlockKind::causal);
+        else if (q - k < s || (q - k) % s == 0) set(q, k, BlockKind::full);
+    name = "strided:" + to_string(n) + "," + to_string(s);
+  } else if (head == "global-local") {
+    need(1, 0, n);
+    need(2, 0, n);
+    const int64_t g = v[1], w = v[2];
+    for (int64_t q = 0; q < n; ++q)
+      for (int64_t k = 0; k < n; ++k)
+        if (q < g || k < g || std::abs(q - k) <= w) set(q, k, BlockKind::full);
+    name = "global-local:" + to_string(n) + "," + to_string(g) + "," + to_string(w);
+  } else if (head == "star") {
+    for (int64_t q = 0; q < n; ++q) {
+      set(q, q, BlockKind::causal);
+      if (q > 0) set(q, 0, BlockKind::full);
+    }
+    name = "star:" + to_string(n);
+  } else {  // stream
+    need(1, 0, n);
+    need(2, 1, n);
+    const int64_t sink = v[1], local = v[2];
+    for (int64_t q = 0; q < n; ++q)
+      for (int64_t k = 0; k <= q; ++k)
+        if (k == q) set(q, k, BlockKind::causal);
+        else if (k < sink || q - k < local) set(q, k, BlockKind::full);
+    name = "stream:" + to_string(n) + "," + to_string(sink) + "," + to_string(local);
+  }
+  return BlockTable(n, std::move(cells), std::move(name));
+}
+
+}  // namespace cptune
