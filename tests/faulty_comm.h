@@ -124,9 +124,10 @@ class FaultyComm : public backends::Comm {
 };
 
 // The kernel perturbed: the `nth` (0-based) attend() call of this rank either drops the last key
-// of its block (any device: runs are host metadata) or negates its first key (a copy of K made
-// on the host: the host device only).
-enum class KernelFault { drop_last_key, perturb_key };
+// of its block (any device: runs are host metadata), negates its first key (a copy of K made
+// on the host: the host device only), or, under a block mask, misses one block: the diagonal
+// cell of its first query's block is taken as EMPTY (any device).
+enum class KernelFault { drop_last_key, perturb_key, drop_block };
 
 class FaultyDevice : public backends::Device {
  public:
@@ -154,6 +155,7 @@ class FaultyDevice : public backends::Device {
       void attend(const backends::Queries& queries, const backends::KvBlock& block,
                   const backends::AttentionParams& params) override {
         if (device->calls_++ != device->nth_) return inner->attend(queries, block, params);
+        if (device->fault_ == KernelFault::drop_block) return attend_missing_block(queries, block, params);
         backends::KvBlock changed = block;
         std::vector<backends::StoredRun> runs(block.runs.begin(), block.runs.end());
         std::vector<std::byte> k;
@@ -175,6 +177,20 @@ class FaultyDevice : public backends::Device {
           changed.k.data = k.data();
         }
         inner->attend(queries, changed, params);
+      }
+      void attend_missing_block(const backends::Queries& queries, const backends::KvBlock& block,
+                                const backends::AttentionParams& params) {
+        backends::AttentionParams changed = params;
+        const auto first = std::find_if(queries.runs.begin(), queries.runs.end(),
+                                        [](const backends::StoredRun& r) { return r.count > 0; });
+        if (params.mask.kind == MaskKind::blocks && first != queries.runs.end()) {
+          const BlockTable& table = *params.mask.blocks;
+          const int64_t qb = block_of(backends::seq_len_of(params, first->seq), table.n(), first->begin);
+          std::vector<BlockKind> cells(table.cells().begin(), table.cells().end());
+          cells[static_cast<size_t>(qb * table.n() + qb)] = BlockKind::empty;
+          changed.mask = block_mask(BlockTable(table.n(), std::move(cells)));
+        }
+        inner->attend(queries, block, changed);
       }
     };
     auto a = std::make_unique<Faulty>();

@@ -106,7 +106,7 @@ struct Problem {
   float amplitude = 1;  // of Q and K; V is always in [-1, 1)
   std::optional<float> scale;
 
-  AttentionParams params() const { return {mask, {0, 0, q_heads / kv_heads}, scale}; }
+  AttentionParams params() const { return {mask, {0, 0, q_heads / kv_heads}, scale, seq_lens}; }
   std::string describe() const {
     std::string lens;
     for (int64_t len : seq_lens) lens += std::to_string(len) + ",";
@@ -178,10 +178,21 @@ RowHead same_place(int64_t row, int64_t head) { return {row, head}; }
   return result;
 }
 
+// A block table with every cell EMPTY, FULL or CAUSAL at random.
+BlockTable random_table(std::mt19937_64& rng, int64_t n) {
+  std::vector<BlockKind> cells(static_cast<size_t>(n * n));
+  for (auto& c : cells) c = static_cast<BlockKind>(rng() % 3);
+  return BlockTable(n, std::move(cells));
+}
+
 std::vector<Mask> masks_for(int64_t len) {
   std::vector<Mask> masks{{MaskKind::full, 0}, {MaskKind::causal, 0}};
   for (int64_t window : {int64_t{1}, int64_t{3}, int64_t{64}, len - 1, len, len + 7})
     if (window >= 1) masks.push_back({MaskKind::sliding_window, window});
+  std::mt19937_64 rng(static_cast<uint64_t>(len));
+  for (const char* pattern : {"star:3", "strided:5,2", "stream:7,1,2", "global-local:4,1,1"})
+    masks.push_back(parse_mask(pattern));
+  masks.push_back(block_mask(random_table(rng, 6)));
   return masks;
 }
 
@@ -209,6 +220,77 @@ TEST(AttendCpu, MatchesReferenceForEveryWindowOfEverySmallSequence) {
       p.mask = {MaskKind::sliding_window, window};
       EXPECT_TRUE(matches_reference(p, static_cast<uint64_t>(len * 100 + window)));
     }
+}
+
+// Block masks: random tables of 1 to 16 blocks over lengths whose blocks start and end on and
+// off the 64-token tile edges (blocks shorter and longer than a tile, lengths below N), in a
+// packed batch so every sequence is cut by its own length.
+TEST(AttendCpu, RandomBlockTablesMatchReferenceAcrossTileEdges) {
+  std::mt19937_64 rng(16);
+  for (int trial = 0; trial < 60; ++trial) {
+    Problem p;
+    const int64_t n = 1 + static_cast<int64_t>(rng() % 16);
+    p.mask = block_mask(random_table(rng, n));
+    const int64_t lens[] = {1, 5, 63, 64, 65, 128, 129, 200, 257, 640, 1001};
+    p.seq_lens = {lens[rng() % std::size(lens)], lens[rng() % std::size(lens)]};
+    p.q_heads = 2;
+    p.kv_heads = 1;
+    p.head_dim = p.v_dim = 8;
+    EXPECT_TRUE(matches_reference(p, 500 + static_cast<uint64_t>(trial))) << inline_text(*p.mask.blocks);
+  }
+}
+
+// Small sequences, lengths 1 to 8 (blocks of 0 to 3 tokens): each cell of a 3-block table alone,
+// FULL and CAUSAL, so a wrong boundary of any cell shows.
+TEST(AttendCpu, EveryCellOfASmallTableMatchesReferenceAtEveryShortLength) {
+  for (int64_t len = 1; len <= 8; ++len)
+    for (int64_t cell = 0; cell < 9; ++cell)
+      for (BlockKind kind : {BlockKind::full, BlockKind::causal}) {
+        std::vector<BlockKind> cells(9, BlockKind::empty);
+        cells[static_cast<size_t>(cell)] = kind;
+        Problem p;
+        p.seq_lens = {len};
+        p.head_dim = p.v_dim = 4;
+        p.mask = block_mask(BlockTable(3, cells));
+        EXPECT_TRUE(matches_reference(p, static_cast<uint64_t>(len * 10 + cell)));
+      }
+}
+
+// The comparison the tests and --verify rely on can fail: a kernel that drops one visible cell
+// (the table with that cell EMPTY) differs from the reference with the whole table.
+TEST(AttendCpu, AKernelMissingOneBlockDiffersFromTheReference) {
+  Problem p;
+  p.seq_lens = {200};
+  p.mask = parse_mask("strided:8,3");
+  const Inputs in = make_inputs(p, 41);
+  const AttentionState want = reference(in, p.params());
+  EXPECT_TRUE(states_near(blocked(in, p.params()), want, kStateTol));
+  const BlockTable& table = *p.mask.blocks;
+  for (int64_t cell = 0; cell < table.n() * table.n(); ++cell) {
+    if (table.cells()[static_cast<size_t>(cell)] == BlockKind::empty) continue;
+    std::vector<BlockKind> cells(table.cells().begin(), table.cells().end());
+    cells[static_cast<size_t>(cell)] = BlockKind::empty;
+    Problem missing = p;
+    missing.mask = block_mask(BlockTable(table.n(), cells));
+    EXPECT_FALSE(states_near(blocked(in, missing.params()), want, kStateTol)) << "cell " << cell;
+  }
+}
+
+// A block mask cuts each sequence by its own length: the kernel refuses to guess one.
+TEST(AttendCpu, BlockMaskWithoutSequenceLengthsIsRefused) {
+  Problem p;
+  p.seq_lens = {50};
+  p.mask = parse_mask("star:4");
+  const Inputs in = make_inputs(p, 3);
+  AttentionParams params = p.params();
+  params.seq_lens = {};
+  AttentionState state(in.tokens(), p.q_heads, p.v_dim);
+  try {
+    attend({in.q.view(), in.runs}, {in.k.view(), in.v.view(), in.runs}, params, state);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("star:4"), std::string::npos) << e.what();
+  }
 }
 
 TEST(AttendCpu, ValueHeadDimMayDifferFromQueryKeyDim) {
@@ -325,15 +407,15 @@ Block cut_block(const Inputs& in, int64_t first, int64_t last) {
 TEST(AttendCpu, KvSplitIntoRandomBlocksInRandomOrderMergesToOneCall) {
   constexpr float kMergeTol = 2e-6f;
   std::mt19937_64 rng(2024);
-  const Mask masks[] = {
-      {MaskKind::full, 0}, {MaskKind::causal, 0}, {MaskKind::sliding_window, 5}, {MaskKind::sliding_window, 70}};
-  for (int trial = 0; trial < 100; ++trial) {
+  const Mask masks[] = {{MaskKind::full, 0},           {MaskKind::causal, 0},         {MaskKind::sliding_window, 5},
+                        {MaskKind::sliding_window, 70}, parse_mask("strided:6,2"), parse_mask("stream:5,1,2")};
+  for (int trial = 0; trial < 120; ++trial) {
     Problem p;
     p.seq_lens = {std::uniform_int_distribution<int64_t>(1, 180)(rng),
                   std::uniform_int_distribution<int64_t>(1, 90)(rng)};
     p.q_heads = 3;
     p.kv_heads = 1;
-    p.mask = masks[trial % 4];
+    p.mask = masks[trial % std::size(masks)];
     const Inputs in = make_inputs(p, static_cast<uint64_t>(trial));
     const AttentionState one_call = blocked(in, p.params());
 
@@ -393,7 +475,8 @@ TEST(AttendCpu, ZigzagRunsMatchContiguousReferenceRows) {
   Problem p;
   p.q_heads = p.kv_heads = 2;
   for (const std::vector<int64_t>& seq_lens : {std::vector<int64_t>{37, 100}, {3, 1, 260}, {129}})
-    for (const Mask& mask : {Mask{MaskKind::causal, 0}, Mask{MaskKind::sliding_window, 9}, Mask{MaskKind::full, 0}}) {
+    for (const Mask& mask : {Mask{MaskKind::causal, 0}, Mask{MaskKind::sliding_window, 9}, Mask{MaskKind::full, 0},
+                             parse_mask("star:5")}) {
       p.seq_lens = seq_lens;
       p.mask = mask;
       const Inputs in = make_inputs(p, 17);

@@ -37,6 +37,7 @@ namespace {
 // scattered offsets, as a rank's shard and a ring block are.
 struct RunSet {
   std::vector<StoredRun> q, kv;
+  std::vector<int64_t> lens;  // by sequence
 };
 
 RunSet random_runs(std::mt19937_64& rng) {
@@ -46,6 +47,7 @@ RunSet random_runs(std::mt19937_64& rng) {
   int64_t q_offset = 0, kv_offset = 0;
   for (int32_t seq = 0; seq < sequences; ++seq) {
     const int64_t len = length(rng);
+    out.lens.push_back(len);
     for (std::vector<StoredRun>* runs : {&out.q, &out.kv}) {
       int64_t& offset = runs == &out.q ? q_offset : kv_offset;
       const int64_t n = std::min(len, pieces(rng));
@@ -64,8 +66,16 @@ RunSet random_runs(std::mt19937_64& rng) {
 // (query row, key row) pairs a plan computes, each with how often; and the pairs it must.
 using PairCount = std::map<std::pair<int64_t, int64_t>, int>;
 
+// The kernel's rule for a pair in a segment (attention_cuda.cu, visible()): a block mask's
+// segment shows every key, or (causal) those at or before the row; other masks by their window.
+bool kernel_sees(const Mask& mask, const KeySegment& seg, int64_t i, int64_t j) {
+  if (mask.kind == MaskKind::blocks) return seg.causal == 0 || j <= i;
+  return mask.sees(i, j, kFarPosition);
+}
+
 PairCount pairs_in_plan(const TilePlan& plan, const std::vector<StoredRun>& q_runs,
-                        const std::vector<StoredRun>& kv_runs, const Mask& mask) {
+                        const std::vector<StoredRun>& kv_runs, const Mask& mask,
+                        std::span<const int64_t> lens = {}) {
   auto run_of = [](const std::vector<StoredRun>& runs, int64_t row) -> const StoredRun* {
     for (const StoredRun& r : runs)
       if (r.offset <= row && row < r.offset + r.count) return &r;
@@ -86,21 +96,25 @@ PairCount pairs_in_plan(const TilePlan& plan, const std::vector<StoredRun>& q_ru
           // The kernel masks by these positions: they must be the runs' own.
           if (tile.pos + i != q->begin + (tile.row + i - q->offset) || seg.pos + j != k->begin + (seg.row + j - k->offset))
             ++out[{-2, -2}];
-          if (mask.sees(tile.pos + i, seg.pos + j, kFarPosition)) ++out[{tile.row + i, seg.row + j}];
+          if (!kernel_sees(mask, seg, tile.pos + i, seg.pos + j)) continue;
+          if (!mask.sees(tile.pos + i, seg.pos + j, seq_len_of(lens, q->seq)))
+            ++out[{-3, -3}];  // computed, but the mask hides it
+          else
+            ++out[{tile.row + i, seg.row + j}];
         }
       }
   return out;
 }
 
 PairCount visible_pairs(const std::vector<StoredRun>& q_runs, const std::vector<StoredRun>& kv_runs,
-                        const Mask& mask) {
+                        const Mask& mask, std::span<const int64_t> lens = {}) {
   PairCount out;
   for (const StoredRun& q : q_runs)
     for (const StoredRun& k : kv_runs)
       if (q.seq == k.seq)
         for (int64_t i = 0; i < q.count; ++i)
           for (int64_t j = 0; j < k.count; ++j)
-            if (mask.sees(q.begin + i, k.begin + j, kFarPosition)) ++out[{q.offset + i, k.offset + j}];
+            if (mask.sees(q.begin + i, k.begin + j, seq_len_of(lens, q.seq))) ++out[{q.offset + i, k.offset + j}];
   return out;
 }
 
@@ -115,6 +129,65 @@ TEST(CudaTilePlan, CoversEveryVisiblePairOnceAndNothingAcrossSequences) {
           << "trial " << trial << " mask " << to_string(mask);
     }
   }
+}
+
+BlockTable random_table(std::mt19937_64& rng, int64_t n) {
+  std::vector<BlockKind> cells(static_cast<size_t>(n * n));
+  for (auto& c : cells) c = static_cast<BlockKind>(rng() % 3);
+  return BlockTable(n, std::move(cells));
+}
+
+// Block masks: random tables of 1 to 16 blocks over random runs (blocks shorter and longer than
+// a tile): the pairs the kernel computes, by each segment's causal flag, are exactly the visible
+// ones, once each; every tile's rows lie in one query block, every segment's keys in one key block.
+TEST(CudaTilePlan, CoversEveryVisiblePairOfRandomBlockTablesOnce) {
+  std::mt19937_64 rng(16);
+  for (int trial = 0; trial < 80; ++trial) {
+    const RunSet runs = random_runs(rng);
+    const Mask mask = block_mask(random_table(rng, 1 + static_cast<int64_t>(rng() % 16)));
+    const TilePlan plan = plan_attention_tiles(runs.q, runs.kv, mask, runs.lens);
+    EXPECT_EQ(pairs_in_plan(plan, runs.q, runs.kv, mask, runs.lens), visible_pairs(runs.q, runs.kv, mask, runs.lens))
+        << "trial " << trial << " mask " << to_string(mask);
+    const int64_t n = mask.blocks->n();
+    for (const QueryTileWork& tile : plan.tiles) {
+      // The tile's sequence is the one whose run holds its first row.
+      int32_t seq = -1;
+      for (const StoredRun& q : runs.q)
+        if (q.offset <= tile.row && tile.row < q.offset + q.count) seq = q.seq;
+      ASSERT_GE(seq, 0);
+      const int64_t len = runs.lens[static_cast<size_t>(seq)];
+      EXPECT_EQ(block_of(len, n, tile.pos), block_of(len, n, tile.pos + tile.rows - 1)) << "trial " << trial;
+      for (int32_t s = tile.first_segment; s < tile.first_segment + tile.segments; ++s) {
+        const KeySegment& seg = plan.segments[static_cast<size_t>(s)];
+        EXPECT_EQ(block_of(len, n, seg.pos), block_of(len, n, seg.pos + seg.count - 1)) << "trial " << trial;
+        EXPECT_NE(mask.blocks->at(block_of(len, n, tile.pos), block_of(len, n, seg.pos)), BlockKind::empty);
+      }
+    }
+  }
+}
+
+// EMPTY cells cost nothing: under star:8 (C on the diagonal, F in column 0) at 8 x 128 tokens a
+// tile of block b >= 1 visits 2 key tiles of block 0 and its own diagonal's keys only.
+TEST(CudaTilePlan, BlockMasksVisitOnlyTheirCells) {
+  const std::vector<int64_t> lens{1024};
+  const std::vector<StoredRun> runs = packed_runs(lens);
+  const Mask mask = parse_mask("star:8");
+  const TilePlan plan = plan_attention_tiles(runs, runs, mask, lens);
+  EXPECT_EQ(plan.tiles.size(), 8u);
+  int64_t key_tiles = 0;
+  for (const QueryTileWork& tile : plan.tiles) {
+    EXPECT_EQ(tile.rows, 128);
+    EXPECT_EQ(tile.segments, tile.pos == 0 ? 1 : 2);
+    key_tiles += tile.key_tiles;
+  }
+  EXPECT_EQ(key_tiles, 2 + 7 * (2 + 2));
+  EXPECT_EQ(plan.key_tiles, key_tiles);
+  // Only the diagonal needs the per-element test; column 0 of a later block is wholly FULL.
+  for (const QueryTileWork& tile : plan.tiles)
+    for (int32_t s = tile.first_segment; s < tile.first_segment + tile.segments; ++s) {
+      const KeySegment& seg = plan.segments[static_cast<size_t>(s)];
+      EXPECT_EQ(seg.causal, seg.pos == tile.pos ? 1 : 0) << "tile at " << tile.pos << ", keys at " << seg.pos;
+    }
 }
 
 TEST(CudaTilePlan, TilesHoldAtMostOneBlockOfRowsOfOneRunAndCostliestComeFirst) {
@@ -448,6 +521,7 @@ struct Case {
   HeadMap heads{0, 0, 2};
   Mask mask;
   std::vector<StoredRun> q_runs, kv_runs;
+  std::vector<int64_t> lens;  // by sequence (block masks)
   float amplitude = 1;  // of Q and K
   std::optional<float> scale;
 };
@@ -471,7 +545,7 @@ AttentionState run_cuda(const Case& c, const HostInputs& in, const std::vector<s
   AttentionState host(c.q_tokens, c.q_heads, c.v_dim);
   {
     CudaAttentionState state(c.q_tokens, c.q_heads, c.v_dim, stream);
-    const AttentionParams params{c.mask, c.heads, c.scale};
+    const AttentionParams params{c.mask, c.heads, c.scale, c.lens};
     for (const std::vector<StoredRun>& block : blocks)
       attend_cuda({{q.data(), c.dtype, c.q_tokens, c.q_heads, c.head_dim}, c.q_runs},
                   {{k.data(), c.dtype, c.kv_tokens, c.kv_heads, c.head_dim},
@@ -490,7 +564,7 @@ AttentionState run_reference(const Case& c, const HostInputs& in) {
                       {{in.k.data(), c.dtype, c.kv_tokens, c.kv_heads, c.head_dim},
                        {in.v.data(), c.dtype, c.kv_tokens, c.kv_heads, c.v_dim},
                        c.kv_runs},
-                      {c.mask, c.heads, c.scale}, state);
+                      {c.mask, c.heads, c.scale, c.lens}, state);
   return state;
 }
 
@@ -526,6 +600,7 @@ Case packed_case(std::string name, std::vector<int64_t> lens, DType dtype, Mask 
   c.v_dim = dv;
   c.q_runs = c.kv_runs = packed_runs(lens);
   c.q_tokens = c.kv_tokens = std::accumulate(lens.begin(), lens.end(), int64_t{0});
+  c.lens = std::move(lens);
   return c;
 }
 
@@ -544,6 +619,20 @@ TEST(AttendCuda, MatchesReferenceForEveryMaskAcrossTileEdges) {
                                                  std::string(to_string(dtype)),
                                              {len}, dtype, mask, 64, 64),
                                  static_cast<uint64_t>(len));
+}
+
+// Block masks: the patterns and random tables over a packed batch whose blocks start on and off
+// the 128-row query tiles and 64-key steps.
+TEST(AttendCuda, MatchesReferenceForBlockMasks) {
+  REQUIRE_CUDA_DEVICE();
+  std::mt19937_64 rng(17);
+  std::vector<Mask> masks{parse_mask("star:8"), parse_mask("strided:8,3"), parse_mask("stream:8,1,2"),
+                          parse_mask("global-local:16,1,2")};
+  for (int i = 0; i < 4; ++i) masks.push_back(block_mask(random_table(rng, 1 + static_cast<int64_t>(rng() % 16))));
+  for (DType dtype : {DType::bf16, DType::fp16})
+    for (const Mask& mask : masks)
+      expect_matches_reference(
+          packed_case(to_string(mask) + " " + std::string(to_string(dtype)), {77, 1001, 5}, dtype, mask, 64, 64), 18);
 }
 
 TEST(AttendCuda, MatchesReferenceForEveryHeadDimBucket) {
@@ -598,7 +687,8 @@ TEST(AttendCuda, ShardRunsAndRowsOutsideEveryRun) {
 TEST(AttendCuda, RandomBlocksInAnyOrderMergeToTheWholeAttention) {
   REQUIRE_CUDA_DEVICE();
   std::mt19937_64 rng(14);
-  for (const Mask& mask : {Mask{MaskKind::full, 0}, Mask{MaskKind::causal, 0}, Mask{MaskKind::sliding_window, 90}}) {
+  for (const Mask& mask : {Mask{MaskKind::full, 0}, Mask{MaskKind::causal, 0}, Mask{MaskKind::sliding_window, 90},
+                           parse_mask("strided:6,2")}) {
     Case c = packed_case("blocks " + to_string(mask), {500, 123}, DType::bf16, mask, 64, 64);
     c.q_heads = 4;
     c.kv_heads = 2;

@@ -93,6 +93,51 @@ std::vector<StoredRun> kernel_runs(std::span<const TokenRun> runs, int64_t batch
   return out;
 }
 
+// Lengths by kernel sequence id (kernel_runs): a sample's padding runs take their sequence's
+// length, so block masks cut real and padding rows alike (padding is the last block).
+std::vector<int64_t> kernel_lens(std::span<const int64_t> seq_lens, int64_t batch) {
+  std::vector<int64_t> out;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int copy = 0; copy < 2; ++copy) out.insert(out.end(), seq_lens.begin(), seq_lens.end());
+  return out;
+}
+
+int64_t padded_tokens(std::span<const TokenRun> runs) {
+  int64_t tokens = 0;
+  for (const TokenRun& run : runs) tokens += run.padded;
+  return tokens;
+}
+
+// One ring step as this rank runs it (Layout::ring_held_runs and its friends): the block held,
+// the rows of it sent on, the rows received for the next step, whether the step computes.
+struct RingStep {
+  std::vector<StoredRun> held;     // kernel runs of the held block, its runs back to back
+  int64_t held_tokens = 0;         // stored rows per sample, padding included
+  std::vector<Placement> forward;  // held rows [src, src + n) go to send rows [dst, dst + n)
+  int64_t forward_tokens = 0;      // 0: nothing is sent this step
+  int64_t recv_tokens = 0;         // 0: nothing arrives this step
+  bool packs = false;              // forwards less than it holds: the rows are packed first
+  bool computes = true;
+};
+
+// The forwarded runs (a subset of the held ones, in their order) as rows of the held block.
+std::vector<Placement> forward_rows(std::span<const TokenRun> held, std::span<const TokenRun> forward) {
+  std::vector<Placement> out;
+  int64_t src = 0, dst = 0;
+  size_t next = 0;
+  for (const TokenRun& run : held) {
+    if (next < forward.size() && forward[next].seq == run.seq && forward[next].begin == run.begin) {
+      out.push_back({src, dst, run.padded});
+      dst += run.padded;
+      ++next;
+    }
+    src += run.padded;
+  }
+  if (next != forward.size())
+    throw Error("ring schedule: a forwarded K,V run is not among the runs held (layout bug)");
+  return out;
+}
+
 uint64_t fnv1a(const std::string& text) {
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
@@ -124,7 +169,9 @@ class RankExecution {
   void attend_ring();
   void attend_allgathered();
   void gather_out();
-  void attend_block(const Block& kv, int64_t ring_index);
+  void plan_ring();
+  void pack_forward(const std::byte* held, const RingStep& step);
+  void attend_block(const Block& kv, std::span<const StoredRun> runs);
   std::byte* q_shard() const { return L_.ulysses() > 1 ? q_attn_.data() : q_in_.data(); }
   std::byte* o_shard() const { return L_.ulysses() > 1 ? o_attn_.data() : o_out_.data(); }
 
@@ -145,10 +192,13 @@ class RankExecution {
   DeviceBuffer q_in_, kv_in_, o_out_;       // inputs [Q] and [K | V] of my tokens, all heads; output
   DeviceBuffer q_attn_, kv_attn_, o_attn_;  // after the all-to-all: my shard, my heads
   DeviceBuffer send_, recv_, kv_next_;      // exchange buffers
+  DeviceBuffer kv_send_;                    // packed forwarded runs, when a ring step sends fewer than it holds
   DeviceBuffer lengths_send_, lengths_recv_;  // --metadata device: lengths in device memory
   std::vector<std::vector<Placement>> member_places_;  // per Ulysses member
   std::vector<StoredRun> q_runs_;
   std::vector<std::vector<StoredRun>> kv_runs_;  // per ring index: the K,V runs of its shard
+  std::vector<int64_t> kernel_lens_;             // params_.seq_lens: length by kernel sequence id
+  std::vector<RingStep> ring_steps_;             // rotating strategies with R > 1
   std::unique_ptr<DeviceAttention> attention_;
 };
 
@@ -172,8 +222,11 @@ RankExecution::RankExecution(const Layout& layout, Comm& world, Device& device, 
   join_groups();
   params_.mask = s_.mask;
   params_.heads = HeadMap::of_rank(me_, s_);
+  kernel_lens_ = kernel_lens(s_.seq_lens, B_);
+  params_.seq_lens = kernel_lens_;
   q_runs_ = kernel_runs(layout.shard_runs(me_.r), B_, nseq_);
   for (int64_t r = 0; r < layout.ring(); ++r) kv_runs_.push_back(kernel_runs(layout.shard_runs(r), B_, nseq_));
+  if (rotates_kv(layout.strategy()) && layout.ring() > 1) plan_ring();
   for (int64_t u = 0; u < layout.ulysses(); ++u) member_places_.push_back(placements(layout, layout.at(u, me_.r)));
   qkv_ = exchange_of({Tensor::q, Tensor::k, Tensor::v});
   out_ = exchange_of({Tensor::o});
@@ -238,6 +291,10 @@ void RankExecution::allocate_buffers() {
     // Both rotating buffers must hold the largest shard: uneven shards pass through each.
     kv_next_ = device_.allocate(L_.kv_block_bytes(max_shard, hkv));
     kv_attn_bytes = std::max(kv_attn_bytes, kv_next_.bytes());
+    int64_t packed = 0;
+    for (const RingStep& step : ring_steps_)
+      if (step.packs) packed = std::max(packed, step.forward_tokens);
+    if (packed > 0) kv_send_ = device_.allocate(L_.kv_block_bytes(packed, hkv));
   }
   if (kv_attn_bytes > 0) kv_attn_ = device_.allocate(kv_attn_bytes);
   int64_t gathered = 0;  // allgather-kv receives every ring index's shard
@@ -333,21 +390,59 @@ void RankExecution::scatter_qkv() {
   }
 }
 
-// Attention of my shard's queries against the K,V shard of ring index `ring_index`, held in kv
-// as [K: batch x tokens x my kv heads x D][V: ... x Dv].
-void RankExecution::attend_block(const Block& kv, int64_t ring_index) {
+// Attention of my shard's queries against a K,V block of kv.tokens stored rows per sample, held
+// as [K: batch x tokens x my kv heads x D][V: ... x Dv], its runs (kernel_runs) given.
+void RankExecution::attend_block(const Block& kv, std::span<const StoredRun> runs) {
   const int64_t hq = me_.q_heads.count(), hkv = me_.kv_heads.count();
-  const int64_t tokens = L_.shard_padded_tokens(ring_index);
   const Queries queries{{q_shard(), s_.dtype, B_ * t_shard_, hq, D_}, q_runs_};
-  const KvBlock block{{kv.data, s_.dtype, B_ * tokens, hkv, D_},
-                      {kv.data + B_ * tokens * hkv * D_ * eb_, s_.dtype, B_ * tokens, hkv, Dv_},
-                      kv_runs_[static_cast<size_t>(ring_index)]};
+  const KvBlock block{{kv.data, s_.dtype, B_ * kv.tokens, hkv, D_},
+                      {kv.data + B_ * kv.tokens * hkv * D_ * eb_, s_.dtype, B_ * kv.tokens, hkv, Dv_}, runs};
   attention_->attend(queries, block, params_);
 }
 
 void RankExecution::attend_local() {
   std::byte* kv = L_.ulysses() > 1 ? kv_attn_.data() : kv_in_.data();
-  attend_block({kv, t_shard_, me_.kv_heads.count(), D_}, me_.r);
+  attend_block({kv, t_shard_, me_.kv_heads.count(), D_}, kv_runs_[static_cast<size_t>(me_.r)]);
+}
+
+// The ring schedule of this rank from the Layout (under a block mask a step may forward only the
+// runs a later receiver needs, and skip its attention). What my predecessor sends at a step must
+// be exactly what I hold at the next, or the messages would not match: checked here.
+void RankExecution::plan_ring() {
+  const int64_t R = L_.ring(), prev = (me_.r + R - 1) % R;
+  for (int64_t step = 0; step < R; ++step) {
+    RingStep st;
+    const std::span<const TokenRun> held = L_.ring_held_runs(me_.r, step);
+    st.held = kernel_runs(held, B_, nseq_);
+    st.held_tokens = padded_tokens(held);
+    st.computes = L_.ring_step_computes(me_.r, step);
+    if (step + 1 < R) {
+      const std::span<const TokenRun> forward = L_.ring_forward_runs(me_.r, step);
+      st.forward = forward_rows(held, forward);
+      st.forward_tokens = padded_tokens(forward);
+      st.packs = st.forward_tokens != st.held_tokens;
+      st.recv_tokens = padded_tokens(L_.ring_held_runs(me_.r, step + 1));
+      if (padded_tokens(L_.ring_forward_runs(prev, step)) != st.recv_tokens)
+        throw Error("ring schedule: ring index " + std::to_string(prev) + " forwards " +
+                    std::to_string(padded_tokens(L_.ring_forward_runs(prev, step))) + " tokens at step " +
+                    std::to_string(step) + " but ring index " + std::to_string(me_.r) + " holds " +
+                    std::to_string(st.recv_tokens) + " at the next (layout bug)");
+    }
+    ring_steps_.push_back(std::move(st));
+  }
+}
+
+// The forwarded rows of the held block, back to back in kv_send_: [K: batch x forwarded x D][V].
+void RankExecution::pack_forward(const std::byte* held, const RingStep& step) {
+  const int64_t hkv = me_.kv_heads.count();
+  const Block k_held{const_cast<std::byte*>(held), step.held_tokens, hkv, D_};
+  const Block v_held{k_held.data + k_held.bytes(B_, eb_), step.held_tokens, hkv, Dv_};
+  const Block k_send{kv_send_.data(), step.forward_tokens, hkv, D_};
+  const Block v_send{k_send.data + k_send.bytes(B_, eb_), step.forward_tokens, hkv, Dv_};
+  for (const Placement& p : step.forward) {
+    copy_rows(device_, k_held, p.src, 0, k_send, p.dst, 0, p.n, hkv, B_, eb_);
+    copy_rows(device_, v_held, p.src, 0, v_send, p.dst, 0, p.n, hkv, B_, eb_);
+  }
 }
 
 // Ring: at step k compute against the shard of ring index r - k while that shard travels on
@@ -363,17 +458,21 @@ void RankExecution::attend_ring() {
   std::byte* spare = L_.ulysses() > 1 ? nullptr : kv_attn_.data();
   const int64_t token_bytes = L_.kv_block_bytes(1, hkv);
   for (int64_t step = 0; step < R; ++step) {
-    const int64_t src = L_.ring_kv_source(me_.r, step);
+    const RingStep& st = ring_steps_[static_cast<size_t>(step)];
+    const bool last = step + 1 == R;
     std::unique_ptr<Request> send, recv;
-    if (step + 1 < R) {
-      const int64_t next_src = L_.ring_kv_source(me_.r, step + 1);
-      send = ring_->isend(current, L_.shard_padded_tokens(src) * token_bytes, next, static_cast<int>(step));
-      recv = ring_->irecv(incoming, L_.shard_padded_tokens(next_src) * token_bytes, prev, static_cast<int>(step));
+    // Sender and receiver agree on every size (plan_ring), so both skip an empty message alike.
+    if (!last && st.forward_tokens > 0) {
+      if (st.packs) pack_forward(current, st);
+      send = ring_->isend(st.packs ? kv_send_.data() : current, st.forward_tokens * token_bytes, next,
+                          static_cast<int>(step));
     }
-    attend_block({current, L_.shard_padded_tokens(src), hkv, D_}, src);
-    if (send) {
-      send->wait();
-      recv->wait();
+    if (!last && st.recv_tokens > 0)
+      recv = ring_->irecv(incoming, st.recv_tokens * token_bytes, prev, static_cast<int>(step));
+    if (st.computes) attend_block({current, st.held_tokens, hkv, D_}, st.held);
+    if (!last) {
+      if (send) send->wait();
+      if (recv) recv->wait();
       std::swap(current, incoming);
       if (spare && incoming == kv_in_.data()) std::swap(incoming, spare);
     }
@@ -388,7 +487,7 @@ void RankExecution::attend_allgathered() {
   ring_->allgatherv(kv_in_.data(), sizes[me_.r], recv_.data(), sizes);
   std::byte* block = recv_.data();
   for (int64_t r = 0; r < R; ++r) {
-    attend_block({block, L_.shard_padded_tokens(r), hkv, D_}, r);
+    attend_block({block, L_.shard_padded_tokens(r), hkv, D_}, kv_runs_[static_cast<size_t>(r)]);
     block += sizes[r];
   }
 }
@@ -467,11 +566,7 @@ void RankExecution::iterate(PhaseTimer& timer) {
 // Visible (query, key, head) triples of the whole shape: the reference's work for every row.
 int64_t visible_triples(const AttentionShape& s) {
   int64_t pairs = 0;
-  for (int64_t len : s.seq_lens)
-    for (int64_t i = 0; i < len; ++i)
-      pairs += s.mask.kind == MaskKind::full     ? len
-               : s.mask.kind == MaskKind::causal ? i + 1
-                                                 : std::min(i + 1, s.mask.window);
+  for (int64_t len : s.seq_lens) pairs += mask_pairs(s.mask, len, 0, len, 0, len);
   return pairs * s.batch * s.q_heads;
 }
 

@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 
+#include "core/block_mask.h"
 #include "core/error.h"
 
 namespace cptune::backends {
@@ -112,9 +114,43 @@ KeyWindow key_window(const Mask& mask, int64_t i) {
     case MaskKind::sliding_window:
       return {i - std::min(mask.window, kFarPosition) + 1, i + 1};
     case MaskKind::blocks:
-      throw Error("attention: a block mask has no single key window; kernels tile it by its blocks");
+      // Kernels tile block masks with block_key_spans and never ask; a caller that does is wrong.
+      throw Error("attention: a block mask has no single key window; tile it with block_key_spans");
   }
   return {0, 0};
+}
+
+int64_t query_block_end(const Mask& mask, int64_t len, int64_t pos) {
+  if (mask.kind != MaskKind::blocks) return kFarPosition;
+  const int64_t n = mask.blocks->n(), qb = block_of(len, n, pos);
+  return qb == n - 1 ? kFarPosition : block_begin(len, n, qb + 1);
+}
+
+int64_t block_key_spans(const Mask& mask, int64_t len, int64_t pos, int64_t rows, int64_t ka, int64_t kb,
+                        KeySpan* out) {
+  assert(mask.kind == MaskKind::blocks && rows >= 1 && pos + rows <= query_block_end(mask, len, pos));
+  const BlockTable& table = *mask.blocks;
+  const int64_t n = table.n(), qb = block_of(len, n, pos), last_query = pos + rows - 1;
+  int64_t spans = 0;
+  for (int64_t lo = ka; lo < kb;) {
+    const int64_t cell = block_of(len, n, lo);
+    const int64_t hi = cell == n - 1 ? kb : std::min(kb, block_begin(len, n, cell + 1));
+    switch (table.at(qb, cell)) {
+      case BlockKind::empty:
+        break;
+      case BlockKind::full:
+        out[spans++] = {lo, hi, false};
+        break;
+      case BlockKind::causal: {
+        const int64_t seen = std::min(hi, last_query + 1);  // no row sees a key past the last row
+        if (lo < seen) out[spans++] = {lo, seen, seen - 1 > pos};
+        break;
+      }
+    }
+    lo = hi;
+  }
+  assert(spans <= kMaxMaskBlocks);
+  return spans;
 }
 
 }  // namespace cptune::backends

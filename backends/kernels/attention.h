@@ -81,12 +81,35 @@ inline constexpr int64_t kFarPosition = std::numeric_limits<int64_t>::max() / 4;
 struct KeyWindow {
   int64_t lo, hi;
 };
+// Full, causal and sliding-window masks. A block mask's keys are no single window: kernels cut
+// it into block_key_spans below, each of which follows the full or the causal window.
 KeyWindow key_window(const Mask& mask, int64_t i);
+
+// ---- block masks, tiled (core/block_mask.h) ---------------------------------------------------
+// A kernel cuts its query tiles at query block boundaries (query_block_end), so every row of a
+// tile lies in one block row of the table; each key run then falls into spans of one cell each.
+
+// Where the block holding query position pos ends (a tile starting at pos stops there); for
+// other masks, and in the last block, kFarPosition.
+int64_t query_block_end(const Mask& mask, int64_t len, int64_t pos);
+
+// Keys at positions [lo, hi) that rows of the tile see, all in one cell. causal: only keys at or
+// before the row's position are visible (a CAUSAL cell the tile's first row does not wholly see);
+// otherwise every row sees every key of the span.
+struct KeySpan {
+  int64_t lo, hi;
+  bool causal;
+};
+// The spans of keys [ka, kb) that query rows [pos, pos + rows) of a sequence of len tokens see
+// under a block mask, in position order, EMPTY cells left out; the rows must lie in one query
+// block. Writes at most kMaxMaskBlocks spans to out and returns how many.
+int64_t block_key_spans(const Mask& mask, int64_t len, int64_t pos, int64_t rows, int64_t ka, int64_t kb,
+                        KeySpan* out);
 // The length of sequence seq for the mask (params.seq_lens; kFarPosition when not given).
-inline int64_t seq_len_of(const AttentionParams& params, int32_t seq) {
-  return seq >= 0 && static_cast<size_t>(seq) < params.seq_lens.size() ? params.seq_lens[static_cast<size_t>(seq)]
-                                                                        : kFarPosition;
+inline int64_t seq_len_of(std::span<const int64_t> seq_lens, int32_t seq) {
+  return seq >= 0 && static_cast<size_t>(seq) < seq_lens.size() ? seq_lens[static_cast<size_t>(seq)] : kFarPosition;
 }
+inline int64_t seq_len_of(const AttentionParams& params, int32_t seq) { return seq_len_of(params.seq_lens, seq); }
 
 // The checks every attention kernel (CPU, CUDA) runs on its arguments: tensor sizes, runs inside
 // their tensors, Q heads reading KV heads that are held, a state of the right size, mask and

@@ -2,7 +2,9 @@
 // The work of one CUDA attention call, planned on the host (attention_cuda.h runs it): query
 // tiles of up to kCudaQueryTile rows of one StoredRun, each with the key segments its rows can
 // see under the mask, so the kernel never visits a key tile the mask removes and never mixes
-// sequences. Plain structs: the same bytes are copied to the GPU.
+// sequences. Block masks: tiles never cross a query block boundary and each segment lies in one
+// cell (EMPTY cells give none), so the kernel tests key <= query only in CAUSAL segments.
+// Plain structs: the same bytes are copied to the GPU.
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -21,6 +23,11 @@ struct KeySegment {
   int64_t row = 0;
   int64_t pos = 0;
   int64_t count = 0;
+  // Block masks only: 1 when a row sees only the keys at or before its position (a CAUSAL cell
+  // some row of the tile does not wholly see), 0 when every row sees every key (FULL, or a CAUSAL
+  // cell wholly in the past). Other masks: 0, the kernel applies mask_kind.
+  int32_t causal = 0;
+  int32_t unused = 0;  // keeps the struct free of padding on host and device alike
 };
 
 // Up to kCudaQueryTile consecutive query rows of one run, and where its keys are.
@@ -41,9 +48,10 @@ struct TilePlan {
 };
 
 // Tiles every query run against the runs of the block with the same sequence; tiles whose rows
-// see no key are left out (their state rows stay as they were, like the CPU attend()).
+// see no key are left out (their state rows stay as they were, like the CPU attend()). seq_lens:
+// the length of each sequence by StoredRun::seq (AttentionParams::seq_lens), needed by block masks.
 TilePlan plan_attention_tiles(std::span<const StoredRun> q_runs, std::span<const StoredRun> kv_runs,
-                              const Mask& mask);
+                              const Mask& mask, std::span<const int64_t> seq_lens = {});
 
 // How the kernel is launched for a plan: one block per (tile, local q head).
 struct AttentionLaunch {

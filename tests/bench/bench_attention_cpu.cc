@@ -10,6 +10,9 @@
 //   sgemm_GFLOP/s  Eigen C = A.B^T, A 64xD, B 64xD (the Q.K^T tile of attend()), same variant,
 //                  operands in cache, measured in the same benchmark right after the kernel
 //   of_sgemm       the kernel's GFLOP/s as a fraction of sgemm_GFLOP/s
+//   pairs_M        visible (query, key) pairs in millions (the FLOPs' count)
+// Block masks (attend_blocks/<variant>/<mask>): star:16 and strided:16,4 beside causal at
+// S = 8192; EMPTY tiles are skipped, so time should follow pairs_M.
 // Run on one core: taskset -c 1 build/bench/bench_attention_cpu [--benchmark_filter=attend/v3]
 #include <benchmark/benchmark.h>
 
@@ -64,7 +67,7 @@ double tile_sgemm_gflops(const CpuKernels& kernels, int64_t D, double seconds) {
 }
 
 template <typename Attention>
-void run(benchmark::State& state, MaskKind mask_kind, DType dtype, Attention attention, const CpuKernels* roofline) {
+void run(benchmark::State& state, const Mask& mask, DType dtype, Attention attention, const CpuKernels* roofline) {
   const int64_t S = state.range(0), D = state.range(1);
   std::mt19937_64 rng(1);
   const std::vector<std::byte> q = random_tensor(S * kQHeads * D, dtype, rng),
@@ -74,7 +77,7 @@ void run(benchmark::State& state, MaskKind mask_kind, DType dtype, Attention att
   const std::vector<StoredRun> runs = packed_runs(seq_lens);
   const Queries queries{{q.data(), dtype, S, kQHeads, D}, runs};
   const KvBlock block{{k.data(), dtype, S, kKvHeads, D}, {v.data(), dtype, S, kKvHeads, D}, runs};
-  const AttentionParams params{{mask_kind, 0}, {0, 0, kQHeads / kKvHeads}, {}};
+  const AttentionParams params{mask, {0, 0, kQHeads / kKvHeads}, {}, seq_lens};
   AttentionState out(S, kQHeads, D);
   double cpu_seconds = 0;
   for (auto _ : state) {
@@ -84,8 +87,9 @@ void run(benchmark::State& state, MaskKind mask_kind, DType dtype, Attention att
     benchmark::DoNotOptimize(out.out().data());
     cpu_seconds += thread_cpu_seconds() - start;
   }
-  const double flops =
-      2.0 * static_cast<double>(D + D) * static_cast<double>(mask_pairs(params.mask, S, 0, S, 0, S)) * kQHeads;
+  const auto pairs = static_cast<double>(mask_pairs(params.mask, S, 0, S, 0, S));
+  const double flops = 2.0 * static_cast<double>(D + D) * pairs * kQHeads;
+  state.counters["pairs_M"] = pairs * 1e-6;
   state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   if (roofline != nullptr) {
     const double kernel = flops * static_cast<double>(state.iterations()) / cpu_seconds * 1e-9;
@@ -114,7 +118,7 @@ void BM_TileSgemm(benchmark::State& state, const CpuKernels* kernels) {
 }
 
 void BM_Reference(benchmark::State& state, MaskKind mask) {
-  run(state, mask, DType::bf16, reference_attention, nullptr);
+  run(state, Mask(mask), DType::bf16, reference_attention, nullptr);
 }
 // The naive reference is slow by design: one timed iteration per shape.
 BENCHMARK_CAPTURE(BM_Reference, full, MaskKind::full)->Apply(Shapes)->Iterations(1);
@@ -133,9 +137,19 @@ void register_variants() {
         const std::string full_name =
             "attend/" + name + "/" + std::string(to_string(mask)) + "/" + std::string(to_string(dtype));
         benchmark::RegisterBenchmark(full_name.c_str(), [=](benchmark::State& state) {
-          run(state, mask, dtype, kernels->attend, kernels);
+          run(state, Mask(mask), dtype, kernels->attend, kernels);
         })->Apply(Shapes);
       }
+    for (const char* mask_text : {"causal", "star:16", "strided:16,4"}) {
+      const Mask mask = parse_mask(mask_text);
+      benchmark::RegisterBenchmark(("attend_blocks/" + name + "/" + mask_text + "/bf16").c_str(),
+                                   [=](benchmark::State& state) {
+                                     run(state, mask, DType::bf16, kernels->attend, nullptr);
+                                   })
+          ->Args({8192, 64})
+          ->ArgNames({"S", "D"})
+          ->Unit(benchmark::kMillisecond);
+    }
   }
 }
 

@@ -91,7 +91,7 @@ void BM_AttendCuda(benchmark::State& state, MaskKind mask, DType dtype) {
     const KvBlock block{{k, dtype, S, kHeads, kDim}, {v, dtype, S, kHeads, kDim}, runs};
     const AttentionParams params{{mask, 0}, {0, 0, 1}, {}};
     CudaAttentionState attention(S, kHeads, kDim, stream);
-    const CudaAttentionPlan plan(runs, runs, params.mask, stream);
+    const CudaAttentionPlan plan(runs, runs, params.mask, params.seq_lens, stream);
     auto forward = [&] {
       attention.clear();
       attend_cuda(plan, queries, block, params, attention);

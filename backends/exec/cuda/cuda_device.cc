@@ -12,7 +12,7 @@
 namespace cptune::backends {
 namespace {
 
-// Plans are made on first use of each (query runs, K,V runs, mask): a rank attends to the same
+// Plans are made on first use of each (query runs, K,V runs, mask, lengths): a rank attends to the same
 // few blocks (one per ring index) every iteration, so later calls only launch.
 class CudaAttention final : public DeviceAttention {
  public:
@@ -29,8 +29,9 @@ class CudaAttention final : public DeviceAttention {
  private:
   const CudaAttentionPlan& plan_for(const Queries& queries, const KvBlock& block, const AttentionParams& params) {
     for (const auto& plan : plans_)
-      if (plan->matches(queries.runs, block.runs, params.mask)) return *plan;
-    plans_.push_back(std::make_unique<CudaAttentionPlan>(queries.runs, block.runs, params.mask, state_.stream()));
+      if (plan->matches(queries.runs, block.runs, params.mask, params.seq_lens)) return *plan;
+    plans_.push_back(
+        std::make_unique<CudaAttentionPlan>(queries.runs, block.runs, params.mask, params.seq_lens, state_.stream()));
     return *plans_.back();
   }
 

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -121,11 +122,12 @@ void CudaAttentionState::copy_to(AttentionState& host) const {
 // ---- plan -------------------------------------------------------------------------------------
 
 CudaAttentionPlan::CudaAttentionPlan(std::span<const StoredRun> q_runs, std::span<const StoredRun> kv_runs,
-                                     const Mask& mask, cudaStream_t stream)
+                                     const Mask& mask, std::span<const int64_t> seq_lens, cudaStream_t stream)
     : q_runs_(q_runs.begin(), q_runs.end()),
       kv_runs_(kv_runs.begin(), kv_runs.end()),
       mask_(mask),
-      plan_(plan_attention_tiles(q_runs, kv_runs, mask)) {
+      seq_lens_(seq_lens.begin(), seq_lens.end()),
+      plan_(plan_attention_tiles(q_runs, kv_runs, mask, seq_lens)) {
   tiles_ = device_copy(plan_.tiles, stream, "tiles");
   try {
     segments_ = device_copy(plan_.segments, stream, "key segments");
@@ -141,7 +143,7 @@ CudaAttentionPlan::~CudaAttentionPlan() {
 }
 
 bool CudaAttentionPlan::matches(std::span<const StoredRun> q_runs, std::span<const StoredRun> kv_runs,
-                                const Mask& mask) const {
+                                const Mask& mask, std::span<const int64_t> seq_lens) const {
   auto same = [](std::span<const StoredRun> a, const std::vector<StoredRun>& b) {
     if (a.size() != b.size()) return false;
     for (size_t i = 0; i < a.size(); ++i)
@@ -149,7 +151,10 @@ bool CudaAttentionPlan::matches(std::span<const StoredRun> q_runs, std::span<con
         return false;
     return true;
   };
-  return mask.kind == mask_.kind && mask.window == mask_.window && same(q_runs, q_runs_) && same(kv_runs, kv_runs_);
+  // Lengths change only a block mask's cuts; other masks ignore them.
+  const bool same_lens = mask.kind != MaskKind::blocks || std::equal(seq_lens.begin(), seq_lens.end(),
+                                                                     seq_lens_.begin(), seq_lens_.end());
+  return mask == mask_ && same_lens && same(q_runs, q_runs_) && same(kv_runs, kv_runs_);
 }
 
 // ---- calls ------------------------------------------------------------------------------------
@@ -157,7 +162,7 @@ bool CudaAttentionPlan::matches(std::span<const StoredRun> q_runs, std::span<con
 void attend_cuda(const Queries& queries, const KvBlock& block, const AttentionParams& params,
                  CudaAttentionState& state) {
   check_arguments(queries, block, params, state);
-  const CudaAttentionPlan plan(queries.runs, block.runs, params.mask, state.stream());
+  const CudaAttentionPlan plan(queries.runs, block.runs, params.mask, params.seq_lens, state.stream());
   attend_cuda(plan, queries, block, params, state);
   // The plan's memory is freed on return: wait until the kernel that reads it has run.
   check_cuda(cudaStreamSynchronize(state.stream()), "CUDA attention", here());

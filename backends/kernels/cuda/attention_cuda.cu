@@ -171,10 +171,13 @@ __device__ __forceinline__ void scores(const T* sq, const T* sk, int warp, int l
   }
 }
 
-// Query row `row` (of the tile) sees the key at column `key` of this key tile?
-__device__ __forceinline__ bool visible(const AttentionArgs& a, int64_t key_minus_query, int key, int valid_keys) {
+// Query row `row` (of the tile) sees the key at column `key` of this key tile? A block mask's
+// segment is one cell: every key visible, or (causal) those at or before the row.
+__device__ __forceinline__ bool visible(const AttentionArgs& a, bool segment_causal, int64_t key_minus_query, int key,
+                                        int valid_keys) {
   if (key >= valid_keys) return false;
   if (a.mask_kind == static_cast<int32_t>(MaskKind::full)) return true;
+  if (a.mask_kind == static_cast<int32_t>(MaskKind::blocks)) return !segment_causal || key_minus_query <= 0;
   if (key_minus_query > 0) return false;
   return a.mask_kind == static_cast<int32_t>(MaskKind::causal) || key_minus_query > -a.window;
 }
@@ -186,6 +189,7 @@ __device__ __forceinline__ bool needs_mask(const AttentionArgs& a, const QueryTi
   if (a.mask_kind == static_cast<int32_t>(MaskKind::full)) return false;
   const int64_t first_key = keys.pos(), last_key = first_key + kKeys - 1;
   const int64_t first_query = tile.pos, last_query = tile.pos + tile.rows - 1;
+  if (a.mask_kind == static_cast<int32_t>(MaskKind::blocks)) return keys.segment->causal && last_key > first_query;
   if (last_key > first_query) return true;  // the causal edge crosses the step
   return a.mask_kind == static_cast<int32_t>(MaskKind::sliding_window) && first_key <= last_query - a.window;
 }
@@ -197,6 +201,7 @@ __device__ __forceinline__ void online_softmax(const AttentionArgs& a, const Que
                                                const KeyCursor& keys, int warp, int lane, float (&s)[kKeys / 8][4],
                                                float (&o)[kDim / 8][4], float (&row_max)[2], float (&row_sum)[2]) {
   const bool masked = needs_mask(a, tile, keys);
+  const bool segment_causal = keys.segment->causal != 0;
   const int64_t key_base = keys.pos() - tile.pos;  // key position minus query position at (0, 0)
   const int valid_keys = keys.keys();
 #pragma unroll
@@ -206,7 +211,7 @@ __device__ __forceinline__ void online_softmax(const AttentionArgs& a, const Que
       float x = s[j][e] * a.scale_log2;
       if (masked) {
         const int row = warp * kWarpRows + acc_row(lane, e), key = j * 8 + acc_col(lane, e);
-        if (!visible(a, key_base + key - row, key, valid_keys)) x = kMinusInf;
+        if (!visible(a, segment_causal, key_base + key - row, key, valid_keys)) x = kMinusInf;
       }
       s[j][e] = x;
     }

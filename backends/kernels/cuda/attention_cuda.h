@@ -1,7 +1,7 @@
 #pragma once
 // CUDA attention forward for one rank: the contract of the CPU attend() (attention_cpu.h) on
 // tensors in GPU memory. bf16 / fp16 storage, fp32 accumulation on tensor cores, tiled like
-// flash attention (memory linear in sequence length), full / causal / sliding-window masks,
+// flash attention (memory linear in sequence length), full / causal / sliding-window / block masks,
 // StoredRun packing (runs of different sequences never attend) and HeadMap GQA. Each call
 // merges a K,V block into an fp32 O / LSE state, so ring steps arrive in any order.
 //
@@ -48,12 +48,13 @@ class CudaAttentionState {
   float* lse_ = nullptr;
 };
 
-// The tiles of one (query runs, K,V runs, mask) triple, on the host and in GPU memory: plan once,
-// attend many times (the executor plans each ring step's block once per run, not per call).
+// The tiles of one (query runs, K,V runs, mask, sequence lengths), on the host and in GPU memory:
+// plan once, attend many times (the executor plans each ring step's block once per run, not per
+// call). seq_lens as in AttentionParams (block masks need them).
 class CudaAttentionPlan {
  public:
   CudaAttentionPlan(std::span<const StoredRun> q_runs, std::span<const StoredRun> kv_runs, const Mask& mask,
-                    cudaStream_t stream);
+                    std::span<const int64_t> seq_lens, cudaStream_t stream);
   ~CudaAttentionPlan();
   CudaAttentionPlan(const CudaAttentionPlan&) = delete;
   CudaAttentionPlan& operator=(const CudaAttentionPlan&) = delete;
@@ -61,12 +62,14 @@ class CudaAttentionPlan {
   const TilePlan& tiles() const { return plan_; }
   const QueryTileWork* device_tiles() const { return tiles_; }
   const KeySegment* device_segments() const { return segments_; }
-  // Whether this plan was made for exactly these runs and mask (a plan cache compares with it).
-  bool matches(std::span<const StoredRun> q_runs, std::span<const StoredRun> kv_runs, const Mask& mask) const;
+  // Whether this plan was made for exactly these runs, mask and lengths (a plan cache compares with it).
+  bool matches(std::span<const StoredRun> q_runs, std::span<const StoredRun> kv_runs, const Mask& mask,
+               std::span<const int64_t> seq_lens) const;
 
  private:
   std::vector<StoredRun> q_runs_, kv_runs_;
   Mask mask_;
+  std::vector<int64_t> seq_lens_;
   TilePlan plan_;
   QueryTileWork* tiles_ = nullptr;
   KeySegment* segments_ = nullptr;

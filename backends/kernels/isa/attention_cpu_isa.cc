@@ -126,7 +126,7 @@ void merge_row(float* out, float& lse, const float* acc, float sum, float lse_b,
 class QueryTile {
  public:
   QueryTile(const Mask& mask, int64_t head_dim, int64_t v_dim)
-      : mask_(mask),
+      : mask_(&mask),
         head_dim_(head_dim),
         v_dim_(v_dim),
         scores_(kQueryTile * kKeyTile),
@@ -145,10 +145,13 @@ class QueryTile {
     std::fill_n(sum_.data(), rows, 0.0f);
   }
 
-  // Key positions of `run` that some row of the tile sees (may be empty).
-  KeyWindow visible_in(const StoredRun& run) const {
-    return {std::max(run.begin, key_window(mask_, first_pos_).lo),
-            std::min(run.begin + run.count, key_window(mask_, first_pos_ + rows_ - 1).hi)};
+  // The window rule add_keys applies from now on (a full, causal or sliding-window mask, not
+  // owned): a block mask's spans switch between full and causal.
+  void use_rule(const Mask& mask) { mask_ = &mask; }
+
+  // Key positions of [lo, hi) that some row of the tile sees (may be empty).
+  KeyWindow visible_in(int64_t lo, int64_t hi) const {
+    return {std::max(lo, key_window(*mask_, first_pos_).lo), std::min(hi, key_window(*mask_, first_pos_ + rows_ - 1).hi)};
   }
 
   // Adds keys at positions [key_pos, key_pos + keys) with rows k, v (keys <= kKeyTile).
@@ -157,12 +160,12 @@ class QueryTile {
     const ConstMatrixMap q(q_, rows_, head_dim_), kt(k, keys, head_dim_), vt(v, keys, v_dim_);
     MatrixMap scores(scores_.data(), rows_, keys);
     scores.noalias() = q * kt.transpose();
-    const bool all_visible =
-        key_window(mask_, first_pos_ + rows_ - 1).lo <= key_pos && key_window(mask_, first_pos_).hi >= key_pos + keys;
+    const bool all_visible = key_window(*mask_, first_pos_ + rows_ - 1).lo <= key_pos &&
+                             key_window(*mask_, first_pos_).hi >= key_pos + keys;
     for (int64_t r = 0; r < rows_; ++r) {
       KeyWindow cols{0, keys};
       if (!all_visible) {
-        const KeyWindow w = key_window(mask_, first_pos_ + r);
+        const KeyWindow w = key_window(*mask_, first_pos_ + r);
         cols = {std::clamp(w.lo - key_pos, int64_t{0}, keys), std::clamp(w.hi - key_pos, int64_t{0}, keys)};
       }
       softmax_row(r, cols, keys);
@@ -199,22 +202,45 @@ class QueryTile {
     max_[r] = new_max;
   }
 
-  Mask mask_;
+  const Mask* mask_;
   int64_t head_dim_, v_dim_;
   const float* q_ = nullptr;
   int64_t first_pos_ = 0, rows_ = 0;
   Floats scores_, acc_, max_, sum_;
 };
 
+// Keys at positions [lo, hi) of kv_run that the tile sees under its current rule, tile by tile.
+void attend_keys(QueryTile& tile, const HeadMajor& k, const HeadMajor& v, int64_t kv_head, const StoredRun& kv_run,
+                 int64_t lo, int64_t hi) {
+  const KeyWindow keys = tile.visible_in(lo, hi);
+  for (int64_t pos = keys.lo; pos < keys.hi; pos += kKeyTile) {
+    const int64_t row = kv_run.offset + (pos - kv_run.begin);
+    tile.add_keys(k.rows(kv_head, row), v.rows(kv_head, row), pos, std::min(kKeyTile, keys.hi - pos));
+  }
+}
+
 // Keys of `kv_runs` (runs of the block) that one query tile sees, tile by tile.
 void attend_tile(QueryTile& tile, const HeadMajor& k, const HeadMajor& v, int64_t kv_head,
                  std::span<const StoredRun> kv_runs, int32_t seq) {
   for (const StoredRun& kv_run : kv_runs) {
     if (kv_run.seq != seq || kv_run.count == 0) continue;  // other sequences are never visible
-    const KeyWindow keys = tile.visible_in(kv_run);
-    for (int64_t pos = keys.lo; pos < keys.hi; pos += kKeyTile) {
-      const int64_t row = kv_run.offset + (pos - kv_run.begin);
-      tile.add_keys(k.rows(kv_head, row), v.rows(kv_head, row), pos, std::min(kKeyTile, keys.hi - pos));
+    attend_keys(tile, k, v, kv_head, kv_run, kv_run.begin, kv_run.begin + kv_run.count);
+  }
+}
+
+// The same under a block mask for a tile inside one query block (rows from `pos` on): each key
+// run cut into the spans of its cells, EMPTY cells never visited, FULL spans without a per-element
+// test, CAUSAL spans by the causal window.
+void attend_tile_blocks(QueryTile& tile, const HeadMajor& k, const HeadMajor& v, int64_t kv_head,
+                        std::span<const StoredRun> kv_runs, int32_t seq, int64_t len, const Mask& mask, int64_t pos,
+                        int64_t rows, const Mask& full_rule, const Mask& causal_rule) {
+  KeySpan spans[kMaxMaskBlocks];
+  for (const StoredRun& kv_run : kv_runs) {
+    if (kv_run.seq != seq || kv_run.count == 0) continue;
+    const int64_t n = block_key_spans(mask, len, pos, rows, kv_run.begin, kv_run.begin + kv_run.count, spans);
+    for (int64_t s = 0; s < n; ++s) {
+      tile.use_rule(spans[s].causal ? causal_rule : full_rule);
+      attend_keys(tile, k, v, kv_head, kv_run, spans[s].lo, spans[s].hi);
     }
   }
 }
@@ -226,12 +252,22 @@ void attend(const Queries& queries, const KvBlock& block, const AttentionParams&
   const float scale = params.scale.value_or(1.0f / std::sqrt(static_cast<float>(queries.q.dim)));
   const HeadMajor q(queries.q, scale), k(block.k, 1.0f), v(block.v, 1.0f);
   QueryTile tile(params.mask, queries.q.dim, block.v.dim);
+  const bool blocks = params.mask.kind == MaskKind::blocks;
+  const Mask full_rule(MaskKind::full), causal_rule(MaskKind::causal);  // the rules of a block mask's spans
   for (const StoredRun& q_run : queries.runs) {
-    for (int64_t t0 = 0; t0 < q_run.count; t0 += kQueryTile) {
-      const int64_t rows = std::min(kQueryTile, q_run.count - t0);
+    // check_attention_arguments made sure a block mask has the length of every run's sequence.
+    const int64_t len = blocks ? params.seq_lens[static_cast<size_t>(q_run.seq)] : 0;
+    for (int64_t t0 = 0, rows = 0; t0 < q_run.count; t0 += rows) {
+      const int64_t pos = q_run.begin + t0;
+      // Under a block mask a tile stops at its query block's end, so one table row covers it.
+      rows = std::min(std::min(kQueryTile, q_run.count - t0), query_block_end(params.mask, len, pos) - pos);
       for (int64_t h = 0; h < queries.q.heads; ++h) {
-        tile.start(q.rows(h, q_run.offset + t0), q_run.begin + t0, rows);
-        attend_tile(tile, k, v, params.heads.kv_of(h), block.runs, q_run.seq);
+        tile.start(q.rows(h, q_run.offset + t0), pos, rows);
+        if (blocks)
+          attend_tile_blocks(tile, k, v, params.heads.kv_of(h), block.runs, q_run.seq, len, params.mask, pos, rows,
+                             full_rule, causal_rule);
+        else
+          attend_tile(tile, k, v, params.heads.kv_of(h), block.runs, q_run.seq);
         tile.merge_into(state, q_run.offset + t0, h);
       }
     }
