@@ -200,6 +200,7 @@ Bytes random_tensor(int64_t elems, DType dtype, uint64_t seed) {
 struct AttentionInputs {
   Bytes q, k, v;
   std::vector<backends::StoredRun> runs;
+  std::vector<int64_t> lens;  // one sequence of all the tokens (a block mask cuts it)
   backends::AttentionParams params;
   backends::AttentionState state;
   AttentionInputs(const AttentionProbeSpec& a, uint64_t seed)
@@ -207,8 +208,10 @@ struct AttentionInputs {
         k(random_tensor(a.tokens * a.kv_heads * a.head_dim, a.dtype, seed + 1)),
         v(random_tensor(a.tokens * a.kv_heads * a.head_dim, a.dtype, seed + 2)),
         runs{{0, 0, a.tokens, 0}},
+        lens{a.tokens},
         state(a.tokens, a.q_heads, a.head_dim) {
     params.mask = a.mask;
+    params.seq_lens = lens;
     params.heads = {0, 0, a.q_heads / a.kv_heads};
   }
   void attend(const AttentionProbeSpec& a) {
