@@ -126,6 +126,11 @@ int64_t query_block_end(const Mask& mask, int64_t len, int64_t pos) {
   return qb == n - 1 ? kFarPosition : block_begin(len, n, qb + 1);
 }
 
+const Mask& span_rule(bool causal) {
+  static const Mask full(MaskKind::full), causal_mask(MaskKind::causal);
+  return causal ? causal_mask : full;
+}
+
 int64_t block_key_spans(const Mask& mask, int64_t len, int64_t pos, int64_t rows, int64_t ka, int64_t kb,
                         KeySpan* out) {
   assert(mask.kind == MaskKind::blocks && rows >= 1 && pos + rows <= query_block_end(mask, len, pos));

@@ -100,6 +100,9 @@ struct KeySpan {
   int64_t lo, hi;
   bool causal;
 };
+// The window rule of a span: the causal mask when causal, else the full one (static objects, so
+// per-variant kernel code never copies a Mask: cpu_isa.h).
+const Mask& span_rule(bool causal);
 // The spans of keys [ka, kb) that query rows [pos, pos + rows) of a sequence of len tokens see
 // under a block mask, in position order, EMPTY cells left out; the rows must lie in one query
 // block. Writes at most kMaxMaskBlocks spans to out and returns how many.

@@ -149,6 +149,9 @@ class QueryTile {
   // owned): a block mask's spans switch between full and causal.
   void use_rule(const Mask& mask) { mask_ = &mask; }
 
+  int64_t first_pos() const { return first_pos_; }
+  int64_t rows() const { return rows_; }
+
   // Key positions of [lo, hi) that some row of the tile sees (may be empty).
   KeyWindow visible_in(int64_t lo, int64_t hi) const {
     return {std::max(lo, key_window(*mask_, first_pos_).lo), std::min(hi, key_window(*mask_, first_pos_ + rows_ - 1).hi)};
@@ -228,18 +231,24 @@ void attend_tile(QueryTile& tile, const HeadMajor& k, const HeadMajor& v, int64_
   }
 }
 
-// The same under a block mask for a tile inside one query block (rows from `pos` on): each key
-// run cut into the spans of its cells, EMPTY cells never visited, FULL spans without a per-element
+// A block mask applied to one sequence: its table and the sequence's length, which cuts it into blocks.
+struct BlockRules {
+  const Mask& mask;
+  int64_t len;
+};
+
+// The same as attend_tile under a block mask, for a tile inside one query block: each key run
+// cut into the spans of its cells, EMPTY cells never visited, FULL spans without a per-element
 // test, CAUSAL spans by the causal window.
 void attend_tile_blocks(QueryTile& tile, const HeadMajor& k, const HeadMajor& v, int64_t kv_head,
-                        std::span<const StoredRun> kv_runs, int32_t seq, int64_t len, const Mask& mask, int64_t pos,
-                        int64_t rows, const Mask& full_rule, const Mask& causal_rule) {
+                        std::span<const StoredRun> kv_runs, int32_t seq, const BlockRules& rules) {
   KeySpan spans[kMaxMaskBlocks];
   for (const StoredRun& kv_run : kv_runs) {
     if (kv_run.seq != seq || kv_run.count == 0) continue;
-    const int64_t n = block_key_spans(mask, len, pos, rows, kv_run.begin, kv_run.begin + kv_run.count, spans);
+    const int64_t n = block_key_spans(rules.mask, rules.len, tile.first_pos(), tile.rows(), kv_run.begin,
+                                      kv_run.begin + kv_run.count, spans);
     for (int64_t s = 0; s < n; ++s) {
-      tile.use_rule(spans[s].causal ? causal_rule : full_rule);
+      tile.use_rule(span_rule(spans[s].causal));
       attend_keys(tile, k, v, kv_head, kv_run, spans[s].lo, spans[s].hi);
     }
   }
@@ -253,10 +262,10 @@ void attend(const Queries& queries, const KvBlock& block, const AttentionParams&
   const HeadMajor q(queries.q, scale), k(block.k, 1.0f), v(block.v, 1.0f);
   QueryTile tile(params.mask, queries.q.dim, block.v.dim);
   const bool blocks = params.mask.kind == MaskKind::blocks;
-  const Mask full_rule(MaskKind::full), causal_rule(MaskKind::causal);  // the rules of a block mask's spans
   for (const StoredRun& q_run : queries.runs) {
     // check_attention_arguments made sure a block mask has the length of every run's sequence.
     const int64_t len = blocks ? params.seq_lens[static_cast<size_t>(q_run.seq)] : 0;
+    const BlockRules rules{params.mask, len};
     for (int64_t t0 = 0, rows = 0; t0 < q_run.count; t0 += rows) {
       const int64_t pos = q_run.begin + t0;
       // Under a block mask a tile stops at its query block's end, so one table row covers it.
@@ -264,8 +273,7 @@ void attend(const Queries& queries, const KvBlock& block, const AttentionParams&
       for (int64_t h = 0; h < queries.q.heads; ++h) {
         tile.start(q.rows(h, q_run.offset + t0), pos, rows);
         if (blocks)
-          attend_tile_blocks(tile, k, v, params.heads.kv_of(h), block.runs, q_run.seq, len, params.mask, pos, rows,
-                             full_rule, causal_rule);
+          attend_tile_blocks(tile, k, v, params.heads.kv_of(h), block.runs, q_run.seq, rules);
         else
           attend_tile(tile, k, v, params.heads.kv_of(h), block.runs, q_run.seq);
         tile.merge_into(state, q_run.offset + t0, h);
