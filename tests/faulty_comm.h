@@ -30,6 +30,7 @@ struct FaultPlan {
   int nth = 0;
   int member = 0;
   int seen = 0;  // messages of `op` received so far
+  int64_t ring_sent_bytes = 0;  // bytes this rank's isend calls have sent (counted with any plan)
 };
 
 inline void damage(Fault fault, std::byte* data, int64_t bytes, std::span<const std::byte> before) {
@@ -77,6 +78,7 @@ class FaultyComm : public backends::Comm {
     if (hit) damage(plan_->fault, seg.data, seg.bytes, seg.before);
   }
   std::unique_ptr<backends::Request> isend(const void* buf, int64_t bytes, int peer, int tag) override {
+    plan_->ring_sent_bytes += bytes;
     return inner_.isend(buf, bytes, peer, tag);
   }
   std::unique_ptr<backends::Request> irecv(void* buf, int64_t bytes, int peer, int tag) override {

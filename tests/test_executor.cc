@@ -128,6 +128,32 @@ TEST(Executor, BlockMasksVerifyUnderUaaRingAndHybrid) {
     }
 }
 
+// The ring moves what the Layout's schedule forwards and nothing else (under a block mask a step
+// sends only the runs a later rank needs, packed; Layout::ring_forward_runs), and still verifies.
+TEST(Executor, RingSendsExactlyTheForwardedRuns) {
+  for (const char* mask : {"star:8", "stream:8,1,2", "causal"})
+    for (const LayoutChoice& choice : {LayoutChoice{Strategy::ring}, LayoutChoice{Strategy::hybrid_uaa, 2, 2}}) {
+      auto layout = Layout::build({shape_of({77, 1001}, 6, 2, parse_mask(mask)), Cluster{4, 4}, choice});
+      std::ostringstream err;
+      const int code = backends::run_ranks(local_launch(4), [&](Comm& world) {
+        const auto plan = std::make_shared<testing::FaultPlan>(testing::FaultPlan{testing::Fault::flip, testing::FaultOp::ring, -1, 0});
+        testing::FaultyComm counting(world, plan);  // nth = -1: counts, damages nothing
+        backends::ExecutorOptions options;
+        options.verify = true;
+        options.warmups = 0;
+        options.iterations = 1;
+        if (!backends::execute(layout, counting, options).verified()) return 1;
+        const RankLayout& me = layout.rank(world.rank());
+        int64_t want = 0;
+        for (int64_t step = 0; step + 1 < layout.ring(); ++step)
+          for (const TokenRun& run : layout.ring_forward_runs(me.r, step))
+            want += layout.kv_block_bytes(run.padded, me.kv_heads.count());
+        return plan->ring_sent_bytes == want ? 0 : 3;
+      }, err);
+      EXPECT_EQ(code, 0) << mask << " " << to_string(choice) << "\n" << err.str();
+    }
+}
+
 // A kernel that misses one block of the table (one rank, one call: the diagonal cell of its
 // first query's block) fails verification; the same device with nothing to inject passes.
 TEST(Executor, AKernelMissingOneMaskBlockFailsVerification) {

@@ -198,6 +198,7 @@ class RankExecution {
   std::vector<StoredRun> q_runs_;
   std::vector<std::vector<StoredRun>> kv_runs_;  // per ring index: the K,V runs of its shard
   std::vector<int64_t> kernel_lens_;             // params_.seq_lens: length by kernel sequence id
+  int64_t length_slots_ = 0;                     // run lengths per rank in the length exchange
   std::vector<RingStep> ring_steps_;             // rotating strategies with R > 1
   std::unique_ptr<DeviceAttention> attention_;
 };
@@ -224,6 +225,11 @@ RankExecution::RankExecution(const Layout& layout, Comm& world, Device& device, 
   params_.heads = HeadMap::of_rank(me_, s_);
   kernel_lens_ = kernel_lens(s_.seq_lens, B_);
   params_.seq_lens = kernel_lens_;
+  // Zigzag holds two runs per sequence, a block placement up to one per block: every rank
+  // reserves as many slots as the rank with the most runs needs.
+  length_slots_ = 2 * nseq_;
+  for (const RankLayout& rank : layout.ranks())
+    length_slots_ = std::max(length_slots_, static_cast<int64_t>(rank.input_runs.size()));
   q_runs_ = kernel_runs(layout.shard_runs(me_.r), B_, nseq_);
   for (int64_t r = 0; r < layout.ring(); ++r) kv_runs_.push_back(kernel_runs(layout.shard_runs(r), B_, nseq_));
   if (rotates_kv(layout.strategy()) && layout.ring() > 1) plan_ring();
@@ -303,7 +309,7 @@ void RankExecution::allocate_buffers() {
   send_ = device_.allocate(std::max(qkv_.send_total, out_.send_total));
   recv_ = device_.allocate(std::max({qkv_.recv_total, out_.recv_total, gathered}));
   if (options_.metadata == MetadataChannel::device) {
-    const int64_t bytes = 2 * nseq_ * static_cast<int64_t>(sizeof(int64_t));
+    const int64_t bytes = length_slots_ * static_cast<int64_t>(sizeof(int64_t));
     lengths_send_ = device_.allocate(bytes);
     lengths_recv_ = device_.allocate(bytes * L_.ulysses());
   }
@@ -332,7 +338,7 @@ void RankExecution::make_inputs() {
 void RankExecution::exchange_lengths() {
   std::vector<int64_t> mine;
   for (const TokenRun& run : me_.input_runs) mine.push_back(run.padded);
-  mine.resize(static_cast<size_t>(nseq_) * 2, -1);
+  mine.resize(static_cast<size_t>(length_slots_), -1);
   const auto bytes = static_cast<int64_t>(mine.size() * sizeof(int64_t));
   std::vector<int64_t> all(mine.size() * static_cast<size_t>(L_.ulysses()));
   if (options_.metadata == MetadataChannel::device) {
