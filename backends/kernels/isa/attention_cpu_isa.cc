@@ -205,6 +205,7 @@ class QueryTile {
     max_[r] = new_max;
   }
 
+  // Not owned (a copy would instantiate shared_ptr code per ISA); a pointer, so use_rule can switch it.
   const Mask* mask_;
   int64_t head_dim_, v_dim_;
   const float* q_ = nullptr;
