@@ -120,11 +120,6 @@ class Layout {
   int64_t ring_next(int64_t rank) const;  // global rank of the next ring member
   int64_t ring_prev(int64_t rank) const;
   RingStepMax ring_step_max(int64_t step) const;  // O(R * sequences)
-  // TEMPORARY STAND-IN (helper B, issue 16) for helper A's ring skipping, deleted when A's lands:
-  // the whole source shard is held and forwarded, and every step computes.
-  std::span<const TokenRun> ring_held_runs(int64_t r, int64_t step) const { return shard_runs(ring_kv_source(r, step)); }
-  std::span<const TokenRun> ring_forward_runs(int64_t r, int64_t step) const { return ring_held_runs(r, step); }
-  bool ring_step_computes(int64_t, int64_t) const { return true; }
 
   // Attention pairs (query, key) between two token sets under the mask, per head and sample:
   // pairs() over real tokens; run_pairs(..., padded = true) over stored rows, padding included,
