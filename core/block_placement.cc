@@ -79,9 +79,13 @@ std::vector<PositionRange> units_of(const PlacementProblem& p, size_t seq) {
   }
   const int64_t len = p.lens[seq], n = p.mask.blocks->n();
   const int64_t k = n < 2 * p.ring ? (2 * p.ring + n - 1) / n : 1;
+  const int64_t share = rows_cost(p, seq, 0, len) / p.ring;  // an index's fair share of the sequence
   for (int64_t b = 0; b < n; ++b) {
     const int64_t begin = block_begin(len, n, b), size = block_begin(len, n, b + 1) - begin;
-    for (int64_t i = 0; i < k; ++i) add(units, {begin + split_begin(size, k, i), begin + split_begin(size, k, i + 1)});
+    const int64_t cost = rows_cost(p, seq, begin, begin + size);
+    const int64_t pieces = std::min(size, std::max(k, share > 0 ? (4 * cost + share - 1) / share : k));
+    for (int64_t i = 0; i < pieces; ++i)
+      add(units, {begin + split_begin(size, pieces, i), begin + split_begin(size, pieces, i + 1)});
   }
   return units;
 }

@@ -9,8 +9,10 @@
 //                2R-1-r) and LPT: longest processing time first over placement units, each unit
 //                going to the index with the least work so far (ties: fewer tokens, lower index);
 //   units        uneven strategies: the mask's blocks, each cut into k = ceil(2R / N) tensor_split
-//                pieces when N < 2R (so there are at least 2R units); every index gets at least one
-//                unit of every sequence. Classic (padding) strategies: M = 2R ceil(N / 2R) equal
+//                pieces when N < 2R (so there are at least 2R units), and a block whose rows cost
+//                more than a quarter of an index's fair share (the sequence's work / R) into
+//                ceil(4 cost / share) pieces, so no unit is heavier than about a quarter share;
+//                every index gets at least one unit of every sequence. Classic (padding) strategies: M = 2R ceil(N / 2R) equal
 //                slots of the padded sequence, M / R of them per index, so shards stay equal;
 //   cost         a unit's query rows' visible pairs against the whole (padded) sequence;
 //   choice       the candidate with the smallest largest per-index work (ties: contiguous, then

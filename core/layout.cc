@@ -60,8 +60,10 @@ void validate_shape(const AttentionShape& s, const Cluster& m) {
   check_limits(view_of(s));  // every size bounded: the 128-bit sums below cannot overflow
   // Bound every byte and FLOP count up front so the arithmetic below cannot overflow.
   __int128 tokens = 0, square = 0;
+  // Classic padding adds under 2P tokens a sequence; under a block mask under (N + 2R) U <= (N + 2) P.
+  const int64_t pad_bound = 2 * m.world + (s.mask.kind == MaskKind::blocks ? s.mask.blocks->n() * m.world : 0);
   for (int64_t len : s.seq_lens) {
-    const __int128 padded = static_cast<__int128>(len) + 2 * m.world;  // classic padding bound
+    const __int128 padded = static_cast<__int128>(len) + pad_bound;  // classic padding bound
     tokens += padded;
     square += padded * padded;
   }
