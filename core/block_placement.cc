@@ -54,6 +54,20 @@ BlockPlacement finish(const PlacementProblem& p, BlockPlacement out) {
       for (auto [a, b] : ranges) out.pairs[r] += rows_cost(p, seq, a, b);
     }
   }
+  // The ring's compute, step by step: index r against the shard of r - k, the slowest index each step.
+  const int64_t R = p.ring;
+  for (int64_t k = 0; k < R; ++k) {
+    int64_t most = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      const size_t src = static_cast<size_t>((r - k + R) % R);
+      int64_t pairs = 0;
+      for (size_t seq = 0; seq < out.ranges.size(); ++seq)
+        for (auto [qa, qb] : out.ranges[seq][static_cast<size_t>(r)])
+          for (auto [ka, kb] : out.ranges[seq][src]) pairs += mask_pairs(p.mask, p.lens[seq], qa, qb, ka, kb);
+      most = std::max(most, pairs);
+    }
+    out.step_pairs += most;
+  }
   return out;
 }
 
@@ -77,13 +91,17 @@ std::vector<PositionRange> units_of(const PlacementProblem& p, size_t seq) {
     for (int64_t i = 0; i < p.units; ++i) add(units, chunk(p, seq, p.units, i));
     return units;
   }
-  const int64_t len = p.lens[seq], n = p.mask.blocks->n();
-  const int64_t k = n < 2 * p.ring ? (2 * p.ring + n - 1) / n : 1;
-  const int64_t share = rows_cost(p, seq, 0, len) / p.ring;  // an index's fair share of the sequence
+  const int64_t len = p.lens[seq], n = p.mask.blocks->n(), R = p.ring;
+  const int64_t k = n < 2 * R ? (2 * R + n - 1) / n : 1;
+  const int64_t total = rows_cost(p, seq, 0, len), share = total / R;  // an index's fair share
   for (int64_t b = 0; b < n; ++b) {
     const int64_t begin = block_begin(len, n, b), size = block_begin(len, n, b + 1) - begin;
     const int64_t cost = rows_cost(p, seq, begin, begin + size);
-    const int64_t pieces = std::min(size, std::max(k, share > 0 ? (4 * cost + share - 1) / share : k));
+    const int64_t seen = mask_pairs(p.mask, len, 0, len, begin, begin + size);  // pairs its keys are in
+    int64_t pieces = k;
+    if (share > 0) pieces = std::max(pieces, (4 * cost + share - 1) / share);
+    if (total > 0) pieces = std::max(pieces, static_cast<int64_t>((static_cast<__int128>(2 * R) * seen + total - 1) / total));
+    pieces = std::min(size, pieces);
     for (int64_t i = 0; i < pieces; ++i)
       add(units, {begin + split_begin(size, pieces, i), begin + split_begin(size, pieces, i + 1)});
   }
@@ -150,8 +168,12 @@ BlockPlacement lpt_placement(const PlacementProblem& p) {
 
 BlockPlacement balanced_placement(const PlacementProblem& p) {
   BlockPlacement best = contiguous_placement(p);
-  for (BlockPlacement other : {zigzag_placement(p), lpt_placement(p)})
-    if (other.max_pairs() < best.max_pairs()) best = std::move(other);
+  const int64_t bound = best.max_pairs();
+  for (BlockPlacement other : {zigzag_placement(p), lpt_placement(p)}) {
+    if (other.max_pairs() > bound) continue;
+    if (std::pair(other.step_pairs, other.max_pairs()) < std::pair(best.step_pairs, best.max_pairs()))
+      best = std::move(other);
+  }
   return best;
 }
 

@@ -175,24 +175,40 @@ TEST(BlockLayout, EveryVisiblePairOnceOverEveryStrategyAndMesh) {
   EXPECT_GT(skipping, 100);
 }
 
-// Per ring index padded pairs of R contiguous chunks of each (padded) sequence, by brute force.
-std::vector<int64_t> contiguous_pairs(const Layout& l) {
+// R contiguous chunks of each (padded) sequence: per ring index its pairs, by brute force, and
+// the ring's lockstep compute (sum over steps of the largest block of pairs).
+struct Contiguous {
+  std::vector<int64_t> pairs;
+  int64_t step_pairs = 0;
+};
+
+Contiguous contiguous_of(const Layout& l) {
   const AttentionShape& s = l.shape();
   const bool classic = pads_classic(l.strategy());
   const int64_t R = l.ring(), U = l.ulysses();
-  std::vector<int64_t> out(static_cast<size_t>(R), 0);
+  Contiguous out;
+  out.pairs.assign(static_cast<size_t>(R), 0);
+  std::vector<int64_t> block(static_cast<size_t>(R * R), 0);  // [r * R + source]
   for (int64_t len : s.seq_lens) {
     const int64_t m = classic_units(s.mask.blocks->n(), R) * U;
     const int64_t plen = classic ? (len + m - 1) / m * m : len;
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t a = classic ? r * (plen / R) : split_begin(len, R, r);
-      const int64_t b = classic ? (r + 1) * (plen / R) : split_begin(len, R, r + 1);
-      for (int64_t i = a; i < b; ++i)
-        for (int64_t j = 0; j < plen; ++j) out[size_t(r)] += s.mask.sees(i, j, len);
-    }
+    auto begin = [&](int64_t r) { return classic ? r * (plen / R) : split_begin(len, R, r); };
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t i = begin(r); i < begin(r + 1); ++i)
+        for (int64_t src = 0; src < R; ++src)
+          for (int64_t j = begin(src); j < begin(src + 1); ++j) block[size_t(r * R + src)] += s.mask.sees(i, j, len);
+  }
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t src = 0; src < R; ++src) out.pairs[size_t(r)] += block[size_t(r * R + src)];
+  for (int64_t k = 0; k < R; ++k) {
+    int64_t most = 0;
+    for (int64_t r = 0; r < R; ++r) most = std::max(most, block[size_t(r * R + l.ring_kv_source(r, k))]);
+    out.step_pairs += most;
   }
   return out;
 }
+
+std::vector<int64_t> contiguous_pairs(const Layout& l) { return contiguous_of(l).pairs; }
 
 TEST(BlockLayout, BalancedPlacementNeverWorseThanContiguous) {
   std::mt19937_64 rng(61);
@@ -209,8 +225,15 @@ TEST(BlockLayout, BalancedPlacementNeverWorseThanContiguous) {
       for (int64_t r = 0; r < l->ring(); ++r)
         for (int64_t u = 0; u < l->ulysses(); ++u)
           mine[size_t(r)] = l->at(u, r).flops / l->attention_flops(1, l->at(u, r).q_heads.count());
-      const std::vector<int64_t> base = contiguous_pairs(*l);
+      const Contiguous contiguous = contiguous_of(*l);
+      const std::vector<int64_t>& base = contiguous.pairs;
       const int64_t most = *std::max_element(mine.begin(), mine.end());
+      // The ring's lockstep compute (what the simulator charges) is never above contiguous's either.
+      int64_t steps = 0;
+      for (int64_t k = 0; k < l->ring(); ++k) steps += l->ring_step_max(k).flops;
+      int64_t max_heads = 0;
+      for (const RankLayout& rl : l->ranks()) max_heads = std::max(max_heads, rl.q_heads.count());
+      ASSERT_LE(steps, l->attention_flops(contiguous.step_pairs, max_heads)) << describe(*l) << " " << l->placement();
       const int64_t base_most = *std::max_element(base.begin(), base.end());
       ASSERT_LE(most, base_most) << describe(*l) << " placement " << l->placement();
       ASSERT_LE(l->placement_imbalance(), imbalance(base) + 1e-12) << describe(*l);
@@ -238,6 +261,22 @@ TEST(BlockLayout, StridedPatternIsBalanced) {
   const Layout z = Layout::build({shape, Cluster{4, 4}, LayoutChoice{Strategy::ring_zigzag}});
   EXPECT_EQ(z.placement(), "zigzag");
   EXPECT_LE(l.placement_imbalance(), z.placement_imbalance());
+}
+
+// Star: every query sees the first block. LPT spreads that block's keys over the ring indices,
+// so no single step computes every index's share of it: the lockstep compute drops well below
+// contiguous chunks', at the same per-index work.
+TEST(BlockLayout, StarSpreadsItsSharedBlock) {
+  const Mask star = parse_mask("star:16");
+  PlacementProblem p{star, {131072}, {131072}, 8, 0};
+  const BlockPlacement contiguous = contiguous_placement(p), best = balanced_placement(p);
+  EXPECT_EQ(best.name, "lpt");
+  EXPECT_LE(best.max_pairs(), contiguous.max_pairs());
+  EXPECT_LT(2 * best.step_pairs, contiguous.step_pairs);
+  const Layout l = Layout::build({make_shape({131072}, star, 8, 8), Cluster{8, 8}, LayoutChoice{Strategy::ring}});
+  int64_t steps = 0;
+  for (int64_t k = 0; k < 8; ++k) steps += l.ring_step_max(k).flops;
+  EXPECT_EQ(steps, l.attention_flops(best.step_pairs, 8));
 }
 
 // LPT units when N < 2R, and classic slots that keep hybrid shards equal.
