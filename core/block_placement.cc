@@ -55,15 +55,38 @@ BlockPlacement finish(const PlacementProblem& p, BlockPlacement out) {
     }
   }
   // The ring's compute, step by step: index r against the shard of r - k, the slowest index each step.
+  // Uneven ranges lie in one block each, so a pair of ranges reads one cell (classic: mask_pairs).
   const int64_t R = p.ring;
+  std::vector<std::vector<std::vector<int64_t>>> block(out.ranges.size());  // [seq][r][range]
+  for (size_t seq = 0; seq < out.ranges.size(); ++seq)
+    for (const auto& ranges : out.ranges[seq]) {
+      block[seq].emplace_back();
+      for (auto [a, b] : ranges) block[seq].back().push_back(classic(p) ? -1 : block_of(p.lens[seq], n, a));
+    }
+  const BlockTable& table = *p.mask.blocks;
   for (int64_t k = 0; k < R; ++k) {
     int64_t most = 0;
     for (int64_t r = 0; r < R; ++r) {
-      const size_t src = static_cast<size_t>((r - k + R) % R);
+      const size_t q = static_cast<size_t>(r), src = static_cast<size_t>((r - k + R) % R);
       int64_t pairs = 0;
-      for (size_t seq = 0; seq < out.ranges.size(); ++seq)
-        for (auto [qa, qb] : out.ranges[seq][static_cast<size_t>(r)])
-          for (auto [ka, kb] : out.ranges[seq][src]) pairs += mask_pairs(p.mask, p.lens[seq], qa, qb, ka, kb);
+      for (size_t seq = 0; seq < out.ranges.size(); ++seq) {
+        const auto& qr = out.ranges[seq][q];
+        const auto& kr = out.ranges[seq][src];
+        for (size_t i = 0; i < qr.size(); ++i) {
+          for (size_t j = 0; j < kr.size(); ++j) {
+            const int64_t bq = block[seq][q][i], bk = block[seq][src][j];
+            if (bq < 0) {
+              pairs += mask_pairs(p.mask, p.lens[seq], qr[i].first, qr[i].second, kr[j].first, kr[j].second);
+              continue;
+            }
+            const BlockKind cell = table.at(bq, bk);
+            if (cell == BlockKind::full || (cell == BlockKind::causal && bq > bk))
+              pairs += (qr[i].second - qr[i].first) * (kr[j].second - kr[j].first);
+            else if (cell == BlockKind::causal && bq == bk)
+              pairs += table.pairs(p.lens[seq], qr[i].first, qr[i].second, kr[j].first, kr[j].second);
+          }
+        }
+      }
       most = std::max(most, pairs);
     }
     out.step_pairs += most;
@@ -100,7 +123,7 @@ std::vector<PositionRange> units_of(const PlacementProblem& p, size_t seq) {
     const int64_t seen = mask_pairs(p.mask, len, 0, len, begin, begin + size);  // pairs its keys are in
     int64_t pieces = k;
     if (share > 0) pieces = std::max(pieces, (4 * cost + share - 1) / share);
-    if (total > 0) pieces = std::max(pieces, static_cast<int64_t>((static_cast<__int128>(2 * R) * seen + total - 1) / total));
+    if (total > 0) pieces = std::max(pieces, static_cast<int64_t>((static_cast<__int128>(R) * seen + total - 1) / total));
     pieces = std::min(size, pieces);
     for (int64_t i = 0; i < pieces; ++i)
       add(units, {begin + split_begin(size, pieces, i), begin + split_begin(size, pieces, i + 1)});

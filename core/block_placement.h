@@ -11,7 +11,7 @@
 //   units        uneven strategies: the mask's blocks, each cut into k = ceil(2R / N) tensor_split
 //                pieces when N < 2R (so there are at least 2R units), into ceil(4 cost / share)
 //                pieces when its rows cost more than a quarter of an index's fair share (the
-//                sequence's work / R), and into ceil(2R seen / work) pieces when its keys take part
+//                sequence's work / R), and into ceil(R seen / work) pieces when its keys take part
 //                in a large fraction `seen / work` of the sequence's pairs (star's first block), so
 //                that such keys spread over many indices and no ring step waits on one of them;
 //                every index gets at least one unit of every sequence. Classic (padding)
@@ -34,6 +34,10 @@
 #include "core/types.h"
 
 namespace cptune {
+
+// Rings longer than this keep their fixed chunks and send every shard every step under a block
+// mask too: the placement's choice and the skip plan cost O(R^2) block pairs.
+inline constexpr int64_t kMaxPlacedRing = 256;
 
 struct PlacementProblem {
   Mask mask;                         // a block mask

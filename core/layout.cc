@@ -5,6 +5,7 @@
 #include <climits>
 #include <string>
 
+#include "core/block_mask.h"
 #include "core/block_placement.h"
 #include "core/error.h"
 
@@ -175,7 +176,7 @@ void Layout::place_tokens() {
   shard_padded_.assign(static_cast<size_t>(R), 0);
   padded_len_.resize(s.seq_lens.size());
   padding_tokens_ = 0;
-  if (s.mask.kind == MaskKind::blocks && rotates_kv(spec_.choice.strategy) && R > 1) {
+  if (s.mask.kind == MaskKind::blocks && rotates_kv(spec_.choice.strategy) && R > 1 && R <= kMaxPlacedRing) {
     place_blocks();
   } else {
     placement_ = zigzag_ ? "zigzag" : "contiguous";
@@ -275,19 +276,45 @@ void Layout::place_chunk(size_t seq, int64_t r, int64_t cb, int64_t cl) {
 // and forwarded before it. A step computes when any held run is seen.
 void Layout::plan_ring_skips() {
   const int64_t R = ring();
-  ring_skips_ = spec_.shape.mask.kind == MaskKind::blocks && rotates_kv(spec_.choice.strategy) && R > 1;
+  ring_skips_ =
+      spec_.shape.mask.kind == MaskKind::blocks && rotates_kv(spec_.choice.strategy) && R > 1 && R <= kMaxPlacedRing;
   if (!ring_skips_) return;
   const size_t cells = static_cast<size_t>(R * R);
   ring_held_.assign(cells, {});
   ring_forward_.assign(cells, {});
   ring_forward_tokens_.assign(cells, 0);
   ring_computes_.assign(cells, 0);
+  // Whether ring index t's queries see any key of run (padding included). Uneven runs lie in one
+  // block each (core/block_placement.h), so that is a look at the cells of t's query blocks; on
+  // a CAUSAL diagonal cell some query must come at or after the run's first key.
+  const BlockTable& table = *spec_.shape.mask.blocks;
+  const bool uneven = !pads_classic(spec_.choice.strategy);
+  const auto block_at = [&](const TokenRun& run) { return block_of(spec_.shape.seq_lens[run.seq], table.n(), run.begin); };
+  struct QueryBlock {
+    int32_t seq;
+    int64_t block, end;
+  };
+  std::vector<std::vector<QueryBlock>> queries(static_cast<size_t>(R));
+  if (uneven)
+    for (int64_t t = 0; t < R; ++t)
+      for (const TokenRun& run : shard_runs(t)) queries[static_cast<size_t>(t)].push_back({run.seq, block_at(run), run.end()});
+  const auto sees = [&](int64_t t, const TokenRun& run) {
+    if (!uneven) return run_pairs(shard_runs(t), std::span(&run, 1), true) > 0;
+    const int64_t kb = block_at(run);
+    for (const QueryBlock& q : queries[static_cast<size_t>(t)]) {
+      if (q.seq != run.seq) continue;
+      const BlockKind cell = table.at(q.block, kb);
+      if (cell == BlockKind::full || (cell == BlockKind::causal && (q.block > kb || (q.block == kb && q.end > run.begin))))
+        return true;
+    }
+    return false;
+  };
   for (int64_t src = 0; src < R; ++src) {
     const std::span<const TokenRun> runs = shard_runs(src);
     std::vector<int64_t> last(runs.size(), 0);  // steps after which no holder needs run j
     for (size_t j = 0; j < runs.size(); ++j) {
       for (int64_t d = R - 1; d > 0; --d) {
-        if (run_pairs(shard_runs((src + d) % R), runs.subspan(j, 1), true) > 0) {
+        if (sees((src + d) % R, runs[j])) {
           last[j] = d;
           break;
         }
@@ -303,7 +330,7 @@ void Layout::plan_ring_skips() {
           ring_forward_tokens_[at] += runs[j].padded;
         }
       }
-      ring_computes_[at] = run_pairs(shard_runs(r), ring_held_[at], true) > 0;
+      ring_computes_[at] = std::any_of(ring_held_[at].begin(), ring_held_[at].end(), [&](const TokenRun& run) { return sees(r, run); });
     }
   }
 }

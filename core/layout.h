@@ -94,7 +94,7 @@ class Layout {
   int64_t ring() const { return spec_.choice.ring; }
   bool zigzag() const { return zigzag_; }
   // How sequences sit on the ring indices: "contiguous", "zigzag" or "lpt". Block masks on ring,
-  // hybrid and hybrid-uaa take the balanced placement (core/block_placement.h); ring-zigzag stays
+  // hybrid and hybrid-uaa (R <= kMaxPlacedRing) take the balanced placement (core/block_placement.h); ring-zigzag stays
   // zigzag (UltraAttn's baseline); every other mask and strategy keeps its fixed chunks.
   std::string_view placement() const { return placement_; }
   // max / mean over ring indices of their queries' attention pairs, padding included (1 if R = 1).
@@ -127,7 +127,7 @@ class Layout {
   int64_t ring_next(int64_t rank) const;  // global rank of the next ring member
   int64_t ring_prev(int64_t rank) const;
   RingStepMax ring_step_max(int64_t step) const;  // O(R * sequences)
-  // Block masks on rotating strategies (ring, ring-zigzag, hybrid, hybrid-uaa) with R > 1: a ring
+  // Block masks on rotating strategies (ring, ring-zigzag, hybrid, hybrid-uaa), 1 < R <= kMaxPlacedRing: a ring
   // step skips the attention of a block no query of the holder sees, and a K,V run travels on only
   // while a later holder needs it. Every other mask: the whole shard every step, compute every step.
   bool ring_skips() const { return ring_skips_; }

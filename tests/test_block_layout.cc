@@ -279,6 +279,19 @@ TEST(BlockLayout, StarSpreadsItsSharedBlock) {
   EXPECT_EQ(steps, l.attention_flops(best.step_pairs, 8));
 }
 
+// Past kMaxPlacedRing the ring keeps contiguous chunks and sends every shard (O(R) per build).
+TEST(BlockLayout, LongRingsKeepFixedChunks) {
+  const int64_t R = 2 * kMaxPlacedRing;
+  const Layout l = Layout::build({make_shape({4 * R + 1}, parse_mask("star:16"), 8, 8), Cluster{R, 8}, LayoutChoice{Strategy::ring}});
+  EXPECT_FALSE(l.ring_skips());
+  EXPECT_EQ(l.placement(), "contiguous");
+  EXPECT_EQ(l.ring_forward_tokens(3, 0), l.shard_padded_tokens(3));
+  EXPECT_TRUE(l.ring_step_computes(R - 1, R - 1));
+  const Layout placed = Layout::build(
+      {make_shape({4 * R + 1}, parse_mask("star:16"), 8, 8), Cluster{R, 8}, LayoutChoice{Strategy::hybrid_uaa, 2, R / 2}});
+  EXPECT_TRUE(placed.ring_skips());
+}
+
 // LPT units when N < 2R, and classic slots that keep hybrid shards equal.
 TEST(BlockLayout, PlacementUnits) {
   const Mask star = parse_mask("star:4");
