@@ -134,6 +134,10 @@ void check_schedule(const Layout& l) {
         while (at < held.size() && !same_run(held[at], run)) ++at;
         ASSERT_LT(at++, held.size()) << describe(l) << " r " << r << " step " << step;
         tokens += run.padded;
+        // ... and only runs a later holder sees travel on.
+        bool needed = false;
+        for (int64_t d = 1; d < R - step; ++d) needed |= l.run_pairs(l.shard_runs((r + d) % R), std::span(&run, 1), true) > 0;
+        ASSERT_TRUE(needed) << describe(l) << " r " << r << " step " << step << " sends an unseen run";
       }
       ASSERT_EQ(l.ring_forward_tokens(r, step), tokens);
       sent += tokens;
@@ -159,7 +163,7 @@ void check_schedule(const Layout& l) {
 TEST(BlockLayout, EveryVisiblePairOnceOverEveryStrategyAndMesh) {
   std::mt19937_64 rng(16);
   int64_t built = 0, skipping = 0;
-  for (int trial = 0; trial < 24; ++trial) {
+  for (int trial = 0; trial < 80; ++trial) {
     const int64_t P = 1 + static_cast<int64_t>(rng() % 8);
     const AttentionShape shape = make_shape(random_lens(rng, P), random_mask(rng));
     for_each_spec(shape, P, 4, [&](const LayoutSpec& spec) {
