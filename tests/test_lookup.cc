@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <new>
@@ -20,6 +21,7 @@
 #include "tests/temp_dir.h"
 #include "db/cptune_lookup.h"
 #include "db/lookup.h"
+#include "db/sim_fallback.h"
 #include "sim/candidates.h"
 #include "db/store.h"
 
@@ -222,6 +224,44 @@ TEST(LookupSimulated, WithoutFallbackOrWhenTheFallbackHasNoPickTheAnswerIsNotFou
   EXPECT_FALSE(Lookup({best_row(shape_of({4096}), kUaa, 1e-3)}).query(shape_of({4096}, 48, 8)));
   const Lookup none({}, [](const AttentionShape&) { return std::optional<Answer>(); });
   EXPECT_FALSE(none.query(shape_of({4096})));
+}
+
+// Block masks are part of the shape: equal tables (whatever names them) are one family, and a
+// table with one cell changed is another.
+TEST(LookupMasks, ABlockMaskFindsItsOwnRowsAndNoOtherTablesByStoreAndSimulator) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  const Mask star = parse_mask("star:16"), strided = parse_mask("strided:16,4");
+  {
+    Store store = Store::open(path);
+    store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, star), {measurement(kZigzag, 1e-3)});
+    store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, strided), {measurement(kHybrid, 2e-3)});
+  }
+  const Lookup lookup = Lookup::open(path, cpu_fingerprint(), simulator_fallback(sim::load_hardware("cpu-gloo"), {4, 4}));
+  // The star's cells written out: the same mask.
+  std::string rows = "C" + std::string(15, '.');
+  for (int q = 1; q < 16; ++q) rows += "/F" + std::string(size_t(q - 1), '.') + "C" + std::string(size_t(15 - q), '.');
+  const Mask star_cells = parse_mask("blocks:16:" + rows);
+  for (const Mask& m : {star, star_cells}) {
+    const auto exact = lookup.query(shape_of({4096}, 32, 8, m));
+    ASSERT_TRUE(exact);
+    EXPECT_EQ(exact->source, Source::exact);
+    EXPECT_EQ(exact->choice, kZigzag);
+    const auto near = lookup.query(shape_of({6000}, 32, 8, m));
+    ASSERT_TRUE(near);
+    EXPECT_EQ(near->source, Source::nearest);
+    EXPECT_EQ(near->choice, kZigzag);
+  }
+  EXPECT_EQ(lookup.query(shape_of({4096}, 32, 8, strided))->choice, kHybrid);
+  // One cell changed, another N, the causal mask: other families, answered by the simulator.
+  std::string changed = rows;
+  changed[changed.find('.')] = 'F';
+  for (const Mask& other : {parse_mask("blocks:16:" + changed), parse_mask("star:8"), Mask{MaskKind::causal, 0}}) {
+    const auto a = lookup.query(shape_of({4096}, 32, 8, other));
+    ASSERT_TRUE(a) << to_string(other);
+    EXPECT_EQ(a->source, Source::simulated) << to_string(other);
+    EXPECT_EQ(a->choice.ulysses * a->choice.ring, 4);
+  }
 }
 
 TEST(LookupFingerprint, ALookupNeverReturnsARowOfAnotherFingerprint) {
@@ -453,6 +493,94 @@ TEST_F(CAbi, AMissingOrBadDatabaseIsADatabaseErrorNamingThePath) {
   EXPECT_NE(std::string(cptune_lookup_last_error()).find("not a database"), std::string::npos);
 }
 
+TEST_F(CAbi, ABlockMaskMadeOnceAnswersLikeItsTextAndItsExactHitAllocatesNothing) {
+  {
+    Store store = Store::open(path_);
+    store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, parse_mask("stream:16,1,3")),
+                       {measurement(kZigzag, 1e-3)});
+  }
+  cptune_lookup* lookup = open();
+  const int64_t len = 4096, other_len = 5000;
+  cptune_choice by_text{}, by_mask{}, by_cells{};
+  by_text.struct_size = by_mask.struct_size = by_cells.struct_size = sizeof(cptune_choice);
+  cptune_shape s = shape(&len, 1, "stream:16,1,3");
+  ASSERT_EQ(cptune_lookup_query(lookup, &s, &by_text), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+  EXPECT_EQ(by_text.source, CPTUNE_LOOKUP_SOURCE_EXACT);
+  EXPECT_STREQ(by_text.strategy, "ring-zigzag");
+
+  cptune_lookup_mask* mask = nullptr;
+  ASSERT_EQ(cptune_lookup_mask_create("stream:16,1,3", &mask), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+  s.mask = "causal";  // not read by the masked query
+  ASSERT_EQ(cptune_lookup_query_masked(lookup, &s, mask, &by_mask), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+  EXPECT_EQ(std::memcmp(&by_mask, &by_text, sizeof by_text), 0);
+  char text[64];
+  size_t needed = 0;
+  ASSERT_EQ(cptune_lookup_mask_text(mask, text, sizeof text, &needed), CPTUNE_LOOKUP_OK);
+  EXPECT_STREQ(text, "stream:16,1,3");
+  EXPECT_EQ(needed, strlen("stream:16,1,3") + 1);
+
+  // The same table from its cells: the same answer; its text is the inline form.
+  const Mask stream = parse_mask("stream:16,1,3");
+  const BlockTable& table = *stream.blocks;
+  std::vector<uint8_t> cells;
+  for (BlockKind k : table.cells()) cells.push_back(uint8_t(k));
+  cptune_lookup_mask* from_cells = nullptr;
+  ASSERT_EQ(cptune_lookup_mask_from_cells(16, cells.data(), &from_cells), CPTUNE_LOOKUP_OK);
+  ASSERT_EQ(cptune_lookup_query_masked(lookup, &s, from_cells, &by_cells), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(std::memcmp(&by_cells, &by_text, sizeof by_text), 0);
+  std::vector<char> inline_text(70000);
+  ASSERT_EQ(cptune_lookup_mask_text(from_cells, inline_text.data(), inline_text.size(), &needed), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(std::string(inline_text.data()), cptune::inline_text(table));
+  s.seq_lens = &other_len;
+  ASSERT_EQ(cptune_lookup_query_masked(lookup, &s, from_cells, &by_cells), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(by_cells.source, CPTUNE_LOOKUP_SOURCE_NEAREST);
+  s.seq_lens = &len;
+
+  const int64_t before = allocations.load();
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(cptune_lookup_query_masked(lookup, &s, mask, &by_mask), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(allocations.load(), before);
+  cptune_lookup_mask_free(from_cells);
+  cptune_lookup_mask_free(mask);
+  cptune_lookup_close(lookup);
+}
+
+TEST_F(CAbi, BadMasksAreInvalidArgumentsNamingTheValueAndNullsAreStatusCodes) {
+  cptune_lookup_mask* mask = reinterpret_cast<cptune_lookup_mask*>(&mask);
+  for (auto [text, needle] : {std::pair{"star:0", "block count 0"}, std::pair{"strided:16", "'strided:16'"},
+                               std::pair{"blocks:2:CX/FC", "'X'"}, std::pair{"nonsense:3", "'nonsense:3'"},
+                               std::pair{"blocks:/nonexistent/t.txt", "'/nonexistent/t.txt'"}}) {
+    EXPECT_EQ(cptune_lookup_mask_create(text, &mask), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT) << text;
+    EXPECT_EQ(mask, nullptr);
+    EXPECT_NE(std::string(cptune_lookup_last_error()).find(needle), std::string::npos)
+        << text << ": " << cptune_lookup_last_error();
+  }
+  const uint8_t bad_cell[4] = {0, 1, 2, 3};
+  EXPECT_EQ(cptune_lookup_mask_from_cells(2, bad_cell, &mask), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(cptune_lookup_last_error()).find("cells[3] is 3"), std::string::npos);
+  EXPECT_EQ(cptune_lookup_mask_from_cells(0, bad_cell, &mask), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_mask_from_cells(257, bad_cell, &mask), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_mask_from_cells(2, nullptr, &mask), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_mask_from_cells(2, bad_cell, nullptr), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_mask_create(nullptr, &mask), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_mask_create("star:4", nullptr), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  size_t needed = 0;
+  EXPECT_EQ(cptune_lookup_mask_text(nullptr, nullptr, 0, &needed), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  cptune_lookup* lookup = open();
+  const int64_t len = 4096;
+  const cptune_shape s = shape(&len, 1);
+  cptune_choice choice{};
+  choice.struct_size = sizeof choice;
+  EXPECT_EQ(cptune_lookup_query_masked(lookup, &s, nullptr, &choice), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  ASSERT_EQ(cptune_lookup_mask_create("causal", &mask), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(cptune_lookup_query_masked(nullptr, &s, mask, &choice), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_query_masked(lookup, nullptr, mask, &choice), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_query_masked(lookup, &s, mask, nullptr), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_query_masked(lookup, &s, mask, &choice), CPTUNE_LOOKUP_OK);  // causal was measured
+  cptune_lookup_mask_free(mask);
+  cptune_lookup_mask_free(nullptr);
+  cptune_lookup_close(lookup);
+}
+
 TEST_F(CAbi, VersionAndNamesDescribeThemselves) {
   EXPECT_EQ(cptune_lookup_version(), CPTUNE_LOOKUP_ABI_VERSION);
   EXPECT_STRNE(cptune_lookup_library_version(), "");
@@ -483,7 +611,7 @@ TEST(InstalledLookup, ExportsOnlyTheCAbi) {
     EXPECT_TRUE(name.rfind("cptune_lookup_", 0) == 0 || name == "CPTUNE_LOOKUP_1") << name;
     ++symbols;
   }
-  EXPECT_EQ(symbols, 14);  // 13 functions and the version node
+  EXPECT_EQ(symbols, 19);  // 18 functions and the version node
 }
 
 TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPackage) {
