@@ -521,7 +521,7 @@ TEST(StoreMasks, EveryBlockMaskRoundTripsAsItsCanonicalText) {
   std::vector<AttentionShape> shapes;
   for (const char* text : {"strided:16,4", "global-local:16,1,2", "star:16", "stream:16,1,3", "blocks:2:C./FC"})
     shapes.push_back(shape_of({4096}, 32, 8, parse_mask(text)));
-  shapes.push_back(shape_of({4096}, 32, 8, random_table(rng, kMaxMaskBlocks)));  // 65,791 characters inline
+  shapes.push_back(shape_of({4096}, 32, 8, random_table(rng, kMaxMaskBlocks)));  // 65,802 characters inline
   shapes.push_back(shape_of({77, 4097}, 32, 8, random_table(rng, 7)));
   {
     Store store = Store::open(path);
