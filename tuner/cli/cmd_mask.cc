@@ -45,9 +45,9 @@ double limit_density(const BlockTable& t) {
 }  // namespace
 
 int cmd_mask(const Args& args) {
-  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+  if (args.empty()) throw Error(std::string("cptune mask needs an action: show\n") + kUsage);
+  if (args[0] == "--help" || args[0] == "-h") {
     std::cout << kUsage << "\n";
-    if (args.empty()) throw Error("cptune mask needs an action: show");
     return 0;
   }
   if (args[0] != "show") throw Error("unknown mask action '" + args[0] + "'; choose show\n" + kUsage);
