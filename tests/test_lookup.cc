@@ -620,6 +620,8 @@ TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPa
   {
     Store store = Store::open(db);
     store.record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(kZigzag, 1e-3), measurement(kUaa, 2e-3)});
+    store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, parse_mask("star:16")),
+                       {measurement(kZigzag, 3e-3), measurement(kUaa, 2e-3)});
   }
   const CommandResult install =
       run("cmake --install " CPTUNE_BUILD_DIR " --component lookup --prefix " + prefix);
@@ -638,6 +640,13 @@ TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPa
   const CommandResult by_pc = run(dir.file("example_pc") + " " + args);
   EXPECT_EQ(by_pc.exit_code, 0) << by_pc.output;
   EXPECT_EQ(by_pc.output, "exact ring-zigzag U=1 R=4 ulysses-inner balanced 0.001\n");
+  // The example makes its mask once (cptune_lookup_mask_create) and asks with it.
+  const CommandResult star = run(dir.file("example_pc") + " " + db + " gloo cpu 4 4 4096 32 8 128 bf16 star:16");
+  EXPECT_EQ(star.exit_code, 0) << star.output;
+  EXPECT_EQ(star.output, "exact uaa U=4 R=1 ulysses-inner balanced 0.002\n");
+  const CommandResult bad = run(dir.file("example_pc") + " " + db + " gloo cpu 4 4 4096 32 8 128 bf16 star:0");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.output.find("block count 0 in mask 'star:0'"), std::string::npos) << bad.output;
 
   const std::string source = std::filesystem::path(example).parent_path().string(), build = dir.file("example_build");
   const CommandResult configure = run("cmake -S " + source + " -B " + build + " -DCMAKE_PREFIX_PATH=" + prefix);
