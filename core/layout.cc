@@ -5,6 +5,8 @@
 #include <climits>
 #include <string>
 
+#include "core/block_mask.h"
+#include "core/block_placement.h"
 #include "core/error.h"
 
 namespace cptune {
@@ -59,8 +61,10 @@ void validate_shape(const AttentionShape& s, const Cluster& m) {
   check_limits(view_of(s));  // every size bounded: the 128-bit sums below cannot overflow
   // Bound every byte and FLOP count up front so the arithmetic below cannot overflow.
   __int128 tokens = 0, square = 0;
+  // Classic padding adds under 2P tokens a sequence; under a block mask under (N + 2R) U <= (N + 2) P.
+  const int64_t pad_bound = 2 * m.world + (s.mask.kind == MaskKind::blocks ? s.mask.blocks->n() * m.world : 0);
   for (int64_t len : s.seq_lens) {
-    const __int128 padded = static_cast<__int128>(len) + 2 * m.world;  // classic padding bound
+    const __int128 padded = static_cast<__int128>(len) + pad_bound;  // classic padding bound
     tokens += padded;
     square += padded * padded;
   }
@@ -112,6 +116,7 @@ Layout Layout::build(const LayoutSpec& spec) {
   layout.zigzag_ = zigzag_chunks(spec.choice.strategy, spec.shape.mask);
   layout.place_heads();
   layout.place_tokens();
+  layout.plan_ring_skips();
   layout.count_costs();
   return layout;
 }
@@ -171,7 +176,12 @@ void Layout::place_tokens() {
   shard_padded_.assign(static_cast<size_t>(R), 0);
   padded_len_.resize(s.seq_lens.size());
   padding_tokens_ = 0;
-  for (size_t seq = 0; seq < s.seq_lens.size(); ++seq) place_sequence(seq);
+  if (s.mask.kind == MaskKind::blocks && rotates_kv(spec_.choice.strategy) && R > 1 && R <= kMaxPlacedRing) {
+    place_blocks();
+  } else {
+    placement_ = zigzag_ ? "zigzag" : "contiguous";
+    for (size_t seq = 0; seq < s.seq_lens.size(); ++seq) place_sequence(seq);
+  }
 }
 
 // Every rank's mesh coordinates, node and heads; no tokens yet.
@@ -202,32 +212,125 @@ void Layout::place_sequence(size_t seq) {
   const int64_t plen = classic ? round_up(len, chunks * U) : len;
   padded_len_[seq] = plen;
   padding_tokens_ += plen - len;
-  auto make_run = [&](int64_t begin, int64_t slot) {
-    const int64_t real = std::clamp<int64_t>(len - begin, 0, slot);
-    return TokenRun{static_cast<int32_t>(seq), begin, real, slot};
-  };
   for (int64_t r = 0; r < R; ++r) {
     const int64_t owned[2] = {r, chunks - 1 - r};
     for (int64_t i = 0; i < (zigzag_ ? 2 : 1); ++i) {
       const int64_t c = owned[i];
-      const int64_t cb = classic ? c * (plen / chunks) : split_begin(len, chunks, c);
-      const int64_t cl = classic ? plen / chunks : split_size(len, chunks, c);
-      if (cl > 0) {
-        TokenRun chunk = make_run(cb, cl);
-        shard_runs_by_r_[static_cast<size_t>(r)].push_back(chunk);
-        shard_tokens_[static_cast<size_t>(r)] += chunk.count;
-        shard_padded_[static_cast<size_t>(r)] += chunk.padded;
+      place_chunk(seq, r, classic ? c * (plen / chunks) : split_begin(len, chunks, c),
+                  classic ? plen / chunks : split_size(len, chunks, c));
+    }
+  }
+}
+
+// Block masks on rotating strategies: the ranges of core/block_placement.h (zigzag for
+// ring-zigzag, the balanced pick otherwise), each a chunk. Classic strategies pad every sequence
+// to a multiple of M * U (M equal slots, each cut into U equal pieces).
+void Layout::place_blocks() {
+  const AttentionShape& s = spec_.shape;
+  const int64_t U = ulysses(), R = ring();
+  const bool classic = pads_classic(spec_.choice.strategy);
+  PlacementProblem problem{s.mask, s.seq_lens, s.seq_lens, R, classic ? classic_units(s.mask.blocks->n(), R) : 0};
+  for (size_t seq = 0; seq < s.seq_lens.size(); ++seq) {
+    if (classic) problem.padded_lens[seq] = round_up(s.seq_lens[seq], problem.units * U);
+    padded_len_[seq] = problem.padded_lens[seq];
+    padding_tokens_ += padded_len_[seq] - s.seq_lens[seq];
+  }
+  const BlockPlacement placed =
+      spec_.choice.strategy == Strategy::ring_zigzag ? zigzag_placement(problem) : balanced_placement(problem);
+  placement_ = placed.name;
+  zigzag_ = placed.name == "zigzag";
+  for (size_t seq = 0; seq < s.seq_lens.size(); ++seq)
+    for (int64_t r = 0; r < R; ++r)
+      for (auto [begin, end] : placed.ranges[seq][static_cast<size_t>(r)]) place_chunk(seq, r, begin, end - begin);
+}
+
+// Chunk [cb, cb + cl) of sequence seq joins ring index r's shard; its U pieces go to the ranks.
+void Layout::place_chunk(size_t seq, int64_t r, int64_t cb, int64_t cl) {
+  const int64_t U = ulysses();
+  const bool classic = pads_classic(spec_.choice.strategy);
+  const int64_t len = spec_.shape.seq_lens[seq];
+  auto make_run = [&](int64_t begin, int64_t slot) {
+    const int64_t real = std::clamp<int64_t>(len - begin, 0, slot);
+    return TokenRun{static_cast<int32_t>(seq), begin, real, slot};
+  };
+  if (cl > 0) {
+    TokenRun chunk = make_run(cb, cl);
+    shard_runs_by_r_[static_cast<size_t>(r)].push_back(chunk);
+    shard_tokens_[static_cast<size_t>(r)] += chunk.count;
+    shard_padded_[static_cast<size_t>(r)] += chunk.padded;
+  }
+  for (int64_t u = 0; u < U; ++u) {
+    const int64_t pb = cb + (classic ? u * (cl / U) : split_begin(cl, U, u));
+    const int64_t pl = classic ? cl / U : split_size(cl, U, u);
+    if (pl == 0) continue;
+    RankLayout& rl = ranks_[static_cast<size_t>(global_rank(u, r))];
+    TokenRun piece = make_run(pb, pl);
+    rl.input_runs.push_back(piece);
+    rl.input_tokens += piece.count;
+    rl.input_padded_tokens += piece.padded;
+  }
+}
+
+// Block masks on rotating strategies: for each run of each shard, the last ring step whose holder
+// has a query that sees it (padding included, as the kernels compute); it is held up to that step
+// and forwarded before it. A step computes when any held run is seen.
+void Layout::plan_ring_skips() {
+  const int64_t R = ring();
+  ring_skips_ =
+      spec_.shape.mask.kind == MaskKind::blocks && rotates_kv(spec_.choice.strategy) && R > 1 && R <= kMaxPlacedRing;
+  if (!ring_skips_) return;
+  const size_t cells = static_cast<size_t>(R * R);
+  ring_held_.assign(cells, {});
+  ring_forward_.assign(cells, {});
+  ring_forward_tokens_.assign(cells, 0);
+  ring_computes_.assign(cells, 0);
+  // Whether ring index t's queries see any key of run (padding included). Uneven runs lie in one
+  // block each (core/block_placement.h), so that is a look at the cells of t's query blocks; on
+  // a CAUSAL diagonal cell some query must come at or after the run's first key.
+  const BlockTable& table = *spec_.shape.mask.blocks;
+  const bool uneven = !pads_classic(spec_.choice.strategy);
+  const auto block_at = [&](const TokenRun& run) { return block_of(spec_.shape.seq_lens[run.seq], table.n(), run.begin); };
+  struct QueryBlock {
+    int32_t seq;
+    int64_t block, end;
+  };
+  std::vector<std::vector<QueryBlock>> queries(static_cast<size_t>(R));
+  if (uneven)
+    for (int64_t t = 0; t < R; ++t)
+      for (const TokenRun& run : shard_runs(t)) queries[static_cast<size_t>(t)].push_back({run.seq, block_at(run), run.end()});
+  const auto sees = [&](int64_t t, const TokenRun& run) {
+    if (!uneven) return run_pairs(shard_runs(t), std::span(&run, 1), true) > 0;
+    const int64_t kb = block_at(run);
+    for (const QueryBlock& q : queries[static_cast<size_t>(t)]) {
+      if (q.seq != run.seq) continue;
+      const BlockKind cell = table.at(q.block, kb);
+      if (cell == BlockKind::full || (cell == BlockKind::causal && (q.block > kb || (q.block == kb && q.end > run.begin))))
+        return true;
+    }
+    return false;
+  };
+  for (int64_t src = 0; src < R; ++src) {
+    const std::span<const TokenRun> runs = shard_runs(src);
+    std::vector<int64_t> last(runs.size(), 0);  // steps after which no holder needs run j
+    for (size_t j = 0; j < runs.size(); ++j) {
+      for (int64_t d = R - 1; d > 0; --d) {
+        if (sees((src + d) % R, runs[j])) {
+          last[j] = d;
+          break;
+        }
       }
-      for (int64_t u = 0; u < U; ++u) {
-        const int64_t pb = cb + (classic ? u * (cl / U) : split_begin(cl, U, u));
-        const int64_t pl = classic ? cl / U : split_size(cl, U, u);
-        if (pl == 0) continue;
-        RankLayout& rl = ranks_[static_cast<size_t>(global_rank(u, r))];
-        TokenRun piece = make_run(pb, pl);
-        rl.input_runs.push_back(piece);
-        rl.input_tokens += piece.count;
-        rl.input_padded_tokens += piece.padded;
+    }
+    for (int64_t step = 0; step < R; ++step) {
+      const int64_t r = (src + step) % R;
+      const size_t at = static_cast<size_t>(r * R + step);
+      for (size_t j = 0; j < runs.size(); ++j) {
+        if (step == 0 || last[j] >= step) ring_held_[at].push_back(runs[j]);
+        if (step + 1 < R && last[j] > step) {
+          ring_forward_[at].push_back(runs[j]);
+          ring_forward_tokens_[at] += runs[j].padded;
+        }
       }
+      ring_computes_[at] = std::any_of(ring_held_[at].begin(), ring_held_[at].end(), [&](const TokenRun& run) { return sees(r, run); });
     }
   }
 }
@@ -298,6 +401,14 @@ Layout::Prefixes Layout::prefixes() const {
 
 void Layout::count_costs() {
   const Prefixes p = prefixes();
+  if (ring() > 1) {
+    std::vector<int64_t> pairs(static_cast<size_t>(ring()), 0);
+    for (int64_t r = 0; r < ring(); ++r)
+      for (const TokenRun& run : shard_runs(r))
+        pairs[static_cast<size_t>(r)] += mask_pairs(spec_.shape.mask, spec_.shape.seq_lens[run.seq], run.begin,
+                                                    run.begin + run.padded, 0, padded_len_[run.seq]);
+    placement_imbalance_ = imbalance(pairs);
+  }
   ring_max_kv_heads_intra_.assign(static_cast<size_t>(ring()), 0);
   ring_max_kv_heads_inter_.assign(static_cast<size_t>(ring()), 0);
   for (RankLayout& rl : ranks_) {
@@ -348,8 +459,16 @@ void Layout::count_ring_bytes(RankLayout& rl, const Prefixes& p) {
   const bool next_intra = node_of(ring_next(rl.rank)) == rl.node;
   const bool prev_intra = node_of(ring_prev(rl.rank)) == rl.node;
   const int64_t all_shards = p.shards[R];
-  (next_intra ? rl.ring_bytes.send_intra : rl.ring_bytes.send_inter) = (all_shards - shard_padded_[(r + 1) % R]) * kv_width;
-  (prev_intra ? rl.ring_bytes.recv_intra : rl.ring_bytes.recv_inter) = (all_shards - shard_padded_[r]) * kv_width;
+  int64_t sent = all_shards - shard_padded_[(r + 1) % R], received = all_shards - shard_padded_[r];
+  if (ring_skips_) {  // only the runs really forwarded
+    sent = received = 0;
+    for (int64_t step = 0; step + 1 < R; ++step) {
+      sent += ring_forward_tokens(r, step);
+      received += ring_forward_tokens((r + R - 1) % R, step);
+    }
+  }
+  (next_intra ? rl.ring_bytes.send_intra : rl.ring_bytes.send_inter) = sent * kv_width;
+  (prev_intra ? rl.ring_bytes.recv_intra : rl.ring_bytes.recv_inter) = received * kv_width;
   auto& best = next_intra ? ring_max_kv_heads_intra_ : ring_max_kv_heads_inter_;
   best[r] = std::max(best[r], hkv);
 }
@@ -431,6 +550,26 @@ std::vector<int64_t> Layout::recv_counts(Tensor t, int64_t rank_id) const {
 
 int64_t Layout::ring_kv_source(int64_t r, int64_t step) const { return ((r - step) % ring() + ring()) % ring(); }
 
+std::span<const TokenRun> Layout::ring_held_runs(int64_t r, int64_t step) const {
+  if (ring_skips_) return ring_held_[static_cast<size_t>(r * ring() + step)];
+  return shard_runs(ring_kv_source(r, step));
+}
+
+std::span<const TokenRun> Layout::ring_forward_runs(int64_t r, int64_t step) const {
+  if (ring_skips_) return ring_forward_[static_cast<size_t>(r * ring() + step)];
+  if (step + 1 >= ring()) return {};
+  return shard_runs(ring_kv_source(r, step));
+}
+
+bool Layout::ring_step_computes(int64_t r, int64_t step) const {
+  return !ring_skips_ || ring_computes_[static_cast<size_t>(r * ring() + step)] != 0;
+}
+
+int64_t Layout::ring_forward_tokens(int64_t r, int64_t step) const {
+  if (ring_skips_) return ring_forward_tokens_[static_cast<size_t>(r * ring() + step)];
+  return step + 1 < ring() ? shard_padded_[static_cast<size_t>(ring_kv_source(r, step))] : 0;
+}
+
 int64_t Layout::ring_next(int64_t rank_id) const {
   const RankLayout& rl = rank(rank_id);
   return global_rank(rl.u, (rl.r + 1) % ring());
@@ -477,12 +616,12 @@ RingStepMax Layout::ring_step_max(int64_t step) const {
   const int64_t R = ring();
   RingStepMax out;
   for (int64_t r = 0; r < R; ++r) {
-    const int64_t src = ring_kv_source(r, step);
-    const int64_t block_pairs = run_pairs(shard_runs(r), shard_runs(src), true);
+    const int64_t block_pairs = run_pairs(shard_runs(r), ring_held_runs(r, step), true);
     out.flops = std::max(out.flops, attention_flops(block_pairs, max_q_heads_));
     if (step + 1 < R && rotates_kv(spec_.choice.strategy)) {
-      out.send_bytes_intra = std::max(out.send_bytes_intra, kv_block_bytes(shard_padded_[src], ring_max_kv_heads_intra_[r]));
-      out.send_bytes_inter = std::max(out.send_bytes_inter, kv_block_bytes(shard_padded_[src], ring_max_kv_heads_inter_[r]));
+      const int64_t sent = ring_forward_tokens(r, step);  // the whole shard unless the mask skips
+      out.send_bytes_intra = std::max(out.send_bytes_intra, kv_block_bytes(sent, ring_max_kv_heads_intra_[r]));
+      out.send_bytes_inter = std::max(out.send_bytes_inter, kv_block_bytes(sent, ring_max_kv_heads_inter_[r]));
     }
   }
   return out;

@@ -14,6 +14,7 @@
 #include <utility>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/types.h"
@@ -92,6 +93,12 @@ class Layout {
   int64_t ulysses() const { return spec_.choice.ulysses; }
   int64_t ring() const { return spec_.choice.ring; }
   bool zigzag() const { return zigzag_; }
+  // How sequences sit on the ring indices: "contiguous", "zigzag" or "lpt". Block masks on ring,
+  // hybrid and hybrid-uaa (R <= kMaxPlacedRing) take the balanced placement (core/block_placement.h); ring-zigzag stays
+  // zigzag (UltraAttn's baseline); every other mask and strategy keeps its fixed chunks.
+  std::string_view placement() const { return placement_; }
+  // max / mean over ring indices of their queries' attention pairs, padding included (1 if R = 1).
+  double placement_imbalance() const { return placement_imbalance_; }
   int64_t nodes() const { return spec_.cluster.nodes(); }
 
   // Mesh coordinates. Ulysses groups: same r; ring groups: same u.
@@ -120,6 +127,20 @@ class Layout {
   int64_t ring_next(int64_t rank) const;  // global rank of the next ring member
   int64_t ring_prev(int64_t rank) const;
   RingStepMax ring_step_max(int64_t step) const;  // O(R * sequences)
+  // Block masks on rotating strategies (ring, ring-zigzag, hybrid, hybrid-uaa), 1 < R <= kMaxPlacedRing: a ring
+  // step skips the attention of a block no query of the holder sees, and a K,V run travels on only
+  // while a later holder needs it. Every other mask: the whole shard every step, compute every step.
+  bool ring_skips() const { return ring_skips_; }
+  // K,V runs (of ring index ring_kv_source(r, step)) that ring index r holds at `step`: step 0 its own shard_runs(r);
+  // later the runs its predecessor forwarded. In storage order (a subset of the source shard's runs, same order).
+  std::span<const TokenRun> ring_held_runs(int64_t r, int64_t step) const;
+  // The runs ring index r sends on to r+1 at step (step < R-1): those of its held runs that a later receiver's
+  // queries see (none of r+1 .. r+R-1-step needs the others). Empty: nothing is sent that step.
+  std::span<const TokenRun> ring_forward_runs(int64_t r, int64_t step) const;
+  // Whether any query of ring index r sees any key it holds at step (false: the step's attention is skipped).
+  bool ring_step_computes(int64_t r, int64_t step) const;
+  // Stored (padded) tokens of ring_forward_runs(r, step), in O(1).
+  int64_t ring_forward_tokens(int64_t r, int64_t step) const;
 
   // Attention pairs (query, key) between two token sets under the mask, per head and sample:
   // pairs() over real tokens; run_pairs(..., padded = true) over stored rows, padding included,
@@ -150,6 +171,9 @@ class Layout {
   void place_tokens();
   void init_ranks();
   void place_sequence(size_t seq);
+  void place_blocks();
+  void place_chunk(size_t seq, int64_t r, int64_t begin, int64_t size);
+  void plan_ring_skips();
   struct Prefixes;
   Prefixes prefixes() const;
   void count_costs();
@@ -163,6 +187,13 @@ class Layout {
 
   LayoutSpec spec_;
   bool zigzag_ = false;
+  std::string_view placement_ = "contiguous";
+  double placement_imbalance_ = 1.0;
+  bool ring_skips_ = false;
+  // With ring_skips_, per (r * R + step): runs held, runs forwarded, their stored tokens, compute.
+  std::vector<std::vector<TokenRun>> ring_held_, ring_forward_;
+  std::vector<int64_t> ring_forward_tokens_;
+  std::vector<uint8_t> ring_computes_;
   std::vector<RankLayout> ranks_;
   std::vector<HeadRange> q_heads_by_u_, kv_heads_by_u_;
   std::vector<std::vector<TokenRun>> shard_runs_by_r_;  // real tokens per ring index

@@ -73,6 +73,7 @@ nlohmann::json to_json(const Layout& layout) {
   nlohmann::json doc = to_json(layout.choice());
   doc.update(to_json(layout.cluster()));
   doc.update({{"zigzag", layout.zigzag()},
+              {"placement", {{"name", std::string(layout.placement())}, {"imbalance", layout.placement_imbalance()}}},
               {"shape", to_json(layout.shape())},
               {"padding", {{"tokens", layout.padding_tokens()}, {"heads", layout.padding_heads()}}},
               {"ring_shards", shards},

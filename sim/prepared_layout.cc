@@ -111,11 +111,12 @@ int64_t block_pairs(const Layout& l, int64_t r, int64_t src) {
 // depend only on which size each of the rank's and the source's chunks has and on which side
 // of the diagonal the source lies. Those change only where r crosses a sequence's size boundary
 // (or its mirror for zigzag chunks), shifted by k for the source, and at r = k (wrap-around).
-// A sliding window also depends on the distance between chunks: every r is its own run.
+// A sliding window also depends on the distance between chunks, a block mask on where its
+// placement put each block and which runs a step forwards: every r is its own run.
 std::vector<int64_t> ring_segments(const Layout& l, int64_t k) {
   const int64_t R = l.ring();
   std::vector<int64_t> starts;
-  const bool per_rank = l.shape().mask.kind == MaskKind::sliding_window;
+  const bool per_rank = l.shape().mask.kind == MaskKind::sliding_window || l.shape().mask.kind == MaskKind::blocks;
   if (!per_rank) {
     const int64_t chunks = l.zigzag() ? 2 * R : R;
     starts = {0, k};
@@ -187,6 +188,11 @@ void prepare_ring(const Layout& l, const Topology& topo, const RingTraffic& traf
   int64_t max_q_heads = 0, max_shard = 0;
   for (int64_t u = 0; u < l.ulysses(); ++u) max_q_heads = std::max(max_q_heads, l.at(u, 0).q_heads.count());
   for (int64_t r = 0; r < R; ++r) max_shard = std::max(max_shard, l.shard_padded_tokens(r));
+  if (l.ring_skips()) {  // the largest block really sent
+    max_shard = 0;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t k = 0; k + 1 < R; ++k) max_shard = std::max(max_shard, l.ring_forward_tokens(r, k));
+  }
   // Per level and ring index: the most KV heads a rank of that index sends to a neighbour met there.
   std::vector<std::vector<int64_t>> heads(size_t(L), std::vector<int64_t>(size_t(R), 0));
   for (const RankLayout& rl : l.ranks()) {
@@ -206,7 +212,7 @@ void prepare_ring(const Layout& l, const Topology& topo, const RingTraffic& traf
       const int64_t r = starts[i], src = l.ring_kv_source(r, k);
       most_pairs = std::max(most_pairs, block_pairs(l, r, src));
       if (k + 1 == R) continue;  // the last step computes without sending
-      const int64_t block = l.kv_block_bytes(l.shard_padded_tokens(src), 1);
+      const int64_t block = l.kv_block_bytes(l.ring_forward_tokens(r, k), 1);  // the runs really forwarded
       for (const auto& [level, range] : sends) step.bytes[level] = std::max(step.bytes[level], block * range.max(r, starts[i + 1]));
     }
     step.flops = l.attention_flops(most_pairs, max_q_heads);

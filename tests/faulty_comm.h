@@ -134,6 +134,7 @@ class FaultyDevice : public backends::Device {
       : inner_(std::move(inner)), fault_(fault), nth_(nth) {}
 
   std::string name() const override { return inner_->name(); }
+  bool rounds_probabilities() const override { return inner_->rounds_probabilities(); }
   backends::DeviceBuffer allocate(int64_t bytes) override { return inner_->allocate(bytes); }
   void copy_rows(std::byte* dst, int64_t dst_pitch, const std::byte* src, int64_t src_pitch, int64_t width,
                  int64_t rows) override {

@@ -189,7 +189,7 @@ TEST(GpuExecutor, EveryStrategyVerifiesOnEveryGpu) {
 
 TEST(GpuExecutor, AKernelMissingAKeyFailsVerification) {
   REQUIRE_GPUS(1);
-  const Layout layout = Layout::build({shape_of({300}, 8, 8, {MaskKind::full, 0}, 64, 64), Cluster{1, 1}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
+  const Layout layout = Layout::build({shape_of({64}, 8, 8, {MaskKind::full, 0}, 64, 64), Cluster{1, 1}, LayoutChoice{Strategy::uaa, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
   std::string log;
   EXPECT_EQ(run_verified(layout, {}, &log), 0) << log;
   EXPECT_NE(run_verified(layout, {}, &log, testing::KernelFault::drop_last_key), 0);

@@ -63,6 +63,10 @@ class Device {
  public:
   virtual ~Device() = default;
   virtual std::string name() const = 0;  // "cpu", "cuda:3"
+  // Whether its attention rounds each softmax probability to the storage dtype before P V (the
+  // tensor-core kernels feed P to the bf16/fp16 mma); --verify widens its tolerance by that one
+  // rounding (reference.cc). The CPU kernels keep P in fp32.
+  virtual bool rounds_probabilities() const { return false; }
 
   virtual DeviceBuffer allocate(int64_t bytes) = 0;
   // `rows` rows of `width` bytes: row i from src + i * src_pitch to dst + i * dst_pitch.

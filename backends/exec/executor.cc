@@ -540,7 +540,7 @@ RowCheck RankExecution::verify() const {
   device_.download(out.data(), o_out_.data(), o_out_.bytes());
   std::vector<float> got(static_cast<size_t>(B_ * t_in_ * hq * Dv_));
   to_float(out.data(), s_.dtype, got.data(), static_cast<int64_t>(got.size()));
-  Reference reference(s_, options_.seed, options_.inputs);
+  Reference reference(s_, options_.seed, options_.inputs, device_.rounds_probabilities());
   std::vector<double> want(static_cast<size_t>(Dv_)), tol(want.size());
   RowCheck check;
   for (const Row& row : rows) {

@@ -24,7 +24,10 @@ struct RowId {
 class Reference {
  public:
   // `given`: Q, K, V the user passed (cptune run --inputs) instead of the generated ones; not owned.
-  Reference(const AttentionShape& shape, uint64_t seed, const GivenInputs* given = nullptr);
+  // probabilities_in_storage: the kernel rounds each probability p_j to the storage dtype before
+  // P V (tensor-core kernels); the tolerance then allows that rounding too.
+  Reference(const AttentionShape& shape, uint64_t seed, const GivenInputs* given = nullptr,
+            bool probabilities_in_storage = false);
 
   // out[d] = the exact O of the row, tol[d] = the allowed |O_stored - out[d]|; both Dv long.
   // Rows that share (sample, KV head) reuse one generated K,V: ask for them together.
@@ -36,6 +39,7 @@ class Reference {
   AttentionShape shape_;
   uint64_t seed_;
   const GivenInputs* given_;
+  bool probabilities_in_storage_;
   std::vector<int64_t> seq_begin_;     // first token of each sequence in the packed K,V below
   int64_t loaded_sample_ = -1, loaded_kv_ = -1;
   std::vector<double> k_, v_;          // [token][D], [token][Dv] of one (sample, KV head)

@@ -32,7 +32,11 @@ std::string runs_text(const RankLayout& rl) {
 void print_table(const Layout& layout) {
   std::cout << fmt::format("{}  world {}  {} node(s) of {}{}\n", to_string(layout.choice()), layout.world(),
                            layout.nodes(), layout.cluster().ranks_per_node, layout.zigzag() ? "  zigzag chunks" : "");
-  std::cout << fmt::format("padding: {} tokens, {} heads\n\n", layout.padding_tokens(), layout.padding_heads());
+  std::cout << fmt::format("padding: {} tokens, {} heads\n", layout.padding_tokens(), layout.padding_heads());
+  if (layout.ring() > 1)
+    std::cout << fmt::format("placement: {}, imbalance {:.3f} (max / mean attention FLOPs over ring indices)\n",
+                             layout.placement(), layout.placement_imbalance());
+  std::cout << "\n";
   std::cout << fmt::format("{:>5} {:>4} {:>4} {:>4} {:>9} {:>9} {:>9} {:>9} {:>12} {:>12} {:>10} {:>12}  {}\n", "rank",
                            "u", "r", "node", "tokens", "attn_tok", "q_heads", "kv_heads", "send", "recv", "GFLOP",
                            "peak", "input runs");

@@ -127,6 +127,11 @@ std::string config_text(const Config& c, const sim::Hardware& hw, const sim::Pre
 std::string speedup_text(const std::optional<double>& x) { return x ? fmt::format("{:.2f}x", *x) : "-"; }
 std::string seconds_text(double s) { return s > 0 ? human_seconds(s) : "-"; }
 
+// "lpt 1.04x": the ring's placement and its imbalance; "-" without a ring.
+std::string placement_text(const Layout& l) {
+  return l.ring() > 1 ? fmt::format("{} {:.3f}x", l.placement(), l.placement_imbalance()) : std::string("-");
+}
+
 // Phases some candidate spends time in: the table's breakdown columns.
 std::vector<Phase> active_phases(const Ranking& ranking) {
   std::vector<Phase> out;
@@ -147,6 +152,9 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
                                    "order", "heads", "time", "x worst", "x ulysses");
   for (Phase ph : phases) header += fmt::format("{:>15}", to_string(ph));
   for (const std::string& level : ranking.level_names) header += fmt::format("{:>22}", level);
+  // Block masks: where the ring put the blocks, and the FLOP imbalance it leaves (max / mean).
+  const bool blocks = c.shape.mask.kind == MaskKind::blocks;
+  if (blocks) header += fmt::format("  {:<18}", "placement");
   std::cout << header << fmt::format("{:>12}{:>12}{:>12}{:>6}\n", "intra", "inter", "peak", "fits");
   int64_t shown = 0;
   for (const RankedCandidate& rc : ranking.candidates) {
@@ -161,6 +169,7 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
     for (size_t i = 0; i < ranking.level_names.size(); ++i)
       row += fmt::format("{:>22}", p.level_bytes[i] > 0 ? human_bytes(double(p.level_bytes[i])) + " " + seconds_text(p.level_s[i])
                                                         : std::string("-"));
+    if (blocks) row += fmt::format("  {:<18}", placement_text(Layout::build({c.shape, c.cluster, k})));
     std::cout << row << fmt::format("{:>12}{:>12}{:>12}{:>6}\n", human_bytes(double(p.bytes_intra)),
                                     human_bytes(double(p.bytes_inter)), human_bytes(double(p.peak_bytes)),
                                     p.fits ? "yes" : "NO");

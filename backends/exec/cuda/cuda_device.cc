@@ -43,6 +43,7 @@ class CudaDevice final : public Device {
   explicit CudaDevice(NcclComm& comm) : comm_(comm), where_{comm.rank(), comm.size(), comm.device()} {}
 
   std::string name() const override { return "cuda:" + std::to_string(comm_.device()); }
+  bool rounds_probabilities() const override { return true; }  // P enters mma.m16n8k16 as bf16 / fp16
 
   DeviceBuffer allocate(int64_t bytes) override {
     void* data = nullptr;

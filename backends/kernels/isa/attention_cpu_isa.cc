@@ -199,7 +199,7 @@ class QueryTile {
     max_[r] = new_max;
   }
 
-  Mask mask_;
+  const Mask& mask_;  // a reference: copying the mask would instantiate shared_ptr code per ISA
   int64_t head_dim_, v_dim_;
   const float* q_ = nullptr;
   int64_t first_pos_ = 0, rows_ = 0;
