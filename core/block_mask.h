@@ -19,6 +19,7 @@
 //   stream:N,SINK,LOCAL  StreamingLLM: C on the diagonal, F below it where kb < SINK (attention
 //                        sinks) or qb-kb < LOCAL (a local window of LOCAL blocks, diagonal included).
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
@@ -57,7 +58,11 @@ class BlockTable {
   int64_t count(BlockKind kind) const;     // cells of that kind
 
   // Equal tables have equal cells; a pattern and a file with the same cells are the same mask.
-  bool operator==(const BlockTable& o) const { return n_ == o.n_ && cells_ == o.cells_; }
+  // The hash first, then the bytes at once: a lookup's exact hit compares a caller's table with
+  // its own (a 64 x 64 table: ~1 us cell by cell, ~0.1 us by memcmp).
+  bool operator==(const BlockTable& o) const {
+    return n_ == o.n_ && hash_ == o.hash_ && std::memcmp(cells_.data(), o.cells_.data(), cells_.size()) == 0;
+  }
 
   // Visible (query, key) pairs with queries in [qa, qb) and keys in [ka, kb) of one sequence of
   // len tokens: exact, from the cells the ranges overlap (FULL: the rectangle, CAUSAL: the

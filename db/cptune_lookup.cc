@@ -7,6 +7,7 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "cptune/version.h"
@@ -19,6 +20,10 @@
 
 struct cptune_lookup {
   cptune::db::Lookup lookup;
+};
+
+struct cptune_lookup_mask {
+  cptune::Mask mask;
 };
 
 namespace {
@@ -89,7 +94,8 @@ cptune::db::Fingerprint to_fingerprint(const cptune_fingerprint& fp) {
 }
 
 // No allocation for a valid shape: the exact-hit path stays allocation-free through the ABI.
-ShapeView to_view(const cptune_shape& s) {
+// mask: the query's mask when the caller made one (shape.mask is not read then).
+ShapeView to_view(const cptune_shape& s, const cptune::Mask* mask = nullptr) {
   if (s.num_seqs == 0 || !s.seq_lens) throw cptune::Error("shape needs seq_lens and num_seqs >= 1");
   for (size_t i = 0; i < s.num_seqs; ++i)
     if (s.seq_lens[i] < 1) throw cptune::Error("shape seq_lens[" + std::to_string(i) + "] must be at least 1");
@@ -103,7 +109,7 @@ ShapeView to_view(const cptune_shape& s) {
   v.head_dim = s.head_dim;
   v.v_head_dim = s.v_head_dim ? s.v_head_dim : s.head_dim;
   v.dtype = s.dtype ? cptune::parse_dtype(s.dtype) : cptune::DType::bf16;
-  v.mask = s.mask ? cptune::parse_mask(s.mask) : cptune::Mask{};
+  v.mask = mask ? *mask : s.mask ? cptune::parse_mask(s.mask) : cptune::Mask{};
   cptune::check_limits(v);
   if (v.q_heads % v.kv_heads != 0)
     throw cptune::Error("shape q_heads " + std::to_string(v.q_heads) + " is not a multiple of kv_heads " +
@@ -150,7 +156,32 @@ cptune::LayoutChoice to_layout_choice(const cptune_choice& c) {
   return out;
 }
 
+// cptune_lookup_query and _query_masked (mask NULL: the shape's own mask text).
+int query(const cptune_lookup* lookup, const cptune_shape* shape, const cptune::Mask* mask, cptune_choice* out) {
+  if (!lookup) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "lookup is NULL");
+  if (int status = check_struct(shape, shape ? shape->struct_size : 0, sizeof(cptune_shape), "cptune_shape"))
+    return status;
+  if (int status = check_struct(out, out ? out->struct_size : 0, sizeof(cptune_choice), "cptune_choice"))
+    return status;
+  return guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
+    const std::optional<Answer> answer = lookup->lookup.query(to_view(*shape, mask));
+    if (!answer) {
+      fail(CPTUNE_LOOKUP_NOT_FOUND,
+           ("no layout for this shape: " + lookup->lookup.not_found_reason() +
+            (lookup->lookup.has_fallback() ? ", and the simulator found no layout allowed here"
+                                           : ", and no simulator answer (open with a hardware description for one)"))
+               .c_str());
+      return CPTUNE_LOOKUP_NOT_FOUND;
+    }
+    fill_choice(*answer, *out);
+    return CPTUNE_LOOKUP_OK;
+  });
+}
+
 static_assert(int(cptune::db::Source::exact) == CPTUNE_LOOKUP_SOURCE_EXACT);
+static_assert(int(cptune::BlockKind::empty) == CPTUNE_LOOKUP_BLOCK_EMPTY);
+static_assert(int(cptune::BlockKind::full) == CPTUNE_LOOKUP_BLOCK_FULL);
+static_assert(int(cptune::BlockKind::causal) == CPTUNE_LOOKUP_BLOCK_CAUSAL);
 static_assert(int(cptune::db::Source::nearest) == CPTUNE_LOOKUP_SOURCE_NEAREST);
 static_assert(int(cptune::db::Source::simulated) == CPTUNE_LOOKUP_SOURCE_SIMULATED);
 
@@ -252,25 +283,58 @@ int cptune_lookup_engine_config(const char* engine, const cptune_shape* shape, c
 }
 
 int cptune_lookup_query(const cptune_lookup* lookup, const cptune_shape* shape, cptune_choice* out) {
-  if (!lookup) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "lookup is NULL");
-  if (int status = check_struct(shape, shape ? shape->struct_size : 0, sizeof(cptune_shape), "cptune_shape"))
-    return status;
-  if (int status = check_struct(out, out ? out->struct_size : 0, sizeof(cptune_choice), "cptune_choice"))
-    return status;
+  return query(lookup, shape, nullptr, out);
+}
+
+int cptune_lookup_query_masked(const cptune_lookup* lookup, const cptune_shape* shape, const cptune_lookup_mask* mask,
+                               cptune_choice* out) {
+  if (!mask) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "mask is NULL");
+  return query(lookup, shape, &mask->mask, out);
+}
+
+int cptune_lookup_mask_create(const char* text, cptune_lookup_mask** out) {
+  if (!out) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "out is NULL");
+  *out = nullptr;
+  if (!text) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "text is NULL");
   return guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
-    const std::optional<Answer> answer = lookup->lookup.query(to_view(*shape));
-    if (!answer) {
-      fail(CPTUNE_LOOKUP_NOT_FOUND,
-           ("no layout for this shape: " + lookup->lookup.not_found_reason() +
-            (lookup->lookup.has_fallback() ? ", and the simulator found no layout allowed here"
-                                           : ", and no simulator answer (open with a hardware description for one)"))
-               .c_str());
-      return CPTUNE_LOOKUP_NOT_FOUND;
-    }
-    fill_choice(*answer, *out);
+    *out = new cptune_lookup_mask{cptune::parse_mask(text)};
     return CPTUNE_LOOKUP_OK;
   });
 }
+
+int cptune_lookup_mask_from_cells(int64_t blocks, const uint8_t* cells, cptune_lookup_mask** out) {
+  if (!out) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "out is NULL");
+  *out = nullptr;
+  if (!cells) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "cells is NULL");
+  return guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
+    if (blocks < 1 || blocks > cptune::kMaxMaskBlocks)
+      throw cptune::Error("blocks " + std::to_string(blocks) + " must be in [1, " +
+                          std::to_string(cptune::kMaxMaskBlocks) + "]");
+    std::vector<cptune::BlockKind> kinds(static_cast<size_t>(blocks * blocks));
+    for (size_t i = 0; i < kinds.size(); ++i) {
+      if (cells[i] > CPTUNE_LOOKUP_BLOCK_CAUSAL)
+        throw cptune::Error("cells[" + std::to_string(i) + "] is " + std::to_string(cells[i]) +
+                            "; a cell is CPTUNE_LOOKUP_BLOCK_EMPTY (0), _FULL (1) or _CAUSAL (2)");
+      kinds[i] = static_cast<cptune::BlockKind>(cells[i]);
+    }
+    *out = new cptune_lookup_mask{cptune::block_mask(cptune::BlockTable(blocks, std::move(kinds)))};
+    return CPTUNE_LOOKUP_OK;
+  });
+}
+
+int cptune_lookup_mask_text(const cptune_lookup_mask* mask, char* buffer, size_t size, size_t* needed) {
+  if (!mask) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "mask is NULL");
+  std::string text;
+  if (int status = guarded(CPTUNE_LOOKUP_ERROR_INTERNAL, [&] {
+        text = cptune::to_string(mask->mask);
+        return CPTUNE_LOOKUP_OK;
+      }))
+    return status;
+  return write_text(text, buffer, size, needed);
+}
+
+void cptune_lookup_mask_free(cptune_lookup_mask* mask) { delete mask; }
+
 
 size_t cptune_lookup_shapes(const cptune_lookup* lookup) { return lookup ? lookup->lookup.shapes() : 0; }
 

@@ -19,6 +19,15 @@
  *   cptune_choice choice = {sizeof choice};
  *   int status = cptune_lookup_query(lookup, &shape, &choice);
  *   cptune_lookup_close(lookup);
+ *
+ * Block-sparse masks (README "Block-sparse masks"): cptune_shape.mask takes every text of the
+ * CLI's --mask ("star:16", "strided:16,4", "blocks:4:C.../FC../F.C./F..C", "blocks:FILE"), parsed
+ * on every query. An engine that asks often makes the mask once and passes it to
+ * cptune_lookup_query_masked, whose exact hit then allocates nothing:
+ *   cptune_lookup_mask* mask = NULL;
+ *   cptune_lookup_mask_create("stream:16,1,3", &mask);       (or _from_cells with its own table)
+ *   int status = cptune_lookup_query_masked(lookup, &shape, mask, &choice);
+ *   cptune_lookup_mask_free(mask);
  */
 #ifndef CPTUNE_LOOKUP_H
 #define CPTUNE_LOOKUP_H
@@ -56,6 +65,8 @@ extern "C" {
 #define CPTUNE_LOOKUP_NAME_SIZE 32
 
 typedef struct cptune_lookup cptune_lookup;
+/* A mask made once (cptune_lookup_mask_create or _from_cells), read-only; any thread may use it. */
+typedef struct cptune_lookup_mask cptune_lookup_mask;
 
 /* The cluster the caller runs on. Rows measured on another fingerprint are never returned.
  * library_versions and cptune_version: NULL or "" matches any, the fingerprint recorded last
@@ -83,7 +94,7 @@ typedef struct cptune_shape {
   int64_t head_dim;
   int64_t v_head_dim;
   const char* dtype; /* "bf16", "fp16", "fp32" */
-  const char* mask;  /* "full", "causal", "sliding:4096" */
+  const char* mask;  /* "full", "causal", "sliding:4096", "star:16", "blocks:N:ROWS", ... (--mask) */
 } cptune_shape;
 
 /* The layout to run. Names as the cptune CLI spells them, NUL-terminated. */
@@ -140,6 +151,29 @@ CPTUNE_LOOKUP_API int cptune_lookup_engine_config(const char* engine, const cptu
 
 /* Fills *out and returns CPTUNE_LOOKUP_OK, or returns CPTUNE_LOOKUP_NOT_FOUND or an error. */
 CPTUNE_LOOKUP_API int cptune_lookup_query(const cptune_lookup* lookup, const cptune_shape* shape, cptune_choice* out);
+
+/* Added in 0.3 (ABI 1, no struct changed): block-sparse masks made once, used by many queries.
+ * The cell values of cptune_lookup_mask_from_cells. */
+#define CPTUNE_LOOKUP_BLOCK_EMPTY 0  /* no pair of the two blocks is visible */
+#define CPTUNE_LOOKUP_BLOCK_FULL 1   /* every pair */
+#define CPTUNE_LOOKUP_BLOCK_CAUSAL 2 /* the pairs whose key position is at most the query position */
+/* A mask from any text cptune_shape.mask takes; a table file (blocks:FILE) is read here, once.
+ * A bad text is CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT naming it; *out is NULL then. */
+CPTUNE_LOOKUP_API int cptune_lookup_mask_create(const char* text, cptune_lookup_mask** out);
+/* A block mask from its table: blocks (N, 1..256) x blocks cells, row by row (query block major),
+ * each a CPTUNE_LOOKUP_BLOCK_* value. Each sequence is cut into N blocks by torch.tensor_split's
+ * rule, as the CLI's masks are. */
+CPTUNE_LOOKUP_API int cptune_lookup_mask_from_cells(int64_t blocks, const uint8_t* cells, cptune_lookup_mask** out);
+/* The mask's canonical text (what the store and `cptune mask show` print, and every mask text
+ * argument reads back), NUL-terminated into buffer; *needed as for cptune_lookup_list_fingerprints. */
+CPTUNE_LOOKUP_API int cptune_lookup_mask_text(const cptune_lookup_mask* mask, char* buffer, size_t size,
+                                              size_t* needed);
+/* Frees the mask; NULL is a no-op. */
+CPTUNE_LOOKUP_API void cptune_lookup_mask_free(cptune_lookup_mask* mask);
+/* cptune_lookup_query with `mask` as the shape's mask; shape->mask is not read. */
+CPTUNE_LOOKUP_API int cptune_lookup_query_masked(const cptune_lookup* lookup, const cptune_shape* shape,
+                                                 const cptune_lookup_mask* mask, cptune_choice* out);
+
 /* Shapes measured under the fingerprint (0 when it has no rows); 0 for NULL. */
 CPTUNE_LOOKUP_API size_t cptune_lookup_shapes(const cptune_lookup* lookup);
 /* Frees the handle; NULL is a no-op. */

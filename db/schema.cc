@@ -35,7 +35,7 @@ CREATE TABLE shapes (
   head_dim INTEGER NOT NULL,
   v_head_dim INTEGER NOT NULL,
   dtype TEXT NOT NULL,             -- "bf16", "fp16", "fp32"
-  mask TEXT NOT NULL,              -- "full", "causal", "sliding:4096"
+  mask TEXT NOT NULL,              -- "full", "causal", "sliding:4096" (version 3: block masks too)
   UNIQUE (batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask)
 );
 CREATE TABLE candidates (
@@ -87,6 +87,13 @@ CREATE TABLE tune_leases (
   acquired_at TEXT NOT NULL
 );
 )sql",
+    // 2 -> 3: shapes.mask may hold a block mask: a pattern ("strided:16,4") or a table inline
+    // ("blocks:4:C.../FC../F.C./F..C", up to ~66k characters), never a file name. A writer stores a
+    // table under the text of an equal table already stored (db/store.cc stored_mask_text); this
+    // index serves that search. Older readers would call such rows damaged: the version tells them.
+    R"sql(
+CREATE INDEX shapes_by_mask ON shapes (mask);
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion);
 
@@ -137,7 +144,8 @@ void check_schema_objects(const Connection& conn, int64_t version) {
     int64_t since;  // the schema version that added it
   };
   constexpr Object kObjects[] = {{"table", "fingerprints", 1}, {"table", "shapes", 1},     {"table", "candidates", 1},
-                                 {"table", "measurements", 1}, {"view", "best", 1},       {"table", "tune_leases", 2}};
+                                 {"table", "measurements", 1}, {"view", "best", 1},       {"table", "tune_leases", 2},
+                                 {"index", "shapes_by_mask", 3}};
   Statement st(conn, "SELECT count(*) FROM sqlite_schema WHERE type = ?1 AND name = ?2");
   for (const Object& o : kObjects) {
     if (o.since > version) continue;

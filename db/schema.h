@@ -8,8 +8,9 @@ namespace cptune::db {
 
 class Connection;
 
-inline constexpr int kSchemaVersion = 2;
-// Readers need only the tables of version 1 (version 2 added the tuners' leases).
+inline constexpr int kSchemaVersion = 3;
+// Readers need only the tables of version 1 (version 2 added the tuners' leases; version 3 block
+// masks in shapes.mask and an index on it).
 inline constexpr int kOldestReadableVersion = 1;
 inline constexpr int32_t kApplicationId = 0x43505455;  // "CPTU"
 

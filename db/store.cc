@@ -1,6 +1,7 @@
 #include "db/store.h"
 
 #include <cmath>
+#include <unordered_map>
 
 #include <nlohmann/json.hpp>
 
@@ -45,15 +46,53 @@ void bind_fingerprint(Statement& st, const Fingerprint& fp) {
   st.bind(6, fp.library_versions).bind(7, fp.cptune_version);
 }
 
-void bind_shape(Statement& st, const AttentionShape& s) {
+// A shape as the shapes table keys it: the mask by its stored text (stored_mask_text).
+struct ShapeKey {
+  const AttentionShape& shape;
+  std::string mask;
+};
+
+void bind_shape(Statement& st, const ShapeKey& k) {
+  const AttentionShape& s = k.shape;
   st.bind(1, s.batch).bind(2, seq_lens_text(s.seq_lens)).bind(3, s.q_heads).bind(4, s.kv_heads);
-  st.bind(5, s.head_dim).bind(6, s.v_head_dim).bind(7, to_string(s.dtype)).bind(8, to_string(s.mask));
+  st.bind(5, s.head_dim).bind(6, s.v_head_dim).bind(7, to_string(s.dtype)).bind(8, k.mask);
 }
 
 // The stored row also carries the total, which identifies nothing (it follows from seq_lens).
-void bind_shape_row(Statement& st, const AttentionShape& s) {
-  bind_shape(st, s);
-  st.bind(9, s.total_tokens());
+void bind_shape_row(Statement& st, const ShapeKey& k) {
+  bind_shape(st, k);
+  st.bind(9, k.shape.total_tokens());
+}
+
+// A stored mask is self-contained text: a table is stored inline ("blocks:N:ROWS"), never as a
+// file name, so reading a row never opens a file.
+Mask parse_stored_mask(const std::string& text) {
+  if (text.rfind("blocks:", 0) == 0) {
+    const size_t colon = text.find(':', 7);
+    if (colon == std::string::npos || colon == 7 ||
+        text.find_first_not_of("0123456789", 7) != colon)
+      throw Error("mask '" + text.substr(0, 60) + "' names a table file; a stored table is inline (blocks:N:ROWS)");
+  }
+  return parse_mask(text);
+}
+
+// The text a mask is stored under. Equal block tables are one mask (Mask::==) whatever their
+// text ("star:4", a file with its cells): a table equal to one already stored takes that row's
+// text, so has_shape finds it and the table holds one row per shape. Other masks: to_string.
+std::string stored_mask_text(const Connection& conn, const Mask& mask) {
+  std::string text = to_string(mask);
+  if (mask.kind != MaskKind::blocks) return text;
+  Statement st(conn, "SELECT DISTINCT mask FROM shapes WHERE mask GLOB '*:*' AND mask NOT GLOB 'sliding*'");
+  while (st.step()) {
+    const std::string stored = st.column_text(0);
+    if (stored == text) return text;
+    try {
+      if (parse_stored_mask(stored) == mask) return stored;
+    } catch (const Error&) {
+      // a damaged row: readers name it; it is no match
+    }
+  }
+  return text;
 }
 
 void bind_candidate(Statement& st, const LayoutChoice& c) {
@@ -169,9 +208,12 @@ class RowReader {
   int64_t id_;
 };
 
+// Masks read so far by their stored text: rows of one mask share one parse and one table.
+using MaskCache = std::unordered_map<std::string, Mask>;
+
 // Columns batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask from col on,
 // of the shapes row `row` reads.
-AttentionShape read_shape(int col, const RowReader& row) {
+AttentionShape read_shape(int col, const RowReader& row, MaskCache& masks) {
   AttentionShape s;
   s.batch = row.count(col, "batch", kMaxBatch);
   s.seq_lens = row.parsed(col + 1, "seq_lens", [](const std::string& t) { return parse_seq_lens(t); });
@@ -180,7 +222,10 @@ AttentionShape read_shape(int col, const RowReader& row) {
   s.head_dim = row.count(col + 4, "head_dim", kMaxHeadDim);
   s.v_head_dim = row.count(col + 5, "v_head_dim", kMaxHeadDim);
   s.dtype = row.parsed(col + 6, "dtype", [](const std::string& t) { return parse_dtype(t); });
-  s.mask = row.parsed(col + 7, "mask", [](const std::string& t) { return parse_mask(t); });
+  s.mask = row.parsed(col + 7, "mask", [&](const std::string& t) {
+    const auto it = masks.find(t);
+    return it != masks.end() ? it->second : masks.emplace(t, parse_stored_mask(t)).first->second;
+  });
   try {
     check_limits(view_of(s));
   } catch (const Error& e) {
@@ -254,7 +299,8 @@ void Store::record_shape(const Fingerprint& fp, const AttentionShape& shape, con
   Transaction tx(*conn_, Transaction::Kind::write);
   const int64_t fingerprint_id =
       upsert_id(w.insert_fingerprint, w.select_fingerprint, fp, bind_fingerprint, bind_fingerprint);
-  const int64_t shape_id = upsert_id(w.insert_shape, w.select_shape, shape, bind_shape_row, bind_shape);
+  const ShapeKey key{shape, stored_mask_text(*conn_, shape.mask)};
+  const int64_t shape_id = upsert_id(w.insert_shape, w.select_shape, key, bind_shape_row, bind_shape);
   for (const MeasurementRow& row : rows) {
     const int64_t candidate_id =
         upsert_id(w.insert_candidate, w.select_candidate, row.candidate, bind_candidate, bind_candidate);
@@ -275,7 +321,7 @@ bool Store::has_shape(const Fingerprint& fp, const AttentionShape& shape) const 
   const std::optional<int64_t> fingerprint_id = select_id(select_fp);
   if (!fingerprint_id) return false;
   Statement select_shape(*conn_, kSelectShape);
-  bind_shape(select_shape, shape);
+  bind_shape(select_shape, ShapeKey{shape, stored_mask_text(*conn_, shape.mask)});
   const std::optional<int64_t> shape_id = select_id(select_shape);
   if (!shape_id) return false;
   Statement any(*conn_, "SELECT 1 FROM measurements WHERE fingerprint_id = ?1 AND shape_id = ?2 LIMIT 1");
@@ -358,9 +404,10 @@ std::vector<BestRow> Store::best(std::optional<int64_t> fingerprint_id) const {
   Statement st(*conn_, sql.c_str());
   if (fingerprint_id) st.bind(1, *fingerprint_id);
   std::vector<BestRow> out;
+  MaskCache masks;
   while (st.step()) {
     const int64_t world = RowReader(st, path(), "fingerprints", st.column_int(0)).count(19, "world", kMaxWorld);
-    const AttentionShape shape = read_shape(1, RowReader(st, path(), "shapes", st.column_int(16)));
+    const AttentionShape shape = read_shape(1, RowReader(st, path(), "shapes", st.column_int(16)), masks);
     const LayoutChoice candidate = read_candidate(9, RowReader(st, path(), "candidates", st.column_int(17)), world);
     const double median_s = RowReader(st, path(), "measurements", st.column_int(18)).seconds(14, "median_s");
     out.push_back(BestRow{st.column_int(0), shape, candidate, median_s, st.column_int(15)});
@@ -377,13 +424,14 @@ std::vector<StoredMeasurement> Store::measurements() const {
                "JOIN candidates AS c ON c.id = m.candidate_id JOIN fingerprints AS f ON f.id = m.fingerprint_id "
                "ORDER BY m.id");
   std::vector<StoredMeasurement> out;
+  MaskCache masks;
   while (st.step()) {
     StoredMeasurement sm;
     sm.id = st.column_int(0);
     sm.fingerprint_id = st.column_int(1);
     const RowReader row(st, path(), "measurements", sm.id);
     const int64_t world = RowReader(st, path(), "fingerprints", sm.fingerprint_id).count(26, "world", kMaxWorld);
-    sm.shape = read_shape(2, RowReader(st, path(), "shapes", st.column_int(24)));
+    sm.shape = read_shape(2, RowReader(st, path(), "shapes", st.column_int(24)), masks);
     MeasurementRow& r = sm.row;
     r.candidate = read_candidate(10, RowReader(st, path(), "candidates", st.column_int(25)), world);
     r.median_s = row.seconds(15, "median_s");

@@ -202,7 +202,7 @@ def main(argv=None):
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--v-head-dim", type=int, default=0, help="default: --head-dim")
     p.add_argument("--dtype", default="bf16")
-    p.add_argument("--mask", default="full", help="full, causal or sliding:W")
+    p.add_argument("--mask", default="full", help="full, causal, sliding:W, a block pattern (star:16) or blocks:N:ROWS")
     p.add_argument("--hardware", default="", help="simulate unmeasured families on this preset or JSON file")
     p.add_argument("--json", action="store_true", help="print JSON instead of one line")
     args = p.parse_args(argv)

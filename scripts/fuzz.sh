@@ -16,7 +16,7 @@ CXX=${FUZZ_CXX:-clang++}
 GENERATED=${GENERATED:-build/generated}
 [ -f "$GENERATED/cptune/version.h" ] || { echo "configure build/ first (cmake -S . -B build)" >&2; exit 2; }
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(seq_lens shapes_csv hardware_json lookup_query)
+[ ${#targets[@]} -gt 0 ] || targets=(seq_lens block_mask shapes_csv hardware_json lookup_query)
 
 flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
        -I. -I"$GENERATED" -I/usr/include/eigen3 -DCPTUNE_INSTALLED_HARDWARE_DIR=\"/nonexistent\")
@@ -40,7 +40,7 @@ mkdir -p "$OUT/obj" "$OUT/crashes"
 status=0
 for t in "${targets[@]}"; do
   case $t in
-    seq_lens) sources=("${core[@]}") libs=(-lfmt) ;;
+    seq_lens|block_mask) sources=("${core[@]}") libs=(-lfmt) ;;
     shapes_csv) sources=("${core[@]}" "${sim[@]}" "${cli[@]}") libs=(-lfmt -lboost_program_options -ldl) ;;
     hardware_json) sources=("${core[@]}" "${sim[@]}") libs=(-lfmt -ldl) ;;
     lookup_query) sources=("${core[@]}" "${sim[@]}" "${db[@]}") libs=(-lfmt -lsqlite3 -ldl) ;;

@@ -5,9 +5,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -16,6 +18,7 @@
 #include "db/store.h"
 #include "tests/command.h"
 #include "tests/temp_dir.h"
+#include "tuner/cli/shapes_file.h"
 
 namespace cptune {
 namespace {
@@ -179,6 +182,180 @@ TEST(CliLookup, AnswersExactNearestAndSimulatedAfterATune) {
   EXPECT_EQ(source("--seq 256 --heads 4"), "exact");
   EXPECT_EQ(source("--seq 300 --heads 4"), "nearest");
   EXPECT_EQ(source("--seq 300 --heads 6"), "simulated");
+}
+
+// --- block-sparse masks at the command line -----------------------------------------------------
+
+// One text of every form parse_mask reads, and its canonical text (what every output prints).
+struct MaskForm {
+  std::string given, canonical;
+};
+const std::vector<MaskForm> kMaskForms{
+    {"full", "full"},
+    {"causal", "causal"},
+    {"sliding:40", "sliding:40"},
+    {"sliding-window:40", "sliding:40"},
+    {"strided:8,3", "strided:8,3"},
+    {"global-local:8,1,2", "global-local:8,1,2"},
+    {"star:8", "star:8"},
+    {"stream:8,1,3", "stream:8,1,3"},
+    {"blocks:3:C../FC./.FC", "blocks:3:C../FC./.FC"},
+    {"blocks:3:c../fc./.fc", "blocks:3:C../FC./.FC"},
+};
+
+int64_t doc_blocks(const std::string& pattern) { return parse_mask(pattern).blocks->n(); }
+
+nlohmann::json mask_json(const std::string& mask_args) {
+  const auto r = run_command(cptune("mask show " + mask_args + " --json"));
+  EXPECT_EQ(r.exit_code, 0) << mask_args << "\n" << r.output;
+  return r.exit_code == 0 ? nlohmann::json::parse(r.output) : nlohmann::json::object();
+}
+
+TEST(CliMask, EveryCommandNamingAShapeTakesEveryFormAndPrintsItsCanonicalText) {
+  TempDir dir;
+  std::ofstream(dir.file("table.txt")) << "# a table file\n3\nC . .\nF C .\n. F C\n";
+  std::vector<MaskForm> forms = kMaskForms;
+  forms.push_back({"blocks:" + dir.file("table.txt"), "blocks:3:C../FC./.FC"});
+  { db::Store::open(dir.file("empty.db")); }  // a database without rows: lookups are simulated
+  for (const MaskForm& f : forms) {
+    const std::string shape = "--seq 301 --heads 4 --world 2 --head-dim 16 --mask " + f.given;
+    const auto layout = run_command(cptune("layout " + shape + " --strategy ring --json"));
+    ASSERT_EQ(layout.exit_code, 0) << f.given << "\n" << layout.output;
+    EXPECT_EQ(nlohmann::json::parse(layout.output)["shape"]["mask"], f.canonical);
+    const auto simulate = run_command(cptune("simulate " + shape + " --hardware cpu-gloo --json"));
+    ASSERT_EQ(simulate.exit_code, 0) << f.given << "\n" << simulate.output;
+    EXPECT_EQ(nlohmann::json::parse(simulate.output)["shape"]["mask"], f.canonical);
+    // No database row for it: the simulator's pick on this mask.
+    const auto lookup = run_command(cptune("lookup --db " + dir.file("empty.db") + " " + shape + " --json"));
+    ASSERT_EQ(lookup.exit_code, 0) << f.given << "\n" << lookup.output;
+    EXPECT_EQ(nlohmann::json::parse(lookup.output)["source"], "simulated");
+    EXPECT_EQ(mask_json(f.given)["mask"], f.canonical);
+  }
+}
+
+TEST(CliMask, SimulateCsvQuotesAPatternSoItsCommasStayInOneField) {
+  const auto r = run_command(cptune("simulate --seq 1024:2048 --heads 4 --world 2 --hardware cpu-gloo --mask strided:8,3 --csv"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::istringstream lines(r.output);
+  std::string header, row;
+  std::getline(lines, header);
+  std::getline(lines, row);
+  EXPECT_NE(row.find(",\"strided:8,3\","), std::string::npos) << row;
+  // Outside the quotes, a row has as many commas as the header.
+  size_t commas = 0;
+  bool quoted = false;
+  for (char c : row) {
+    if (c == '"') quoted = !quoted;
+    commas += c == ',' && !quoted;
+  }
+  EXPECT_EQ(commas, size_t(std::count(header.begin(), header.end(), ',')));
+}
+
+TEST(CliMask, BadMasksExitWith2NamingTheBadValue) {
+  struct Case {
+    std::string mask, needle;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"star:0", "block count 0"},
+           {"star:257", "block count 257"},
+           {"strided:8", "strided:N,S"},
+           {"strided:8,0", "S = 0"},
+           {"stream:8,1,0", "LOCAL = 0"},
+           {"global-local:8,x,2", "'x'"},
+           {"diagonal:8", "unknown mask 'diagonal:8'"},
+           {"blocks:2:CX/FC", "'X'"},
+           {"blocks:2:C./FC/FF", "3 rows for 2 blocks"},
+           {"blocks:/nonexistent/table.txt", "/nonexistent/table.txt"},
+           {"blocks", "needs a table"},
+       }) {
+    for (const std::string command : {"layout --strategy ring", "simulate --hardware cpu-gloo", "mask show"}) {
+      const std::string args = command == "mask show"
+                                   ? "mask show '" + c.mask + "'"
+                                   : command + " --seq 64 --heads 4 --world 2 --mask '" + c.mask + "'";
+      const auto r = run_command(cptune(args));
+      EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+      EXPECT_NE(r.output.find(c.needle), std::string::npos) << args << "\n" << r.output;
+    }
+  }
+  const auto no_mask = run_command(cptune("mask show"));
+  EXPECT_EQ(no_mask.exit_code, 2) << no_mask.output;
+  const auto big = run_command(cptune("mask show star:4 --seq 4G"));
+  EXPECT_EQ(big.exit_code, 2) << big.output;
+  EXPECT_NE(big.output.find("--seq 4G"), std::string::npos) << big.output;
+}
+
+TEST(CliMask, ShowPrintsTheTableItsCellCountsAndItsCanonicalText) {
+  const auto r = run_command(cptune("mask show star:4 --seq 8"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("mask star:4\n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("3 full, 4 causal, 9 empty"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("C . . .\nF C . .\nF . C .\nF . . C\n"), std::string::npos) << r.output;
+  // Three FULL cells of 2 x 2 pairs, four CAUSAL diagonal cells of 3: 24 of 64.
+  EXPECT_NE(r.output.find("24 of 64 (query, key) pairs visible, density 0.375000"), std::string::npos) << r.output;
+}
+
+// The README's closed form: with s = L / N tokens a block, FULL cells hold s^2 pairs and CAUSAL
+// diagonal cells s(s+1)/2; the patterns put CAUSAL cells only on the diagonal.
+TEST(CliMask, VisiblePairsOfEveryPatternFollowTheClosedFormWhenNDividesL) {
+  for (const std::string pattern : {"strided:16,4", "global-local:16,1,2", "star:16", "stream:16,1,3", "strided:5,2"}) {
+    for (int64_t s : {1, 3, 64}) {
+      const nlohmann::json doc = mask_json(pattern + " --seq " + std::to_string(s * doc_blocks(pattern)));
+      const int64_t full = doc["cells"]["full"], causal = doc["cells"]["causal"], empty = doc["cells"]["empty"];
+      const int64_t n = doc["blocks"];
+      EXPECT_EQ(full + causal + empty, n * n);
+      EXPECT_EQ(doc["visible_pairs"].get<int64_t>(), full * s * s + causal * s * (s + 1) / 2) << pattern << " s=" << s;
+      EXPECT_EQ(doc["all_pairs"].get<int64_t>(), n * s * n * s);
+      int64_t diagonal_causal = 0;
+      for (int64_t q = 0; q < n; ++q) diagonal_causal += doc["rows"][q].get<std::string>()[q] == 'C';
+      EXPECT_EQ(diagonal_causal, causal) << pattern;
+    }
+  }
+}
+
+TEST(CliMask, ShowJsonIsATableFileThatReadsBackAsTheSameTable) {
+  TempDir dir;
+  for (const MaskForm& f : kMaskForms) {
+    const nlohmann::json doc = mask_json(f.given);
+    if (doc["kind"] != "blocks") {
+      EXPECT_FALSE(doc.contains("rows")) << f.given;
+      continue;
+    }
+    std::ofstream(dir.file("t.json")) << doc.dump();
+    const nlohmann::json back = mask_json("blocks:" + dir.file("t.json"));
+    EXPECT_EQ(back["rows"], doc["rows"]) << f.given;
+    const nlohmann::json inline_back = mask_json(back["mask"].get<std::string>());
+    EXPECT_EQ(inline_back["rows"], doc["rows"]) << f.given;
+  }
+}
+
+TEST(CliShapesFile, AMaskWithCommasIsQuotedOrWrittenWithSemicolons) {
+  TempDir dir;
+  std::ofstream(dir.file("table.txt")) << "2\nC.\nFC\n";
+  std::ofstream(dir.file("shapes.csv")) << "seq,heads,mask\n"
+                                        << "4096,8,\"strided:16,4\"\n"
+                                        << "4096,8,global-local:16;1;2\n"
+                                        << "4096,8,blocks:" << dir.file("table.txt") << "\n"
+                                        << "4096,8,blocks:2:C./FC\n"  // the same table: listed once
+                                        << "4096,8,star:16\n";
+  const std::vector<AttentionShape> shapes = cli::read_shapes_file(dir.file("shapes.csv"));
+  ASSERT_EQ(shapes.size(), 4u);
+  EXPECT_EQ(to_string(shapes[0].mask), "strided:16,4");
+  EXPECT_EQ(to_string(shapes[1].mask), "global-local:16,1,2");
+  EXPECT_EQ(to_string(shapes[2].mask), "blocks:2:C./FC");
+  EXPECT_EQ(shapes[3].mask, parse_mask("star:16"));
+
+  std::ofstream(dir.file("bad.csv")) << "seq,heads,mask\n4096,8,strided:16,4\n";
+  try {
+    cli::read_shapes_file(dir.file("bad.csv"));
+    ADD_FAILURE() << "an unquoted pattern with a comma is one cell too many";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("line 2"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("quoted"), std::string::npos) << e.what();
+  }
+  std::ofstream(dir.file("bad2.csv")) << "seq,heads,mask\n4096,8,\"stream:16,1,0\"\n";
+  const auto r = run_command(cptune("tune --db " + dir.file("t.db") + " --world 2 --shapes " + dir.file("bad2.csv")));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("line 2: LOCAL = 0"), std::string::npos) << r.output;
 }
 
 }  // namespace

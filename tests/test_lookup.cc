@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <new>
@@ -20,6 +21,7 @@
 #include "tests/temp_dir.h"
 #include "db/cptune_lookup.h"
 #include "db/lookup.h"
+#include "db/sim_fallback.h"
 #include "sim/candidates.h"
 #include "db/store.h"
 
@@ -33,11 +35,18 @@ void* operator new(size_t size) {
   if (void* p = std::malloc(size ? size : 1)) return p;
   throw std::bad_alloc();
 }
+// std::stable_sort (the simulator's ranking) takes its buffer from the nothrow form and returns
+// it through the sized delete below: replaced too, or AddressSanitizer sees its new freed by free.
+void* operator new(size_t size, const std::nothrow_t&) noexcept {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(size ? size : 1);
+}
 // GCC pairs new with delete by name and does not see that both are replaced here.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
 #pragma GCC diagnostic pop
 
 namespace cptune::db {
@@ -222,6 +231,44 @@ TEST(LookupSimulated, WithoutFallbackOrWhenTheFallbackHasNoPickTheAnswerIsNotFou
   EXPECT_FALSE(Lookup({best_row(shape_of({4096}), kUaa, 1e-3)}).query(shape_of({4096}, 48, 8)));
   const Lookup none({}, [](const AttentionShape&) { return std::optional<Answer>(); });
   EXPECT_FALSE(none.query(shape_of({4096})));
+}
+
+// Block masks are part of the shape: equal tables (whatever names them) are one family, and a
+// table with one cell changed is another.
+TEST(LookupMasks, ABlockMaskFindsItsOwnRowsAndNoOtherTablesByStoreAndSimulator) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  const Mask star = parse_mask("star:16"), strided = parse_mask("strided:16,4");
+  {
+    Store store = Store::open(path);
+    store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, star), {measurement(kZigzag, 1e-3)});
+    store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, strided), {measurement(kHybrid, 2e-3)});
+  }
+  const Lookup lookup = Lookup::open(path, cpu_fingerprint(), simulator_fallback(sim::load_hardware("cpu-gloo"), {4, 4}));
+  // The star's cells written out: the same mask.
+  std::string rows = "C" + std::string(15, '.');
+  for (int q = 1; q < 16; ++q) rows += "/F" + std::string(size_t(q - 1), '.') + "C" + std::string(size_t(15 - q), '.');
+  const Mask star_cells = parse_mask("blocks:16:" + rows);
+  for (const Mask& m : {star, star_cells}) {
+    const auto exact = lookup.query(shape_of({4096}, 32, 8, m));
+    ASSERT_TRUE(exact);
+    EXPECT_EQ(exact->source, Source::exact);
+    EXPECT_EQ(exact->choice, kZigzag);
+    const auto near = lookup.query(shape_of({6000}, 32, 8, m));
+    ASSERT_TRUE(near);
+    EXPECT_EQ(near->source, Source::nearest);
+    EXPECT_EQ(near->choice, kZigzag);
+  }
+  EXPECT_EQ(lookup.query(shape_of({4096}, 32, 8, strided))->choice, kHybrid);
+  // One cell changed, another N, the causal mask: other families, answered by the simulator.
+  std::string changed = rows;
+  changed[changed.find('.')] = 'F';
+  for (const Mask& other : {parse_mask("blocks:16:" + changed), parse_mask("star:8"), Mask{MaskKind::causal, 0}}) {
+    const auto a = lookup.query(shape_of({4096}, 32, 8, other));
+    ASSERT_TRUE(a) << to_string(other);
+    EXPECT_EQ(a->source, Source::simulated) << to_string(other);
+    EXPECT_EQ(a->choice.ulysses * a->choice.ring, 4);
+  }
 }
 
 TEST(LookupFingerprint, ALookupNeverReturnsARowOfAnotherFingerprint) {
@@ -453,6 +500,94 @@ TEST_F(CAbi, AMissingOrBadDatabaseIsADatabaseErrorNamingThePath) {
   EXPECT_NE(std::string(cptune_lookup_last_error()).find("not a database"), std::string::npos);
 }
 
+TEST_F(CAbi, ABlockMaskMadeOnceAnswersLikeItsTextAndItsExactHitAllocatesNothing) {
+  {
+    Store store = Store::open(path_);
+    store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, parse_mask("stream:16,1,3")),
+                       {measurement(kZigzag, 1e-3)});
+  }
+  cptune_lookup* lookup = open();
+  const int64_t len = 4096, other_len = 5000;
+  cptune_choice by_text{}, by_mask{}, by_cells{};
+  by_text.struct_size = by_mask.struct_size = by_cells.struct_size = sizeof(cptune_choice);
+  cptune_shape s = shape(&len, 1, "stream:16,1,3");
+  ASSERT_EQ(cptune_lookup_query(lookup, &s, &by_text), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+  EXPECT_EQ(by_text.source, CPTUNE_LOOKUP_SOURCE_EXACT);
+  EXPECT_STREQ(by_text.strategy, "ring-zigzag");
+
+  cptune_lookup_mask* mask = nullptr;
+  ASSERT_EQ(cptune_lookup_mask_create("stream:16,1,3", &mask), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+  s.mask = "causal";  // not read by the masked query
+  ASSERT_EQ(cptune_lookup_query_masked(lookup, &s, mask, &by_mask), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+  EXPECT_EQ(std::memcmp(&by_mask, &by_text, sizeof by_text), 0);
+  char text[64];
+  size_t needed = 0;
+  ASSERT_EQ(cptune_lookup_mask_text(mask, text, sizeof text, &needed), CPTUNE_LOOKUP_OK);
+  EXPECT_STREQ(text, "stream:16,1,3");
+  EXPECT_EQ(needed, strlen("stream:16,1,3") + 1);
+
+  // The same table from its cells: the same answer; its text is the inline form.
+  const Mask stream = parse_mask("stream:16,1,3");
+  const BlockTable& table = *stream.blocks;
+  std::vector<uint8_t> cells;
+  for (BlockKind k : table.cells()) cells.push_back(uint8_t(k));
+  cptune_lookup_mask* from_cells = nullptr;
+  ASSERT_EQ(cptune_lookup_mask_from_cells(16, cells.data(), &from_cells), CPTUNE_LOOKUP_OK);
+  ASSERT_EQ(cptune_lookup_query_masked(lookup, &s, from_cells, &by_cells), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(std::memcmp(&by_cells, &by_text, sizeof by_text), 0);
+  std::vector<char> inline_text(70000);
+  ASSERT_EQ(cptune_lookup_mask_text(from_cells, inline_text.data(), inline_text.size(), &needed), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(std::string(inline_text.data()), cptune::inline_text(table));
+  s.seq_lens = &other_len;
+  ASSERT_EQ(cptune_lookup_query_masked(lookup, &s, from_cells, &by_cells), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(by_cells.source, CPTUNE_LOOKUP_SOURCE_NEAREST);
+  s.seq_lens = &len;
+
+  const int64_t before = allocations.load();
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(cptune_lookup_query_masked(lookup, &s, mask, &by_mask), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(allocations.load(), before);
+  cptune_lookup_mask_free(from_cells);
+  cptune_lookup_mask_free(mask);
+  cptune_lookup_close(lookup);
+}
+
+TEST_F(CAbi, BadMasksAreInvalidArgumentsNamingTheValueAndNullsAreStatusCodes) {
+  cptune_lookup_mask* mask = reinterpret_cast<cptune_lookup_mask*>(&mask);
+  for (auto [text, needle] : {std::pair{"star:0", "block count 0"}, std::pair{"strided:16", "'strided:16'"},
+                               std::pair{"blocks:2:CX/FC", "'X'"}, std::pair{"nonsense:3", "'nonsense:3'"},
+                               std::pair{"blocks:/nonexistent/t.txt", "'/nonexistent/t.txt'"}}) {
+    EXPECT_EQ(cptune_lookup_mask_create(text, &mask), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT) << text;
+    EXPECT_EQ(mask, nullptr);
+    EXPECT_NE(std::string(cptune_lookup_last_error()).find(needle), std::string::npos)
+        << text << ": " << cptune_lookup_last_error();
+  }
+  const uint8_t bad_cell[4] = {0, 1, 2, 3};
+  EXPECT_EQ(cptune_lookup_mask_from_cells(2, bad_cell, &mask), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(cptune_lookup_last_error()).find("cells[3] is 3"), std::string::npos);
+  EXPECT_EQ(cptune_lookup_mask_from_cells(0, bad_cell, &mask), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_mask_from_cells(257, bad_cell, &mask), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_mask_from_cells(2, nullptr, &mask), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_mask_from_cells(2, bad_cell, nullptr), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_mask_create(nullptr, &mask), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_mask_create("star:4", nullptr), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  size_t needed = 0;
+  EXPECT_EQ(cptune_lookup_mask_text(nullptr, nullptr, 0, &needed), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  cptune_lookup* lookup = open();
+  const int64_t len = 4096;
+  const cptune_shape s = shape(&len, 1);
+  cptune_choice choice{};
+  choice.struct_size = sizeof choice;
+  EXPECT_EQ(cptune_lookup_query_masked(lookup, &s, nullptr, &choice), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  ASSERT_EQ(cptune_lookup_mask_create("causal", &mask), CPTUNE_LOOKUP_OK);
+  EXPECT_EQ(cptune_lookup_query_masked(nullptr, &s, mask, &choice), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_query_masked(lookup, nullptr, mask, &choice), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_query_masked(lookup, &s, mask, nullptr), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(cptune_lookup_query_masked(lookup, &s, mask, &choice), CPTUNE_LOOKUP_OK);  // causal was measured
+  cptune_lookup_mask_free(mask);
+  cptune_lookup_mask_free(nullptr);
+  cptune_lookup_close(lookup);
+}
+
 TEST_F(CAbi, VersionAndNamesDescribeThemselves) {
   EXPECT_EQ(cptune_lookup_version(), CPTUNE_LOOKUP_ABI_VERSION);
   EXPECT_STRNE(cptune_lookup_library_version(), "");
@@ -483,7 +618,7 @@ TEST(InstalledLookup, ExportsOnlyTheCAbi) {
     EXPECT_TRUE(name.rfind("cptune_lookup_", 0) == 0 || name == "CPTUNE_LOOKUP_1") << name;
     ++symbols;
   }
-  EXPECT_EQ(symbols, 14);  // 13 functions and the version node
+  EXPECT_EQ(symbols, 19);  // 18 functions and the version node
 }
 
 TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPackage) {
@@ -492,6 +627,8 @@ TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPa
   {
     Store store = Store::open(db);
     store.record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(kZigzag, 1e-3), measurement(kUaa, 2e-3)});
+    store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, parse_mask("star:16")),
+                       {measurement(kZigzag, 3e-3), measurement(kUaa, 2e-3)});
   }
   const CommandResult install =
       run("cmake --install " CPTUNE_BUILD_DIR " --component lookup --prefix " + prefix);
@@ -510,6 +647,13 @@ TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPa
   const CommandResult by_pc = run(dir.file("example_pc") + " " + args);
   EXPECT_EQ(by_pc.exit_code, 0) << by_pc.output;
   EXPECT_EQ(by_pc.output, "exact ring-zigzag U=1 R=4 ulysses-inner balanced 0.001\n");
+  // The example makes its mask once (cptune_lookup_mask_create) and asks with it.
+  const CommandResult star = run(dir.file("example_pc") + " " + db + " gloo cpu 4 4 4096 32 8 128 bf16 star:16");
+  EXPECT_EQ(star.exit_code, 0) << star.output;
+  EXPECT_EQ(star.output, "exact uaa U=4 R=1 ulysses-inner balanced 0.002\n");
+  const CommandResult bad = run(dir.file("example_pc") + " " + db + " gloo cpu 4 4 4096 32 8 128 bf16 star:0");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.output.find("block count 0 in mask 'star:0'"), std::string::npos) << bad.output;
 
   const std::string source = std::filesystem::path(example).parent_path().string(), build = dir.file("example_build");
   const CommandResult configure = run("cmake -S " + source + " -B " + build + " -DCMAKE_PREFIX_PATH=" + prefix);

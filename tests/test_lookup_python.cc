@@ -107,5 +107,51 @@ TEST_F(PythonClient, TheClassApiAnswersLikeTheCommandLine) {
   EXPECT_EQ(r.output, "ok\n");
 }
 
+// The package (python/cptune) as an engine uses it for a block-sparse mask: a Mask made once from
+// a pattern's text or from its rows gives the stored answer; a bad one names itself.
+TEST_F(PythonClient, ThePackagePassesABlockMaskMadeOnceFromTextOrRows) {
+  {
+    Store store = Store::open(db_);
+    MeasurementRow ring;
+    ring.candidate = {Strategy::ring_zigzag, 1, 4, RankOrder::ulysses_inner, HeadPolicy::balanced};
+    ring.median_s = 1e-3;
+    store.record_shape(Fingerprint{"gloo", "cpu", Cluster{4, 4}, "gloo 0.5.0", "0.1.0"},
+                       AttentionShape{1, {4096}, 32, 8, 128, 128, DType::bf16, parse_mask("star:4")}, {ring});
+  }
+  // The package as pip lays it out: the library bundled beside the modules.
+  ASSERT_EQ(run("cp -r " CPTUNE_SOURCE_DIR "/python/cptune " + dir_ + "/ && cp -L " + kLibrary + " " + dir_ +
+                "/cptune/libcptune_lookup.so").exit_code, 0);
+  const std::string script = dir_ + "/engine.py";
+  std::ofstream(script) << "import sys\n"
+                           "sys.path.insert(0, sys.argv[1])\n"
+                           "import cptune\n"
+                           "lookup = cptune.Lookup(sys.argv[2], world=4, hardware=None)\n"
+                           "star = cptune.Mask('star:4')\n"
+                           "rows = cptune.Mask(rows=['C...', 'FC..', 'F.C.', 'F..C'])\n"
+                           "cells = cptune.Mask(rows=[[2, 0, 0, 0], [1, 2, 0, 0], [1, 0, 2, 0], [1, 0, 0, 2]])\n"
+                           "assert star.text == 'star:4', star.text\n"
+                           "assert rows.text == 'blocks:4:C.../FC../F.C./F..C', rows.text\n"
+                           "for mask in (star, rows, cells, 'star:4', rows.text):\n"
+                           "    a = lookup.best(cptune.Shape([4096], q_heads=32, kv_heads=8, mask=mask))\n"
+                           "    assert (a.source, a.strategy) == ('exact', 'ring-zigzag'), (mask, a)\n"
+                           "a = lookup.best(cptune.Shape([6000], q_heads=32, kv_heads=8, mask=star))\n"
+                           "assert a.source == 'nearest', a\n"
+                           "for bad, words in (('star:0', 'block count 0'), ('stream:4,1,0', 'LOCAL = 0')):\n"
+                           "    try:\n"
+                           "        cptune.Mask(bad)\n"
+                           "        raise SystemExit('expected CptuneError for ' + bad)\n"
+                           "    except cptune.CptuneError as e:\n"
+                           "        assert words in str(e), str(e)\n"
+                           "try:\n"
+                           "    cptune.Mask(rows=['C.', 'FX'])\n"
+                           "    raise SystemExit('expected CptuneError')\n"
+                           "except cptune.CptuneError as e:\n"
+                           "    assert \"'X'\" in str(e), str(e)\n"
+                           "print('ok')\n";
+  const CommandResult r = run(std::string(kPython) + " " + script + " " + dir_ + " " + db_);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "ok\n");
+}
+
 }  // namespace
 }  // namespace cptune::db

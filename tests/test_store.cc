@@ -497,6 +497,124 @@ TEST(StoreProcesses, AWriterKilledMidRunKeepsEveryFinishedShapeAndTheRerunComple
   EXPECT_EQ(store.best().size(), size_t(kShapes));
 }
 
+// --- block-sparse masks in the store -----------------------------------------------------------
+
+// A random table of n blocks whose inline text is as long as the largest allowed.
+Mask random_table(std::mt19937& rng, int64_t n) {
+  std::uniform_int_distribution<int> kind(0, 2);
+  std::vector<BlockKind> cells(static_cast<size_t>(n * n));
+  for (BlockKind& c : cells) c = static_cast<BlockKind>(kind(rng));
+  return block_mask(BlockTable(n, std::move(cells)));
+}
+
+std::string stored_mask_of(const std::string& path, int64_t shape_id) {
+  Connection conn(path, OpenMode::read_only);
+  Statement st(conn, "SELECT mask FROM shapes WHERE id = ?1");
+  st.bind(1, shape_id);
+  return st.step() ? st.column_text(0) : "";
+}
+
+TEST(StoreMasks, EveryBlockMaskRoundTripsAsItsCanonicalText) {
+  TempDir dir;
+  std::mt19937 rng(16);
+  const std::string path = dir.file("tune.db");
+  std::vector<AttentionShape> shapes;
+  for (const char* text : {"strided:16,4", "global-local:16,1,2", "star:16", "stream:16,1,3", "blocks:2:C./FC"})
+    shapes.push_back(shape_of({4096}, 32, 8, parse_mask(text)));
+  shapes.push_back(shape_of({4096}, 32, 8, random_table(rng, kMaxMaskBlocks)));  // 65,802 characters inline
+  shapes.push_back(shape_of({77, 4097}, 32, 8, random_table(rng, 7)));
+  {
+    Store store = Store::open(path);
+    for (const AttentionShape& s : shapes) store.record_shape(cpu_fingerprint(), s, random_rows(rng, 2));
+  }
+  const Store store = Store::open_read_only(path);
+  const std::vector<BestRow> best = store.best();
+  ASSERT_EQ(best.size(), shapes.size());
+  for (const BestRow& row : best) {
+    const auto it = std::find(shapes.begin(), shapes.end(), row.shape);
+    ASSERT_NE(it, shapes.end()) << to_string(row.shape);
+    EXPECT_EQ(to_string(row.shape.mask), to_string(it->mask));  // the pattern's name survives
+    EXPECT_TRUE(store.has_shape(cpu_fingerprint(), *it));
+  }
+  EXPECT_EQ(stored_mask_of(path, 6).size(), inline_text(*shapes[5].mask.blocks).size());
+  for (const StoredMeasurement& m : store.measurements())
+    EXPECT_NE(std::find(shapes.begin(), shapes.end(), m.shape), shapes.end());
+}
+
+TEST(StoreMasks, AnEqualTableIsOneShapeWhateverTextNamesIt) {
+  TempDir dir;
+  std::mt19937 rng(17);
+  const std::string path = dir.file("tune.db");
+  const Mask star = parse_mask("star:4");
+  const Mask same_cells = parse_mask("blocks:4:C.../FC../F.C./F..C");
+  ASSERT_EQ(star, same_cells);
+  ASSERT_NE(to_string(star), to_string(same_cells));
+  Store store = Store::open(path);
+  store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, star), random_rows(rng, 2));
+  EXPECT_TRUE(store.has_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, same_cells)));
+  store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, same_cells), random_rows(rng, 2));
+  store.record_shape(cpu_fingerprint(), shape_of({8192}, 32, 8, same_cells), random_rows(rng, 2));
+  // A sink of one block and a window of one: the star again, under a third name.
+  store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, parse_mask("stream:4,1,1")), random_rows(rng, 2));
+  store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, parse_mask("stream:4,1,2")), random_rows(rng, 2));
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM shapes"), 3);
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM shapes WHERE mask = 'star:4'"), 2);  // the first text stays
+  EXPECT_EQ(store.best().size(), 3u);
+}
+
+TEST(StoreMasks, AStoredTableFileNameIsDamageAndIsNeverOpened) {
+  TempDir dir;
+  std::mt19937 rng(18);
+  const std::string path = dir.file("tune.db"), table = dir.file("table.txt");
+  std::ofstream(table) << "1\nF\n";
+  { Store::open(path).record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, parse_mask("star:4")), random_rows(rng, 1)); }
+  { Connection(path, OpenMode::read_write).exec(("UPDATE shapes SET mask = 'blocks:" + table + "'").c_str()); }
+  expect_error_naming([&] { Store::open_read_only(path).best(); }, path, "names a table file");
+  expect_error_naming([&] { Store::open_read_only(path).measurements(); }, path, "table shapes row 1");
+}
+
+// Version 3 added only an index on shapes.mask (block masks may be stored since): a version 2
+// file is that file without the index. Readers read it as before; a writer migrates it.
+TEST(StoreSchema, AVersion2DatabaseIsReadAsBeforeAndMigratedByTheNextWriter) {
+  TempDir dir;
+  std::mt19937 rng(19);
+  const std::string path = dir.file("tune.db");
+  std::vector<AttentionShape> shapes = shape_sweep();
+  {
+    Store store = Store::open(path);
+    for (const AttentionShape& s : shapes) store.record_shape(cpu_fingerprint(), s, random_rows(rng, 3));
+  }
+  const std::vector<BestRow> before = Store::open_read_only(path).best();
+  {
+    Connection conn(path, OpenMode::read_write);
+    conn.exec("DROP INDEX shapes_by_mask");
+    conn.exec("PRAGMA user_version = 2");
+  }
+  ASSERT_EQ(count_rows(path, "SELECT count(*) FROM sqlite_schema WHERE name = 'shapes_by_mask'"), 0);
+  const auto same = [](const std::vector<BestRow>& a, const std::vector<BestRow>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (!(a[i].shape == b[i].shape) || !(a[i].candidate == b[i].candidate) || a[i].median_s != b[i].median_s)
+        return false;
+    return true;
+  };
+  EXPECT_TRUE(same(Store::open_read_only(path).best(), before));
+  EXPECT_EQ(count_rows(path, "PRAGMA user_version"), 2);  // a reader changes nothing
+  {
+    Store store = Store::open(path);
+    store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, parse_mask("star:16")), random_rows(rng, 2));
+  }
+  EXPECT_EQ(count_rows(path, "PRAGMA user_version"), 3);
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM sqlite_schema WHERE name = 'shapes_by_mask'"), 1);
+  std::vector<BestRow> after = Store::open_read_only(path).best();
+  ASSERT_EQ(after.size(), before.size() + 1);
+  after.erase(std::remove_if(after.begin(), after.end(),
+                             [](const BestRow& r) { return r.shape.mask.kind == MaskKind::blocks; }),
+              after.end());
+  EXPECT_TRUE(same(after, before));
+  EXPECT_EQ(integrity(path), "ok");
+}
+
 // --- cptune db -------------------------------------------------------------------------------
 
 std::string cptune_db(const std::vector<std::string>& args) {
@@ -572,6 +690,28 @@ TEST_F(DbCommand, ExportGivesEveryMeasurementAsJsonAndAsCsv) {
   EXPECT_NE(csv.find("\"{\"\"attention\"\":"), std::string::npos);  // JSON inside CSV, quotes doubled
   EXPECT_THROW(cptune_db({"export", "--db", path_}), Error);
   EXPECT_THROW(cptune_db({"export", "--db", path_, "--csv", "--json"}), Error);
+}
+
+TEST_F(DbCommand, ListingsPrintBlockMasksByTheirText) {
+  std::mt19937 rng(20);
+  {
+    Store store = Store::open(path_);
+    store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, parse_mask("strided:16,4")), random_rows(rng, 2));
+    store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, random_table(rng, 64)), random_rows(rng, 2));
+  }
+  const std::string show = cptune_db({"show", "--db", path_});
+  EXPECT_NE(show.find(" strided:16,4 "), std::string::npos) << show;
+  EXPECT_NE(show.find(" blocks:64#"), std::string::npos) << show;  // too long for the column
+  EXPECT_NE(show.find("`cptune db export` prints its text"), std::string::npos) << show;
+  const auto json = nlohmann::json::parse(cptune_db({"export", "--db", path_, "--json"}));
+  std::set<std::string> masks;
+  for (const auto& row : json) masks.insert(row["mask"].get<std::string>());
+  EXPECT_TRUE(masks.count("strided:16,4"));
+  EXPECT_TRUE(std::any_of(masks.begin(), masks.end(), [](const std::string& m) {
+    return m.rfind("blocks:64:", 0) == 0 && parse_mask(m).blocks->n() == 64;
+  }));
+  const std::string csv = cptune_db({"export", "--db", path_, "--csv"});
+  EXPECT_NE(csv.find(",\"strided:16,4\","), std::string::npos);
 }
 
 TEST_F(DbCommand, AMissingDatabaseOrAnUnknownActionIsAnError) {

@@ -4,6 +4,8 @@
  * or with CMake: find_package(cptune) and target_link_libraries(... cptune::lookup).
  *
  * usage: lookup_example DB BACKEND DEVICE WORLD RANKS_PER_NODE SEQ_LEN Q_HEADS KV_HEADS HEAD_DIM DTYPE MASK
+ * MASK: any text of cptune's --mask ("causal", "star:16", "blocks:table.txt"), made once into a
+ * cptune_lookup_mask as an engine that asks often would.
  * prints: <source> <strategy> U=<u> R=<r> <rank order> <head policy> <seconds>
  * exit code: 0 an answer, 1 no answer, 2 an error (message on stderr). */
 #include <stdio.h>
@@ -32,11 +34,19 @@ int main(int argc, char** argv) {
     fprintf(stderr, "%s: %s\n", cptune_lookup_status_name(status), cptune_lookup_last_error());
     return 2;
   }
+  cptune_lookup_mask* mask = NULL;
+  status = cptune_lookup_mask_create(argv[11], &mask);
+  if (status != CPTUNE_LOOKUP_OK) {
+    fprintf(stderr, "%s: %s\n", cptune_lookup_status_name(status), cptune_lookup_last_error());
+    cptune_lookup_close(lookup);
+    return 2;
+  }
   const int64_t seq_len = atoll(argv[6]);
   cptune_shape shape = {sizeof shape, 1,         &seq_len, 1, atoll(argv[7]), atoll(argv[8]),
-                        atoll(argv[9]), 0, argv[10], argv[11]};
+                        atoll(argv[9]), 0, argv[10], NULL};
   cptune_choice choice = {sizeof choice};
-  status = cptune_lookup_query(lookup, &shape, &choice);
+  status = cptune_lookup_query_masked(lookup, &shape, mask, &choice);
+  cptune_lookup_mask_free(mask);
   cptune_lookup_close(lookup);
   if (status == CPTUNE_LOOKUP_NOT_FOUND) {
     printf("not-found\n");

@@ -5,9 +5,9 @@
                                                     engine="diffusers")
     answer.config  # 'ContextParallelConfig(ulysses_degree=8)'
 """
-from ._lookup import (ABI_VERSION, Answer, ENGINES, Lookup, CptuneError, NotFound, Shape, fingerprints,
+from ._lookup import (ABI_VERSION, Answer, ENGINES, Lookup, CptuneError, Mask, NotFound, Shape, fingerprints,
                       library_path)
 
-__all__ = ["ABI_VERSION", "Answer", "ENGINES", "Lookup", "CptuneError", "NotFound", "Shape", "fingerprints",
+__all__ = ["ABI_VERSION", "Answer", "ENGINES", "Lookup", "CptuneError", "Mask", "NotFound", "Shape", "fingerprints",
            "library_path"]
 __version__ = "0.2.0"

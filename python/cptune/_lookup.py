@@ -31,7 +31,7 @@ class Shape:
     head_dim: int = 128
     v_head_dim: int = 0
     dtype: str = "bf16"
-    mask: str = "full"  # "full", "causal", "sliding:W"
+    mask: Union[str, "Mask"] = "full"  # "full", "causal", "sliding:W", "star:16", ... or a Mask
     batch: int = 1
 
 
@@ -67,6 +67,46 @@ class _Choice(ctypes.Structure):
                 ("time_s", ctypes.c_double), ("source", ctypes.c_int32), ("measured_tokens", ctypes.c_int64)]
 
 
+_BLOCK_CELLS = {".": 0, "F": 1, "f": 1, "C": 2, "c": 2}  # CPTUNE_LOOKUP_BLOCK_EMPTY, _FULL, _CAUSAL
+
+
+class Mask:
+    """A mask made once and passed to many queries (cptune_lookup_query_masked): any text --mask
+    takes ("star:16", "strided:16,4", "blocks:table.txt", "blocks:4:C.../FC../F.C./F..C"), or a
+    block table given as rows, one string of '.', 'F', 'C' per query block (or lists of 0 empty,
+    1 full, 2 causal). text: the canonical text the store and `cptune mask show` print."""
+
+    def __init__(self, text: Optional[str] = None, rows: Optional[Sequence[Union[str, Sequence[int]]]] = None):
+        if (text is None) == (rows is None):
+            raise CptuneError("give exactly one of text= and rows=")
+        self._lib = _library()
+        self._handle = ctypes.c_void_p()
+        if text is not None:
+            status = self._lib.cptune_lookup_mask_create(text.encode(), ctypes.byref(self._handle))
+        else:
+            n = len(rows)
+            try:
+                cells = [_BLOCK_CELLS[c] if isinstance(c, str) else int(c)
+                         for row in rows for c in (row.replace(" ", "") if isinstance(row, str) else row)]
+            except KeyError as e:
+                raise CptuneError(f"a block table cell is '.', 'F' or 'C', not {e}") from None
+            if len(cells) != n * n or not all(0 <= c <= 255 for c in cells):
+                raise CptuneError(f"a table of {n} rows needs {n} x {n} cells of 0, 1 or 2; got {len(cells)}")
+            array = (ctypes.c_uint8 * len(cells))(*cells)
+            status = self._lib.cptune_lookup_mask_from_cells(n, array, ctypes.byref(self._handle))
+        if status != _OK:
+            _fail(self._lib, status)
+        self.text = _text_call(self._lib, self._lib.cptune_lookup_mask_text, self._handle)
+
+    def __repr__(self):
+        return f"Mask({self.text if len(self.text) <= 60 else self.text[:57] + '...'!r})"
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            self._lib.cptune_lookup_mask_free(self._handle)
+            self._handle = None
+
+
 def library_path() -> str:
     """The library bundled in this package, else the one the system linker finds."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -100,6 +140,11 @@ def _library():
         "cptune_lookup_list_fingerprints": (ctypes.c_int, [c, ctypes.c_char_p, sz, psz]),
         "cptune_lookup_engine_config": (ctypes.c_int, [c, ctypes.POINTER(_Shape), ctypes.POINTER(_Choice), c,
                                                        ctypes.c_char_p, sz, psz]),
+        "cptune_lookup_mask_create": (ctypes.c_int, [c, ctypes.POINTER(p)]),
+        "cptune_lookup_mask_from_cells": (ctypes.c_int, [i64, ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(p)]),
+        "cptune_lookup_mask_text": (ctypes.c_int, [p, ctypes.c_char_p, sz, psz]),
+        "cptune_lookup_mask_free": (None, [p]),
+        "cptune_lookup_query_masked": (ctypes.c_int, [p, ctypes.POINTER(_Shape), p, ctypes.POINTER(_Choice)]),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
@@ -170,10 +215,16 @@ class Lookup:
         if isinstance(shape, dict):
             shape = Shape(**shape)
         seqs = (ctypes.c_int64 * len(shape.seq_lens))(*shape.seq_lens)
+        mask = shape.mask if isinstance(shape.mask, Mask) else None
         c_shape = _Shape(ctypes.sizeof(_Shape), shape.batch, seqs, len(shape.seq_lens), shape.q_heads,
-                         shape.kv_heads, shape.head_dim, shape.v_head_dim, shape.dtype.encode(), shape.mask.encode())
+                         shape.kv_heads, shape.head_dim, shape.v_head_dim, shape.dtype.encode(),
+                         (mask.text if mask else shape.mask).encode())
         choice = _Choice(ctypes.sizeof(_Choice))
-        status = self._lib.cptune_lookup_query(self._handle(engine), ctypes.byref(c_shape), ctypes.byref(choice))
+        if mask:  # made once: the query does not parse its text again
+            status = self._lib.cptune_lookup_query_masked(self._handle(engine), ctypes.byref(c_shape), mask._handle,
+                                                          ctypes.byref(choice))
+        else:
+            status = self._lib.cptune_lookup_query(self._handle(engine), ctypes.byref(c_shape), ctypes.byref(choice))
         if status == _NOT_FOUND:
             raise NotFound(self._lib.cptune_lookup_last_error().decode())
         if status != _OK:

@@ -196,6 +196,51 @@ void BM_CAbiExactHit(benchmark::State& state) {
 }
 BENCHMARK(BM_CAbiExactHit);
 
+// A block-sparse mask through the C ABI: its text in cptune_shape.mask, parsed on every query,
+// or a cptune_lookup_mask made once and passed to cptune_lookup_query_masked. 100 measured
+// lengths of one stream:64,1,8 family, next to the main database.
+void BM_CAbiBlockMask(benchmark::State& state, bool made_once) {
+  static const char* kMask = "stream:64,1,8";
+  static const std::string path = [] {
+    const std::string p = database().dir + "/blocks.db";
+    Store store = Store::open(p);
+    for (int i = 0; i < 100; ++i) {
+      MeasurementRow r;
+      r.candidate = candidates()[size_t(i) % candidates().size()];
+      r.median_s = r.min_s = r.max_s = 1e-3;
+      r.iterations = 1;
+      store.record_shape(kFingerprint,
+                         AttentionShape{1, {measured_length(i)}, 32, 4, 128, 128, DType::bf16, parse_mask(kMask)}, {r});
+    }
+    return p;
+  }();
+  const cptune_fingerprint fp{sizeof(cptune_fingerprint), "gloo", "cpu", 8, 8, 1, nullptr, nullptr};
+  cptune_lookup* lookup = nullptr;
+  cptune_lookup_mask* mask = nullptr;
+  if (cptune_lookup_open(path.c_str(), &fp, &lookup) != CPTUNE_LOOKUP_OK ||
+      cptune_lookup_mask_create(kMask, &mask) != CPTUNE_LOOKUP_OK) {
+    state.SkipWithError(cptune_lookup_last_error());
+    return;
+  }
+  std::vector<int64_t> lengths;
+  for (int i = 0; i < 100; ++i) lengths.push_back(measured_length(i));
+  cptune_shape shape{sizeof(cptune_shape), 1, nullptr, 1, 32, 4, 128, 128, "bf16", kMask};
+  cptune_choice choice{};
+  choice.struct_size = sizeof choice;
+  size_t i = 0;
+  for (auto _ : state) {
+    shape.seq_lens = &lengths[i++ % 100];
+    const int status = made_once ? cptune_lookup_query_masked(lookup, &shape, mask, &choice)
+                                 : cptune_lookup_query(lookup, &shape, &choice);
+    if (status != CPTUNE_LOOKUP_OK || choice.source != CPTUNE_LOOKUP_SOURCE_EXACT) state.SkipWithError("unexpected answer");
+    benchmark::DoNotOptimize(choice);
+  }
+  cptune_lookup_mask_free(mask);
+  cptune_lookup_close(lookup);
+}
+BENCHMARK_CAPTURE(BM_CAbiBlockMask, text_each_query, false);
+BENCHMARK_CAPTURE(BM_CAbiBlockMask, made_once, true);
+
 }  // namespace
 
 BENCHMARK_MAIN();

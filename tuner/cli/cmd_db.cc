@@ -30,7 +30,7 @@ constexpr const char* kUsage =
 // Column layouts of the list and show tables, shared by the header and the rows.
 constexpr std::string_view kListRow = "{:>4}  {:<8} {:<24} {:>5} {:>5} {:>5} {:>7} {:>12}  {:<24}  {:<8} {}\n";
 constexpr std::string_view kShowRow =
-    "{:>3} {:>5} {:<12} {:>3} {:>4} {:>4} {:>4} {:>4} {:>14}  {:<12} {:>4} {:>4} {:<13} {:<10} {:>12} {:>8}\n";
+    "{:>3} {:>5} {:<24} {:>3} {:>4} {:>4} {:>4} {:>4} {:>14}  {:<12} {:>4} {:>4} {:<13} {:<10} {:>12} {:>8}\n";
 
 void list(const db::Store& store) {
   const auto fingerprints = store.fingerprints();
@@ -50,8 +50,18 @@ void list(const db::Store& store) {
 // Shapes of one family together, shortest first: how a reader compares sequence lengths.
 auto family_order(const db::BestRow& r) {
   const AttentionShape& s = r.shape;
-  return std::make_tuple(r.fingerprint_id, int(s.dtype), int(s.mask.kind), s.mask.window, s.q_heads, s.kv_heads,
-                         s.head_dim, s.v_head_dim, s.batch, s.total_tokens(), s.seq_lens);
+  return std::make_tuple(r.fingerprint_id, int(s.dtype), int(s.mask.kind), s.mask.window,
+                         s.mask.blocks ? s.mask.blocks->hash() : 0, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim,
+                         s.batch, s.total_tokens(), s.seq_lens);
+}
+
+// The mask as the table prints it: its text, or for an inline table too long for a column
+// "blocks:N#HASH" (export prints the whole text, which reads back).
+constexpr size_t kMaskColumn = 24;
+std::string mask_cell(const Mask& mask) {
+  const std::string text = to_string(mask);
+  if (text.size() <= kMaskColumn || !mask.blocks) return text;
+  return fmt::format("blocks:{}#{:08x}", mask.blocks->n(), mask.blocks->hash() & 0xffffffffu);
 }
 
 void show(const db::Store& store, std::optional<int64_t> fingerprint_id) {
@@ -68,12 +78,14 @@ void show(const db::Store& store, std::optional<int64_t> fingerprint_id) {
   for (const db::BestRow& r : rows) {
     const AttentionShape& s = r.shape;
     const LayoutChoice& c = r.candidate;
-    std::cout << fmt::format(kShowRow, r.fingerprint_id, to_string(s.dtype), to_string(s.mask), s.batch, s.q_heads,
+    std::cout << fmt::format(kShowRow, r.fingerprint_id, to_string(s.dtype), mask_cell(s.mask), s.batch, s.q_heads,
                              s.kv_heads, s.head_dim, s.v_head_dim, seq_lens_text(s.seq_lens), to_string(c.strategy),
                              c.ulysses, c.ring, to_string(c.order), to_string(c.head_policy), human_seconds(r.median_s),
                              r.measurements);
   }
   if (rows.empty()) std::cout << "(no measurements)\n";
+  if (std::any_of(rows.begin(), rows.end(), [](const auto& r) { return mask_cell(r.shape.mask) != to_string(r.shape.mask); }))
+    std::cout << "blocks:N#HASH: a block table too long for the column; `cptune db export` prints its text\n";
 }
 
 // One measurement as an ordered JSON object; the CSV columns are its keys, in this order.

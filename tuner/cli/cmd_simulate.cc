@@ -214,12 +214,18 @@ void print_csv_header(const std::vector<std::string>& level_names) {
   std::cout << "best\n";
 }
 
+// A block pattern's text holds commas ("strided:16,4"): RFC 4180 quotes it, as shapes files read it.
+std::string csv_mask(const Mask& mask) {
+  const std::string text = to_string(mask);
+  return text.find(',') == std::string::npos ? text : "\"" + text + "\"";
+}
+
 void print_csv_rows(const Config& c, const Ranking& ranking, const sim::Hardware& hw, const sim::PredictOptions& o) {
   const AttentionShape& s = c.shape;
   const std::string prefix =
       fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},", hw.name, to_string(o.pass), to_string(o.metadata),
                   c.cluster.world, c.cluster.ranks_per_node, c.cluster.nodes(), seq_text(s, ";"), s.batch, s.q_heads,
-                  s.kv_heads, s.head_dim, s.v_head_dim, to_string(s.dtype), to_string(s.mask));
+                  s.kv_heads, s.head_dim, s.v_head_dim, to_string(s.dtype), csv_mask(s.mask));
   for (const RankedCandidate& rc : ranking.candidates) {
     const LayoutChoice& k = rc.candidate;
     const sim::Prediction& p = rc.prediction;

@@ -17,5 +17,6 @@ int cmd_db(const Args& args);
 int cmd_calibrate(const Args& args);
 int cmd_validate(const Args& args);
 int cmd_topology(const Args& args);
+int cmd_mask(const Args& args);
 
 }  // namespace cptune::cli

@@ -1,4 +1,4 @@
-// cptune: layout, simulate, run, tune, lookup, db, calibrate, validate, topology.
+// cptune: layout, simulate, run, tune, lookup, db, calibrate, validate, topology, mask.
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -29,6 +29,7 @@ constexpr Command kCommands[] = {
     {"calibrate", cptune::cli::cmd_calibrate, "probe links and kernels on P ranks, fit a hardware file to them"},
     {"validate", cptune::cli::cmd_validate, "measure every candidate of held-out shapes, report the model's error"},
     {"topology", cptune::cli::cmd_topology, "import an NCCL topology dump (NCCL_TOPO_DUMP_FILE) as a hardware file's levels"},
+    {"mask", cptune::cli::cmd_mask, "show a mask: its block table, cell counts, density and canonical text"},
 };
 
 void usage(FILE* out) {

@@ -21,7 +21,9 @@ void add_shape_options(po::options_description& desc, ShapeArgs& a) {
       ("head-dim", po::value(&a.head_dim)->default_value(128), "head dim D of Q and K")
       ("v-head-dim", po::value(&a.v_head_dim), "head dim Dv of V and O (default: D)")
       ("dtype", po::value(&a.dtype)->default_value("bf16"), "bf16, fp16 or fp32")
-      ("mask", po::value(&a.mask)->default_value("full"), "full, causal or sliding:W");
+      ("mask", po::value(&a.mask)->default_value("full"),
+       "full, causal, sliding:W, a block pattern (strided:N,S, global-local:N,G,W, star:N, stream:N,SINK,LOCAL), "
+       "blocks:FILE or blocks:N:ROWS; `cptune mask show MASK` draws it");
 }
 
 void add_strategy_options(po::options_description& desc, StrategyArgs& a) {

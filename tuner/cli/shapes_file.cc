@@ -35,6 +35,13 @@ std::vector<std::string> split_csv(const std::string& line) {
   return cells;
 }
 
+// A pattern's parameters may be separated by ';' in a shapes file ("strided:16;4"), so the cell
+// needs no quotes; a table file's name (blocks:FILE) is taken as written.
+std::string mask_cell(std::string text) {
+  if (text.rfind("blocks:", 0) != 0) std::replace(text.begin(), text.end(), ';', ',');
+  return text;
+}
+
 const std::vector<std::string> kColumns{"seq", "heads", "kv_heads", "head_dim", "v_head_dim", "dtype", "mask", "batch"};
 
 }  // namespace
@@ -76,7 +83,11 @@ std::vector<AttentionShape> read_shapes_file(const std::string& path) {
     }
     if (cells.size() != column.size())
       throw Error(where + ": " + std::to_string(cells.size()) + " cells, the header has " +
-                  std::to_string(column.size()));
+                  std::to_string(column.size()) +
+                  (cells.size() > column.size() && line.find(':') != std::string::npos
+                       ? std::string("; a mask with commas is quoted (\"strided:16,4\") or written with ';' "
+                                     "(strided:16;4)")
+                       : std::string()));
     auto cell = [&](const std::string& name) { return column.count(name) ? cells[column[name]] : std::string(); };
     auto number = [&](const std::string& name, int64_t fallback) -> int64_t {
       const std::string text = cell(name);
@@ -99,7 +110,7 @@ std::vector<AttentionShape> read_shapes_file(const std::string& path) {
       args.v_head_dim = number("v_head_dim", 0);
       args.batch = number("batch", 1);
       if (!cell("dtype").empty()) args.dtype = cell("dtype");
-      if (!cell("mask").empty()) args.mask = cell("mask");
+      if (!cell("mask").empty()) args.mask = mask_cell(cell("mask"));
       if (seq.empty()) throw Error("empty seq cell");
       AttentionShape shape = to_shape(args);
       if (first_time(shape)) shapes.push_back(std::move(shape));
