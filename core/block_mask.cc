@@ -7,24 +7,13 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/hash.h"
 
 namespace cptune {
 namespace {
 
 using std::to_string;
 
-// Pairs (i, j), i in [qa, qb), j in [ka, kb), with j <= i.
-int64_t causal_pairs(int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
-  // count(i) = clamp(i + 1 - ka, 0, kb - ka), summed over i.
-  const int64_t lo = qa + 1 - ka, hi = qb + 1 - ka, cap = kb - ka;
-  if (hi <= lo || cap <= 0) return 0;
-  int64_t total = 0;
-  const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, cap);
-  if (b > a) total += (a + b - 1) * (b - a) / 2;
-  const int64_t at_cap = hi - std::max(lo, cap);
-  if (at_cap > 0) total += at_cap * cap;
-  return total;
-}
 
 char cell_char(BlockKind k) { return k == BlockKind::full ? 'F' : k == BlockKind::causal ? 'C' : '.'; }
 
@@ -45,14 +34,6 @@ bool cell_of(char c, BlockKind& out) {
   return false;
 }
 
-uint64_t mix(uint64_t h) {
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ULL;
-  h ^= h >> 33;
-  return h;
-}
 
 void check_blocks(int64_t n, std::string_view where) {
   if (n < 1 || n > kMaxMaskBlocks)
@@ -108,17 +89,29 @@ const Pattern kPatterns[] = {
 
 }  // namespace
 
+int64_t causal_pairs(int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
+  // count(i) = clamp(i + 1 - ka, 0, kb - ka), summed over i.
+  const int64_t lo = qa + 1 - ka, hi = qb + 1 - ka, cap = kb - ka;
+  if (hi <= lo || cap <= 0) return 0;
+  int64_t total = 0;
+  const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, cap);
+  if (b > a) total += (a + b - 1) * (b - a) / 2;
+  const int64_t at_cap = hi - std::max(lo, cap);
+  if (at_cap > 0) total += at_cap * cap;
+  return total;
+}
+
 BlockTable::BlockTable(int64_t n, std::vector<BlockKind> cells, std::string name)
     : n_(n), cells_(std::move(cells)), name_(std::move(name)) {
   check_blocks(n, "a block table");
   if (static_cast<int64_t>(cells_.size()) != n * n)
     throw Error("a block table of " + to_string(n) + " blocks needs " + to_string(n * n) + " cells, got " +
                 to_string(cells_.size()));
-  uint64_t h = mix(0x626c6f636b73ULL ^ uint64_t(n));  // "blocks"
+  uint64_t h = hash_mix(0x626c6f636b73ULL ^ uint64_t(n));  // "blocks"
   for (size_t i = 0; i < cells_.size(); i += 8) {
     uint64_t word = 0;
     for (size_t b = i; b < std::min(cells_.size(), i + 8); ++b) word = (word << 8) | uint64_t(cells_[b]);
-    h = mix(h ^ (word + 0x9e3779b97f4a7c15ULL + (h << 6)));
+    h = hash_combine(h, word);
   }
   hash_ = h;
   if (name_.empty()) name_ = inline_text(*this);

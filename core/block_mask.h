@@ -43,6 +43,9 @@ inline int64_t block_of(int64_t len, int64_t n, int64_t pos) {
   return pos < long_part ? pos / (q + 1) : r + (pos - long_part) / q;
 }
 
+// Pairs (i, j) with i in [qa, qb), j in [ka, kb) and j <= i: the causal count in closed form.
+int64_t causal_pairs(int64_t qa, int64_t qb, int64_t ka, int64_t kb);
+
 class BlockTable {
  public:
   // cells row by row (query block major). Throws Error when n is outside [1, kMaxMaskBlocks] or

@@ -18,21 +18,9 @@ int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 
 int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 int64_t round_up(int64_t a, int64_t m) { return ceil_div(a, m) * m; }
 
-// sum over x in [lo, hi) of clamp(x, 0, cap), cap >= 0.
-int64_t sum_clamp(int64_t lo, int64_t hi, int64_t cap) {
-  if (hi <= lo) return 0;
-  int64_t total = 0;
-  const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, cap);
-  if (b > a) total += (a + b - 1) * (b - a) / 2;
-  const int64_t at_cap = hi - std::max(lo, cap);
-  if (at_cap > 0) total += at_cap * cap;
-  return total;
-}
-
-// Number of keys j in [ka, kb) with j <= i, summed over i in [qa, qb) (shifted by `shift`).
+// Number of keys j in [ka, kb) with j <= i - shift, summed over i in [qa, qb).
 int64_t causal_sum(int64_t qa, int64_t qb, int64_t ka, int64_t kb, int64_t shift) {
-  // count(i) = clamp(i + 1 - shift - ka, 0, kb - ka)
-  return sum_clamp(qa + 1 - shift - ka, qb + 1 - shift - ka, kb - ka);
+  return causal_pairs(qa - shift, qb - shift, ka, kb);
 }
 
 void require_positive(int64_t v, const char* what) {

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/read_file.h"
 
 namespace cptune {
@@ -226,18 +227,7 @@ bool same_shape(const ShapeView& a, const ShapeView& b) {
 
 namespace {
 
-// The finaliser of MurmurHash3: every input bit reaches every output bit, so the low bits a
-// table indexes with are as good as the high ones.
-uint64_t mix(uint64_t h) {
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ULL;
-  h ^= h >> 33;
-  return h;
-}
-
-uint64_t combine(uint64_t h, int64_t value) { return mix(h ^ (uint64_t(value) + 0x9e3779b97f4a7c15ULL + (h << 6))); }
+uint64_t combine(uint64_t h, int64_t value) { return hash_combine(h, uint64_t(value)); }
 
 }  // namespace
 

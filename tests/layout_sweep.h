@@ -9,6 +9,15 @@
 
 namespace cptune::testing {
 
+// Visible (i, j) pairs with i in [qa, qb), j in [ka, kb) of a sequence of len tokens, position by
+// position from Mask::sees: what mask_pairs must equal.
+inline int64_t brute_pairs(const Mask& m, int64_t len, int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
+  int64_t n = 0;
+  for (int64_t i = qa; i < qb; ++i)
+    for (int64_t j = ka; j < kb; ++j) n += m.sees(i, j, len);
+  return n;
+}
+
 // Every (U, R) with U * R == P.
 inline std::vector<std::pair<int64_t, int64_t>> factorizations(int64_t P) {
   std::vector<std::pair<int64_t, int64_t>> out;

@@ -14,6 +14,7 @@
 #include "sim/cost_model.h"
 #include "sim/prepared_layout.h"
 #include "tests/layout_sweep.h"
+#include "tests/round_hardware.h"
 
 namespace cptune {
 namespace {
@@ -346,20 +347,7 @@ TEST(BlockLayout, OtherMasksKeepTheirSchedule) {
   }
 }
 
-sim::Hardware round_hardware() {
-  sim::Hardware hw;
-  hw.name = "round";
-  hw.source = "test";
-  hw.nodes = 1;
-  hw.ranks_per_node = 8;
-  hw.intra = {1e-5, 1e10};
-  hw.inter = {2e-5, 5e9};
-  hw.attention_flops_per_s = {1e12, 1e12, 1e11};
-  hw.peak_flops_per_s = {2e12, 2e12, 2e11};
-  hw.memory_bandwidth_bytes_per_s = 1e11;
-  hw.device_memory_bytes = int64_t{1} << 34;
-  return hw;
-}
+using testing::round_hardware;
 
 int64_t ring_sent(const Layout& l) {
   int64_t total = 0;

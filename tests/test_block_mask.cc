@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/layout.h"
 #include "core/types.h"
+#include "tests/layout_sweep.h"
 #include "temp_dir.h"
 
 namespace cptune {
@@ -21,12 +22,6 @@ BlockTable random_table(std::mt19937_64& rng, int64_t n) {
   return BlockTable(n, std::move(cells));
 }
 
-int64_t brute(const Mask& m, int64_t len, int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
-  int64_t n = 0;
-  for (int64_t i = qa; i < qb; ++i)
-    for (int64_t j = ka; j < kb; ++j) n += m.sees(i, j, len);
-  return n;
-}
 
 TEST(BlockMask, BlocksAreTensorSplitCutsAndPaddingIsTheLastBlock) {
   for (int64_t n = 1; n <= 17; ++n)
@@ -55,7 +50,7 @@ TEST(BlockMask, PairsEqualBruteForceOnRandomTables) {
     for (int r = 0; r < 40; ++r) {
       const int64_t qa = static_cast<int64_t>(rng() % (len + 4)), qb = qa + static_cast<int64_t>(rng() % (len + 4));
       const int64_t ka = static_cast<int64_t>(rng() % (len + 4)), kb = ka + static_cast<int64_t>(rng() % (len + 4));
-      ASSERT_EQ(mask_pairs(m, len, qa, qb, ka, kb), brute(m, len, qa, qb, ka, kb))
+      ASSERT_EQ(mask_pairs(m, len, qa, qb, ka, kb), testing::brute_pairs(m, len, qa, qb, ka, kb))
           << to_string(m) << " len " << len << " q[" << qa << "," << qb << ") k[" << ka << "," << kb << ")";
     }
   }

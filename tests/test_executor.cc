@@ -167,6 +167,20 @@ TEST(Executor, RingSendsExactlyTheForwardedRuns) {
     }
 }
 
+// The layout on 3 Gloo ranks, verified, rank 2's kernel faulted at its nth attend() call (the
+// others never): exit code 0 when every rank verified.
+int run_with_faulty_kernel(const Layout& layout, testing::KernelFault fault, int nth, std::ostringstream& err) {
+  return backends::run_ranks(local_launch(3), [&](Comm& world) {
+    testing::FaultyDevice device(backends::make_host_device(), fault, world.rank() == 2 ? nth : 1000);
+    backends::ExecutorOptions options;
+    options.verify = true;
+    options.warmups = 0;
+    options.iterations = 1;
+    options.device = &device;
+    return backends::execute(layout, world, options).verified() ? 0 : 1;
+  }, err);
+}
+
 // A kernel that misses one block of the table (one rank, one call: the diagonal cell of its
 // first query's block) fails verification; the same device with nothing to inject passes.
 TEST(Executor, AKernelMissingOneMaskBlockFailsVerification) {
@@ -175,16 +189,7 @@ TEST(Executor, AKernelMissingOneMaskBlockFailsVerification) {
       auto layout = Layout::build({shape_of({203}, 4, 2, parse_mask("star:8"), 1, DType::fp32), Cluster{3, 3},
                                    LayoutChoice{strategy, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
       std::ostringstream err;
-      const int code = backends::run_ranks(local_launch(3), [&](Comm& world) {
-        testing::FaultyDevice device(backends::make_host_device(), testing::KernelFault::drop_block,
-                                     world.rank() == 2 ? nth : 1000);
-        backends::ExecutorOptions options;
-        options.verify = true;
-        options.warmups = 0;
-        options.iterations = 1;
-        options.device = &device;
-        return backends::execute(layout, world, options).verified() ? 0 : 1;
-      }, err);
+      const int code = run_with_faulty_kernel(layout, testing::KernelFault::drop_block, nth, err);
       if (nth == 1000) {
         EXPECT_EQ(code, 0) << to_string(strategy) << "\n" << err.str();
       } else {
@@ -244,15 +249,7 @@ TEST(Executor, APerturbedKernelBlockFailsVerification) {
       auto layout = Layout::build({shape_of({150}, 4, 2, {MaskKind::full, 0}, 1, DType::fp32),
                                    Cluster{3, 3}, LayoutChoice{strategy, 0, 0, RankOrder::ulysses_inner, HeadPolicy::balanced}});
       std::ostringstream err;
-      const int code = backends::run_ranks(local_launch(3), [&](Comm& world) {
-        testing::FaultyDevice device(backends::make_host_device(), fault, world.rank() == 2 ? 0 : 1000);
-        backends::ExecutorOptions options;
-        options.verify = true;
-        options.warmups = 0;
-        options.iterations = 1;
-        options.device = &device;
-        return backends::execute(layout, world, options).verified() ? 0 : 1;
-      }, err);
+      const int code = run_with_faulty_kernel(layout, fault, 0, err);
       EXPECT_NE(code, 0) << to_string(strategy) << " kernel fault " << int(fault) << "\n" << err.str();
       EXPECT_NE(err.str().find("rank 2 failed"), std::string::npos) << err.str();
     }

@@ -22,13 +22,7 @@ AttentionShape make_shape(std::vector<int64_t> seqs, int64_t hq, int64_t hkv, Ma
 
 std::string describe(const Layout& l) { return to_string(l.choice()) + " " + to_string(l.shape()); }
 
-// Brute force: number of visible (i, j) pairs of a sequence of length n.
-int64_t brute_pairs(const Mask& m, int64_t len, int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
-  int64_t n = 0;
-  for (int64_t i = qa; i < qb; ++i)
-    for (int64_t j = ka; j < kb; ++j) n += m.sees(i, j, len);
-  return n;
-}
+using testing::brute_pairs;
 
 // Ranges reach past the sequence's length: padding positions count as the last block's.
 TEST(MaskPairs, EqualsBruteForceForEveryRangeAndMask) {

@@ -25,6 +25,7 @@
 #include "sim/prepared_layout.h"
 #include "sim/ranking_json.h"
 #include "tests/layout_sweep.h"
+#include "tests/round_hardware.h"
 #include "tuner/cli/commands.h"
 
 namespace cptune::sim {
@@ -38,23 +39,7 @@ AttentionShape make_shape(std::vector<int64_t> seqs, int64_t hq, int64_t hkv, Ma
   return AttentionShape{batch, std::move(seqs), hq, hkv, D, Dv, DType::bf16, mask};
 }
 
-// Round numbers, so the closed forms below can be worked by hand.
-Hardware round_hardware() {
-  Hardware hw;
-  hw.name = "round";
-  hw.source = "test";
-  hw.nodes = 1;
-  hw.ranks_per_node = 8;
-  hw.intra = {1e-5, 1e10};
-  hw.inter = {2e-5, 5e9};
-  hw.attention_flops_per_s = {1e12, 1e12, 1e11};
-  hw.peak_flops_per_s = {2e12, 2e12, 2e11};
-  hw.memory_bandwidth_bytes_per_s = 1e11;
-  hw.device_memory_bytes = int64_t{1} << 34;
-  hw.device_sync_s = 3e-5;
-  hw.host_gather_alpha_s = 2e-6;
-  return hw;
-}
+using testing::round_hardware;
 
 Hardware random_hardware(std::mt19937_64& rng) {
   auto log_uniform = [&](double lo, double hi) {
