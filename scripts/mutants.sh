@@ -29,7 +29,8 @@ MUTANTS=(
   "uneven_piece_last_token_dropped|backends/exec/executor.cc|copy_rows(device_, q, p.src, 0, q_attn, p.dst, 0, p.n, hq, B_, eb_);|copy_rows(device_, q, p.src, 0, q_attn, p.dst, 0, p.n - p.n % 2, hq, B_, eb_);|test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
   "o_placement_offset_lost|backends/exec/executor.cc|out.push_back({src, chunk_offset + piece.begin - chunk.begin, piece.padded});|out.push_back({src, chunk_offset, piece.padded});|test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
   "ring_step_order_reversed|core/layout.cc|return ((r - step) % ring() + ring()) % ring();|return ((r + step) % ring() + ring()) % ring();|test_layout:*,test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
-  "sequence_split_rule_changed|core/layout.cc|const int64_t cl = classic ? plen / chunks : split_size(len, chunks, c);|const int64_t cl = classic ? plen / chunks : split_size(len, chunks, chunks - 1 - c);|test_layout:*"
+  "sequence_split_rule_changed|core/layout.cc|classic ? plen / chunks : split_size(len, chunks, c));|classic ? plen / chunks : split_size(len, chunks, chunks - 1 - c));|test_layout:*"
+  "block_causal_cell_counted_full|core/block_mask.cc|total += row[k] == BlockKind::full ? (qhi - qlo) * (khi - klo) : causal_pairs(qlo, qhi, klo, khi);|total += (qhi - qlo) * (khi - klo);|test_block_mask:*"
   "attention_time_halved|sim/cost_model.cc|return double(flops) / hw.attention_flops_per_s.of(dtype);|return double(flops) / (2 * hw.attention_flops_per_s.of(dtype));|test_sim:CostModelFloor.*"
   "lookup_tie_break_flipped|db/lookup.cc|log_tokens - std::prev(above)->first < above->first - log_tokens|log_tokens - std::prev(above)->first <= above->first - log_tokens|test_lookup:LookupNearest.*"
 )
