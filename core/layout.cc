@@ -164,7 +164,9 @@ void Layout::place_tokens() {
   shard_padded_.assign(static_cast<size_t>(R), 0);
   padded_len_.resize(s.seq_lens.size());
   padding_tokens_ = 0;
-  if (s.mask.kind == MaskKind::blocks && rotates_kv(spec_.choice.strategy) && R > 1 && R <= kMaxPlacedRing) {
+  // Block masks on rings get both the block placement and the skipping schedule (plan_ring_skips).
+  ring_skips_ = s.mask.kind == MaskKind::blocks && rotates_kv(spec_.choice.strategy) && R > 1 && R <= kMaxPlacedRing;
+  if (ring_skips_) {
     place_blocks();
   } else {
     placement_ = zigzag_ ? "zigzag" : "contiguous";
@@ -263,10 +265,8 @@ void Layout::place_chunk(size_t seq, int64_t r, int64_t cb, int64_t cl) {
 // has a query that sees it (padding included, as the kernels compute); it is held up to that step
 // and forwarded before it. A step computes when any held run is seen.
 void Layout::plan_ring_skips() {
+  if (!ring_skips_) return;  // set by place_tokens
   const int64_t R = ring();
-  ring_skips_ =
-      spec_.shape.mask.kind == MaskKind::blocks && rotates_kv(spec_.choice.strategy) && R > 1 && R <= kMaxPlacedRing;
-  if (!ring_skips_) return;
   const size_t cells = static_cast<size_t>(R * R);
   ring_held_.assign(cells, {});
   ring_forward_.assign(cells, {});
@@ -389,21 +389,25 @@ Layout::Prefixes Layout::prefixes() const {
 
 void Layout::count_costs() {
   const Prefixes p = prefixes();
-  if (ring() > 1) {
-    std::vector<int64_t> pairs(static_cast<size_t>(ring()), 0);
-    for (int64_t r = 0; r < ring(); ++r)
-      for (const TokenRun& run : shard_runs(r))
-        pairs[static_cast<size_t>(r)] += mask_pairs(spec_.shape.mask, spec_.shape.seq_lens[run.seq], run.begin,
-                                                    run.begin + run.padded, 0, padded_len_[run.seq]);
-    placement_imbalance_ = imbalance(pairs);
-  }
+  // Each ring index's rows' visible pairs against their whole sequences, once for its U ranks:
+  // stored rows (padding included, as the kernels compute) and real tokens only.
+  const AttentionShape& s = spec_.shape;
+  std::vector<int64_t> padded_pairs(static_cast<size_t>(ring()), 0), real_pairs(padded_pairs.size(), 0);
+  for (int64_t r = 0; r < ring(); ++r)
+    for (const TokenRun& run : shard_runs(r)) {
+      const int64_t len = s.seq_lens[run.seq];
+      padded_pairs[size_t(r)] += mask_pairs(s.mask, len, run.begin, run.begin + run.padded, 0, padded_len_[run.seq]);
+      real_pairs[size_t(r)] += mask_pairs(s.mask, len, run.begin, run.begin + run.count, 0, len);
+    }
+  if (ring() > 1) placement_imbalance_ = imbalance(padded_pairs);
   ring_max_kv_heads_intra_.assign(static_cast<size_t>(ring()), 0);
   ring_max_kv_heads_inter_.assign(static_cast<size_t>(ring()), 0);
   for (RankLayout& rl : ranks_) {
     if (ulysses() > 1) count_ulysses_bytes(rl, p);
     if (rotates_kv(spec_.choice.strategy) && ring() > 1) count_ring_bytes(rl, p);
     if (spec_.choice.strategy == Strategy::allgather_kv && ring() > 1) count_allgather_bytes(rl, p);
-    count_flops(rl);
+    rl.flops = attention_flops(padded_pairs[size_t(rl.r)], rl.q_heads.count());
+    rl.useful_flops = attention_flops(real_pairs[size_t(rl.r)], rl.q_heads.count());
     count_memory(rl, p);
   }
 }
@@ -472,19 +476,6 @@ void Layout::count_allgather_bytes(RankLayout& rl, const Prefixes& p) const {
   rl.allgather_bytes.send_inter = own * (R - (hi - lo)) * kv_width;
   rl.allgather_bytes.recv_intra = intra_tok * kv_width;
   rl.allgather_bytes.recv_inter = (p.shards[R] - own - intra_tok) * kv_width;
-}
-
-// Attention of ring index r's shard (after the all-to-all) against its whole sequences.
-void Layout::count_flops(RankLayout& rl) const {
-  const AttentionShape& s = spec_.shape;
-  int64_t padded_pairs = 0, real_pairs = 0;
-  for (const TokenRun& run : shard_runs_by_r_[static_cast<size_t>(rl.r)]) {
-    const int64_t len = s.seq_lens[run.seq];
-    padded_pairs += mask_pairs(s.mask, len, run.begin, run.begin + run.padded, 0, padded_len_[run.seq]);
-    real_pairs += mask_pairs(s.mask, len, run.begin, run.begin + run.count, 0, len);
-  }
-  rl.flops = attention_flops(padded_pairs, rl.q_heads.count());
-  rl.useful_flops = attention_flops(real_pairs, rl.q_heads.count());
 }
 
 // Buffers held at once: input Q,K,V,O; post-all-to-all Q,K,V,O; K,V in flight; fp32 O + LSE.

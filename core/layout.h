@@ -180,7 +180,6 @@ class Layout {
   void count_ulysses_bytes(RankLayout& rl, const Prefixes& p) const;
   void count_ring_bytes(RankLayout& rl, const Prefixes& p);
   void count_allgather_bytes(RankLayout& rl, const Prefixes& p) const;
-  void count_flops(RankLayout& rl) const;
   void count_memory(RankLayout& rl, const Prefixes& p) const;
   std::pair<int64_t, int64_t> ulysses_peers_on_node(int64_t rank) const;  // [lo, hi) of u
   std::pair<int64_t, int64_t> ring_peers_on_node(int64_t rank) const;     // [lo, hi) of r

@@ -85,6 +85,15 @@ Mask block_mask(BlockTable table) {
   return Mask{MaskKind::blocks, 0, std::make_shared<const BlockTable>(std::move(table))};
 }
 
+bool names_table_file(std::string_view s) {
+  if (s.substr(0, 7) != "blocks:") return false;
+  const std::string_view rest = s.substr(7);
+  const size_t colon = rest.find(':');
+  const std::string_view head = rest.substr(0, colon);
+  return colon == std::string_view::npos || head.empty() ||
+         head.find_first_not_of("0123456789") != std::string_view::npos;
+}
+
 Mask parse_mask(std::string_view s) {
   for (std::string_view prefix : {"sliding:", "sliding-window:"}) {
     if (s.substr(0, prefix.size()) == prefix) {
@@ -104,11 +113,9 @@ Mask parse_mask(std::string_view s) {
   if (s.substr(0, 7) == "blocks:") {
     // "blocks:N:ROWS" (the inline text to_string writes) or "blocks:FILE".
     const std::string_view rest = s.substr(7);
-    const size_t colon = rest.find(':');
-    const std::string_view head = rest.substr(0, colon);
-    const bool inline_form = colon != std::string_view::npos && !head.empty() &&
-                             head.find_first_not_of("0123456789") == std::string_view::npos;
-    if (inline_form) {
+    if (!names_table_file(s)) {
+      const size_t colon = rest.find(':');
+      const std::string_view head = rest.substr(0, colon);
       std::string text(head);
       text += '\n';
       for (char c : rest.substr(colon + 1)) text += c == '/' ? '\n' : c;

@@ -79,6 +79,8 @@ std::string to_string(const Mask& m);
 // Accepts the same, "sliding-window:W", and "blocks:FILE" (a table file, core/block_mask.h).
 // Throws Error naming the bad text.
 Mask block_mask(BlockTable table);
+// True when parse_mask would read s as a table file ("blocks:FILE", not the inline "blocks:N:ROWS").
+bool names_table_file(std::string_view s);
 Mask parse_mask(std::string_view s);   // accepts the same, and "sliding-window:W"
 
 // Sequence lists as every layer spells them: "77,4097". parse throws Error naming the text

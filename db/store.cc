@@ -67,12 +67,8 @@ void bind_shape_row(Statement& st, const ShapeKey& k) {
 // A stored mask is self-contained text: a table is stored inline ("blocks:N:ROWS"), never as a
 // file name, so reading a row never opens a file.
 Mask parse_stored_mask(const std::string& text) {
-  if (text.rfind("blocks:", 0) == 0) {
-    const size_t colon = text.find(':', 7);
-    if (colon == std::string::npos || colon == 7 ||
-        text.find_first_not_of("0123456789", 7) != colon)
-      throw Error("mask '" + text.substr(0, 60) + "' names a table file; a stored table is inline (blocks:N:ROWS)");
-  }
+  if (names_table_file(text))
+    throw Error("mask '" + text.substr(0, 60) + "' names a table file; a stored table is inline (blocks:N:ROWS)");
   return parse_mask(text);
 }
 

@@ -425,12 +425,12 @@ void RankExecution::plan_ring() {
     if (step + 1 < R) {
       const std::span<const TokenRun> forward = L_.ring_forward_runs(me_.r, step);
       st.forward = forward_rows(held, forward);
-      st.forward_tokens = padded_tokens(forward);
+      st.forward_tokens = L_.ring_forward_tokens(me_.r, step);
       st.packs = st.forward_tokens != st.held_tokens;
       st.recv_tokens = padded_tokens(L_.ring_held_runs(me_.r, step + 1));
-      if (padded_tokens(L_.ring_forward_runs(prev, step)) != st.recv_tokens)
+      if (L_.ring_forward_tokens(prev, step) != st.recv_tokens)
         throw Error("ring schedule: ring index " + std::to_string(prev) + " forwards " +
-                    std::to_string(padded_tokens(L_.ring_forward_runs(prev, step))) + " tokens at step " +
+                    std::to_string(L_.ring_forward_tokens(prev, step)) + " tokens at step " +
                     std::to_string(step) + " but ring index " + std::to_string(me_.r) + " holds " +
                     std::to_string(st.recv_tokens) + " at the next (layout bug)");
     }

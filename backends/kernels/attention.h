@@ -5,6 +5,7 @@
 //
 // Tensors are row-major [tokens][heads][dim] in their storage dtype; one call covers one
 // sample (for a batch, offset the data pointers by the sample's stride and call per sample).
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -92,6 +93,13 @@ KeyWindow key_window(const Mask& mask, int64_t i);
 // Where the block holding query position pos ends (a tile starting at pos stops there); for
 // other masks, and in the last block, kFarPosition.
 int64_t query_block_end(const Mask& mask, int64_t len, int64_t pos);
+// Rows of the query tile starting t0 rows into run: up to max_rows, stopping at the query block's
+// end under a block mask (len: the run's sequence length; other masks ignore it). The CPU and CUDA
+// kernels tile by this one rule.
+inline int64_t query_tile_rows(const StoredRun& run, int64_t t0, int64_t max_rows, const Mask& mask, int64_t len) {
+  const int64_t pos = run.begin + t0;
+  return std::min(std::min(max_rows, run.count - t0), query_block_end(mask, len, pos) - pos);
+}
 
 // Keys at positions [lo, hi) that rows of the tile see, all in one cell. causal: only keys at or
 // before the row's position are visible (a CAUSAL cell the tile's first row does not wholly see);

@@ -13,13 +13,6 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Rows of the query tile starting t0 rows into q_run: up to kCudaQueryTile, ending at the query
-// block's end under a block mask (len: the sequence's length; unused by other masks).
-int64_t tile_rows_at(const StoredRun& q_run, int64_t t0, const Mask& mask, int64_t len) {
-  const int64_t pos = q_run.begin + t0;
-  return std::min(std::min(kCudaQueryTile, q_run.count - t0), query_block_end(mask, len, pos) - pos);
-}
-
 // Appends the segments of `kv_runs` that rows [pos, pos + rows) of sequence `seq` can see.
 int64_t add_segments(std::span<const StoredRun> kv_runs, int32_t seq, int64_t pos, int64_t rows, const Mask& mask,
                      std::vector<KeySegment>& out) {
@@ -61,11 +54,12 @@ TilePlan plan_attention_tiles(std::span<const StoredRun> q_runs, std::span<const
   const bool blocks = mask.kind == MaskKind::blocks;
   for (const StoredRun& q_run : q_runs) {
     const int64_t len = blocks ? seq_len_of(seq_lens, q_run.seq) : 0;
-    for (int64_t t0 = 0; t0 < q_run.count; t0 += tile_rows_at(q_run, t0, mask, len)) {
+    for (int64_t t0 = 0, rows = 0; t0 < q_run.count; t0 += rows) {
+      rows = query_tile_rows(q_run, t0, kCudaQueryTile, mask, len);
       QueryTileWork tile;
       tile.row = q_run.offset + t0;
       tile.pos = q_run.begin + t0;
-      tile.rows = static_cast<int32_t>(tile_rows_at(q_run, t0, mask, len));
+      tile.rows = static_cast<int32_t>(rows);
       tile.first_segment = static_cast<int32_t>(plan.segments.size());
       tile.key_tiles = blocks ? add_block_segments(kv_runs, q_run.seq, len, tile.pos, tile.rows, mask, plan.segments)
                               : add_segments(kv_runs, q_run.seq, tile.pos, tile.rows, mask, plan.segments);

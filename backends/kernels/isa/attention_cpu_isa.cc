@@ -270,7 +270,7 @@ void attend(const Queries& queries, const KvBlock& block, const AttentionParams&
     for (int64_t t0 = 0, rows = 0; t0 < q_run.count; t0 += rows) {
       const int64_t pos = q_run.begin + t0;
       // Under a block mask a tile stops at its query block's end, so one table row covers it.
-      rows = std::min(std::min(kQueryTile, q_run.count - t0), query_block_end(params.mask, len, pos) - pos);
+      rows = query_tile_rows(q_run, t0, kQueryTile, params.mask, len);
       for (int64_t h = 0; h < queries.q.heads; ++h) {
         tile.start(q.rows(h, q_run.offset + t0), pos, rows);
         if (blocks)
