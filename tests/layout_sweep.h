@@ -1,5 +1,6 @@
 #pragma once
 // Enumerates small LayoutSpecs exhaustively for property tests.
+#include <algorithm>
 #include <functional>
 #include <optional>
 #include <vector>
@@ -51,6 +52,17 @@ inline std::optional<Layout> try_build(const LayoutSpec& spec) {
   } catch (const Error&) {
     return std::nullopt;
   }
+}
+
+// Every layout that builds for each shape on P in {2, 3, 4, 6, 8, 12, 16} ranks with 1, 2, 4 or
+// 8 ranks per node: the sweep the layout-reading tests (topology, simulator) share.
+inline void for_each_layout_of(const std::vector<AttentionShape>& shapes, const std::function<void(const Layout&)>& fn) {
+  for (const AttentionShape& shape : shapes)
+    for (int64_t P : {2, 3, 4, 6, 8, 12, 16})
+      for (int64_t G : {1, 2, 4, 8})
+        for_each_spec(shape, P, std::min(G, P), [&](const LayoutSpec& spec) {
+          if (auto l = try_build(spec)) fn(*l);
+        });
 }
 
 }  // namespace cptune::testing

@@ -77,12 +77,7 @@ void for_each_swept_layout(const std::function<void(const Layout&)>& fn) {
       make_shape({8, 33}, 16, 1, {MaskKind::full, 0}, 8, 24),
       make_shape({203}, 48, 8, {MaskKind::causal, 0}, 8, 8, 3),
   };
-  for (const AttentionShape& shape : shapes)
-    for (int64_t P : {2, 3, 4, 6, 8, 12, 16})
-      for (int64_t G : {1, 2, 4, 8})
-        for_each_spec(shape, P, std::min(G, P), [&](const LayoutSpec& spec) {
-          if (auto l = try_build(spec)) fn(*l);
-        });
+  testing::for_each_layout_of(shapes, fn);
 }
 
 // ---------------------------------------------------------------------------------------------

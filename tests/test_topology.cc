@@ -22,8 +22,6 @@
 namespace cptune::sim {
 namespace {
 
-using testing::for_each_spec;
-using testing::try_build;
 
 AttentionShape make_shape(std::vector<int64_t> seqs, int64_t hq, int64_t hkv, Mask mask, int64_t D = 16,
                           int64_t Dv = 16, int64_t batch = 1) {
@@ -39,12 +37,7 @@ void for_each_small_layout(const std::function<void(const Layout&)>& fn) {
       make_shape({100}, 24, 8, {MaskKind::sliding_window, 9}),
       make_shape({203}, 48, 8, {MaskKind::causal, 0}, 8, 8, 3),
   };
-  for (const AttentionShape& shape : shapes)
-    for (int64_t P : {2, 3, 4, 6, 8, 12, 16})
-      for (int64_t G : {1, 2, 4, 8})
-        for_each_spec(shape, P, std::min(G, P), [&](const LayoutSpec& spec) {
-          if (auto l = try_build(spec)) fn(*l);
-        });
+  testing::for_each_layout_of(shapes, fn);
 }
 
 double log_uniform(std::mt19937_64& rng, double lo, double hi) {
