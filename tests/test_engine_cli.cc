@@ -123,7 +123,7 @@ TEST(EngineCli, TuneProgressLineMovesEveryRoundAndFitsEightyColumns) {
   TempDir dir;
   const std::string typescript = dir.file("typescript");
   const std::string tune = cptune("tune --db " + dir.file("tune.db") +
-                                  " --world 2 --seq 256 --heads 2 --head-dim 16 --iterations 4 --warmups 1 --top-k 1");
+                                  " --world 2 --seq 256 --heads 2 --head-dim 16 --iterations 4 --warmups 1 --top 1");
   const auto r = run_command("script -qec '" + tune + " >/dev/null' " + typescript + " </dev/null");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto log = run_command("cat " + typescript);
