@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Markdown tables of the docs that come from the simulator, the lookup and the mask reader, so
+scripts/check_docs.py can re-run them (seconds each, no timing involved).
+
+  scripts/doc_tables.py worked-study   best candidate per strategy on 2 x 8 H100, 32k..1M (configuration_studies.md)
+  scripts/doc_tables.py sweep-heads    the winner per sequence length x query heads on 2 x 8 H100
+  scripts/doc_tables.py sweep-worlds   the winner per sequence length x world on 8-GPU H100 nodes
+  scripts/doc_tables.py engines        what each --engine profile allows on three shapes, and what lookup prints
+  scripts/doc_tables.py masks          cell counts, visible pairs and density of the four block patterns
+
+`--binary PATH` names cptune (default build/tuner/cptune).
+"""
+import argparse
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+
+def cptune(binary, *args, check=True):
+    p = subprocess.run([binary, *args], capture_output=True, text=True)
+    if check and p.returncode != 0:
+        sys.exit(f"doc_tables: {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
+    return p
+
+
+def simulate(binary, *args):
+    return json.loads(cptune(binary, "simulate", *args, "--json").stdout)
+
+
+def label(c):
+    if c["strategy"].startswith("hybrid"):
+        return f'{c["strategy"]} {c["ulysses"]}×{c["ring"]}' + (" ring-inner" if c["order"] == "ring-inner" else "")
+    return f'{c["strategy"]} {c["ulysses"] * c["ring"]}'
+
+
+def ms(seconds):
+    v = seconds * 1e3
+    return f"{v:.3g} ms" if v < 100 else f"{v:.0f} ms"
+
+
+def worked_study(binary):
+    strategies = ["uaa", "ring-zigzag", "ring", "allgather-kv", "ulysses"]
+    print("| sequence | winner (time) | " + " | ".join(f"best {s} / winner" for s in strategies) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in strategies) + " |")
+    for seq, name in [(32768, "32k"), (131072, "128k"), (1048576, "1M")]:
+        doc = simulate(binary, "--hardware", "h100-sxm", "--nodes", "2", "--gpus-per-node", "8", "--seq", str(seq),
+                       "--heads", "24", "--kv-heads", "8", "--head-dim", "128", "--mask", "causal")
+        c = doc["candidates"]
+        best = c[0]
+        cells = []
+        for s in strategies:
+            mine = [x for x in c if x["strategy"] == s]
+            cells.append(f'{min(x["time_s"] for x in mine) / best["time_s"]:.2f}×' if mine else "cannot run")
+        print(f"| {name} | {label(best)} ({ms(best['time_s'])}) | " + " | ".join(cells) + " |")
+
+
+def winners(binary, axis, *flags):
+    """Markdown: rows `axis` values, columns sequence lengths, cells the best candidate."""
+    out = cptune(binary, "simulate", "--hardware", "h100-sxm", "--seq", "32k:1M", "--kv-heads", "8", "--head-dim",
+                 "128", "--mask", "causal", *flags).stdout
+    best = {}
+    for r in csv.DictReader(io.StringIO(out)):
+        key = (int(r[axis]), int(r["seq"]))
+        if key not in best or float(r["time_s"]) < best[key][0]:
+            best[key] = (float(r["time_s"]), label(r | {"ulysses": int(r["ulysses"]), "ring": int(r["ring"])}))
+    seqs = sorted({s for _, s in best})
+    name = {"heads": "Hq", "world": "world"}[axis]
+    print(f"| {name} | " + " | ".join(f"{s // 1024}k" if s < 1 << 20 else f"{s >> 20}M" for s in seqs) + " |")
+    print("| --- | " + " | ".join("---" for _ in seqs) + " |")
+    for v in sorted({v for v, _ in best}):
+        print(f"| {v} | " + " | ".join(best[(v, s)][1] for s in seqs) + " |")
+
+
+SHAPES = [  # (title, simulate/lookup flags)
+    ("25 heads (Hkv 5) on 3, S = 4096", ["--world", "3", "--seq", "4096", "--heads", "25", "--kv-heads", "5"]),
+    ("24 heads (Hkv 8) on 8, S = 4096", ["--world", "8", "--seq", "4096", "--heads", "24", "--kv-heads", "8"]),
+    ("4097 tokens (32/8, causal) on 8", ["--world", "8", "--seq", "4097", "--heads", "32", "--kv-heads", "8",
+                                         "--mask", "causal"]),
+]
+ENGINES = ["sglang", "diffusers", "cache-dit", "xdit", "megatron", "prime-rl", "ring-flash-attn"]
+
+
+def allowed(candidates):
+    """Strategy names in ranking order, hybrids with their U x R, each once."""
+    seen = []
+    for c in candidates:
+        name = (f'{c["strategy"]} {c["ulysses"]}×{c["ring"]}' if c["strategy"].startswith("hybrid") else c["strategy"])
+        if name not in seen:
+            seen.append(name)
+    return ", ".join(seen)
+
+
+def engines(binary):
+    with tempfile.TemporaryDirectory() as scratch:
+        db = os.path.join(scratch, "empty.db")
+        cptune(binary, "tune", "--db", db, "--world", "1", "--seq", "64", "--heads", "1", "--iterations", "1",
+               "--warmups", "0")  # a store of this machine's fingerprint: every lookup below is simulated
+        print("| engine | " + " | ".join(t for t, _ in SHAPES) + " |")
+        print("| --- | " + " | ".join("---" for _ in SHAPES) + " |")
+        for engine in ENGINES:
+            cells = []
+            for _, flags in SHAPES:
+                p = cptune(binary, "simulate", "--hardware", "h100-sxm", "--engine", engine, *flags, "--json",
+                           check=False)
+                if p.returncode != 0:  # the rule that refused the last candidate, after the engine's name
+                    cells.append(f"none ({p.stderr.strip().split(f'engine {engine}: ', 1)[-1]}; exit {p.returncode})")
+                    continue
+                ranked = json.loads(p.stdout)["candidates"]
+                answer = cptune(binary, "lookup", "--db", db, "--hardware", "h100-sxm", "--engine", engine,
+                                "--format", "python", "--head-dim", "128", *flags).stdout.strip()
+                cells.append(f"{allowed(ranked)} → `{answer}`")
+            print(f"| {engine} | " + " | ".join(cells) + " |")
+
+
+def masks(binary):
+    print("| mask | FULL cells | CAUSAL cells | visible pairs at 128k | density |")
+    print("| --- | --- | --- | --- | --- |")
+    for mask in ["star:16", "stream:16,1,3", "strided:16,4", "global-local:16,1,2"]:
+        doc = json.loads(cptune(binary, "mask", "show", mask, "--seq", "128k", "--json").stdout)
+        print(f'| `{mask}` | {doc["cells"]["full"]} | {doc["cells"]["causal"]} | {doc["visible_pairs"]:,} | '
+              f'{doc["density"]:.4f} |')
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("table", choices=["worked-study", "sweep-heads", "sweep-worlds", "engines", "masks"])
+    ap.add_argument("--binary", default="build/tuner/cptune")
+    a = ap.parse_args()
+    tables = {
+        "worked-study": worked_study,
+        "sweep-heads": lambda b: winners(b, "heads", "--nodes", "2", "--gpus-per-node", "8", "--heads", "8:64:+8"),
+        "sweep-worlds": lambda b: winners(b, "world", "--gpus-per-node", "8", "--world", "2:64", "--heads", "24"),
+        "engines": engines,
+        "masks": masks,
+    }
+    tables[a.table](a.binary)
+
+
+if __name__ == "__main__":
+    main()
