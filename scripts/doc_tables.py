@@ -80,6 +80,8 @@ SHAPES = [  # (title, simulate/lookup flags)
     ("24 heads (Hkv 8) on 8, S = 4096", ["--world", "8", "--seq", "4096", "--heads", "24", "--kv-heads", "8"]),
     ("4097 tokens (32/8, causal) on 8", ["--world", "8", "--seq", "4097", "--heads", "32", "--kv-heads", "8",
                                          "--mask", "causal"]),
+    ("24 heads (Hkv 8) on 8, S = 32k, causal", ["--world", "8", "--seq", "32768", "--heads", "24", "--kv-heads", "8",
+                                                "--mask", "causal"]),
 ]
 ENGINES = ["sglang", "diffusers", "cache-dit", "xdit", "megatron", "prime-rl", "ring-flash-attn"]
 
