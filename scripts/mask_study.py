@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The block-sparse configuration study of README "Block-sparse masks: which layout wins".
+"""The block-sparse configuration study of docs/configuration_studies.md "Block-sparse masks: which layout wins".
 
 For each preset, world size, sequence length and mask, runs `cptune simulate --json` (every
 feasible candidate, the simulator's ranking) and prints one Markdown row: the winner, its time,

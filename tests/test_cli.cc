@@ -294,7 +294,7 @@ TEST(CliMask, ShowPrintsTheTableItsCellCountsAndItsCanonicalText) {
   EXPECT_NE(r.output.find("24 of 64 (query, key) pairs visible, density 0.375000"), std::string::npos) << r.output;
 }
 
-// The README's closed form: with s = L / N tokens a block, FULL cells hold s^2 pairs and CAUSAL
+// The closed form of docs/block-masks.md: with s = L / N tokens a block, FULL cells hold s^2 pairs and CAUSAL
 // diagonal cells s(s+1)/2; the patterns put CAUSAL cells only on the diagonal.
 TEST(CliMask, VisiblePairsOfEveryPatternFollowTheClosedFormWhenNDividesL) {
   for (const std::string pattern : {"strided:16,4", "global-local:16,1,2", "star:16", "stream:16,1,3", "strided:5,2"}) {
