@@ -48,7 +48,7 @@ def worked_study(binary):
     print("| sequence | winner (time) | " + " | ".join(f"best {s} / winner" for s in strategies) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in strategies) + " |")
     for seq, name in [(32768, "32k"), (131072, "128k"), (1048576, "1M")]:
-        doc = simulate(binary, "--hardware", "h100-sxm", "--nodes", "2", "--gpus-per-node", "8", "--seq", str(seq),
+        doc = simulate(binary, "--hardware", "h100-sxm", "--nodes", "2", "--ranks-per-node", "8", "--seq", str(seq),
                        "--heads", "24", "--kv-heads", "8", "--head-dim", "128", "--mask", "causal")
         c = doc["candidates"]
         best = c[0]
@@ -184,8 +184,8 @@ def main():
     a = ap.parse_args()
     tables = {
         "worked-study": worked_study,
-        "sweep-heads": lambda b: winners(b, "heads", "--nodes", "2", "--gpus-per-node", "8", "--heads", "8:64:+8"),
-        "sweep-worlds": lambda b: winners(b, "world", "--gpus-per-node", "8", "--world", "2:64", "--heads", "24"),
+        "sweep-heads": lambda b: winners(b, "heads", "--nodes", "2", "--ranks-per-node", "8", "--heads", "8:64:+8"),
+        "sweep-worlds": lambda b: winners(b, "world", "--ranks-per-node", "8", "--world", "2:64", "--heads", "24"),
         "engines": engines,
         "ring-flash-attn": ring_flash_attn,
         "masks": masks,
