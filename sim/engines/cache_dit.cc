@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "core/strategy.h"
 #include "sim/engines/rules.h"
 
 namespace cptune::sim::engines {
