@@ -33,7 +33,8 @@ bool empty(const AttentionCall& c) { return c.flops <= 0 || c.query_rows <= 0 ||
 struct LineFit {
   double call = 0, inv_rate = 0, cost = INFINITY;
 };
-LineFit fit_line(std::span<const double> x, std::span<const AttentionPoint> points) {
+// With fixed_call >= 0 only the slope is fitted: t - call = x * inv_rate.
+LineFit fit_line(std::span<const double> x, std::span<const AttentionPoint> points, double fixed_call) {
   double s00 = 0, s01 = 0, s11 = 0, r0 = 0, r1 = 0;
   for (size_t i = 0; i < x.size(); ++i) {
     const double t = points[i].seconds, w = 1 / (t * t);
@@ -41,9 +42,14 @@ LineFit fit_line(std::span<const double> x, std::span<const AttentionPoint> poin
   }
   LineFit f;
   const double det = s00 * s11 - s01 * s01;
-  f.call = det > 0 ? (r0 * s11 - r1 * s01) / det : 0;
-  f.inv_rate = det > 0 ? (s00 * r1 - s01 * r0) / det : 0;
-  if (f.call < 0 || !(f.inv_rate > 0)) f.call = 0, f.inv_rate = r1 / s11;  // through the origin
+  if (fixed_call >= 0) {
+    f.call = fixed_call;
+    f.inv_rate = (r1 - fixed_call * s01) / s11;
+  } else {
+    f.call = det > 0 ? (r0 * s11 - r1 * s01) / det : 0;
+    f.inv_rate = det > 0 ? (s00 * r1 - s01 * r0) / det : 0;
+    if (f.call < 0 || !(f.inv_rate > 0)) f.call = 0, f.inv_rate = r1 / s11;  // through the origin
+  }
   if (!(f.inv_rate > 0)) return f;
   f.cost = 0;
   for (size_t i = 0; i < x.size(); ++i) {
@@ -69,7 +75,7 @@ double attention_call_s(const AttentionCall& c, const AttentionKernel& k, double
   return k.call_s + wave_flops(c, k, k.head_dim_overhead, k.tile_keys_overhead) / flops_per_s;
 }
 
-AttentionFit fit_attention_kernel(std::span<const AttentionPoint> points, const AttentionKernel& start) {
+AttentionFit fit_attention_kernel(std::span<const AttentionPoint> points, const AttentionKernel& start, bool fix_call_s) {
   if (points.size() < 3) throw Error(fmt::format("an attention kernel fit needs at least 3 points, got {}", points.size()));
   if (!start.modelled() || start.tile_rows < 1)
     throw Error(fmt::format("an attention kernel fit needs the device's units and tile rows, got {} and {}", start.units,
@@ -88,7 +94,7 @@ AttentionFit fit_attention_kernel(std::span<const AttentionPoint> points, const 
     for (int j = 0; j <= 24; ++j) {
       const double d0 = j == 0 ? 0.0 : 4.0 * std::pow(2.0, (j - 1) / 3.0);  // 4 .. 1k
       for (size_t p = 0; p < points.size(); ++p) x[p] = wave_flops(points[p].call, start, d0, keys_overhead);
-      const LineFit f = fit_line(x, points);
+      const LineFit f = fit_line(x, points, fix_call_s ? start.call_s : -1.0);
       if (f.cost < best_cost) {
         best_cost = f.cost;
         best.kernel = start;

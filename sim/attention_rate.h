@@ -58,7 +58,9 @@ struct AttentionFit {
   double median_abs_residual = 0;  // |predicted - measured| / measured over the points
   double max_abs_residual = 0;
 };
-// Throws Error when fewer than 3 points are given or a point's time or FLOPs are not positive.
-AttentionFit fit_attention_kernel(std::span<const AttentionPoint> points, const AttentionKernel& start);
+// fix_call_s: keep start.call_s (benchmarks that hold batch x seqlen fixed, as FlashAttention's
+// do, cannot tell a call's fixed cost from a tile's). Throws Error when fewer than 3 points are
+// given or a point's time or FLOPs are not positive.
+AttentionFit fit_attention_kernel(std::span<const AttentionPoint> points, const AttentionKernel& start, bool fix_call_s = false);
 
 }  // namespace cptune::sim

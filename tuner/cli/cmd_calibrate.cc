@@ -39,6 +39,7 @@ struct CalibrateArgs {
   std::vector<std::string> nccl_tests;  // [KIND=]FILE
   std::string attention_points, device, kernel;
   int64_t units = 0;
+  double call_s = -1;  // --call-s: fixed, not fitted
 };
 
 std::string utc_now() {
@@ -166,13 +167,15 @@ int calibrate_attention(const CalibrateArgs& a) {
   const sim::Hardware base = sim::load_hardware(a.base);
   sim::AttentionKernel start = base.attention_kernel;
   if (a.units > 0) start.units = a.units;
+  if (a.call_s >= 0) start.call_s = a.call_s;
   if (!start.modelled())
     throw Error(fmt::format("--units is required: {} has no attention_kernel.units (the device's SM count)", base.name));
   const std::vector<tuner::AttentionPointRow> rows =
       tuner::parse_attention_points(read_regular_file(a.attention_points, "--attention-points file"), a.attention_points);
   const std::vector<sim::AttentionPoint> points = tuner::attention_points_of(
       rows, a.device, a.kernel.empty() ? std::nullopt : std::optional<std::string>(a.kernel));
-  const sim::AttentionFit fit = sim::fit_attention_kernel(points, start);
+  if (!(a.call_s < 1)) throw Error(fmt::format("--call-s {} must be under 1 second", a.call_s));
+  const sim::AttentionFit fit = sim::fit_attention_kernel(points, start, a.call_s >= 0);
   sim::Hardware hw = base;
   hw.name = a.name.empty() ? base.name : a.name;
   hw.attention_kernel = fit.kernel;
@@ -182,10 +185,10 @@ int calibrate_attention(const CalibrateArgs& a) {
   }
   std::string source = fmt::format(
       "attention_kernel and attention_flops_per_s bf16/fp16 fitted by `cptune calibrate --attention-points {} --device {}{}` "
-      "to {} points (units {} and tile_rows {} given): long-sequence rate {:.4g} TFLOP/s, tile_keys_overhead {:.4g} keys, "
+      "to {} points (units {}, tile_rows {}{} given): long-sequence rate {:.4g} TFLOP/s, tile_keys_overhead {:.4g} keys, "
       "head_dim_overhead {:.4g}, call_s {:.3g} us; |residual| median {:.1f}%, worst {:.1f}%. Points:",
       a.attention_points, a.device, a.kernel.empty() ? "" : " --kernel " + a.kernel, points.size(), fit.kernel.units,
-      fit.kernel.tile_rows, fit.flops_per_s / 1e12, fit.kernel.tile_keys_overhead, fit.kernel.head_dim_overhead,
+      fit.kernel.tile_rows, a.call_s >= 0 ? " and call_s" : "", fit.flops_per_s / 1e12, fit.kernel.tile_keys_overhead, fit.kernel.head_dim_overhead,
       fit.kernel.call_s * 1e6, 100 * fit.median_abs_residual, 100 * fit.max_abs_residual);
   std::set<std::string> sources;
   for (const tuner::AttentionPointRow& r : rows)
