@@ -14,7 +14,6 @@
 namespace cptune::db {
 
 class Connection;
-struct ProcessIdentity;
 
 struct FingerprintSummary {
   int64_t id = 0;
@@ -33,7 +32,8 @@ struct StoredMeasurement {
 
 class Store {
  public:
-  // The tuner's handle: creates the file when missing, migrates an older schema, WAL mode.
+  // The tuner's handle: creates the file when missing, migrates an older schema, WAL mode, and
+  // refuses a file any reader would refuse (check_rows): nothing is added to a damaged store.
   static Store open(const std::string& path);
   // Readers (cptune db, the lookup): SQLITE_OPEN_READONLY; the file must exist and be current.
   static Store open_read_only(const std::string& path);
@@ -49,15 +49,16 @@ class Store {
   void record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows);
   bool has_shape(const Fingerprint& fp, const AttentionShape& shape) const;
 
-  // The tune lease on fp (db/lease.h), in one write transaction: taken for self when free,
-  // held by self already, or held by a holder that is dead; otherwise the live holder is
-  // returned and nothing changes.
-  std::optional<ProcessIdentity> take_lease(const Fingerprint& fp, const ProcessIdentity& self);
-  // Drops the lease on fp if self holds it.
-  void release_lease(const Fingerprint& fp, const ProcessIdentity& self);
-
   // Lines of PRAGMA integrity_check that are not "ok" (none for a sound file).
   std::vector<std::string> integrity_problems() const;
+
+  // Every row read and checked as the readers read it, and every reference resolved: a
+  // measurement pointing at a missing fingerprint, shape or candidate (which the readers'
+  // joins would silently drop) is damage. Throws Error naming the first damaged row.
+  struct RowCounts {
+    size_t fingerprints = 0, shapes = 0, measurements = 0;
+  };
+  RowCounts check_rows() const;
 
   std::vector<FingerprintSummary> fingerprints() const;
   // The fingerprint the lookup uses for fp: the hardware fields (backend, device model, world,

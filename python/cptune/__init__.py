@@ -6,8 +6,11 @@
     answer.config  # 'ContextParallelConfig(ulysses_degree=8)'
 """
 from ._lookup import (ABI_VERSION, Answer, ENGINES, Lookup, CptuneError, Mask, NotFound, Shape, fingerprints,
-                      library_path)
+                      library_path, library_version, use_library)
 
 __all__ = ["ABI_VERSION", "Answer", "ENGINES", "Lookup", "CptuneError", "Mask", "NotFound", "Shape", "fingerprints",
-           "library_path"]
-__version__ = "0.2.0"
+           "library_path", "library_version", "use_library"]
+try:
+    from ._version import VERSION as __version__  # written by setup.py: the bundled library's release
+except ImportError:  # a source tree or a cmake install: the library's own
+    __version__ = None

@@ -55,7 +55,7 @@ int cmd_lookup(const Args& args) {
     if (constraint.engine.empty()) throw Error("--format " + format + " prints an engine's configuration; add --engine");
     config_format = sim::parse_config_format(format);
   }
-  db::Fingerprint fp = local_fingerprint(backend, cluster.world, cluster.ranks_per_node);
+  db::Fingerprint fp = tuner::local_fingerprint(backend, cluster.world, cluster.ranks_per_node);
   fp.library_versions.clear();  // any versions of the same hardware: the latest recorded wins
   fp.cptune_version.clear();
   db::Filter filter;
