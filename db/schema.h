@@ -11,7 +11,8 @@ class Connection;
 
 inline constexpr int kSchemaVersion = 4;
 // Readers need only the tables of version 1 (version 2 added the tuners' leases; version 3 block
-// masks in shapes.mask and an index on it; version 4 the leases' heartbeat).
+// masks in shapes.mask and an index on it; version 4 the leases' heartbeat and
+// measurements.pass; a reader of an older file reads every row as the forward pass).
 inline constexpr int kOldestReadableVersion = 1;
 inline constexpr int32_t kApplicationId = 0x43505455;  // "CPTU"
 

@@ -35,9 +35,9 @@ constexpr const char* kSelectCandidate =
     "AND head_policy = ?5";
 constexpr const char* kInsertMeasurement =
     "INSERT INTO measurements (fingerprint_id, shape_id, candidate_id, median_s, min_s, max_s, iterations, "
-    "phase_medians_s, verify_max_abs_error, predicted_s, profile, measured_at) "
+    "phase_medians_s, verify_max_abs_error, predicted_s, profile, measured_at, pass) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
-    "coalesce(nullif(?12, ''), strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))";
+    "coalesce(nullif(?12, ''), strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), ?13)";
 
 void bind_fingerprint(Statement& st, const Fingerprint& fp) {
   st.bind(1, fp.backend).bind(2, fp.device_model).bind(3, fp.cluster.world).bind(4, fp.cluster.ranks_per_node);
@@ -266,19 +266,32 @@ Store::~Store() = default;
 
 Store Store::open(const std::string& path) {
   Store store(std::make_unique<Connection>(path, OpenMode::read_write));
-  open_for_writing(*store.conn_, [&] { store.check_rows(); });
+  // The rows are checked as the file's own version reads them, before the migration.
+  open_for_writing(*store.conn_, [&] {
+    store.version_ = schema_version(*store.conn_);
+    store.check_rows();
+  });
+  store.version_ = schema_version(*store.conn_);
   return store;
 }
 
 Store Store::open_read_only(const std::string& path) {
   auto conn = std::make_unique<Connection>(path, OpenMode::read_only);
   check_for_reading(*conn);
-  return Store(std::move(conn));
+  Store store(std::move(conn));
+  store.version_ = schema_version(*store.conn_);
+  return store;
 }
 
 const std::string& Store::path() const { return conn_->path(); }
 
-void Store::record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows) {
+const char* Store::pass_column(const char* table) const {
+  if (version_ < 4) return "'fwd'";
+  return std::string_view(table) == "b" ? "b.pass" : "m.pass";
+}
+
+void Store::record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows,
+                         Pass pass) {
   if (rows.empty()) return;
   const auto positive = [](double s) { return std::isfinite(s) && s > 0; };
   const auto unset_or_finite = [](const std::optional<double>& v) { return !v || (std::isfinite(*v) && *v >= 0); };
@@ -305,14 +318,14 @@ void Store::record_shape(const Fingerprint& fp, const AttentionShape& shape, con
     m.bind(1, fingerprint_id).bind(2, shape_id).bind(3, candidate_id);
     m.bind(4, row.median_s).bind(5, row.min_s).bind(6, row.max_s).bind(7, row.iterations);
     m.bind(8, phases_json(row.phase_medians_s)).bind(9, row.verify_max_abs_error).bind(10, row.predicted_s);
-    m.bind(11, row.profile).bind(12, row.measured_at);
+    m.bind(11, row.profile).bind(12, row.measured_at).bind(13, to_string(pass));
     m.run();
     m.reset();
   }
   tx.commit();
 }
 
-bool Store::has_shape(const Fingerprint& fp, const AttentionShape& shape) const {
+bool Store::has_shape(const Fingerprint& fp, const AttentionShape& shape, Pass pass) const {
   Statement select_fp(*conn_, kSelectFingerprint);
   bind_fingerprint(select_fp, fp);
   const std::optional<int64_t> fingerprint_id = select_id(select_fp);
@@ -321,8 +334,9 @@ bool Store::has_shape(const Fingerprint& fp, const AttentionShape& shape) const 
   bind_shape(select_shape, ShapeKey{shape, stored_mask_text(*conn_, shape.mask)});
   const std::optional<int64_t> shape_id = select_id(select_shape);
   if (!shape_id) return false;
-  Statement any(*conn_, "SELECT 1 FROM measurements WHERE fingerprint_id = ?1 AND shape_id = ?2 LIMIT 1");
-  any.bind(1, *fingerprint_id).bind(2, *shape_id);
+  Statement any(*conn_,
+                "SELECT 1 FROM measurements WHERE fingerprint_id = ?1 AND shape_id = ?2 AND pass = ?3 LIMIT 1");
+  any.bind(1, *fingerprint_id).bind(2, *shape_id).bind(3, to_string(pass));
   return any.step();
 }
 
@@ -385,14 +399,18 @@ std::optional<int64_t> Store::match_fingerprint(const Fingerprint& fp) const {
   return select_id(st);
 }
 
-std::vector<BestRow> Store::best(std::optional<int64_t> fingerprint_id) const {
-  constexpr const char* kColumns =
+std::vector<BestRow> Store::best(std::optional<int64_t> fingerprint_id, std::optional<Pass> pass) const {
+  if (pass && *pass != Pass::forward && version_ < 4) return {};  // an older file timed the forward only
+  const std::string pass_of = pass_column("b");
+  const std::string sql =
       "SELECT b.fingerprint_id AS fingerprint_id, batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, "
       "mask, strategy, ulysses, ring, rank_order, head_policy, median_s, measurements, shape_id, candidate_id, "
-      "measurement_id, f.world AS world FROM best AS b JOIN fingerprints AS f ON f.id = b.fingerprint_id ";
-  const std::string sql = std::string(kColumns) + (fingerprint_id ? "WHERE b.fingerprint_id = ?1" : "");
+      "measurement_id, f.world AS world, " + pass_of + " AS pass "
+      "FROM best AS b JOIN fingerprints AS f ON f.id = b.fingerprint_id "
+      "WHERE (?1 IS NULL OR b.fingerprint_id = ?1) AND (?2 IS NULL OR " + pass_of + " = ?2)";
   Statement st(*conn_, sql.c_str());
   if (fingerprint_id) st.bind(1, *fingerprint_id);
+  if (pass) st.bind(2, to_string(*pass));
   std::vector<BestRow> out;
   MaskCache masks;
   while (st.step()) {
@@ -400,8 +418,10 @@ std::vector<BestRow> Store::best(std::optional<int64_t> fingerprint_id) const {
     const int64_t world = RowReader(st, path(), "fingerprints", fp_id).count("world", kMaxWorld);
     const AttentionShape shape = read_shape(RowReader(st, path(), "shapes", st.integer("shape_id")), masks);
     const LayoutChoice candidate = read_candidate(RowReader(st, path(), "candidates", st.integer("candidate_id")), world);
-    const double median_s = RowReader(st, path(), "measurements", st.integer("measurement_id")).seconds("median_s");
-    out.push_back(BestRow{fp_id, shape, candidate, median_s, st.integer("measurements")});
+    const RowReader measurement(st, path(), "measurements", st.integer("measurement_id"));
+    const double median_s = measurement.seconds("median_s");
+    const Pass row_pass = measurement.parsed("pass", [](const std::string& t) { return parse_pass(t); });
+    out.push_back(BestRow{fp_id, shape, row_pass, candidate, median_s, st.integer("measurements")});
   }
   return out;
 }
@@ -415,7 +435,7 @@ std::vector<StoredMeasurement> Store::measurements() const {
                "m.median_s AS median_s, m.min_s AS min_s, m.max_s AS max_s, m.iterations AS iterations, "
                "m.phase_medians_s AS phase_medians_s, m.verify_max_abs_error AS verify_max_abs_error, "
                "m.predicted_s AS predicted_s, m.profile AS profile, m.measured_at AS measured_at, "
-               "s.id AS shape_id, c.id AS candidate_id, f.world AS world "
+               "s.id AS shape_id, c.id AS candidate_id, f.world AS world, " + std::string(pass_column("m")) + " AS pass "
                "FROM measurements AS m JOIN shapes AS s ON s.id = m.shape_id "
                "JOIN candidates AS c ON c.id = m.candidate_id JOIN fingerprints AS f ON f.id = m.fingerprint_id "
                "ORDER BY m.id");
@@ -439,6 +459,7 @@ std::vector<StoredMeasurement> Store::measurements() const {
     r.predicted_s = row.optional_number("predicted_s");
     r.profile = row.text("profile");
     r.measured_at = row.text("measured_at");
+    sm.pass = row.parsed("pass", [](const std::string& t) { return parse_pass(t); });
     out.push_back(std::move(sm));
   }
   return out;

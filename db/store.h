@@ -27,6 +27,7 @@ struct StoredMeasurement {
   int64_t id = 0;
   int64_t fingerprint_id = 0;
   AttentionShape shape;
+  Pass pass = Pass::forward;
   MeasurementRow row;
 };
 
@@ -44,10 +45,12 @@ class Store {
 
   const std::string& path() const;
 
-  // Stores all candidates measured for one shape in ONE write transaction (BEGIN IMMEDIATE).
-  // An empty list records nothing, so has_shape stays false and a rerun measures the shape.
-  void record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows);
-  bool has_shape(const Fingerprint& fp, const AttentionShape& shape) const;
+  // Stores all candidates measured for one shape and pass in ONE write transaction (BEGIN
+  // IMMEDIATE). An empty list records nothing, so has_shape stays false and a rerun measures
+  // the shape. Each pass (fwd, bwd, fwd+bwd) is measured and answered on its own.
+  void record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows,
+                    Pass pass = Pass::forward);
+  bool has_shape(const Fingerprint& fp, const AttentionShape& shape, Pass pass = Pass::forward) const;
 
   // Lines of PRAGMA integrity_check that are not "ok" (none for a sound file).
   std::vector<std::string> integrity_problems() const;
@@ -65,9 +68,11 @@ class Store {
   // ranks per node, nodes) must be equal; library_versions and cptune_version must be equal
   // when given and match anything when empty, the fingerprint recorded last winning.
   std::optional<int64_t> match_fingerprint(const Fingerprint& fp) const;
-  // Best rows of one fingerprint, or of all when none is given; in no particular order (the
-  // lookup loads them into a hash table; a sort would only cost it time).
-  std::vector<BestRow> best(std::optional<int64_t> fingerprint_id = std::nullopt) const;
+  // Best rows of one fingerprint, or of all when none is given, of one pass or of every pass;
+  // in no particular order (the lookup loads them into a hash table; a sort would only cost it
+  // time).
+  std::vector<BestRow> best(std::optional<int64_t> fingerprint_id = std::nullopt,
+                            std::optional<Pass> pass = std::nullopt) const;
   // Every measurement, in the order stored.
   std::vector<StoredMeasurement> measurements() const;
 
@@ -75,7 +80,11 @@ class Store {
   struct Writer;
   explicit Store(std::unique_ptr<Connection> conn);
 
+  // The column naming a row's pass: measurements.pass from schema 4, the forward pass before.
+  const char* pass_column(const char* table) const;
+
   std::unique_ptr<Connection> conn_;
+  int64_t version_ = 0;  // the file's schema version when opened (a writer's is current)
   std::unique_ptr<Writer> writer_;  // prepared write statements, made on the first write
 };
 
