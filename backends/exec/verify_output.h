@@ -1,0 +1,32 @@
+#pragma once
+// The verify motion: a rank's output rows, downloaded from its device, against the independent
+// double-precision reference (reference.h), every row or a seeded sample; and the collection of
+// every rank's rows into whole tensors (--save-output).
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "backends/exec/executor.h"
+#include "backends/exec/rank_context.h"
+#include "backends/exec/reference.h"
+
+namespace cptune::backends {
+
+class Comm;
+
+// My real O rows (o_out: device memory, [batch][my input tokens][q heads][Dv]) against the
+// reference: every row when ExecutorOptions::verify_rows allows, else a seeded sample that
+// includes the first and last token of every run I hold.
+RowCheck verify_output(const RankContext& ctx, const std::byte* o_out, const ExecutorOptions& options);
+
+// A token-side tensor [batch][my input tokens][heads][dim] of storage dtype on the device, as
+// fp32, padding rows dropped: [batch][my real tokens][heads][dim].
+std::vector<float> real_rows(const RankContext& ctx, const std::byte* tensor, int64_t heads, int64_t dim);
+// Every rank's real_rows placed in the whole tensor [batch][total tokens][heads][dim] by the
+// layout's token runs (collective).
+std::vector<float> gather_rows(const Layout& layout, std::span<const float> mine, int64_t row_elems, Comm& world);
+
+// Every rank's RowCheck merged (collective, host channel).
+RowCheck merge_checks(const RowCheck& mine, Comm& world);
+
+}  // namespace cptune::backends
