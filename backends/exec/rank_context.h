@@ -67,5 +67,12 @@ struct RankContext {
 
 // Attention of my queries against one K,V block (the layout above) with its kernel runs.
 using AttendBlock = std::function<void(std::byte* kv, int64_t tokens, std::span<const StoredRun> runs)>;
+// Its backward: adds the block's dK, dV into `grads`, fp32 [dK: batch x tokens x my kv heads x D][dV: ... x Dv].
+using AttendBlockBackward =
+    std::function<void(std::byte* kv, int64_t tokens, std::span<const StoredRun> runs, std::byte* grads)>;
+// Bytes of those fp32 dK, dV for `tokens` rows.
+inline int64_t kv_grad_bytes(const RankContext& c, int64_t tokens) {
+  return c.batch * tokens * c.kv_heads() * (c.head_dim + c.v_head_dim) * static_cast<int64_t>(sizeof(float));
+}
 
 }  // namespace cptune::backends

@@ -17,10 +17,17 @@ class RingRotation {
  public:
   // Plans this rank's steps from the Layout; throws Error when what my predecessor sends at a
   // step is not exactly what I hold at the next (the messages would not match: a layout bug).
-  RingRotation(const RankContext& ctx, Comm& ring);
+  // `backward`: attend_backward() will run (its dK, dV buffers are allocated).
+  RingRotation(const RankContext& ctx, Comm& ring, bool backward = false);
 
   // Step k attends to the shard of ring index r - k. `first` is my ring index's shard, only read.
   void attend(const std::byte* first, const AttendBlock& attend);
+
+  // The backward: K,V travel again as in attend(), and with each block its dK, dV (fp32, the
+  // whole shard of its ring index) gathering every rank's share; after the last step each
+  // takes one more hop, home to its owner (my successor holds my block then). Returns my
+  // shard's dK, dV (kv_grad_bytes), in a buffer of this object.
+  const std::byte* attend_backward(const std::byte* first, const AttendBlockBackward& attend);
 
  private:
   // One ring step as this rank runs it (Layout::ring_held_runs and its friends).
@@ -33,8 +40,11 @@ class RingRotation {
     int64_t recv_tokens = 0;          // 0: nothing arrives this step
     bool packs = false;               // forwards less than it holds: the rows are packed first
     bool computes = true;
+    int64_t source_tokens = 0;        // stored rows of the whole shard the block belongs to
+    std::vector<Placement> in_source; // shard rows [src, src + n) are held rows [dst, dst + n)
   };
   void pack_forward(const std::byte* held, const Step& step);
+  void add_held_grads(const Step& step, std::byte* shard_grads);
 
   const RankContext& c_;
   Comm& ring_;
@@ -42,6 +52,8 @@ class RingRotation {
   std::vector<Step> steps_;
   DeviceBuffer rotating_[2];  // the blocks of steps 1.. arrive in these, alternately
   DeviceBuffer kv_send_;      // packed forwarded runs, when a step sends fewer than it holds
+  DeviceBuffer grads_[2];     // backward: dK, dV of the block held and of the one arriving
+  DeviceBuffer scratch_;      // backward: dK, dV of a block that holds fewer rows than its shard
 };
 
 }  // namespace cptune::backends

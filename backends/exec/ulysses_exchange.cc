@@ -8,7 +8,7 @@
 
 namespace cptune::backends {
 
-UlyssesExchange::UlyssesExchange(const RankContext& ctx, Comm& group, MetadataChannel metadata)
+UlyssesExchange::UlyssesExchange(const RankContext& ctx, Comm& group, MetadataChannel metadata, bool backward)
     : c_(ctx), group_(group), metadata_(metadata) {
   const Layout& L = c_.layout;
   const int64_t U = L.ulysses();
@@ -34,6 +34,14 @@ UlyssesExchange::UlyssesExchange(const RankContext& ctx, Comm& group, MetadataCh
   length_slots_ = 2 * c_.nseq;
   for (const RankLayout& rank : L.ranks())
     length_slots_ = std::max(length_slots_, static_cast<int64_t>(rank.input_runs.size()));
+  int64_t kv_held = 0;
+  for (int64_t u = 0; u < U; ++u) kv_held += L.at(u, c_.me.r).kv_heads.count();
+  shares_kv_heads_ = kv_held > c_.shape.kv_heads;
+  if (backward && shares_kv_heads_) {
+    const int64_t f = sizeof(float), rows = c_.batch * c_.in_tokens * c_.shape.kv_heads;
+    sums_[0] = c_.device.allocate(rows * c_.head_dim * f);
+    sums_[1] = c_.device.allocate(rows * c_.v_head_dim * f);
+  }
   if (metadata_ == MetadataChannel::device) {
     const int64_t bytes = length_slots_ * static_cast<int64_t>(sizeof(int64_t));
     lengths_send_ = c_.device.allocate(bytes);
@@ -104,18 +112,36 @@ void UlyssesExchange::to_tokens(std::span<const Part> parts) {
     send_bytes[u] = out - start;
   }
   group_.alltoallv(send_.data(), send_bytes, recv_.data(), recv_bytes);
-  // Unpack: my tokens, member u's heads.
+  // Unpack: my tokens, member u's heads; summing parts add into their fp32 sums, then round once.
+  const int64_t f = sizeof(float);
+  std::vector<std::byte*> sum_of(parts.size(), nullptr);
+  for (size_t i = 0; i < parts.size(); ++i)
+    if (parts[i].sums && shares_kv_heads_) {
+      sum_of[i] = sums_[parts[i].tensor == Tensor::k ? 0 : 1].data();
+      c_.device.zero(sum_of[i], c_.batch * c_.in_tokens * all_heads(parts[i].tensor) * dim(parts[i].tensor) * f);
+    }
   std::byte* in = recv_.data();
   for (int64_t u = 0; u < U; ++u) {
     const RankLayout& peer = L.at(u, c_.me.r);
-    for (const Part& part : parts) {
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const Part& part = parts[i];
       const HeadRange heads = head_range(part.tensor, peer);
-      const Block seg{in, c_.in_tokens, heads.count(), dim(part.tensor)};
-      const Block mine{part.tokens, c_.in_tokens, all_heads(part.tensor), dim(part.tensor)};
-      c_.copy(seg, 0, 0, mine, 0, heads.begin, c_.in_tokens, heads.count());
+      const int64_t d = dim(part.tensor), all = all_heads(part.tensor);
+      const Block seg{in, c_.in_tokens, heads.count(), d};
+      if (sum_of[i] == nullptr) {
+        c_.copy(seg, 0, 0, {part.tokens, c_.in_tokens, all, d}, 0, heads.begin, c_.in_tokens, heads.count());
+      } else {
+        for (int64_t row = 0; row < c_.batch * c_.in_tokens; ++row)
+          c_.device.add_stored(sum_of[i] + (row * all + heads.begin) * d * f, seg.data + row * heads.count() * d * eb,
+                               c_.shape.dtype, heads.count() * d);
+      }
       in += seg.bytes(c_.batch, eb);
     }
   }
+  for (size_t i = 0; i < parts.size(); ++i)
+    if (sum_of[i] != nullptr)
+      c_.device.store_floats(sum_of[i], c_.batch * c_.in_tokens * all_heads(parts[i].tensor) * dim(parts[i].tensor),
+                             c_.shape.dtype, parts[i].tokens);
 }
 
 void UlyssesExchange::exchange_lengths() {

@@ -17,7 +17,8 @@ class Comm;
 class UlyssesExchange {
  public:
   // `group`: my Ulysses group, its members in ring-index-major order (member u = Layout::at(u, r)).
-  UlyssesExchange(const RankContext& ctx, Comm& group, MetadataChannel metadata);
+  // `backward`: the exchange will also move gradients (to_tokens of parts that sum).
+  UlyssesExchange(const RankContext& ctx, Comm& group, MetadataChannel metadata, bool backward = false);
 
   // One tensor in both places: `tokens` [batch][my input tokens][all its heads][dim],
   // `heads` [batch][my shard's tokens][my heads][dim]. Q, dQ, O, dO take the Q heads and
@@ -26,6 +27,9 @@ class UlyssesExchange {
     Tensor tensor;
     std::byte* tokens;
     std::byte* heads;
+    // dK, dV on their way home: where head owners share a KV head (a group's Q heads split over
+    // members, or fewer KV heads than members) the token owner adds their parts, in fp32.
+    bool sums = false;
   };
   void to_heads(std::span<const Part> parts);   // token owners -> head owners, one all-to-all-v
   void to_tokens(std::span<const Part> parts);  // head owners -> token owners
@@ -36,6 +40,9 @@ class UlyssesExchange {
   // to the host waits for the stream, as in peers that gather a tensor.
   void exchange_lengths();
 
+  // Whether some KV head is held by several members (their dK, dV of it add up on the way home).
+  bool shares_kv_heads() const { return shares_kv_heads_; }
+
  private:
   const RankContext& c_;
   Comm& group_;
@@ -44,6 +51,8 @@ class UlyssesExchange {
   int64_t length_slots_ = 0;                           // run lengths per rank in the length exchange
   DeviceBuffer send_, recv_;
   DeviceBuffer lengths_send_, lengths_recv_;           // device channel: lengths in device memory
+  bool shares_kv_heads_ = false;
+  DeviceBuffer sums_[2];                               // fp32 token-side sums of the summing parts
 
   int64_t heads_of(Tensor t, const RankLayout& rank) const;
   HeadRange head_range(Tensor t, const RankLayout& rank) const;

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "backends/comm/comm.h"
+#include "backends/exec/reference_bwd.h"
 #include "backends/kernels/dtype_convert.h"
 
 namespace cptune::backends {
@@ -20,22 +21,23 @@ int64_t visible_triples(const AttentionShape& s) {
 
 struct Row {
   RowId id;
-  int64_t at;  // element offset of the row in the token-side O
+  int64_t at;  // element offset of the row in the token-side tensor
 };
 
 // The rows to check: all of mine, or my share of a seeded sample: the first and last token of
 // every run I hold (where shard boundaries go wrong), then uniform picks among my rows.
-std::vector<Row> rows_to_check(const RankContext& c, const ExecutorOptions& options) {
+// Rows are (token, head) of a token-side tensor of `heads` x `dim` (O: q heads x Dv).
+std::vector<Row> rows_to_check(const RankContext& c, const VerifyOptions& options, int64_t heads, int64_t dim) {
   const AttentionShape& s = c.shape;
-  const int64_t B = c.batch, hq = s.q_heads, t_in = c.in_tokens;
+  const int64_t B = c.batch, hq = heads, t_in = c.in_tokens;
   int64_t mine = 0;
   for (const TokenRun& run : c.me.input_runs) mine += run.count;
   const int64_t my_rows = B * mine * hq, all_rows = B * s.total_tokens() * hq;
-  int64_t budget = options.verify_rows;
+  int64_t budget = options.rows;
   if (budget == 0) budget = visible_triples(s) <= kVerifyEveryRowPairs ? all_rows : kVerifySampledRows;
   std::vector<Row> rows;
   auto add = [&](int64_t b, int64_t run_offset, const TokenRun& run, int64_t t, int64_t h) {
-    rows.push_back({{b, run.seq, run.begin + t, h}, ((b * t_in + run_offset + t) * hq + h) * c.v_head_dim});
+    rows.push_back({{b, run.seq, run.begin + t, h}, ((b * t_in + run_offset + t) * hq + h) * dim});
   };
   if (budget >= all_rows) {
     for (int64_t b = 0; b < B; ++b) {
@@ -89,10 +91,10 @@ std::vector<float> download_float(const RankContext& c, const std::byte* tensor,
 
 }  // namespace
 
-RowCheck verify_output(const RankContext& c, const std::byte* o_out, const ExecutorOptions& options) {
+RowCheck verify_output(const RankContext& c, const std::byte* o_out, const VerifyOptions& options) {
   const AttentionShape& s = c.shape;
   const int64_t group = s.q_heads / s.kv_heads, Dv = c.v_head_dim;
-  std::vector<Row> rows = rows_to_check(c, options);
+  std::vector<Row> rows = rows_to_check(c, options, s.q_heads, Dv);
   // Rows of one (sample, KV head) together: the reference generates their K,V once.
   std::sort(rows.begin(), rows.end(), [&](const Row& x, const Row& y) {
     return std::tuple(x.id.sample, x.id.head / group, x.at) < std::tuple(y.id.sample, y.id.head / group, y.at);
@@ -107,6 +109,54 @@ RowCheck verify_output(const RankContext& c, const std::byte* o_out, const Execu
     ++check.rows;
   }
   return check;
+}
+
+GradientChecks verify_gradients(const RankContext& c, const TokenGradients& grads, const VerifyOptions& options,
+                                int64_t storage_sums) {
+  const AttentionShape& s = c.shape;
+  const int64_t group = s.q_heads / s.kv_heads;
+  struct Checked {
+    const std::byte* data;
+    int64_t heads, dim;
+    RowCheck* check;
+    void (BackwardReference::*row)(const RowId&, std::span<double>, std::span<double>);
+  };
+  GradientChecks out;
+  const Checked tensors[] = {{grads.dq, s.q_heads, c.head_dim, &out.dq, &BackwardReference::dq_row},
+                             {grads.dk, s.kv_heads, c.head_dim, &out.dk, &BackwardReference::dk_row},
+                             {grads.dv, s.kv_heads, c.v_head_dim, &out.dv, &BackwardReference::dv_row}};
+  struct Item {
+    int which;  // index in tensors
+    Row row;
+    int64_t kv_head;
+  };
+  std::vector<Item> items;
+  std::vector<std::vector<float>> got;
+  for (int which = 0; which < 3; ++which) {
+    const Checked& t = tensors[which];
+    for (const Row& row : rows_to_check(c, options, t.heads, t.dim))
+      items.push_back({which, row, which == 0 ? row.id.head / group : row.id.head});
+    got.push_back(download_float(c, t.data, c.batch * c.in_tokens * t.heads * t.dim));
+  }
+  // Rows of one (sample, KV head) together: the reference computes them once.
+  std::sort(items.begin(), items.end(), [](const Item& x, const Item& y) {
+    return std::tuple(x.row.id.sample, x.kv_head, x.which, x.row.at) <
+           std::tuple(y.row.id.sample, y.kv_head, y.which, y.row.at);
+  });
+  BackwardReference reference(s, options.seed, options.inputs, {c.device.rounds_probabilities(), storage_sums});
+  std::vector<double> want, tol;
+  for (const Item& item : items) {
+    const Checked& t = tensors[item.which];
+    want.resize(static_cast<size_t>(t.dim));
+    tol.resize(want.size());
+    (reference.*t.row)(item.row.id, want, tol);
+    const std::vector<float>& values = got[static_cast<size_t>(item.which)];
+    for (int64_t d = 0; d < t.dim; ++d)
+      t.check->add(std::fabs(double(values[static_cast<size_t>(item.row.at + d)]) - want[static_cast<size_t>(d)]),
+                   tol[static_cast<size_t>(d)]);
+    ++t.check->rows;
+  }
+  return out;
 }
 
 std::vector<float> real_rows(const RankContext& c, const std::byte* tensor, int64_t heads, int64_t dim) {
