@@ -15,6 +15,7 @@
 #include "core/layout.h"
 #include "tuner/cli/commands.h"
 #include "tuner/cli/npy.h"
+#include "tuner/cli/output_file.h"
 #include "core/format.h"
 #include "tuner/cli/run_options.h"
 #include "tuner/cli/shape_options.h"
@@ -227,6 +228,7 @@ int cmd_run(const Args& args) {
     given = read_inputs(inputs, to_shape(shape), batch_axis);
     options.inputs = &*given;
   }
+  if (!save_output.empty()) check_writable(save_output, "--save-output");
   options.collect_output = !save_output.empty();
   int code = 0;
   if (csv) print_csv_header();
