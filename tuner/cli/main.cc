@@ -46,7 +46,7 @@ void usage(FILE* out) {
 int main(int argc, char** argv) {
   if (argc < 2) {
     usage(stderr);
-    return 2;
+    return cptune::cli::kExitBadInput;
   }
   std::string_view name = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
@@ -71,16 +71,16 @@ int main(int argc, char** argv) {
       return cptune::cli::kExitNotFound;
     } catch (const cptune::Error& e) {
       std::fprintf(stderr, "cptune %.*s: error: %s\n", int(name.size()), name.data(), e.what());
-      return 2;
+      return cptune::cli::kExitBadInput;
     } catch (const boost::program_options::error& e) {
       std::fprintf(stderr, "cptune %.*s: error: %s\n", int(name.size()), name.data(), e.what());
-      return 2;
+      return cptune::cli::kExitBadInput;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "cptune %.*s: internal error: %s\n", int(name.size()), name.data(), e.what());
-      return 1;
+      return cptune::cli::kExitFailed;
     }
   }
   std::fprintf(stderr, "cptune: error: unknown command '%.*s'\n\n", int(name.size()), name.data());
   usage(stderr);
-  return 2;
+  return cptune::cli::kExitBadInput;
 }
