@@ -3,7 +3,7 @@
 // The single source of truth: the simulator and the executor read split sizes, counts and
 // the ring schedule from here and never recompute them.
 //
-// How tokens are placed (DESIGN.md): every sequence is cut into C chunks, C = R (plain) or
+// How tokens are placed (docs/design.md): every sequence is cut into C chunks, C = R (plain) or
 // 2R (zigzag: ring index r owns chunks r and 2R-1-r); each chunk is cut into U pieces and
 // Ulysses rank u of ring index r holds piece u of each chunk it owns (its input, before the
 // all-to-all). Cuts follow torch.tensor_split (part i of n gets floor(L/n) + (i < L mod n));

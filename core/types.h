@@ -1,5 +1,5 @@
 #pragma once
-// Vocabulary of DESIGN.md: dtypes, masks, strategies, head policies, rank orders, and the
+// Vocabulary of docs/design.md: dtypes, masks, strategies, head policies, rank orders, and the
 // attention shape, cluster, layout choice and phases every layer (sim, backends, db, tuner,
 // the C ABI, every JSON and CSV) uses unchanged.
 #include <cstdint>

@@ -1,5 +1,5 @@
 #pragma once
-// What the store keeps, as plain structs in the vocabulary of DESIGN.md: the fingerprint that
+// What the store keeps, as plain structs in the vocabulary of docs/design.md: the fingerprint that
 // scopes every row, the shape measured, the candidate layout, and one measurement of it.
 #include <cstdint>
 #include <map>

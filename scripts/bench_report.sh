@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every speed number README quotes, measured in one run and printed with the date, the machine
-# and the commit: README's numbers are copies of this script's output (rerun it to refresh them).
+# Every speed number docs/speed.md quotes, measured in one run and printed with the date, the machine
+# and the commit: the docs' numbers are copies of this script's output (rerun it to refresh them).
 #   scripts/bench_report.sh [build-dir]     (after scripts/build.sh; ~3 minutes)
 # Medians of 3 repetitions, pinned to one core; "cpu" is CPU time, which a busy machine
 # disturbs less than wall time (both are printed: compare them to see how busy it was).

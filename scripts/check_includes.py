@@ -2,7 +2,7 @@
 """Architecture check over #include lines (run by ctest as Architecture.IncludesPointDown).
 
 Fails when a lower room includes a higher one, or when project headers include each other in a
-loop. Rooms from the bottom up (DESIGN.md): core < sim, backends < db < tuner < tuner/cli; within
+loop. Rooms from the bottom up (docs/design.md): core < sim, backends < db < tuner < tuner/cli; within
 backends: comm < kernels < exec (a room's cuda/ sub-folder belongs to it). sim and backends sit
 side by side and may not include each other; tests/ may include anything.
 """

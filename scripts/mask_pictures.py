@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pictures of block-sparse masks (README "Block-sparse masks"): one PNG per mask, drawn from the
+"""Pictures of block-sparse masks (docs/block-masks.md): one PNG per mask, drawn from the
 table `cptune mask show MASK --json` prints, so each picture is the program's own table. Rows are
 query blocks (top to bottom), columns key blocks (left to right); EMPTY white, FULL dark, CAUSAL
 the lower triangle of its cell (key <= query, diagonal included). Standard library only.

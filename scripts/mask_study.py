@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The block-sparse configuration study of README "Block-sparse masks: which layout wins".
+"""The block-sparse configuration study of docs/configuration_studies.md "Block-sparse masks: which layout wins".
 
 For each preset, world size, sequence length and mask, runs `cptune simulate --json` (every
 feasible candidate, the simulator's ranking) and prints one Markdown row: the winner, its time,
@@ -37,7 +37,7 @@ def label(c):
 
 
 def simulate(binary, preset, world, per_node, seq, mask, heads, kv_heads, dim, pass_):
-    cmd = [binary, "simulate", "--hardware", preset, "--world", str(world), "--gpus-per-node", str(per_node),
+    cmd = [binary, "simulate", "--hardware", preset, "--world", str(world), "--ranks-per-node", str(per_node),
            "--seq", str(seq), "--heads", str(heads), "--kv-heads", str(kv_heads), "--head-dim", str(dim),
            "--mask", mask, "--pass", pass_, "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True)

@@ -10,7 +10,7 @@
                    one family, ring and ring-zigzag one, the two hybrids one).
 
 Example:
-  cptune simulate --hardware h100-sxm --nodes 2 --gpus-per-node 8 --seq 32k:1M \\
+  cptune simulate --hardware h100-sxm --nodes 2 --ranks-per-node 8 --seq 32k:1M \\
       --heads 8:64:+8 --kv-heads 8 --mask causal > sweep.csv
   python3 scripts/plot_sweep.py sweep.csv --out docs/img/sweep
 Needs python3 with matplotlib (Debian/Ubuntu: apt install python3-matplotlib).

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Draws `cptune validate --csv` output: predicted against measured time of every candidate.
 
-    cptune validate --hardware profile.json --world 4 --shapes held_out.csv --csv validation.csv
+    cptune validate --hardware profile.json --world 4 --shapes held_out.csv --csv --out validation.csv
     python3 scripts/plot_validation.py validation.csv --out docs/img/validation.png
 
 Left: every candidate of every shape, log-log, coloured by strategy, with the diagonal and a

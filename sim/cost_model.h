@@ -1,5 +1,5 @@
 #pragma once
-// sim::predict: time, bytes and memory of one Layout on one Hardware (DESIGN.md "Cost model").
+// sim::predict: time, bytes and memory of one Layout on one Hardware (docs/design.md "Cost model").
 // Phases run one after another on the slowest rank; each is an alpha-beta term per link class
 // plus compute, as written next to each phase in cost_model.cc. No phase is ever predicted
 // below its physical floor: its bytes over the link bandwidth, its FLOPs over the peak.

@@ -1,5 +1,5 @@
 #pragma once
-// sim::Hardware: what the cost model knows about a cluster (DESIGN.md "Cost model"): per link
+// sim::Hardware: what the cost model knows about a cluster (docs/design.md "Cost model"): per link
 // class an alpha-beta pair, per device the attention throughput, memory bandwidth and size,
 // and the two latencies of the UAA metadata path. Presets live in sim/hardware/*.json, each
 // with its sources; a user's own file in the same format works the same way.
@@ -23,7 +23,7 @@ struct LinkClass {
   bool operator==(const LinkClass&) const = default;
 };
 
-// Levels of the machine, innermost first (DESIGN.md "Topology"): a PCIe switch, a CPU socket,
+// Levels of the machine, innermost first (docs/design.md "Topology"): a PCIe switch, a CPU socket,
 // a host, an NVLink domain, a leaf or rail group, the spine. Two ranks "meet" at the first level
 // whose instance holds both; a message between them uses each sender's and receiver's path at
 // that level and crosses the uplink of every instance below it that it leaves.

@@ -1,5 +1,5 @@
 #pragma once
-// sim::Topology: where every rank sits in the machine's levels (DESIGN.md "Topology"), and the
+// sim::Topology: where every rank sits in the machine's levels (docs/design.md "Topology"), and the
 // traffic a Layout puts on each level's links, counted in O(P) from the rank-1 structure of
 // the Ulysses counts: rank a sends rank b x(a) * y(b) elements (Q,K,V: a's tokens times b's
 // head width; O: a's head width times b's tokens), so prefix sums over the group members of

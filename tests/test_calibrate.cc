@@ -319,8 +319,8 @@ TEST(CalibrateCli, BadInputIsNamedWithExitCode2) {
       {"validate --world 2", "--shapes is required"},
       {"validate --world 2 --shapes " + dir.file("missing.csv"), "missing.csv"},
       {"validate --world 2 --shapes " + shapes + " --hardware " + dir.file("none.json"), "none.json"},
-      {"validate --world 2 --shapes " + shapes + " --top-k 0", "--top-k 0"},
-      {"validate --world 2 --shapes " + shapes + " --csv /nonexistent/v.csv", "does not exist"},
+      {"validate --world 2 --shapes " + shapes + " --top 0", "--top 0"},
+      {"validate --world 2 --shapes " + shapes + " --csv --out /nonexistent/v.csv", "does not exist"},
       {"validate --world 2 --shapes " + shapes + " --backend mpi", "--backend mpi"},
   };
   for (const Case& c : cases) {
@@ -354,7 +354,7 @@ TEST(CalibrateCli, CalibrateThenValidateThenTuneEndToEnd) {
   const std::string shapes = dir.file("held_out.csv");
   std::ofstream(shapes) << "seq,heads,kv_heads,head_dim,mask\n96,4,2,16,causal\n80,3,3,16,full\n";
   const std::string csv = dir.file("validation.csv");
-  const auto val = run_command(cptune("validate --world 2 --warmups 0 --iterations 2 --json - --hardware " + profile +
+  const auto val = run_command(cptune("validate --world 2 --warmups 0 --iterations 2 --json --hardware " + profile +
                                       " --shapes " + shapes + " --csv " + csv));
   ASSERT_EQ(val.exit_code, 0) << val.output;
   const auto report = nlohmann::json::parse(val.output.substr(val.output.find('{')));
@@ -380,7 +380,7 @@ TEST(CalibrateCli, CalibrateThenValidateThenTuneEndToEnd) {
 
   // The tuner ranks with the calibrated file and records which one.
   const std::string db = dir.file("tune.db");
-  const auto tune = run_command(cptune("tune --world 2 --seq 64 --heads 2 --head-dim 16 --top-k 1 --iterations 1 "
+  const auto tune = run_command(cptune("tune --world 2 --seq 64 --heads 2 --head-dim 16 --top 1 --iterations 1 "
                                        "--warmups 0 --db " + db + " --hardware " + profile));
   ASSERT_EQ(tune.exit_code, 0) << tune.output;
   const auto rows_json = run_command(cptune("db export --json --db " + db));

@@ -129,7 +129,7 @@ TEST(CliTune, KilledMidRunKeepsFinishedShapesAndTheRerunCompletesTheRest) {
     out << "seq,heads,kv_heads,head_dim,mask\n";
     for (int s = 0; s < 6; ++s) out << 200 + 37 * s << ",4,2,16,causal\n";
   }
-  const std::string args = "tune --db " + db + " --world 2 --shapes " + shapes + " --iterations 2 --warmups 0 --top-k 2";
+  const std::string args = "tune --db " + db + " --world 2 --shapes " + shapes + " --iterations 2 --warmups 0 --top 2";
   const pid_t pid = fork();
   if (pid == 0) {
     execl("/bin/sh", "sh", "-c", (cptune(args) + " >/dev/null 2>&1").c_str(), nullptr);
@@ -172,7 +172,7 @@ TEST(CliTune, KilledMidRunKeepsFinishedShapesAndTheRerunCompletesTheRest) {
 TEST(CliLookup, AnswersExactNearestAndSimulatedAfterATune) {
   TempDir dir;
   const std::string db = dir.file("t.db");
-  const auto tune = run_command(cptune("tune --db " + db + " --world 2 --seq 256 --heads 4 --head-dim 16 --iterations 2 --top-k 1"));
+  const auto tune = run_command(cptune("tune --db " + db + " --world 2 --seq 256 --heads 4 --head-dim 16 --iterations 2 --top 1"));
   ASSERT_EQ(tune.exit_code, 0) << tune.output;
   auto source = [&](const std::string& shape) {
     const auto r = run_command(cptune("lookup --db " + db + " --world 2 --head-dim 16 --json " + shape));
@@ -294,7 +294,7 @@ TEST(CliMask, ShowPrintsTheTableItsCellCountsAndItsCanonicalText) {
   EXPECT_NE(r.output.find("24 of 64 (query, key) pairs visible, density 0.375000"), std::string::npos) << r.output;
 }
 
-// The README's closed form: with s = L / N tokens a block, FULL cells hold s^2 pairs and CAUSAL
+// The closed form of docs/block-masks.md: with s = L / N tokens a block, FULL cells hold s^2 pairs and CAUSAL
 // diagonal cells s(s+1)/2; the patterns put CAUSAL cells only on the diagonal.
 TEST(CliMask, VisiblePairsOfEveryPatternFollowTheClosedFormWhenNDividesL) {
   for (const std::string pattern : {"strided:16,4", "global-local:16,1,2", "star:16", "stream:16,1,3", "strided:5,2"}) {

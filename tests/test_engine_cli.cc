@@ -75,11 +75,11 @@ TEST(EngineCli, TuneAndLookupFilterByFlagsAndLookupPrintsTheEnginesConfiguration
   EXPECT_EQ(prime["strategy"], "ring-zigzag");
   EXPECT_EQ(prime["source"], "simulated");
   EXPECT_EQ(prime["engine"]["python"], "ParallelDims(cp=4)");
-  // --format without an engine, or a shape no engine layout fits: exit 2 naming why.
+  // --format without an engine, or a shape no engine layout fits: exit 2 for the bad flag, 3 (not found) naming why.
   EXPECT_EQ(run_command(cptune("lookup --db " + db + " " + shape + " --format args")).exit_code, 2);
   const auto none = run_command(cptune("lookup --db " + db +
                                        " --world 4 --seq 257 --heads 4 --head-dim 16 --mask causal --engine megatron"));
-  EXPECT_EQ(none.exit_code, 2);
+  EXPECT_EQ(none.exit_code, 3) << "not found (tuner/cli/commands.h kExitNotFound)";
   EXPECT_NE(none.output.find("megatron"), std::string::npos) << none.output;
 }
 
@@ -123,7 +123,7 @@ TEST(EngineCli, TuneProgressLineMovesEveryRoundAndFitsEightyColumns) {
   TempDir dir;
   const std::string typescript = dir.file("typescript");
   const std::string tune = cptune("tune --db " + dir.file("tune.db") +
-                                  " --world 2 --seq 256 --heads 2 --head-dim 16 --iterations 4 --warmups 1 --top-k 1");
+                                  " --world 2 --seq 256 --heads 2 --head-dim 16 --iterations 4 --warmups 1 --top 1");
   const auto r = run_command("script -qec '" + tune + " >/dev/null' " + typescript + " </dev/null");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto log = run_command("cat " + typescript);

@@ -161,7 +161,7 @@ void check_ring_rotation(Comm& ring, uint64_t salt, const std::string& what,
 }
 
 // The world ranks of the Ulysses group and of the ring group that `rank` is in, in group
-// order (DESIGN.md "Rank order in a hybrid mesh").
+// order (docs/design.md "Rank order in a hybrid mesh").
 struct MeshGroups {
   std::vector<int> ulysses, ring;
 };

@@ -657,7 +657,7 @@ std::string run_simulate(const cli::Args& args) {
   return ::testing::internal::GetCapturedStdout();
 }
 
-const cli::Args kIssueExample = {"--hardware", "h100-sxm", "--nodes", "2",      "--gpus-per-node", "8",
+const cli::Args kIssueExample = {"--hardware", "h100-sxm", "--nodes", "2",      "--ranks-per-node", "8",
                                  "--seq",      "131072",   "--heads", "24",     "--kv-heads",      "8",
                                  "--head-dim", "128",      "--mask",  "causal"};
 
@@ -693,7 +693,7 @@ TEST(SimulateCli, JsonCandidatesAreSortedAndComplete) {
 }
 
 TEST(SimulateCli, RangesMakeACsvSweepWithOneBestPerConfiguration) {
-  const std::string out = run_simulate({"--hardware", "a100", "--world", "2:8", "--gpus-per-node", "4", "--seq",
+  const std::string out = run_simulate({"--hardware", "a100", "--world", "2:8", "--ranks-per-node", "4", "--seq",
                                         "1k:8k", "--heads", "8:16:+8", "--kv-heads", "8", "--mask", "causal"});
   std::istringstream in(out);
   std::string header, line;
@@ -728,7 +728,7 @@ TEST(SimulateCli, PackedBatchesAndTop) {
       nlohmann::json::parse(run_simulate({"--world", "4", "--heads", "8", "--seq-list", "77,4097", "--json"}));
   EXPECT_EQ(doc["shape"]["seq_lens"], (std::vector<int64_t>{77, 4097}));
   EXPECT_EQ(doc["cluster"]["world"], 4);
-  EXPECT_EQ(doc["cluster"]["ranks_per_node"], 8);  // the h100-sxm preset's, unless --gpus-per-node
+  EXPECT_EQ(doc["cluster"]["ranks_per_node"], 8);  // the h100-sxm preset's, unless --ranks-per-node
 }
 
 TEST(SimulateCli, BadInputNamesTheValue) {

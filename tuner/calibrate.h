@@ -1,5 +1,5 @@
 #pragma once
-// Calibration (DESIGN.md "Cost model"): fits the hardware description's latencies, bandwidths
+// Calibration (docs/design.md "Cost model"): fits the hardware description's latencies, bandwidths
 // and throughputs to probe measurements by least squares, and reports how far each probe
 // still is from its prediction. The fit minimises relative residuals (predicted - measured) /
 // measured, so a 50 us message and a 500 ms attention call weigh alike, over the logarithms

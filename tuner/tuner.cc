@@ -111,7 +111,7 @@ std::vector<db::MeasurementRow> measure_shape(const AttentionShape& shape, const
 std::vector<ShapeOutcome> tune(const std::vector<AttentionShape>& shapes, const TuneOptions& options,
                                backends::Comm& world, const TuneProgress& progress) {
   if (options.top_k < 1 && !options.exhaustive)
-    throw Error("--top-k " + std::to_string(options.top_k) + " must be at least 1");
+    throw Error("--top " + std::to_string(options.top_k) + " must be at least 1");
   const Cluster cluster{world.size(), options.ranks_per_node};
   const bool writer = world.rank() == 0;
   std::optional<db::Store> store = open_store_on_rank0(options.db_path, world);

@@ -142,7 +142,7 @@ SelectionOutcome outcome_of(const ShapeValidation& shape, std::span<const size_t
 }
 
 ValidationReport summarize_validation(std::span<const ShapeValidation> shapes, int top_k, double tolerance) {
-  if (top_k < 1) throw Error("--top-k " + std::to_string(top_k) + " must be at least 1");
+  if (top_k < 1) throw Error("--top " + std::to_string(top_k) + " must be at least 1");
   if (!(tolerance >= 0)) throw Error("--tolerance " + std::to_string(tolerance) + " must be zero or more");
   ValidationReport r;
   r.top_k = top_k;

@@ -1,5 +1,5 @@
 #pragma once
-// The narrow interface the executor talks to (DESIGN.md "Executor"). Buffers are raw bytes:
+// The narrow interface the executor talks to (docs/design.md "Executor"). Buffers are raw bytes:
 // host memory for Gloo, device memory for NCCL. Counts are bytes, one entry per group member,
 // and data is packed in member order (offsets are prefix sums of the counts).
 #include <chrono>

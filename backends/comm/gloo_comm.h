@@ -1,5 +1,5 @@
 #pragma once
-// Comm over Gloo (DESIGN.md "Executor"): host buffers over TCP, ranks found through a
+// Comm over Gloo (docs/design.md "Executor"): host buffers over TCP, ranks found through a
 // rendezvous store (rendezvous.h). Also the host-side metadata channel of NCCL runs.
 #include <chrono>
 #include <cstdint>

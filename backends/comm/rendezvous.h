@@ -1,5 +1,5 @@
 #pragma once
-// Where the ranks of one run find each other (DESIGN.md "Executor"): a Gloo store named by a
+// Where the ranks of one run find each other (docs/design.md "Executor"): a Gloo store named by a
 // rendezvous spec, a private directory for local runs, and the rank / world / local rank an
 // outside launcher (torchrun, mpirun, srun) put in the environment.
 #include <chrono>

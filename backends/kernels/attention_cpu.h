@@ -1,5 +1,5 @@
 #pragma once
-// CPU attention for one rank (DESIGN.md, executor): the query tokens the rank holds against
+// CPU attention for one rank (docs/design.md, executor): the query tokens the rank holds against
 // K,V blocks that arrive all at once (Ulysses, all-gather) or one ring step at a time.
 // attend() merges each block into an fp32 state by log-sum-exp, so blocks may arrive in any
 // order and the state ends equal (to fp32 rounding) to one call over all of them.

@@ -5,7 +5,7 @@ before the vocabulary refactor (tests/golden/expected/*.json, made with --write)
 Compared: every key of the recorded output, recursively (keys added later are allowed), numbers
 exactly (integers) or to 1e-12 relative (floats). Measured times are not compared (keys listed in
 VOLATILE). Phase names recorded under their old spellings are mapped to the one vocabulary of
-core::Phase (README "Phases"), the one intended change.
+core::Phase (docs/design.md "Phases"), the one intended change.
 usage: check_golden.py --binary build/tuner/cptune [--write]
 """
 import argparse, json, math, os, subprocess, sys, tempfile

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`cptune run --inputs q.npy,k.npy,v.npy --save-output o.npy` against attention computed here,
+"""`cptune run --inputs q.npy,k.npy,v.npy --out o.npy` against attention computed here,
 independently, with numpy in float64: every strategy, full / causal / sliding masks, GQA, a packed
 batch of sequences, batch 2, world 3..6. fp32 runs must agree to 1e-4 (the executor's own fp32
 tolerance), bf16 runs to 2 ulps of bf16 at 1.0 after rounding the inputs to bf16 here as well.
@@ -71,7 +71,7 @@ with tempfile.TemporaryDirectory() as tmp:
         cmd = [CPTUNE, "run", "--world", str(world), "--strategy", strategy, *extra, *seq_flag, "--heads", str(hq),
                "--kv-heads", str(hkv), "--head-dim", str(d), "--v-head-dim", str(dv), "--mask", mask,
                "--batch", str(batch), "--dtype", dtype, "--iterations", "1", "--warmups", "0", "--verify",
-               "--inputs", ",".join(paths), "--save-output", out]
+               "--inputs", ",".join(paths), "--out", out]
         r = subprocess.run(cmd, capture_output=True, text=True)
         name = f"{strategy} P={world} {extra} seq={seq_lens} {hq}/{hkv} {mask} batch={batch} {dtype}"
         if r.returncode != 0:

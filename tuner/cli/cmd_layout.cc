@@ -60,7 +60,7 @@ int cmd_layout(const Args& args) {
   add_shape_options(desc, shape);
   add_mesh_options(desc, mesh);
   add_strategy_options(desc, choice);
-  if (!parse_args(args, desc, "usage: cptune layout --seq S --heads H [--kv-heads K] --world P --strategy NAME [options]"))
+  if (!parse_args(args, desc, "usage: cptune layout --seq S --heads H [--kv-heads K] --world P [--strategy NAME] [options]"))
     return 0;
   const LayoutSpec spec = to_spec(shape, mesh, choice);
   const Layout layout = Layout::build(spec);

@@ -65,7 +65,7 @@ int cmd_lookup(const Args& args) {
       db_path, fp, db::simulator_fallback(sim::load_hardware(hardware), fp.cluster, {}, constraints), filter);
   const std::optional<db::Answer> answer = lookup.query(s);
   if (!answer)
-    throw Error("no layout for this shape" + (constraints.engine.empty() ? "" : " that " + constraints.engine + " can run") +
+    throw NotFound("no layout for this shape" + (constraints.engine.empty() ? "" : " that " + constraints.engine + " can run") +
                 ": " + lookup.not_found_reason() + ", and the simulator found no feasible candidate" +
                 (constraints.empty() ? "" : " within the constraints"));
   const ShapeView view = view_of(s);

@@ -45,20 +45,20 @@ double limit_density(const BlockTable& t) {
 }  // namespace
 
 int cmd_mask(const Args& args) {
-  if (args.empty()) throw Error(std::string("cptune mask needs an action: show\n") + kUsage);
-  if (args[0] == "--help" || args[0] == "-h") {
-    std::cout << kUsage << "\n";
-    return 0;
-  }
-  if (args[0] != "show") throw Error("unknown mask action '" + args[0] + "'; choose show\n" + kUsage);
   std::string text, seq;
   bool json = false;
-  size_t rest = 1;
-  if (args.size() > 1 && args[1].rfind("--", 0) != 0) text = args[rest++];
   po::options_description desc("mask show options");
   desc.add_options()("mask", po::value(&text), "the mask (or give it right after 'show')")(
       "seq", po::value(&seq), "sequence length L for the exact visible pairs and density (32k, 1M; k = 1024)")(
       "json", po::bool_switch(&json), "print JSON (the table as a table file's JSON) instead of text");
+  if (args.empty()) throw Error(std::string("cptune mask needs an action: show\n") + kUsage);
+  if (args[0] == "--help" || args[0] == "-h") {
+    std::cout << kUsage << "\n\n" << desc << "\n";
+    return 0;
+  }
+  if (args[0] != "show") throw Error("unknown mask action '" + args[0] + "'; choose show\n" + kUsage);
+  size_t rest = 1;
+  if (args.size() > 1 && args[1].rfind("-", 0) != 0) text = args[rest++];
   if (!parse_args(Args(args.begin() + rest, args.end()), desc, kUsage)) return 0;
   if (text.empty()) throw Error("cptune mask show needs a mask, e.g. 'cptune mask show star:16'");
   const Mask mask = parse_mask(text);

@@ -207,9 +207,9 @@ int cmd_run(const Args& args) {
   add_strategy_options(desc, choice);
   desc.add_options()("csv", po::bool_switch(&csv), "print CSV: one row per sequence length and phase")(
       "inputs", po::value(&inputs), "q.npy,k.npy,v.npy: Q, K, V to run on ([batch,] tokens, heads, dim; float32/64)")(
-      "save-output", po::value(&save_output), "write O to this .npy (float32, [batch,] tokens, q heads, v head dim)");
+      "out", po::value(&save_output), "write O to this .npy (float32, [batch,] tokens, q heads, v head dim)");
   if (!parse_args(args, desc,
-                  "usage: cptune run --world P --strategy NAME --seq S --heads H [--kv-heads K] [--verify] [options]\n"
+                  "usage: cptune run --world P [--strategy NAME] --seq S --heads H [--kv-heads K] [--verify] [options]\n"
                   "Starts P local CPU ranks over Gloo; under torchrun, mpirun or srun it is one rank of the\n"
                   "launcher's world (--world and --rendezvous default to the launcher's). --seq a:b:xF sweeps\n"
                   "sequence lengths like nccl-tests' -b/-e/-f."))
@@ -222,7 +222,7 @@ int cmd_run(const Args& args) {
   std::optional<backends::GivenInputs> given;
   bool batch_axis = false;  // O gets a batch axis when the inputs had one
   if ((!inputs.empty() || !save_output.empty()) && seqs.size() > 1)
-    throw Error("--inputs and --save-output take one shape; drop the --seq range");
+    throw Error("--inputs and --out take one shape; drop the --seq range");
   if (!inputs.empty()) {
     given = read_inputs(inputs, to_shape(shape), batch_axis);
     options.inputs = &*given;

@@ -32,7 +32,7 @@ struct SimulateArgs {
   std::string heads;        // a count or a range
   std::string world;        // a count or a range
   int64_t nodes = 0;        // 0: from --world, else the hardware's
-  int64_t gpus_per_node = 0;  // 0: the hardware's ranks per node
+  int64_t ranks_per_node = 0;  // 0: the hardware's ranks per node
   std::string hardware = "h100-sxm";
   std::string pass = "fwd";
   std::string metadata = "cpu";
@@ -49,7 +49,7 @@ struct Config {
 };
 
 constexpr const char* kUsage =
-    "usage: cptune simulate --hardware NAME|FILE [--nodes N --gpus-per-node G | --world P] --seq S --heads H "
+    "usage: cptune simulate --hardware NAME|FILE [--nodes N --ranks-per-node G | --world P] --seq S --heads H "
     "[--kv-heads K] [options]\n"
     "ranges (a sweep, written as CSV): --seq 1k:1M:x2, --heads 8:64:+8, --world 2:64 "
     "(a:b:xF multiplies, a:b:+N adds, a:b means a:b:x2)";
@@ -69,7 +69,7 @@ po::options_description make_options(SimulateArgs& a) {
       ("hardware", po::value(&a.hardware)->default_value("h100-sxm"),
        "preset (see sim/hardware: h100-sxm, h200, a100, l20, gb200-nvl72, ...) or a JSON file in the same format")
       ("nodes", po::value(&a.nodes), "nodes (default: the hardware's)")
-      ("gpus-per-node", po::value(&a.gpus_per_node), "ranks per node G (default: the hardware's)")
+      ("ranks-per-node", po::value(&a.ranks_per_node), "ranks per node G (default: the hardware's)")
       ("world", po::value(&a.world), "ranks P instead of --nodes, or a range such as 2:64")
       ("pass", po::value(&a.pass)->default_value("fwd"), "fwd or fwd-bwd")
       ("metadata", po::value(&a.metadata)->default_value("cpu"),
@@ -83,8 +83,8 @@ po::options_description make_options(SimulateArgs& a) {
 
 std::vector<Config> make_configs(const SimulateArgs& a, const sim::Hardware& hw) {
   if (!a.world.empty() && a.nodes > 0) throw Error("give --world or --nodes, not both");
-  if (a.nodes < 0 || a.gpus_per_node < 0) throw Error("--nodes and --gpus-per-node must be positive");
-  const int64_t per_node = a.gpus_per_node > 0 ? a.gpus_per_node : hw.ranks_per_node;
+  if (a.nodes < 0 || a.ranks_per_node < 0) throw Error(fmt::format("--nodes {} and --ranks-per-node {} must be positive", a.nodes, a.ranks_per_node));
+  const int64_t per_node = a.ranks_per_node > 0 ? a.ranks_per_node : hw.ranks_per_node;
   const int64_t nodes = a.nodes > 0 ? a.nodes : hw.nodes;
   int64_t nodes_world = 0;
   if (__builtin_mul_overflow(nodes, per_node, &nodes_world) || nodes_world > kMaxWorld)
@@ -253,6 +253,7 @@ int cmd_simulate(const Args& args) {
   const po::options_description desc = make_options(a);
   const auto vm = parse_args(args, desc, kUsage);
   if (!vm) return 0;
+  if (a.json && a.csv) throw Error("--json and --csv both given; choose one output format");
   if (vm->count("top") && a.top < 1) throw Error(fmt::format("--top {} must be at least 1", a.top));
   const sim::Hardware hw = sim::load_hardware(a.hardware);
   const sim::PredictOptions options{sim::parse_pass(a.pass), parse_metadata_channel(a.metadata)};

@@ -39,13 +39,6 @@ int cmd_topology(const Args& args) {
       "usage: cptune topology import nccl-topo.xml --base PRESET --out cluster.json [--name NAME] [--nodes N]\n"
       "Reads the XML NCCL writes with NCCL_TOPO_DUMP_FILE=FILE and writes a hardware file whose levels are the\n"
       "host's NVLink peers, PCIe switches, CPU sockets and NICs, with the base preset's compute numbers.";
-  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::cout << usage << "\n";
-    return args.empty() ? 2 : 0;
-  }
-  if (args[0] != "import") throw Error("topology action '" + args[0] + "' is not one; use: cptune topology import FILE");
-  if (args.size() < 2 || args[1].rfind("--", 0) == 0) throw Error("topology import needs the NCCL topology XML file first");
-  const std::string file = args[1];
   std::string base_name, out, name;
   int64_t nodes = 1;
   po::options_description desc("topology import options");
@@ -53,6 +46,14 @@ int cmd_topology(const Args& args) {
       "out", po::value(&out)->required(), "hardware JSON file to write (for simulate, tune, validate --hardware)")(
       "name", po::value(&name), "name field of the written file (default: the XML file's stem)")(
       "nodes", po::value(&nodes)->default_value(1), "nodes of this kind in the default cluster");
+  const auto is_help = [](const std::string& a) { return a == "--help" || a == "-h"; };
+  if (args.empty() || is_help(args[0]) || (args[0] == "import" && args.size() > 1 && is_help(args[1]))) {
+    (args.empty() ? std::cerr : std::cout) << usage << "\n\n" << desc << "\n";
+    return args.empty() ? 2 : 0;
+  }
+  if (args[0] != "import") throw Error("topology action '" + args[0] + "' is not one; use: cptune topology import FILE");
+  if (args.size() < 2 || args[1].rfind("--", 0) == 0) throw Error("topology import needs the NCCL topology XML file first");
+  const std::string file = args[1];
   if (!parse_args(Args(args.begin() + 2, args.end()), desc, usage)) return 0;
   if (nodes < 1) throw Error(fmt::format("--nodes {} must be at least 1", nodes));
   check_writable(out, "--out");

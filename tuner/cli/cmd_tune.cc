@@ -196,7 +196,7 @@ int cmd_tune(const Args& args) {
       "shapes", po::value(&shapes_path), "CSV of shapes (header: seq,heads,kv_heads,head_dim,v_head_dim,dtype,mask,batch)")(
       "hardware", po::value(&hardware)->default_value("cpu-gloo"),
       "hardware profile that ranks candidates: a preset name or a JSON file (e.g. from cptune calibrate)")(
-      "top-k", po::value(&top_k)->default_value(3), "measure the k fastest predicted candidates (+ best of each strategy)")(
+      "top", po::value(&top_k)->default_value(3), "measure the N fastest predicted candidates (+ best of each strategy)")(
       "exhaustive", po::bool_switch(&exhaustive), "measure every feasible candidate")(
       "no-verify", po::bool_switch(&no_verify), "skip checking each candidate's output against one device")(
       "wait", po::bool_switch(&wait), "wait for another tune on the same database and cluster to finish, instead of refusing");
@@ -204,6 +204,7 @@ int cmd_tune(const Args& args) {
                   "usage: cptune tune --db tune.db --world P (--shapes shapes.csv | --seq S --heads H ...) [options]"))
     return 0;
   if (db_path.empty()) throw Error("--db is required: the SQLite file to store measurements in");
+  if (no_verify && run.verify) throw Error("--verify and --no-verify both given; tune verifies unless --no-verify");
   join_outside_launch(mesh.world, &mesh.ranks_per_node, run);
   const Cluster cluster = to_cluster(mesh);
   const std::vector<AttentionShape> shapes = shapes_to_tune(shape, shapes_path);

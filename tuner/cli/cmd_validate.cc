@@ -28,7 +28,10 @@ namespace {
 struct ValidateArgs {
   RunArgs run;
   int64_t world = 0;
-  std::string hardware = "cpu-gloo", shapes, json, csv;
+  std::string hardware = "cpu-gloo", shapes;
+  bool json_switch = false, csv_switch = false;
+  std::string out;  // --out FILE: where --json or --csv goes (default: printed instead of tables)
+  std::string json, csv;  // the resolved destinations ("-": standard output), empty: not written
   int top_k = 3;
   double tolerance = 0.05;
   std::string statistic = "median";
@@ -137,7 +140,9 @@ nlohmann::json report_json(const std::vector<tuner::ShapeValidation>& shapes, co
 
 // One row per candidate, for scripts/plot_validation.py.
 void write_csv(const std::vector<tuner::ShapeValidation>& shapes, const std::string& path) {
-  std::ofstream out(path);
+  std::ofstream file;
+  if (path != "-") file.open(path);
+  std::ostream& out = path == "-" ? std::cout : file;
   out << "shape_index,shape,strategy,candidate,predicted_s,measured_s,min_s,max_s\n";
   for (size_t i = 0; i < shapes.size(); ++i)
     for (const tuner::CandidateMeasurement& c : shapes[i].candidates)
@@ -157,19 +162,44 @@ void write_json(const nlohmann::json& doc, const std::string& path) {
   if (!out) throw Error("writing --json " + path + " failed");
 }
 
+// Before the switches, --json FILE and --csv FILE took a file (and --json - printed). That spelling
+// keeps working for one release: the file is taken from it, with a note.
+Args take_old_output_files(const Args& args, ValidateArgs& a) {
+  Args rest;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    const bool json = arg == "--json" || arg.rfind("--json=", 0) == 0;
+    const bool csv = arg == "--csv" || arg.rfind("--csv=", 0) == 0;
+    const size_t eq = arg.find('=');
+    const bool file_follows = i + 1 < args.size() && (args[i + 1] == "-" || args[i + 1].rfind("--", 0) != 0);
+    if (!(json || csv) || (eq == std::string::npos && !file_follows)) {
+      rest.push_back(arg);
+      continue;
+    }
+    const std::string flag = json ? "--json" : "--csv";
+    (json ? a.json : a.csv) = eq != std::string::npos ? arg.substr(eq + 1) : args[++i];
+    std::cerr << fmt::format("cptune validate: note: {} FILE is deprecated and goes in the next release; use {} "
+                             "--out FILE (or {} alone to print it)\n", flag, flag, flag);
+  }
+  return rest;
+}
+
 }  // namespace
 
-int cmd_validate(const Args& args) {
+int cmd_validate(const Args& given_args) {
   ValidateArgs a;
+  const Args args = take_old_output_files(given_args, a);
   po::options_description desc("validate options");
   desc.add_options()("world", po::value(&a.world), "ranks P (local CPU ranks unless --rendezvous)")(
       "hardware", po::value(&a.hardware)->default_value("cpu-gloo"),
       "hardware that predicts: a preset or a file from cptune calibrate")(
       "shapes", po::value(&a.shapes), "CSV of held-out shapes (as for tune); never the shapes a fit used")(
-      "top-k", po::value(&a.top_k)->default_value(3), "k of the top-k experiment (the tuner's --top-k)")(
-      "tolerance", po::value(&a.tolerance)->default_value(0.05), "a pick within this of the best counts as found")(
-      "json", po::value(&a.json), "write the report as JSON to this file ('-': print it instead of tables)")(
-      "csv", po::value(&a.csv), "write one row per candidate (for scripts/plot_validation.py)");
+      "top", po::value(&a.top_k)->default_value(3), "N of the top-N experiment (the tuner's --top)")(
+      "tolerance", po::value(&a.tolerance)->default_value(0.05, "0.05"),
+      "a pick within this fraction of the best time counts as found (0.05: within 5%)")(
+      "json", po::bool_switch(&a.json_switch), "the report as JSON (printed instead of tables, or to --out)")(
+      "csv", po::bool_switch(&a.csv_switch), "one row per candidate as CSV, for scripts/plot_validation.py (printed, or to --out)")(
+      "out", po::value(&a.out), "write the --json or --csv output to this file; the tables are printed too");
   desc.add_options()("statistic", po::value(&a.statistic)->default_value("median"),
                      "time of a probe or candidate over its iterations: median, or min (the least disturbed run)");
   add_run_options(desc, a.run);
@@ -182,8 +212,14 @@ int cmd_validate(const Args& args) {
   if (a.statistic != "median" && a.statistic != "min")
     throw Error("--statistic " + a.statistic + " is not one; use median or min");
   if (a.shapes.empty()) throw Error("--shapes is required: a CSV of held-out shapes");
+  if (a.json_switch && a.csv_switch && !a.out.empty())
+    throw Error("--json and --csv both given with one --out " + a.out + "; choose one");
+  if (!a.out.empty() && !a.json_switch && !a.csv_switch) throw Error("--out " + a.out + " needs --json or --csv: what to write");
+  if (a.json_switch) a.json = a.out.empty() ? "-" : a.out;
+  if (a.csv_switch) a.csv = a.out.empty() ? "-" : a.out;
+  if (a.json == "-" && a.csv == "-") throw Error("--json and --csv both printed; choose one, or write one with --out");
   if (!a.json.empty() && a.json != "-") check_writable(a.json, "--json");
-  if (!a.csv.empty()) check_writable(a.csv, "--csv");
+  if (!a.csv.empty() && a.csv != "-") check_writable(a.csv, "--csv");
   tuner::ValidateOptions options;
   options.hardware = sim::load_hardware(a.hardware);
   options.ranks_per_node = a.world;
@@ -191,7 +227,7 @@ int cmd_validate(const Args& args) {
   options.predict.metadata = parse_metadata_channel(a.run.metadata);
   options.fastest = a.statistic == "min";
   const std::vector<AttentionShape> shapes = read_shapes_file(a.shapes);
-  tuner::summarize_validation({}, a.top_k, a.tolerance);  // rejects a bad --top-k or --tolerance now
+  tuner::summarize_validation({}, a.top_k, a.tolerance);  // rejects a bad --top or --tolerance now
   options.measuring = [](size_t s, size_t n, size_t candidates) {
     std::cerr << fmt::format("[{}/{}] measuring {} candidates\n", s + 1, n, candidates);
   };
@@ -203,7 +239,7 @@ int cmd_validate(const Args& args) {
     const tuner::ValidationReport report = tuner::summarize_validation(measured, a.top_k, a.tolerance);
     if (!a.csv.empty()) write_csv(measured, a.csv);
     if (!a.json.empty()) write_json(report_json(measured, report, options.hardware, a), a.json);
-    if (a.json == "-") return 0;
+    if (a.json == "-" || a.csv == "-") return 0;
     std::cout << fmt::format("validate: hardware {} ({}), world {}, {} shapes, every candidate {} iterations after {} "
                              "warm-up(s), interleaved; measured = {} of the slowest rank\n",
                              options.hardware.name, a.hardware, a.world, measured.size(), a.run.iterations,

@@ -1,6 +1,7 @@
 // cptune: layout, simulate, run, tune, lookup, db, calibrate, validate, topology, mask.
 #include <cstdio>
 #include <exception>
+#include <iostream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "core/error.h"
 #include "cptune/version.h"
 #include "tuner/cli/commands.h"
+#include "tuner/cli/flag_renames.h"
 
 namespace {
 
@@ -44,10 +46,15 @@ void usage(FILE* out) {
 int main(int argc, char** argv) {
   if (argc < 2) {
     usage(stderr);
-    return 2;
+    return cptune::cli::kExitBadInput;
   }
-  const std::string_view name = argv[1];
-  if (name == "--help" || name == "-h" || name == "help") {
+  std::string_view name = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (name == "help" && argc > 2) {  // cptune help CMD [ACTION]: that command's own --help
+    name = argv[2];
+    args.erase(args.begin());
+    args.push_back("--help");
+  } else if (name == "--help" || name == "-h" || name == "help") {
     usage(stdout);
     return 0;
   }
@@ -58,19 +65,22 @@ int main(int argc, char** argv) {
   for (const auto& c : kCommands) {
     if (c.name != name) continue;
     try {
-      return c.run(cptune::cli::Args(argv + 2, argv + argc));
+      return c.run(cptune::cli::apply_flag_renames(name, args, std::cerr));
+    } catch (const cptune::cli::NotFound& e) {
+      std::fprintf(stderr, "cptune %.*s: not found: %s\n", int(name.size()), name.data(), e.what());
+      return cptune::cli::kExitNotFound;
     } catch (const cptune::Error& e) {
-      std::fprintf(stderr, "cptune %s: error: %s\n", argv[1], e.what());
-      return 2;
+      std::fprintf(stderr, "cptune %.*s: error: %s\n", int(name.size()), name.data(), e.what());
+      return cptune::cli::kExitBadInput;
     } catch (const boost::program_options::error& e) {
-      std::fprintf(stderr, "cptune %s: error: %s\n", argv[1], e.what());
-      return 2;
+      std::fprintf(stderr, "cptune %.*s: error: %s\n", int(name.size()), name.data(), e.what());
+      return cptune::cli::kExitBadInput;
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "cptune %s: internal error: %s\n", argv[1], e.what());
-      return 1;
+      std::fprintf(stderr, "cptune %.*s: internal error: %s\n", int(name.size()), name.data(), e.what());
+      return cptune::cli::kExitFailed;
     }
   }
-  std::fprintf(stderr, "cptune: error: unknown command '%s'\n\n", argv[1]);
+  std::fprintf(stderr, "cptune: error: unknown command '%.*s'\n\n", int(name.size()), name.data());
   usage(stderr);
-  return 2;
+  return cptune::cli::kExitBadInput;
 }

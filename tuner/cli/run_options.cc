@@ -158,7 +158,7 @@ void check_host_memory(const RunArgs& a, std::span<const Layout> layouts, bool v
   if (double(need) > have)
     throw Error(fmt::format("{} needs about {:.1f} GiB of host memory ({} layout(s) at once on {} rank(s) of this "
                             "machine{}), but this machine has {:.1f} GiB; use a shorter sequence, fewer heads, "
-                            "fewer candidates (--top-k) or more machines",
+                            "fewer candidates (--top) or more machines",
                             shape, double(need) / gib, layouts.size(), local ? layouts.front().world() : 1,
                             verify ? ", plus the verification reference" : "", have / gib));
 }

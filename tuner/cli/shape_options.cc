@@ -29,7 +29,7 @@ void add_shape_options(po::options_description& desc, ShapeArgs& a) {
 void add_strategy_options(po::options_description& desc, StrategyArgs& a) {
   desc.add_options()
       ("strategy", po::value(&a.strategy)->default_value("uaa"),
-       "ulysses, uaa, ring, ring-zigzag, allgather-kv, hybrid, hybrid-uaa")
+       "ulysses, uaa, ring, ring-zigzag, allgather-kv, hybrid, hybrid-uaa (default uaa)")
       ("head-policy", po::value(&a.head_policy)->default_value("balanced"), "balanced or kv-aligned")
       ("json", po::bool_switch(&a.json), "print JSON instead of a table");
 }
@@ -39,8 +39,9 @@ LayoutSpec to_spec(const ShapeArgs& shape, const MeshArgs& mesh, const StrategyA
   const LayoutChoice choice{parse_strategy(strategy.strategy), mesh.ulysses, mesh.ring,
                             mesh.order.empty() ? RankOrder::ulysses_inner : parse_rank_order(mesh.order),
                             parse_head_policy(strategy.head_policy)};
+  const AttentionShape s = to_shape(shape);  // its errors name their own flags
   try {
-    return {to_shape(shape), cluster, resolve(choice, cluster)};
+    return {s, cluster, resolve(choice, cluster)};
   } catch (const Error& e) {
     throw Error(std::string(e.what()) + " (set by --strategy, --world, --ulysses and --ring)");
   }

@@ -1,5 +1,5 @@
 #pragma once
-// Comm over NCCL (DESIGN.md "Executor"): device buffers on one GPU per rank. A host Comm
+// Comm over NCCL (docs/design.md "Executor"): device buffers on one GPU per rank. A host Comm
 // (Gloo) beside it carries the ncclUniqueId at start-up and is the metadata channel after:
 // allgather_host never touches the GPU, so UAA's per-rank lengths need no device-to-host sync.
 //
