@@ -110,10 +110,7 @@ ShapeView to_view(const cptune_shape& s, const cptune::Mask* mask = nullptr) {
   v.v_head_dim = s.v_head_dim ? s.v_head_dim : s.head_dim;
   v.dtype = s.dtype ? cptune::parse_dtype(s.dtype) : cptune::DType::bf16;
   v.mask = mask ? *mask : s.mask ? cptune::parse_mask(s.mask) : cptune::Mask{};
-  cptune::check_limits(v);
-  if (v.q_heads % v.kv_heads != 0)
-    throw cptune::Error("shape q_heads " + std::to_string(v.q_heads) + " is not a multiple of kv_heads " +
-                        std::to_string(v.kv_heads));
+  cptune::check_limits(v);  // sizes and GQA
   return v;
 }
 

@@ -223,11 +223,10 @@ AttentionShape read_shape(int col, const RowReader& row, MaskCache& masks) {
     return it != masks.end() ? it->second : masks.emplace(t, parse_stored_mask(t)).first->second;
   });
   try {
-    check_limits(view_of(s));
+    check_limits(view_of(s));  // sizes and GQA
   } catch (const Error& e) {
     row.fail(e.what());
   }
-  if (s.q_heads % s.kv_heads != 0) row.fail("q_heads is not a multiple of kv_heads");
   return s;
 }
 

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/strategy.h"
 
 namespace cptune::sim {
 namespace {

@@ -210,34 +210,29 @@ double node_attention_time_s(const NodeWork& node, DType dtype, const Hardware& 
   return t;
 }
 
-std::string_view to_string(Pass p) { return p == Pass::forward ? "fwd" : "fwd-bwd"; }
-
-Pass parse_pass(std::string_view s) {
-  if (s == "fwd") return Pass::forward;
-  if (s == "fwd-bwd") return Pass::forward_backward;
-  throw Error("unknown pass '" + std::string(s) + "'; choose fwd or fwd-bwd");
-}
+std::string_view report_name(Pass p) { return p == Pass::forward_backward ? "fwd-bwd" : to_string(p); }
 
 // Per level: bytes sent there, and the time its busiest link is busy, phase by phase.
 void add_level_report(Prediction& out, const PreparedLayout& p, const Hardware& hw, Pass pass) {
-  const int64_t backward = pass == Pass::forward_backward ? 1 : 0;
+  const int64_t forward = has_forward(pass) ? 1 : 0, backward = has_backward(pass) ? 1 : 0;
   for (const LevelBytes& b : {p.gather_levels, p.qkv_levels, p.allgather_levels, p.ring_levels, p.o_levels})
-    add_levels(out.level_bytes, b);
+    add_levels(out.level_bytes, b, forward);
   add_levels(out.level_bytes, p.o_levels, backward);
   add_levels(out.level_bytes, p.qkv_levels, backward);
   add_levels(out.level_bytes, p.allgather_levels, backward);
   add_levels(out.level_bytes, p.ring_return_levels, backward);
   add_levels(out.level_bytes, p.ring_levels, 2 * backward);
-  const double fwd_bwd = 1.0 + double(backward);
-  add_level_times(out, p.gather, p.gather_uplink, hw, 1.0);
-  add_level_times(out, p.qkv, p.qkv_uplink, hw, fwd_bwd);
-  add_level_times(out, p.o, p.o_uplink, hw, fwd_bwd);
-  for (const RingStepLoad& s : p.ring_steps) add_hop_level_times(out, s.bytes, p.ring_uplink, hw, double(s.repeat) * (1.0 + 2.0 * double(backward)));
+  const double both = double(forward + backward);
+  add_level_times(out, p.gather, p.gather_uplink, hw, double(forward));
+  add_level_times(out, p.qkv, p.qkv_uplink, hw, both);
+  add_level_times(out, p.o, p.o_uplink, hw, both);
+  for (const RingStepLoad& s : p.ring_steps)
+    add_hop_level_times(out, s.bytes, p.ring_uplink, hw, double(s.repeat) * double(forward + 2 * backward));
   if (backward) add_hop_level_times(out, p.ring_return_bytes, p.ring_uplink, hw, 1.0);
   if (p.allgather_steps > 0) {
     LevelBytes block{};
     for (size_t i = 0; i < kMaxLevels; ++i) block[i] = p.allgather_hops[i] ? p.allgather_block_bytes : 0;
-    add_hop_level_times(out, block, p.allgather_uplink, hw, double(p.allgather_steps) * fwd_bwd);
+    add_hop_level_times(out, block, p.allgather_uplink, hw, double(p.allgather_steps) * both);
   }
 }
 
@@ -248,22 +243,27 @@ Prediction predict(const PreparedLayout& p, const Hardware& hw, const PredictOpt
                             p.topology.levels(), hw.name, level_count(hw)));
   Prediction out;
   out.levels = p.topology.levels();
-  out.phase(Phase::gather) = gather_s(p.gather, p.gather_uplink, hw, options.metadata);
-  out.phase(Phase::qkv) = slowest_exchange_s(p.qkv, p.qkv_uplink, hw);
-  out.phase(Phase::allgather) = allgather_s(p, hw);
-  out.phase(Phase::attention) = attention_s(p, hw, Pass::forward);
-  out.phase(Phase::o) = slowest_exchange_s(p.o, p.o_uplink, hw);
-  for (const ClassBytes& b : {p.gather_total, p.qkv_total, p.allgather_total, p.ring_total, p.o_total}) add_bytes(out, b);
+  const double gather = gather_s(p.gather, p.gather_uplink, hw, options.metadata);
+  const double qkv = slowest_exchange_s(p.qkv, p.qkv_uplink, hw), o = slowest_exchange_s(p.o, p.o_uplink, hw);
+  const double allgather = allgather_s(p, hw);
+  if (has_forward(options.pass)) {
+    out.phase(Phase::gather) = gather;
+    out.phase(Phase::qkv) = qkv;
+    out.phase(Phase::allgather) = allgather;
+    out.phase(Phase::attention) = attention_s(p, hw, Pass::forward);
+    out.phase(Phase::o) = o;
+    for (const ClassBytes& b : {p.gather_total, p.qkv_total, p.allgather_total, p.ring_total, p.o_total}) add_bytes(out, b);
+  }
   out.peak_bytes = p.peak_bytes;
   add_level_report(out, p, hw, options.pass);
 
-  if (options.pass == Pass::forward_backward) {
+  if (has_backward(options.pass)) {
     // dO and dQ,dK,dV are the transposes of O's and Q,K,V's exchanges: the same per-rank
     // max(sent, received), so the same loads. Q,K,V,O and the log-sum-exp stay from the forward.
-    out.phase(Phase::grad_o) = out.phase(Phase::o);
-    out.phase(Phase::attention_bwd) = attention_s(p, hw, Pass::forward_backward);
-    out.phase(Phase::grad_qkv) = out.phase(Phase::qkv);
-    out.phase(Phase::reduce_scatter) = out.phase(Phase::allgather);
+    out.phase(Phase::grad_o) = o;
+    out.phase(Phase::attention_bwd) = attention_s(p, hw, Pass::backward);
+    out.phase(Phase::grad_qkv) = qkv;
+    out.phase(Phase::reduce_scatter) = allgather;
     for (const ClassBytes& b : {p.o_total, p.qkv_total, p.allgather_total, p.ring_return_total}) add_bytes(out, b);
     add_bytes(out, p.ring_total, 2);  // K,V again and dK,dV along the same hops
     // Gradients mirror the forward's buffers one for one (dQ,dK,dV,dO and their exchanges).

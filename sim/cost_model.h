@@ -13,15 +13,16 @@
 
 namespace cptune::sim {
 
-enum class Pass { forward, forward_backward };
+// The pass is core's (core/types.h): fwd, bwd (the backward's phases alone) or fwd+bwd.
+using cptune::Pass;
 struct PredictOptions {
   Pass pass = Pass::forward;
   MetadataChannel metadata = MetadataChannel::cpu;
 };
 
-// CLI and JSON names: "fwd" / "fwd-bwd". parse throws Error naming the text.
-std::string_view to_string(Pass p);
-Pass parse_pass(std::string_view s);
+// The simulator's JSON and CSV keep their first spelling of the passes, "fwd", "bwd" and
+// "fwd-bwd", so that files written before compare with new ones.
+std::string_view report_name(Pass p);
 
 // Backward attention does ~2.5x the forward's FLOPs (FlashAttention-2: 5 matmuls against 2,
 // recomputing the scores) at the same throughput.

@@ -71,7 +71,7 @@ po::options_description make_options(SimulateArgs& a) {
       ("nodes", po::value(&a.nodes), "nodes (default: the hardware's)")
       ("ranks-per-node", po::value(&a.ranks_per_node), "ranks per node G (default: the hardware's)")
       ("world", po::value(&a.world), "ranks P instead of --nodes, or a range such as 2:64")
-      ("pass", po::value(&a.pass)->default_value("fwd"), "fwd or fwd-bwd")
+      ("pass", po::value(&a.pass)->default_value("fwd"), "fwd, bwd (the backward's phases alone) or fwd-bwd (also fwd+bwd)")
       ("metadata", po::value(&a.metadata)->default_value("cpu"),
        "where UAA gathers sequence lengths: cpu (a CPU channel) or device (device all-gather + sync)")
       ("json", po::bool_switch(&a.json), "print JSON instead of a table")
@@ -121,7 +121,7 @@ std::string config_text(const Config& c, const sim::Hardware& hw, const sim::Pre
                      "pass {}, metadata {}",
                      hw.name, c.cluster.nodes(), c.cluster.ranks_per_node, c.cluster.world, seq_text(s, ","), s.batch,
                      s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, to_string(s.dtype), to_string(s.mask),
-                     to_string(o.pass), to_string(o.metadata));
+                     sim::report_name(o.pass), to_string(o.metadata));
 }
 
 std::string speedup_text(const std::optional<double>& x) { return x ? fmt::format("{:.2f}x", *x) : "-"; }
@@ -192,7 +192,7 @@ nlohmann::json config_json(const Config& c, const Ranking& ranking, const sim::H
   doc["hardware"] = hw.name;
   doc["cluster"] = {{"world", c.cluster.world}, {"ranks_per_node", c.cluster.ranks_per_node}, {"nodes", c.cluster.nodes()}};
   doc["shape"] = to_json(c.shape);
-  doc["pass"] = to_string(o.pass);
+  doc["pass"] = sim::report_name(o.pass);
   doc["metadata"] = to_string(o.metadata);
   return doc;
 }
@@ -223,7 +223,7 @@ std::string csv_mask(const Mask& mask) {
 void print_csv_rows(const Config& c, const Ranking& ranking, const sim::Hardware& hw, const sim::PredictOptions& o) {
   const AttentionShape& s = c.shape;
   const std::string prefix =
-      fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},", hw.name, to_string(o.pass), to_string(o.metadata),
+      fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},", hw.name, sim::report_name(o.pass), to_string(o.metadata),
                   c.cluster.world, c.cluster.ranks_per_node, c.cluster.nodes(), seq_text(s, ";"), s.batch, s.q_heads,
                   s.kv_heads, s.head_dim, s.v_head_dim, to_string(s.dtype), csv_mask(s.mask));
   for (const RankedCandidate& rc : ranking.candidates) {
@@ -256,7 +256,7 @@ int cmd_simulate(const Args& args) {
   if (a.json && a.csv) throw Error("--json and --csv both given; choose one output format");
   if (vm->count("top") && a.top < 1) throw Error(fmt::format("--top {} must be at least 1", a.top));
   const sim::Hardware hw = sim::load_hardware(a.hardware);
-  const sim::PredictOptions options{sim::parse_pass(a.pass), parse_metadata_channel(a.metadata)};
+  const sim::PredictOptions options{parse_pass(a.pass), parse_metadata_channel(a.metadata)};
   const sim::Constraints constraints = to_constraints(a.constraint, a.layout);
   const std::vector<Config> configs = make_configs(a, hw);
   const bool sweep = configs.size() > 1;

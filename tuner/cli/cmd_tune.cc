@@ -159,7 +159,7 @@ void check_shapes_fit(const std::vector<AttentionShape>& shapes, const Cluster& 
                       const std::string& hardware) {
   for (size_t i = 0; i < shapes.size(); ++i) {
     try {
-      Layout::build({shapes[i], cluster, resolve({Strategy::ring}, cluster)});
+      Layout::build({shapes[i], cluster, {Strategy::ring}});
       const sim::Ranking ranking =
           sim::rank_candidates(shapes[i], cluster, options.hardware, options.predict, options.constraints);
       std::vector<Layout> measured;
