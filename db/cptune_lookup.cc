@@ -13,9 +13,9 @@
 #include "cptune/version.h"
 #include "db/local_fingerprint.h"
 #include "db/lookup.h"
+#include "db/open_lookup.h"
 #include "db/store.h"
 #include "sim/constraints.h"
-#include "db/sim_fallback.h"
 #include "sim/hardware.h"
 
 struct cptune_lookup {
@@ -161,13 +161,10 @@ int query(const cptune_lookup* lookup, const cptune_shape* shape, const cptune::
   if (int status = check_struct(out, out ? out->struct_size : 0, sizeof(cptune_choice), "cptune_choice"))
     return status;
   return guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
-    const std::optional<Answer> answer = lookup->lookup.query(to_view(*shape, mask));
+    const ShapeView view = to_view(*shape, mask);
+    const std::optional<Answer> answer = lookup->lookup.query(view);
     if (!answer) {
-      fail(CPTUNE_LOOKUP_NOT_FOUND,
-           ("no layout for this shape: " + lookup->lookup.not_found_reason() +
-            (lookup->lookup.has_fallback() ? ", and the simulator found no layout allowed here"
-                                           : ", and no simulator answer (open with a hardware description for one)"))
-               .c_str());
+      fail(CPTUNE_LOOKUP_NOT_FOUND, ("no layout for this shape: " + lookup->lookup.why_not(view)).c_str());
       return CPTUNE_LOOKUP_NOT_FOUND;
     }
     fill_choice(*answer, *out);
@@ -194,56 +191,83 @@ int cptune_lookup_open(const char* db_path, const cptune_fingerprint* fp, cptune
   return cptune_lookup_open_with_simulator(db_path, fp, nullptr, out);
 }
 
+}  // extern "C"
+
+namespace {
+
+// No database: db_path NULL or "" (CPTUNE_LOOKUP_NO_DATABASE); hardware then defaults to the
+// preset the fingerprint names. Every path goes through db::open_lookup, as `cptune lookup` does.
+bool no_database(const char* db_path) { return !db_path || !*db_path; }
+
+// A hardware description that cannot be read, or a GPU question without one, is the caller's
+// argument (INVALID_ARGUMENT), not the database's.
+// With a database, "auto" that names no preset leaves the measured answers (open_lookup says why
+// on a miss); without one it is the caller's error.
+void resolve_hardware(cptune::db::LookupRequest& request) {
+  if (request.db_path.empty()) request.hardware = cptune::db::lookup_hardware(request);
+  if (!request.hardware.empty() && request.hardware != cptune::db::kHardwareAuto)
+    cptune::sim::load_hardware(request.hardware);
+}
+
+int open_request(cptune::db::LookupRequest& request, cptune_lookup** out) {
+  return guarded(CPTUNE_LOOKUP_ERROR_DATABASE, [&] {
+    *out = new cptune_lookup{cptune::db::open_lookup(request).lookup};
+    return CPTUNE_LOOKUP_OK;
+  });
+}
+
+}  // namespace
+
+extern "C" {
+
 int cptune_lookup_open_with_simulator(const char* db_path, const cptune_fingerprint* fp, const char* hardware,
                                       cptune_lookup** out) {
   if (!out) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "out is NULL");
   *out = nullptr;
-  if (!db_path) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "db_path is NULL");
   if (int status = check_struct(fp, fp ? fp->struct_size : 0, sizeof(cptune_fingerprint), "cptune_fingerprint"))
     return status;
-  cptune::db::Fingerprint fingerprint;
-  cptune::db::Fallback fallback;
+  cptune::db::LookupRequest request;
   if (int status = guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
-        fingerprint = to_fingerprint(*fp);
-        if (hardware && *hardware)
-          fallback = cptune::db::simulator_fallback(cptune::sim::load_hardware(hardware),
-                                                    fingerprint.cluster);
+        request.db_path = or_empty(db_path);
+        request.fingerprint = to_fingerprint(*fp);
+        request.hardware = hardware && *hardware ? hardware
+                           : no_database(db_path) ? std::string(cptune::db::kHardwareAuto)
+                                                  : std::string();
+        resolve_hardware(request);
         return CPTUNE_LOOKUP_OK;
       }))
     return status;
-  return guarded(CPTUNE_LOOKUP_ERROR_DATABASE, [&] {
-    *out = new cptune_lookup{cptune::db::Lookup::open(db_path, fingerprint, std::move(fallback))};
-    return CPTUNE_LOOKUP_OK;
-  });
+  return open_request(request, out);
 }
 
 int cptune_lookup_open_local(const char* db_path, const char* backend, int64_t world, int64_t ranks_per_node,
                              const char* hardware, const char* engine, cptune_lookup** out) {
   if (!out) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "out is NULL");
   *out = nullptr;
-  if (!db_path) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "db_path is NULL");
   if (!backend) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "backend is NULL");
-  cptune::db::Fingerprint fingerprint;
-  cptune::db::Fallback fallback;
-  cptune::db::Filter filter;
-  std::shared_ptr<cptune::sim::Constraints> constraints;
+  cptune::db::LookupRequest request;
   if (int status = guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
-        fingerprint = cptune::db::local_hardware_fingerprint(backend, world, ranks_per_node);
-        if (engine && *engine) {
-          constraints = std::make_shared<cptune::sim::Constraints>();
-          cptune::sim::apply_engine(*constraints, engine);
-          filter = [constraints](const cptune::LayoutChoice& c, const ShapeView& v) { return constraints->allows(c, v); };
-        }
-        if (hardware && *hardware)
-          fallback = cptune::db::simulator_fallback(cptune::sim::load_hardware(hardware), fingerprint.cluster, {},
-                                                    constraints ? *constraints : cptune::sim::Constraints{});
+        request.db_path = or_empty(db_path);
+        request.fingerprint = cptune::db::local_hardware_fingerprint(backend, world, ranks_per_node);
+        if (engine && *engine) cptune::sim::apply_engine(request.constraints, engine);
+        request.hardware = hardware && *hardware ? hardware
+                           : no_database(db_path) ? std::string(cptune::db::kHardwareAuto)
+                                                  : std::string();
+        resolve_hardware(request);
         return CPTUNE_LOOKUP_OK;
       }))
     return status;
-  return guarded(CPTUNE_LOOKUP_ERROR_DATABASE, [&] {
-    *out = new cptune_lookup{cptune::db::Lookup::open(db_path, fingerprint, std::move(fallback), std::move(filter))};
-    return CPTUNE_LOOKUP_OK;
-  });
+  return open_request(request, out);
+}
+
+int cptune_lookup_engines(char* buffer, size_t size, size_t* needed) {
+  std::string text;
+  if (int status = guarded(CPTUNE_LOOKUP_ERROR_INTERNAL, [&] {
+        for (std::string_view name : cptune::sim::engine_names()) text += std::string(name) + "\n";
+        return CPTUNE_LOOKUP_OK;
+      }))
+    return status;
+  return write_text(text, buffer, size, needed);
 }
 
 int cptune_lookup_list_fingerprints(const char* db_path, char* buffer, size_t size, size_t* needed) {

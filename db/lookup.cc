@@ -82,6 +82,21 @@ Lookup Lookup::open(const std::string& db_path, const Fingerprint& fp, Fallback 
   return lookup;
 }
 
+Lookup Lookup::without_database(Fallback fallback, Filter filter, std::string reason) {
+  Lookup lookup({}, std::move(fallback));
+  lookup.filter_ = std::move(filter);
+  lookup.not_found_reason_ = std::move(reason);
+  return lookup;
+}
+
+std::string Lookup::why_not(const ShapeView& shape) const {
+  if (!fallback_)
+    return not_found_reason_ + ", and no simulator answer" +
+           (explain_ ? ": " + explain_(shape_of(shape)) : std::string(" (give a hardware description for one)"));
+  const std::string rule = explain_ ? explain_(shape_of(shape)) : "";
+  return not_found_reason_ + ", and the simulator found no layout allowed here" + (rule.empty() ? "" : ": " + rule);
+}
+
 Lookup::Lookup(std::vector<BestRow> rows, Fallback fallback)
     : by_shape_(rows.size()), by_family_(rows.size()), fallback_(std::move(fallback)) {
   entries_.reserve(rows.size());

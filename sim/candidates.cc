@@ -26,7 +26,7 @@ std::optional<Layout> try_build(const LayoutChoice& c, const AttentionShape& sha
     return std::nullopt;
   }
   try {
-    return Layout::build({shape, cluster, c});
+    return Layout::build({constraints.priced_shape(c, shape), cluster, c});  // what the engine moves
   } catch (const Error& e) {
     if (refused) refused->push_back({c, e.what()});
     return std::nullopt;

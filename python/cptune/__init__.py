@@ -5,9 +5,16 @@
                                                     engine="diffusers")
     answer.config  # 'ContextParallelConfig(ulysses_degree=8)'
 """
-from ._lookup import (ABI_VERSION, Answer, ENGINES, Lookup, CptuneError, Mask, NotFound, Shape, fingerprints,
+from ._lookup import (ABI_VERSION, Answer, Lookup, CptuneError, Mask, NotFound, Shape, engines, fingerprints,
                       library_path)
 
-__all__ = ["ABI_VERSION", "Answer", "ENGINES", "Lookup", "CptuneError", "Mask", "NotFound", "Shape", "fingerprints",
-           "library_path"]
+__all__ = ["ABI_VERSION", "Answer", "ENGINES", "Lookup", "CptuneError", "Mask", "NotFound", "Shape", "engines",
+           "fingerprints", "library_path"]
+
+
+def __getattr__(name):
+    # ENGINES: the library's own list (cptune_lookup_engines), read when first asked for.
+    if name == "ENGINES":
+        return tuple(engines())
+    raise AttributeError(f"module 'cptune' has no attribute {name!r}")
 __version__ = "0.2.0"

@@ -10,7 +10,6 @@ ABI_VERSION = 1
 _OK, _NOT_FOUND = 0, 1
 _NAME_SIZE = 32
 _SOURCES = {0: "exact", 1: "nearest", 2: "simulated"}
-ENGINES = ("sglang", "diffusers", "cache-dit", "xdit", "megatron", "prime-rl", "ring-flash-attn")
 
 
 class CptuneError(Exception):
@@ -19,7 +18,7 @@ class CptuneError(Exception):
 
 class NotFound(CptuneError):
     """No measured layout and no simulator answer for the shape; the message names the closest
-    fingerprint the database holds."""
+    fingerprint the database holds and the rule that refused the simulator's last candidate."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +144,7 @@ def _library():
         "cptune_lookup_mask_text": (ctypes.c_int, [p, ctypes.c_char_p, sz, psz]),
         "cptune_lookup_mask_free": (None, [p]),
         "cptune_lookup_query_masked": (ctypes.c_int, [p, ctypes.POINTER(_Shape), p, ctypes.POINTER(_Choice)]),
+        "cptune_lookup_engines": (ctypes.c_int, [ctypes.c_char_p, sz, psz]),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
@@ -171,6 +171,12 @@ def _text_call(lib, fn, *args) -> str:
     return buffer.value.decode()
 
 
+def engines() -> List[str]:
+    """The engines with a profile (the library's one list), e.g. "diffusers", "megatron"."""
+    lib = _library()
+    return _text_call(lib, lib.cptune_lookup_engines).splitlines()
+
+
 def fingerprints(db: Union[str, os.PathLike]) -> List[str]:
     """One line per fingerprint the database holds ("1 gloo cpu P=4 G=4 nodes=1 shapes=3 (...)")."""
     lib = _library()
@@ -180,19 +186,22 @@ def fingerprints(db: Union[str, os.PathLike]) -> List[str]:
 class Lookup:
     """A tuning database opened for this machine: backend "gloo" (device "cpu") or "nccl" (the GPU
     model the driver reports), world and ranks per node (defaults: $WORLD_SIZE, $LOCAL_WORLD_SIZE,
-    as torchrun sets them). hardware: a preset or hardware JSON for the simulator's answer when
-    nothing of a shape's family was measured; None for measured answers only."""
+    as torchrun sets them). db None: no database, every answer is the simulator's. hardware: a
+    preset or hardware JSON for the simulator's answer when nothing of a shape's family was
+    measured; "auto" the preset this machine's device names (an engine's or an nccl question on a
+    CPU machine needs a GPU preset: CptuneError otherwise); None for measured answers only."""
 
-    def __init__(self, db: Union[str, os.PathLike], world: Optional[int] = None,
+    def __init__(self, db: Optional[Union[str, os.PathLike]] = None, world: Optional[int] = None,
                  ranks_per_node: Optional[int] = None, backend: str = "gloo",
-                 hardware: Optional[str] = "cpu-gloo"):
+                 hardware: Optional[str] = "auto"):
         if world is None:
             if "WORLD_SIZE" not in os.environ:
                 raise CptuneError("give world= (ranks in the context-parallel group); $WORLD_SIZE is not set")
             world = int(os.environ["WORLD_SIZE"])
         if ranks_per_node is None:
             ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        self.db, self.world, self.ranks_per_node = os.fspath(db), int(world), int(ranks_per_node)
+        self.db = os.fspath(db) if db is not None else None
+        self.world, self.ranks_per_node = int(world), int(ranks_per_node)
         self.backend, self.hardware = backend, hardware
         self._lib = _library()
         self._handles: Dict[str, ctypes.c_void_p] = {}
@@ -202,7 +211,7 @@ class Lookup:
         if key not in self._handles:
             handle = ctypes.c_void_p()
             status = self._lib.cptune_lookup_open_local(
-                os.fsencode(self.db), self.backend.encode(), self.world, self.ranks_per_node,
+                os.fsencode(self.db) if self.db is not None else None, self.backend.encode(), self.world, self.ranks_per_node,
                 self.hardware.encode() if self.hardware else None, key.encode(), ctypes.byref(handle))
             if status != _OK:
                 _fail(self._lib, status)

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/layout_json.h"
 #include "sim/candidates.h"
+#include "sim/constraints.h"
 #include "sim/hardware.h"
 #include "sim/ranking_json.h"
 #include "sim/topology.h"
@@ -144,8 +145,13 @@ std::vector<Phase> active_phases(const Ranking& ranking) {
   return out;
 }
 
+// --engine: the engine's own configuration of a ranked row (its flags), the column and JSON field.
+std::string engine_args(const sim::Constraints& k, const LayoutChoice& choice, const AttentionShape& shape) {
+  return sim::engine_config(k.engine, choice, view_of(shape), sim::ConfigFormat::args);
+}
+
 void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& hw, const sim::PredictOptions& o,
-                 int64_t top) {
+                 int64_t top, const sim::Constraints& constraints) {
   std::cout << config_text(c, hw, o) << "\n\n";
   const std::vector<Phase> phases = active_phases(ranking);
   std::string header = fmt::format("{:>3}  {:<13}{:>4}{:>4}  {:<14}{:<11}{:>11}{:>8}{:>10}", "#", "strategy", "U", "R",
@@ -155,7 +161,9 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
   // Block masks: where the ring put the blocks, and the FLOP imbalance it leaves (max / mean).
   const bool blocks = c.shape.mask.kind == MaskKind::blocks;
   if (blocks) header += fmt::format("  {:<18}", "placement");
-  std::cout << header << fmt::format("{:>12}{:>12}{:>12}{:>6}\n", "intra", "inter", "peak", "fits");
+  const bool engine = !constraints.engine.empty();
+  std::cout << header << fmt::format("{:>12}{:>12}{:>12}{:>6}", "intra", "inter", "peak", "fits")
+            << (engine ? "  " + constraints.engine + " config" : "") << "\n";
   int64_t shown = 0;
   for (const RankedCandidate& rc : ranking.candidates) {
     if (top > 0 && shown++ >= top) break;
@@ -170,9 +178,10 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
       row += fmt::format("{:>22}", p.level_bytes[i] > 0 ? human_bytes(double(p.level_bytes[i])) + " " + seconds_text(p.level_s[i])
                                                         : std::string("-"));
     if (blocks) row += fmt::format("  {:<18}", placement_text(Layout::build({c.shape, c.cluster, k})));
-    std::cout << row << fmt::format("{:>12}{:>12}{:>12}{:>6}\n", human_bytes(double(p.bytes_intra)),
+    std::cout << row << fmt::format("{:>12}{:>12}{:>12}{:>6}", human_bytes(double(p.bytes_intra)),
                                     human_bytes(double(p.bytes_inter)), human_bytes(double(p.peak_bytes)),
-                                    p.fits ? "yes" : "NO");
+                                    p.fits ? "yes" : "NO")
+              << (engine ? "  " + engine_args(constraints, k, c.shape) : "") << "\n";
   }
   if (top > 0 && static_cast<int64_t>(ranking.candidates.size()) > top)
     std::cout << fmt::format("... {} more (drop --top to see all)\n", static_cast<int64_t>(ranking.candidates.size()) - top);
@@ -186,8 +195,18 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
 }
 
 nlohmann::json config_json(const Config& c, const Ranking& ranking, const sim::Hardware& hw,
-                           const sim::PredictOptions& o) {
+                           const sim::PredictOptions& o, const sim::Constraints& constraints) {
   nlohmann::json doc = sim::to_json(ranking, o.pass);
+  if (!constraints.engine.empty()) {
+    doc["engine"] = constraints.engine;
+    for (size_t i = 0; i < ranking.candidates.size(); ++i) {
+      const LayoutChoice& k = ranking.candidates[i].candidate;
+      auto config = [&](sim::ConfigFormat f) { return sim::engine_config(constraints.engine, k, view_of(c.shape), f); };
+      doc["candidates"][i]["engine_config"] = {{"args", config(sim::ConfigFormat::args)},
+                                               {"python", config(sim::ConfigFormat::python)},
+                                               {"json", nlohmann::json::parse(config(sim::ConfigFormat::json))}};
+    }
+  }
   doc["schema"] = "cptune/simulate/1";
   doc["hardware"] = hw.name;
   doc["cluster"] = {{"world", c.cluster.world}, {"ranks_per_node", c.cluster.ranks_per_node}, {"nodes", c.cluster.nodes()}};
@@ -257,7 +276,9 @@ int cmd_simulate(const Args& args) {
   if (vm->count("top") && a.top < 1) throw Error(fmt::format("--top {} must be at least 1", a.top));
   const sim::Hardware hw = sim::load_hardware(a.hardware);
   const sim::PredictOptions options{parse_pass(a.pass), parse_metadata_channel(a.metadata)};
-  const sim::Constraints constraints = to_constraints(a.constraint, a.layout);
+  sim::Constraints constraints = to_constraints(a.constraint, a.layout);
+  // A backward pass refuses the layouts the engine runs forward only.
+  if (!constraints.engine.empty()) constraints.backward = has_backward(options.pass);
   const std::vector<Config> configs = make_configs(a, hw);
   const bool sweep = configs.size() > 1;
 
@@ -280,9 +301,9 @@ int cmd_simulate(const Args& args) {
     if (ranking.candidates.empty())
       throw Error(fmt::format("no candidate lays out on world {}: {}", c.cluster.world, first_reason(ranking)));
     if (a.json)
-      documents.push_back(config_json(c, ranking, hw, options));
+      documents.push_back(config_json(c, ranking, hw, options, constraints));
     else
-      print_table(c, ranking, hw, options, a.top);
+      print_table(c, ranking, hw, options, a.top, constraints);
   }
   if (a.json) std::cout << (sweep ? documents : documents.front()).dump(2) << "\n";
   return 0;
