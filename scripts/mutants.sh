@@ -35,6 +35,11 @@ MUTANTS=(
   "engine_head_pad_boundary|sim/engines/rules.cc|if (pad < local) return \"\";|if (pad <= local) return \"\";|test_engines:EngineRules.*"
   "engine_forward_only_ignored|sim/constraints.cc|if (backward && forward_only)|if (false && forward_only)|test_engines:EngineRules.*"
   "lookup_tie_break_flipped|db/lookup.cc|log_tokens - std::prev(above)->first < above->first - log_tokens|log_tokens - std::prev(above)->first <= above->first - log_tokens|test_lookup:LookupNearest.*"
+  "bwd_dk_first_query_tile_dropped|backends/kernels/isa/attention_backward_isa.cc|MatrixMap(dk, keys, head_dim_).noalias() += ds.transpose() * q;|if (first_pos_ > 0) MatrixMap(dk, keys, head_dim_).noalias() += ds.transpose() * q;|test_attention_bwd:AttendBackward.MatchesTheReferenceForEveryMaskAcrossTileEdges"
+  "bwd_lse_off_by_a_hundredth|backends/kernels/isa/attention_backward_isa.cc|lse_[r] = lse[r * stride];|lse_[r] = lse[r * stride] + 0.01f;|test_attention_bwd:AttendBackward.EveryIsaMatchesTheReferenceOnRandomShapesAndSplits"
+  "bwd_delta_dropped|backends/kernels/isa/attention_backward_isa.cc|p.row(r).array() * (ds.row(r).array() - delta_[r]);|p.row(r).array() * ds.row(r).array();|test_attention_bwd:AttendBackward.MatchesTheReferenceForEveryMaskAcrossTileEdges"
+  "bwd_dq_scale_dropped|backends/kernels/isa/attention_backward_isa.cc|scale * Eigen::Map<const Eigen::ArrayXf>(dq_.data() + r * head_dim_, head_dim_);|Eigen::Map<const Eigen::ArrayXf>(dq_.data() + r * head_dim_, head_dim_);|test_attention_bwd:AttendBackward.MatchesTheReferenceForEveryMaskAcrossTileEdges"
+  "bwd_reference_without_delta|backends/exec/reference_bwd.cc|const double gap = dp_[x] - delta;|const double gap = dp_[x];|test_attention_bwd:BackwardReference.IsTheGradientOfTheForwardReference"
 )
 
 want=("$@")
