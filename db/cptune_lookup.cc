@@ -78,13 +78,8 @@ int check_struct(const void* ptr, size_t struct_size, size_t expected, const cha
 
 cptune::db::Fingerprint to_fingerprint(const cptune_fingerprint& fp) {
   if (!fp.backend || !fp.device_model) throw cptune::Error("fingerprint backend and device_model must not be NULL");
-  if (fp.world < 1 || fp.ranks_per_node < 1 || fp.nodes < 1)
-    throw cptune::Error("fingerprint world, ranks_per_node and nodes must be at least 1");
-  cptune::check_world_limit(fp.world);
-  if (fp.ranks_per_node > cptune::kMaxWorld)
-    throw cptune::Error("fingerprint ranks_per_node " + std::to_string(fp.ranks_per_node) + " exceeds " +
-                        std::to_string(cptune::kMaxWorld));
-  const cptune::Cluster cluster{fp.world, fp.ranks_per_node};
+  if (fp.nodes < 1) throw cptune::Error("fingerprint nodes must be at least 1");
+  const cptune::Cluster cluster = cptune::db::checked_cluster(fp.world, fp.ranks_per_node);
   if (fp.nodes != cluster.nodes())
     throw cptune::Error("fingerprint nodes " + std::to_string(fp.nodes) + " do not match world " +
                         std::to_string(fp.world) + " over " + std::to_string(fp.ranks_per_node) +
@@ -97,6 +92,9 @@ cptune::db::Fingerprint to_fingerprint(const cptune_fingerprint& fp) {
 // mask: the query's mask when the caller made one (shape.mask is not read then).
 ShapeView to_view(const cptune_shape& s, const cptune::Mask* mask = nullptr) {
   if (s.num_seqs == 0 || !s.seq_lens) throw cptune::Error("shape needs seq_lens and num_seqs >= 1");
+  if (s.num_seqs > size_t(cptune::kMaxSequences))  // before reading seq_lens[num_seqs - 1]
+    throw cptune::Error("shape num_seqs " + std::to_string(s.num_seqs) + " exceeds " +
+                        std::to_string(cptune::kMaxSequences));
   for (size_t i = 0; i < s.num_seqs; ++i)
     if (s.seq_lens[i] < 1) throw cptune::Error("shape seq_lens[" + std::to_string(i) + "] must be at least 1");
   if (s.batch < 1 || s.q_heads < 1 || s.kv_heads < 0 || s.head_dim < 1 || s.v_head_dim < 0)
@@ -135,6 +133,8 @@ void fill_choice(const Answer& a, cptune_choice& out) {
 int write_text(const std::string& text, char* buffer, size_t size, size_t* needed) {
   if (!needed) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "needed is NULL");
   *needed = text.size() + 1;
+  if (!buffer && size > 0)
+    return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "buffer is NULL with a size above 0; pass size 0 to ask the size");
   if (size < text.size() + 1) {
     if (buffer && size > 0) buffer[0] = '\0';
     return fail(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, "buffer too small: see *needed");
@@ -145,6 +145,14 @@ int write_text(const std::string& text, char* buffer, size_t size, size_t* neede
 
 cptune::LayoutChoice to_layout_choice(const cptune_choice& c) {
   cptune::LayoutChoice out;
+  // The names are fixed-size arrays: one without a NUL would be read past its end.
+  for (const char* name : {c.strategy, c.rank_order, c.head_policy})
+    if (!std::memchr(name, '\0', CPTUNE_LOOKUP_NAME_SIZE))
+      throw cptune::Error("cptune_choice names must be NUL-terminated within " +
+                          std::to_string(CPTUNE_LOOKUP_NAME_SIZE) + " bytes");
+  if (c.ulysses < 1 || c.ulysses > cptune::kMaxWorld || c.ring < 1 || c.ring > cptune::kMaxWorld)
+    throw cptune::Error("cptune_choice ulysses " + std::to_string(c.ulysses) + " and ring " + std::to_string(c.ring) +
+                        " must each be in 1.." + std::to_string(cptune::kMaxWorld));
   out.strategy = cptune::parse_strategy(c.strategy);
   out.ulysses = c.ulysses;
   out.ring = c.ring;

@@ -23,6 +23,7 @@
 #include "db/lookup.h"
 #include "db/sim_fallback.h"
 #include "sim/candidates.h"
+#include "cptune/version.h"
 #include "db/store.h"
 
 // Counts every allocation of this program, to show that an exact hit makes none. delete is
@@ -669,6 +670,27 @@ TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPa
       run(build + "/lookup_example " + dir.file("missing.db") + " gloo cpu 4 4 4096 32 8 128 bf16 causal");
   EXPECT_EQ(missing.exit_code, 2);
   EXPECT_NE(missing.output.find("does not exist"), std::string::npos) << missing.output;
+}
+
+// cmake --install puts the one Python client, the package, beside the library: it finds the
+// library of its own prefix with nothing in the environment, and answers with rank_order.
+TEST(InstalledLookup, ThePythonPackageFindsTheLibraryOfItsPrefix) {
+  TempDir dir;
+  const std::string prefix = dir.file("prefix"), db = dir.file("tune.db");
+  { Store::open(db).record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(kZigzag, 1e-3)}); }
+  const CommandResult install = run("cmake --install " CPTUNE_BUILD_DIR " --component lookup --prefix " + prefix);
+  ASSERT_EQ(install.exit_code, 0) << install.output;
+  EXPECT_TRUE(find_under(prefix, "cptune_lookup.py").empty()) << "the old dict client is not installed";
+  const std::string init = find_under(prefix, "__init__.py");
+  ASSERT_FALSE(init.empty()) << install.output;
+  const std::string site = std::filesystem::path(init).parent_path().parent_path().string();
+  const CommandResult r = run("cd " + dir.path() + " && env -i PYTHONPATH=" + site + " /usr/bin/python3 -B -c \"" +
+                              "import cptune; p = cptune.library_path(); assert p.startswith('" + prefix + "'), p; " +
+                              "a = cptune.Lookup('" + db + "', world=4, hardware=None).best(" +
+                              "cptune.Shape([4096], 32, 8, mask='causal')); " +
+                              "print(a.source, a.strategy, a.rank_order, cptune.library_version())\"");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "exact ring-zigzag ulysses-inner " CPTUNE_VERSION_STRING "\n");
 }
 
 }  // namespace

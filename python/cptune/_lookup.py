@@ -51,6 +51,17 @@ class Answer:
     args: Optional[str] = None
     config_json: Dict[str, object] = field(default_factory=dict)
 
+    @property
+    def rank_order(self) -> str:
+        """The C ABI's and the store's name of `order` (the dict client of cptune 0.2 said "order")."""
+        return self.order
+
+    def as_dict(self) -> Dict[str, object]:
+        """The answer as the command line's JSON prints it: every field, rank_order beside order."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["rank_order"] = self.order
+        return out
+
 
 class _Shape(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("batch", ctypes.c_int64),
@@ -106,17 +117,45 @@ class Mask:
             self._handle = None
 
 
+_library_override: Optional[str] = None
+
+
+def use_library(path: Union[str, os.PathLike]) -> None:
+    """Load this libcptune_lookup.so instead of the package's own (a build tree's, for
+    scripts/cptune_lookup.py --lib). Call before the first lookup."""
+    global _library_override
+    if _lib is not None:
+        raise CptuneError("the library is already loaded; call use_library() before the first lookup")
+    _library_override = os.fspath(path)
+
+
 def library_path() -> str:
-    """The library bundled in this package, else the one the system linker finds."""
+    """The library this package uses: one given to use_library(); the one bundled beside it (a
+    wheel); the one of the prefix it was installed into (cmake --install writes _prefix.py);
+    else the one the system linker finds."""
+    if _library_override:
+        return _library_override
     here = os.path.dirname(os.path.abspath(__file__))
     bundled = os.path.join(here, "libcptune_lookup.so")
     if os.path.isfile(bundled):
         return bundled
+    try:
+        from ._prefix import LIBRARY  # relative to this folder
+        installed = os.path.normpath(os.path.join(here, LIBRARY))
+        if os.path.isfile(installed):
+            return installed
+    except ImportError:
+        pass
     found = ctypes.util.find_library("cptune_lookup")
     if not found:
         raise CptuneError("libcptune_lookup.so is neither bundled in the cptune package nor installed; reinstall "
                           "the package after building the repository (pip install ./python)")
     return found
+
+
+def library_version() -> str:
+    """The cptune release the loaded library was built from (the package has the same)."""
+    return _library().cptune_lookup_library_version().decode()
 
 
 _lib = None
@@ -131,6 +170,7 @@ def _library():
     sz, psz = ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)
     signatures = {
         "cptune_lookup_version": (ctypes.c_int, []),
+        "cptune_lookup_library_version": (c, []),
         "cptune_lookup_open_local": (ctypes.c_int, [c, c, i64, i64, c, c, ctypes.POINTER(p)]),
         "cptune_lookup_query": (ctypes.c_int, [p, ctypes.POINTER(_Shape), ctypes.POINTER(_Choice)]),
         "cptune_lookup_close": (None, [p]),

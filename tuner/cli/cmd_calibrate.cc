@@ -16,7 +16,7 @@
 #include "sim/topology.h"
 #include "tuner/calibrate.h"
 #include "tuner/cli/commands.h"
-#include "tuner/fingerprint.h"
+#include "db/local_fingerprint.h"
 #include "tuner/nccl_tests.h"
 #include "core/format.h"
 #include "tuner/cli/output_file.h"
@@ -61,7 +61,7 @@ sim::Hardware described(const tuner::FitResult& fit, const sim::Hardware& base, 
       "Calibrated by `cptune calibrate --backend {} --world {}` on {} ({} hardware threads) at {}: "
       "{} probes, each the {} of {} iterations (7 of 10 back-to-back operations for messages and copies) from "
       "the first rank's start to the last rank's end, after {} warm-up(s), interleaved.",
-      a.run.backend, a.world, cpu_model_name(), std::thread::hardware_concurrency(), utc_now(), fit.residuals.size(),
+      a.run.backend, a.world, db::cpu_model_name(), std::thread::hardware_concurrency(), utc_now(), fit.residuals.size(),
       a.statistic, a.run.iterations, a.run.warmups);
   source += "\nFitted by least squares on relative residuals: " + joined(fit.fitted) + ".";
   source += "\nKept from " + base.name + " (no probe exercises them on one host): " + joined(fit.kept) + ".";

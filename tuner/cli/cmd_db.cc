@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/layout_json.h"
+#include "db/lease.h"
 #include "db/store.h"
 #include "tuner/cli/commands.h"
 #include "core/format.h"
@@ -154,7 +155,8 @@ void export_measurements(const db::Store& store, bool csv) {
 }
 
 // Every check a reader makes, on every row: the file's integrity, its schema, then each row of
-// each table read and validated (db/store.cc RowReader). Damage throws Error (exit 2).
+// each table read and validated (db/store.cc RowReader) and every reference resolved. Damage
+// throws Error (exit 2).
 void check(const db::Store& store) {
   const std::vector<std::string> problems = store.integrity_problems();
   if (!problems.empty()) {
@@ -163,12 +165,17 @@ void check(const db::Store& store) {
     throw Error(fmt::format("database '{}' is damaged: integrity_check reports {} problem(s):{}", store.path(),
                             problems.size(), text));
   }
-  const size_t fingerprints = store.fingerprints().size();
-  const size_t measurements = store.measurements().size();
-  const size_t shapes = store.best().size();
-  std::cout << fmt::format("{}: ok (integrity, schema and every row checked: {} fingerprint(s), {} shape(s), {} "
-                           "measurement(s))\n",
-                           store.path(), fingerprints, shapes, measurements);
+  const db::Store::RowCounts counts = store.check_rows();
+  std::cout << fmt::format("{}: ok (integrity, schema, references and every row checked: {} fingerprint(s), {} "
+                           "shape(s), {} measurement(s))\n",
+                           store.path(), counts.fingerprints, counts.shapes, counts.measurements);
+}
+
+// The tune leases held on the database: who measures into it now, and how recently it said so.
+void show_leases(const std::string& path) {
+  for (const db::LeaseRow& l : db::read_leases(path))
+    std::cout << fmt::format("lease: {} held by pid {} on {} since {}, heartbeat {:.0f} s ago\n", l.fingerprint,
+                             l.holder.pid, l.holder.host, l.acquired_at, l.heartbeat_age_s);
 }
 
 }  // namespace
@@ -194,6 +201,7 @@ int cmd_db(const Args& args) {
     list(db::Store::open_read_only(path));
   } else if (action == "show") {
     show(db::Store::open_read_only(path), vm->count("fingerprint") ? std::optional(fingerprint_id) : std::nullopt);
+    show_leases(path);
   } else if (action == "check") {
     check(db::Store::open_read_only(path));
   } else if (action == "export") {

@@ -53,7 +53,7 @@ int cmd_lookup(const Args& args) {
   }
   db::LookupRequest request;
   request.db_path = db_path;
-  request.fingerprint = local_fingerprint(backend, cluster.world, cluster.ranks_per_node);
+  request.fingerprint = tuner::local_fingerprint(backend, cluster.world, cluster.ranks_per_node);
   request.fingerprint.library_versions.clear();  // any versions of the same hardware: the latest recorded wins
   request.fingerprint.cptune_version.clear();
   request.hardware = hardware;

@@ -186,6 +186,7 @@ int cmd_tune(const Args& args) {
   ConstraintArgs constraint;
   std::string db_path, shapes_path, hardware = "cpu-gloo";
   int top_k = 3;
+  double lease_expiry_s = 60;
   bool exhaustive = false, no_verify = false, wait = false;
   po::options_description desc("tune options");
   add_shape_options(desc, shape);
@@ -199,7 +200,9 @@ int cmd_tune(const Args& args) {
       "top", po::value(&top_k)->default_value(3), "measure the N fastest predicted candidates (+ best of each strategy)")(
       "exhaustive", po::bool_switch(&exhaustive), "measure every feasible candidate")(
       "no-verify", po::bool_switch(&no_verify), "skip checking each candidate's output against one device")(
-      "wait", po::bool_switch(&wait), "wait for another tune on the same database and cluster to finish, instead of refusing");
+      "wait", po::bool_switch(&wait), "wait for another tune on the same database and cluster to finish, instead of refusing")(
+      "lease-expiry", po::value(&lease_expiry_s)->default_value(60),
+      "seconds after which another tune's lease whose heartbeat stopped is taken over (any host)");
   if (!parse_args(args, desc,
                   "usage: cptune tune --db tune.db --world P (--shapes shapes.csv | --seq S --heads H ...) [options]"))
     return 0;
@@ -218,15 +221,20 @@ int cmd_tune(const Args& args) {
   options.executor = executor_options(run);
   options.executor.verify = !no_verify;
   options.predict.metadata = options.executor.metadata;  // rank candidates with the channel they run with
-  options.fingerprint = local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
+  options.fingerprint = tuner::local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
   options.constraints = to_constraints(constraint, mesh);
   check_shapes_fit(shapes, cluster, options, run, shapes_path, hardware);
   // A bad path or file fails here, before any rank starts. One tuner per database and cluster:
   // a second would measure every missing shape again. Under an outside launcher every process
   // runs this command: rank 0, the one that writes the store, holds the lease.
   const std::optional<backends::LaunchEnv> launch = backends::launch_env_from_environment();
+  if (!(lease_expiry_s >= 1 && lease_expiry_s <= 86400))
+    throw Error(fmt::format("--lease-expiry {} must be between 1 and 86400 seconds", lease_expiry_s));
+  db::LeaseTiming lease_timing;
+  lease_timing.expiry = std::chrono::milliseconds(int64_t(lease_expiry_s * 1000));
+  lease_timing.heartbeat = std::min(lease_timing.heartbeat, lease_timing.expiry / 4);
   std::optional<db::TuneLease> lease;
-  if (!launch || launch->rank == 0) lease.emplace(db_path, options.fingerprint, wait);
+  if (!launch || launch->rank == 0) lease.emplace(db_path, options.fingerprint, wait, lease_timing);
 
   return run_ranks(run, cluster.world, [&](backends::Comm& world, backends::Device& device) {
     options.executor.device = &device;
