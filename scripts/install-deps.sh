@@ -5,7 +5,7 @@ packages=(
   build-essential cmake pkg-config ccache
   clang libclang-rt-14-dev
   libgloo-dev libeigen3-dev libboost-program-options-dev libsqlite3-dev sqlite3
-  nlohmann-json3-dev libfmt-dev
+  nlohmann-json3-dev libfmt-dev libtinyxml2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   redis-server
   python3 python3-matplotlib python3-venv python3-pip python3-setuptools python3-wheel python3-numpy

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <climits>
+#include <set>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -24,6 +25,7 @@
 #include "db/lease.h"
 #include "db/sqlite.h"
 #include "db/store.h"
+#include "backends/comm/launcher.h"
 #include "tests/command.h"
 #include "core/layout.h"
 #include "tuner/cli/run_options.h"
@@ -645,6 +647,72 @@ TEST(BadInput, SmallerGapsAreClosed) {
                                                dir.file("plain"));
   EXPECT_EQ(file_store.exit_code, 2) << file_store.output;
   EXPECT_NE(file_store.output.find("is a file, not a directory"), std::string::npos) << file_store.output;
+}
+
+}  // namespace
+}  // namespace cptune
+
+namespace cptune {
+namespace {
+
+size_t rendezvous_dirs_in(const std::string& dir) {
+  size_t n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    if (entry.path().filename().string().rfind("cptune-rendezvous-", 0) == 0) ++n;
+  return n;
+}
+
+// Issue 26: a launcher killed with SIGKILL cannot remove its rendezvous directory; the next local
+// run removes every such directory whose creator is gone, and leaves a live run's alone.
+TEST(LocalRuns, AKilledLaunchersRendezvousDirectoryIsRemovedByTheNextRun) {
+  TempDir dir;
+  const std::string tmp = dir.file("tmp");
+  std::filesystem::create_directory(tmp);
+  setenv("TMPDIR", tmp.c_str(), 1);
+  const Started s = start_with_ranks(kLongRun, dir, 4, [] { return true; });
+  kill_parent_and_check_ranks(s, SIGKILL);
+  ASSERT_EQ(rendezvous_dirs_in(tmp), 1u) << "the killed launcher's directory";
+  // A live run's directory: its owner file names this test process.
+  const std::string live = tmp + "/cptune-rendezvous-live00";
+  std::filesystem::create_directory(live);
+  std::ofstream(live + "/owner") << getpid() << " " << *db::process_start_time(getpid()) << "\n";
+  const auto r = testing::run_command(std::string(CPTUNE_BINARY) + " run --world 1 --seq 64 --heads 2 --head-dim 8");
+  unsetenv("TMPDIR");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(rendezvous_dirs_in(tmp), 1u);
+  EXPECT_TRUE(std::filesystem::exists(live));
+}
+
+// The old launcher put every local rank's Gloo pairs on 127.0.0.1: --world 256 needed 65280
+// listening ports at once and failed after 141 s with 181 "Address already in use".
+TEST(LocalRuns, AWorldAboveTheLocalLimitIsRefusedAtOnce) {
+  auto r = testing::run_command(std::string(CPTUNE_BINARY) + " run --world 600 --strategy ring --seq 600 --heads 2 --head-dim 8");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("at most 512"), std::string::npos) << r.output;
+  r = testing::run_command("ulimit -n 200 && " + std::string(CPTUNE_BINARY) + " run --world 160 --strategy ring --seq 160 --heads 2 --head-dim 8");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("at most 136 with ulimit -n"), std::string::npos) << r.output;
+}
+
+TEST(LocalRuns, EachLocalRankHasItsOwnLoopbackAddress) {
+  std::set<std::string> seen;
+  for (int rank = 0; rank < backends::kMaxLocalWorld; ++rank) {
+    const std::string a = backends::local_rank_address(rank);
+    EXPECT_EQ(a.rfind("127.", 0), 0u) << a;
+    EXPECT_EQ(a.find(".0", a.rfind('.')), std::string::npos) << a << ": a last byte of 0";
+    EXPECT_TRUE(seen.insert(a).second) << a << " twice";
+  }
+}
+
+// Under `ulimit -f` a write past the limit raised SIGXFSZ and killed tune silently (exit 153);
+// ignored, the write fails with EFBIG and is reported.
+TEST(BadInput, AFileSizeLimitIsAnErrorNotASilentKill) {
+  TempDir dir;
+  const auto r = testing::run_command("ulimit -f 4 && " + std::string(CPTUNE_BINARY) + " tune --db " + dir.file("t.db") +
+                                      " --world 2 --seq 256 --heads 4 --head-dim 16 --iterations 1 --warmups 0 --no-verify");
+  EXPECT_NE(r.exit_code, 128 + SIGXFSZ) << r.output;
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("error"), std::string::npos) << r.output;
 }
 
 }  // namespace

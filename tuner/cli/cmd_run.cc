@@ -15,6 +15,7 @@
 #include "core/layout.h"
 #include "tuner/cli/commands.h"
 #include "tuner/cli/npy.h"
+#include "tuner/cli/output_file.h"
 #include "core/format.h"
 #include "tuner/cli/run_options.h"
 #include "tuner/cli/shape_options.h"
@@ -273,6 +274,7 @@ int cmd_run(const Args& args) {
                 (has_backward(options.pass) ? "four files o.npy,dq.npy,dk.npy,dv.npy for --pass " +
                                                   std::string(to_string(options.pass))
                                             : std::string("one file o.npy (four with --pass bwd or fwd+bwd)")));
+  for (const std::string& file : outputs) check_writable(file, "--out");
   options.collect_output = !save_output.empty();
   int code = 0;
   if (csv) print_csv_header();
