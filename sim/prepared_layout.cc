@@ -295,10 +295,15 @@ PreparedLayout prepare(const Layout& l, const Topology& topology, const PrepareO
     prepare_allgather(l, topology, ring, p);
   }
   std::vector<int64_t> flops_by_rank(static_cast<size_t>(l.world()), 0);
+  const AttentionShape& shape = l.shape();
+  p.call_head_dim = (shape.head_dim + shape.v_head_dim) / 2;
   for (const RankLayout& rl : l.ranks()) {
+    p.ring_query_rows = std::max(p.ring_query_rows, l.shard_padded_tokens(rl.r));
+    p.attention_batch_heads = std::max(p.attention_batch_heads, shape.batch * rl.q_heads.count());
     if (rl.flops > p.max_flops) {
       p.max_flops = rl.flops;
       p.useful_flops_of_max = rl.useful_flops;
+      p.attention_query_rows = l.shard_padded_tokens(rl.r);
     }
     p.peak_bytes = std::max(p.peak_bytes, rl.peak_bytes);
     flops_by_rank[size_t(rl.rank)] = rl.flops;

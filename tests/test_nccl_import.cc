@@ -154,19 +154,23 @@ TEST(NcclTests, ApplyReplacesTheCrossedLevelsOnly) {
   EXPECT_EQ(crossed_level(base, runs[0]), 0u);  // node
   EXPECT_EQ(crossed_level(base, runs[1]), 1u);  // scalable unit: 2 nodes fit in one
   const sim::Hardware hw = apply_nccl_tests(base, runs);
-  EXPECT_NEAR(hw.levels[0].link.bandwidth_bytes_per_s, 360e9, 18e9);
-  EXPECT_NEAR(hw.levels[1].link.bandwidth_bytes_per_s, 42e9, 2.1e9);
+  // Each run's collective goes into its own entry of the level it crossed; the links stay.
+  const auto alltoall = [](const sim::Level& l) { return l.rate_of(sim::Collective::alltoall); };
+  ASSERT_TRUE(alltoall(hw.levels[0]) && alltoall(hw.levels[1]));
+  EXPECT_NEAR(alltoall(hw.levels[0])->bandwidth_bytes_per_s, 360e9, 18e9);
+  EXPECT_NEAR(alltoall(hw.levels[1])->bandwidth_bytes_per_s, 42e9, 2.1e9);
+  EXPECT_EQ(hw.levels[0].link, base.levels[0].link);
   EXPECT_EQ(hw.levels[2], base.levels[2]);
-  EXPECT_EQ(hw.intra, hw.levels[0].link);
-  EXPECT_EQ(hw.inter, hw.levels[1].link);
+  EXPECT_EQ(hw.intra, base.intra);
   EXPECT_EQ(hw.attention_flops_per_s.bf16, base.attention_flops_per_s.bf16);
   EXPECT_NE(hw.source.find("one.txt: alltoall on 8 rank(s) x 1 host(s)"), std::string::npos) << hw.source;
   EXPECT_NE(hw.source.find("-> level 'scalable-unit'"), std::string::npos) << hw.source;
-  // A level that bounces through host memory stores twice what was measured (the model halves it).
+  // A measured rate is stored as measured, host bounce or not (it already holds the bounce).
   const sim::Hardware l20 = sim::load_hardware("l20");
   const NcclTestsRun eight = parse_nccl_tests(sweep(NcclTestKind::alltoall, 1, 8, 30, 10, 0), "x", std::nullopt);
   EXPECT_EQ(crossed_level(l20, eight), 2u);  // host
-  EXPECT_NEAR(apply_nccl_tests(l20, std::span(&eight, 1)).levels[2].link.bandwidth_bytes_per_s, 20e9, 1e8);
+  EXPECT_NEAR(apply_nccl_tests(l20, std::span(&eight, 1)).levels[2].rate_of(sim::Collective::alltoall)->bandwidth_bytes_per_s,
+              10e9, 1e8);
   const NcclTestsRun two = parse_nccl_tests(sweep(NcclTestKind::sendrecv, 1, 2, 6, 22, 0), "x", std::nullopt);
   EXPECT_EQ(crossed_level(l20, two), 0u);  // switch
 }
@@ -382,7 +386,8 @@ TEST(NcclImportCli, CalibrateAndImportWriteFilesThatSimulate) {
                                           dir.file("hw.json"))));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("scalable-unit"), std::string::npos) << r.output;
-  EXPECT_NEAR(sim::load_hardware(dir.file("hw.json")).levels[0].link.bandwidth_bytes_per_s, 360e9, 18e9);
+  EXPECT_NEAR(sim::load_hardware(dir.file("hw.json")).levels[0].rate_of(sim::Collective::alltoall)->bandwidth_bytes_per_s, 360e9,
+              18e9);
   r = run_command(cptune(fmt::format("topology import {} --base a100-pcie --out {}", fixture("nccl_topo_4gpu_nvlink_pairs.xml"),
                                      dir.file("a.json"))));
   ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -114,10 +114,10 @@ void write_npy(const std::string& path, const NpyArray& array) {
   head += {char(1), char(0), char(header.size() & 0xff), char(header.size() >> 8)};
   head += header;
   // A FIFO or device is refused without blocking; a write error (full disk, ulimit -f) is an Error.
-  const int fd = open_regular_file_for_write(path, "--save-output");
+  const int fd = open_regular_file_for_write(path, "--out");
   try {
-    write_all_or_throw(fd, head.data(), head.size(), path, "--save-output");
-    write_all_or_throw(fd, array.data.data(), array.data.size() * sizeof(float), path, "--save-output");
+    write_all_or_throw(fd, head.data(), head.size(), path, "--out");
+    write_all_or_throw(fd, array.data.data(), array.data.size() * sizeof(float), path, "--out");
   } catch (...) {
     close(fd);
     throw;
