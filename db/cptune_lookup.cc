@@ -250,11 +250,17 @@ int cptune_lookup_open_with_simulator(const char* db_path, const cptune_fingerpr
 
 int cptune_lookup_open_local(const char* db_path, const char* backend, int64_t world, int64_t ranks_per_node,
                              const char* hardware, const char* engine, cptune_lookup** out) {
+  return cptune_lookup_open_local_pass(db_path, backend, world, ranks_per_node, hardware, engine, nullptr, out);
+}
+
+int cptune_lookup_open_local_pass(const char* db_path, const char* backend, int64_t world, int64_t ranks_per_node,
+                                  const char* hardware, const char* engine, const char* pass, cptune_lookup** out) {
   if (!out) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "out is NULL");
   *out = nullptr;
   if (!backend) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "backend is NULL");
   cptune::db::LookupRequest request;
   if (int status = guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
+        if (pass && *pass) request.pass = cptune::parse_pass(pass);
         request.db_path = or_empty(db_path);
         request.fingerprint = cptune::db::local_hardware_fingerprint(backend, world, ranks_per_node);
         if (engine && *engine) cptune::sim::apply_engine(request.constraints, engine);

@@ -48,8 +48,8 @@ extern "C" {
 /* Bumped when a struct or function changes incompatibly; the soname carries it too. */
 #define CPTUNE_LOOKUP_ABI_VERSION 1
 /* Bumped when functions are added compatibly: 1 added cptune_lookup_engines and opening without
- * a database (CPTUNE_LOOKUP_NO_DATABASE). */
-#define CPTUNE_LOOKUP_ABI_MINOR 1
+ * a database (CPTUNE_LOOKUP_NO_DATABASE); 2 added cptune_lookup_open_local_pass. */
+#define CPTUNE_LOOKUP_ABI_MINOR 2
 
 /* db_path of every open function: no database, every answer is the simulator's (source
  * CPTUNE_LOOKUP_SOURCE_SIMULATED). NULL means the same. */
@@ -152,6 +152,13 @@ CPTUNE_LOOKUP_API int cptune_lookup_open_with_simulator(const char* db_path, con
 CPTUNE_LOOKUP_API int cptune_lookup_open_local(const char* db_path, const char* backend, int64_t world,
                                                int64_t ranks_per_node, const char* hardware, const char* engine,
                                                cptune_lookup** out);
+/* Added in ABI minor 2: cptune_lookup_open_local for one pass, `pass` "fwd" (what every other
+ * open function answers), "bwd" or "fwd+bwd" (NULL or "": "fwd"). Only measurements of that pass
+ * answer, the simulator prices that pass, and with an engine the layouts it runs forward only are
+ * never answered for a pass with a backward. An unknown pass is CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT. */
+CPTUNE_LOOKUP_API int cptune_lookup_open_local_pass(const char* db_path, const char* backend, int64_t world,
+                                                    int64_t ranks_per_node, const char* hardware, const char* engine,
+                                                    const char* pass, cptune_lookup** out);
 /* Writes the fingerprints db_path holds, one line each ("id backend device P=.. G=.. nodes=..
  * shapes=N (library versions; cptune version)"), NUL-terminated, into buffer (size bytes; NULL
  * with size 0 asks only for the size). *needed gets the bytes needed, NUL included; a buffer too

@@ -45,7 +45,9 @@ class Lookup {
   // With a filter, each shape's answer is its fastest measurement the filter allows (not the
   // stored best), a nearest answer must be allowed on the queried shape, and the fallback is
   // the caller's to restrict alike.
-  static Lookup open(const std::string& db_path, const Fingerprint& fp, Fallback fallback = {}, Filter filter = {});
+  // Only measurements of `pass` answer: a forward time says nothing of a backward's winner.
+  static Lookup open(const std::string& db_path, const Fingerprint& fp, Fallback fallback = {}, Filter filter = {},
+                     Pass pass = Pass::forward);
   // The same from rows already read, for callers that hold a Store open. Takes the rows by
   // value so their shapes move into the table instead of being copied.
   explicit Lookup(std::vector<BestRow> rows, Fallback fallback = {});

@@ -59,22 +59,25 @@ OpenedLookup open_lookup(const LookupRequest& r) {
     if (r.db_path.empty()) throw;
     explain = [why = std::string(e.what())](const AttentionShape&) { return why; };
   }
+  sim::Constraints constraints = r.constraints;
+  constraints.backward = constraints.backward || has_backward(r.pass);  // forward-only layouts refused
+  const sim::PredictOptions predict{.pass = r.pass};
   Fallback fallback;
   if (!hardware.empty()) {
     const sim::Hardware hw = sim::load_hardware(hardware);
-    fallback = simulator_fallback(hw, r.fingerprint.cluster, {}, r.constraints);
-    explain = simulator_refusal(hw, r.fingerprint.cluster, {}, r.constraints);
+    fallback = simulator_fallback(hw, r.fingerprint.cluster, predict, constraints);
+    explain = simulator_refusal(hw, r.fingerprint.cluster, predict, constraints);
   }
   Filter filter;
-  if (!r.constraints.empty())
-    filter = [c = r.constraints](const LayoutChoice& k, const ShapeView& v) { return c.allows(k, v); };
+  if (!constraints.empty())
+    filter = [c = constraints](const LayoutChoice& k, const ShapeView& v) { return c.allows(k, v); };
   if (r.db_path.empty()) {
     Lookup lookup = Lookup::without_database(std::move(fallback), std::move(filter),
                                              "no database given (answers are the simulator's on " + hardware + ")");
     lookup.set_explain(std::move(explain));
     return {std::move(lookup), hardware};
   }
-  Lookup lookup = Lookup::open(r.db_path, r.fingerprint, std::move(fallback), std::move(filter));
+  Lookup lookup = Lookup::open(r.db_path, r.fingerprint, std::move(fallback), std::move(filter), r.pass);
   lookup.set_explain(std::move(explain));
   return {std::move(lookup), hardware};
 }

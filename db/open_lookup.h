@@ -21,6 +21,7 @@ struct LookupRequest {
   Fingerprint fingerprint;   // version fields empty: any versions of the same hardware
   std::string hardware;      // preset, file, kHardwareAuto, or "": no simulator (with a database)
   sim::Constraints constraints;
+  Pass pass = Pass::forward;  // the pass asked about: its measurements, its prediction, its engine rules
 };
 
 struct OpenedLookup {

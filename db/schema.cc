@@ -191,12 +191,12 @@ void quick_check(const Connection& conn) {
                 "); restore it from a copy or tune again into a new file");
 }
 
-void migrate(const Connection& conn) {
+void migrate(const Connection& conn, int64_t target = kSchemaVersion) {
   for (;;) {
     Transaction tx(conn, Transaction::Kind::write);
     // Read again under the write lock: another tuner may have migrated the file meanwhile.
     const int64_t version = pragma_int(conn, "PRAGMA user_version");
-    if (version >= kSchemaVersion) return;
+    if (version >= target) return;
     conn.exec(kMigrations[version]);
     conn.exec(("PRAGMA user_version = " + std::to_string(version + 1)).c_str());
     conn.exec(("PRAGMA application_id = " + std::to_string(kApplicationId)).c_str());
@@ -237,6 +237,14 @@ void open_for_writing(const Connection& conn, const std::function<void()>& check
 }
 
 int64_t schema_version(const Connection& conn) { return pragma_int(conn, "PRAGMA user_version"); }
+
+void create_at_version(const Connection& conn, int64_t version) {
+  if (version < 1 || version > kSchemaVersion)
+    throw Error("schema version " + std::to_string(version) + " is not between 1 and " + std::to_string(kSchemaVersion));
+  if (pragma_int(conn, "PRAGMA user_version") != 0)
+    throw Error("database '" + conn.path() + "' is not empty: only a new file is created at an older version");
+  migrate(conn, version);
+}
 
 void check_for_reading(const Connection& conn) {
   const Header h = read_header(conn);

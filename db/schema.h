@@ -28,4 +28,8 @@ void check_for_reading(const Connection& conn);
 // PRAGMA user_version: the schema version of the file (0 for a new one).
 int64_t schema_version(const Connection& conn);
 
+// A new, empty file with the schema of an older cptune (1 .. kSchemaVersion): the files that
+// release wrote, for the tests of migrations and of readers of old files.
+void create_at_version(const Connection& conn, int64_t version);
+
 }  // namespace cptune::db

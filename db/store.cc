@@ -426,7 +426,7 @@ std::vector<BestRow> Store::best(std::optional<int64_t> fingerprint_id, std::opt
 }
 
 std::vector<StoredMeasurement> Store::measurements() const {
-  Statement st(*conn_,
+  const std::string sql =
                "SELECT m.id AS measurement_id, m.fingerprint_id AS fingerprint_id, s.batch AS batch, "
                "s.seq_lens AS seq_lens, s.q_heads AS q_heads, s.kv_heads AS kv_heads, s.head_dim AS head_dim, "
                "s.v_head_dim AS v_head_dim, s.dtype AS dtype, s.mask AS mask, c.strategy AS strategy, "
@@ -437,7 +437,8 @@ std::vector<StoredMeasurement> Store::measurements() const {
                "s.id AS shape_id, c.id AS candidate_id, f.world AS world, " + std::string(pass_column("m")) + " AS pass "
                "FROM measurements AS m JOIN shapes AS s ON s.id = m.shape_id "
                "JOIN candidates AS c ON c.id = m.candidate_id JOIN fingerprints AS f ON f.id = m.fingerprint_id "
-               "ORDER BY m.id");
+               "ORDER BY m.id";
+  Statement st(*conn_, sql.c_str());
   std::vector<StoredMeasurement> out;
   MaskCache masks;
   while (st.step()) {

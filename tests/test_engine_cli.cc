@@ -79,9 +79,10 @@ TEST(EngineCli, TuneAndLookupFilterByFlagsAndLookupPrintsTheEnginesConfiguration
   EXPECT_EQ(prime["source"], "simulated");
   EXPECT_EQ(prime["hardware"], "cpu-gloo");
   EXPECT_EQ(prime["engine"]["python"].get<std::string>().rfind("[model]\ncp = 4\ncp_style = ", 0), 0u) << prime.dump();
-  // An engine's question is a GPU question: not priced on the CPU preset unasked.
+  // An engine's question is a GPU question: not priced on the CPU preset unasked. With a database
+  // it gets the measured answers only, and this miss (not found, exit 3) names the flag to give.
   const auto unpriced = run_command(cptune("lookup --db " + db + " " + shape + " --engine prime-rl"));
-  EXPECT_EQ(unpriced.exit_code, 2);
+  EXPECT_EQ(unpriced.exit_code, 3);
   EXPECT_NE(unpriced.output.find("--hardware"), std::string::npos) << unpriced.output;
   // --format without an engine, or a shape no engine layout fits: exit 2 for the bad flag, 3 (not found) naming why.
   EXPECT_EQ(run_command(cptune("lookup --db " + db + " " + shape + " --format args")).exit_code, 2);
@@ -128,9 +129,9 @@ TEST(EngineCli, LookupWithoutADatabaseAnswersFromTheSimulator) {
   // A named database that does not exist stays an error.
   const auto missing = run_command(cptune("lookup --db /nonexistent/tune.db " + shape));
   EXPECT_EQ(missing.exit_code, 2);
-  // No layout: the message names the rule that refused the last candidate, with its source.
+  // No layout (not found, exit 3): the message names the rule that refused the last candidate, with its source.
   const auto causal = run_command(cptune("lookup --engine diffusers --hardware h100-sxm --mask causal " + shape));
-  EXPECT_EQ(causal.exit_code, 2);
+  EXPECT_EQ(causal.exit_code, 3);
   EXPECT_NE(causal.output.find("is_causal"), std::string::npos) << causal.output;
   EXPECT_NE(causal.output.find("huggingface/diffusers @58eb52c"), std::string::npos) << causal.output;
 }

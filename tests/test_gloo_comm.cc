@@ -500,7 +500,11 @@ TEST(Rendezvous, TempDirectoryIsPrivateFreshAndRemovedAfterwards) {
     ASSERT_EQ(stat(path.c_str(), &st), 0) << path;
     EXPECT_TRUE(S_ISDIR(st.st_mode));
     EXPECT_EQ(st.st_mode & 0777, 0700u);
-    EXPECT_TRUE(std::filesystem::is_empty(path));
+    // Fresh: nothing in it but the record of the process that made it (pid, start time), which
+    // lets a later run remove it if this one is killed.
+    std::vector<std::string> entries;
+    for (const auto& e : std::filesystem::directory_iterator(path)) entries.push_back(e.path().filename().string());
+    EXPECT_EQ(entries, std::vector<std::string>{"owner"});
     EXPECT_EQ(dir.spec(), "file://" + path);
     std::ofstream(path + "/key") << "left by a run";
     backends::TempRendezvousDir moved = std::move(dir);

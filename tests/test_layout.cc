@@ -453,7 +453,7 @@ std::string phases_of(const PhasePlan& plan) {
   return out;
 }
 
-// Each strategy's plan as DESIGN.md writes it, on every kind of mesh: Ulysses phases only where
+// Each strategy's plan as docs/design.md writes it, on every kind of mesh: Ulysses phases only where
 // U > 1, ring phases only where R > 1, attention always (locally on a ring of one).
 TEST(StrategyPlan, EachStrategyRunsItsDocumentedPhasesOnEveryMesh) {
   struct Case {

@@ -77,9 +77,9 @@ TEST_F(PythonClient, AnotherLengthOfTheFamilyAnswersNearestAsOneLine) {
   EXPECT_EQ(r.output, "nearest hybrid-uaa U=2 R=2 ring-inner kv-aligned 0.0015 s\n");
 }
 
-TEST_F(PythonClient, AShapeOfNoMeasuredFamilyIsNotFoundWithExitCode1) {
+TEST_F(PythonClient, AShapeOfNoMeasuredFamilyIsNotFoundWithExitCode3LikeTheCli) {
   const CommandResult r = client("--seq 4096 --head-dim 64 --json");
-  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.exit_code, 3) << r.output;
   EXPECT_EQ(nlohmann::json::parse(r.output)["source"], "not-found");
 }
 

@@ -934,7 +934,7 @@ TEST(SimulateCli, BadInputNamesTheValue) {
   expect_error(with({"--seq", "1k:8k:*2"}), "'1k:8k:*2'");
   expect_error(with({"--seq", "1q"}), "'1q'");
   expect_error(with({"--seq", "4k", "--hardware", "tpu"}), "unknown hardware 'tpu'");
-  expect_error(with({"--seq", "4k", "--pass", "bwd"}), "unknown pass 'bwd'");
+  expect_error(with({"--seq", "4k", "--pass", "sideways"}), "unknown pass 'sideways'");
   expect_error(with({"--seq", "4k", "--metadata", "gpu"}), "unknown metadata channel 'gpu'");
   expect_error(with({"--seq", "4k", "--nodes", "2"}), "not both");
   expect_error(with({"--seq", "4"}), "sequence length 4 is smaller than world 8");

@@ -18,6 +18,7 @@
 #include <functional>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <random>
 #include <set>
 #include <sstream>
@@ -596,6 +597,16 @@ TEST(StoreSchema, AVersion2DatabaseIsReadAsBeforeAndMigratedByTheNextWriter) {
     Connection conn(path, OpenMode::read_write);
     conn.exec("DROP INDEX shapes_by_mask");
     conn.exec("ALTER TABLE tune_leases DROP COLUMN heartbeat_at");
+    // Version 2's best view and measurements, before passes (db/schema.cc, migration 0 -> 1).
+    conn.exec("DROP VIEW best");
+    conn.exec("ALTER TABLE measurements DROP COLUMN pass");
+    conn.exec("CREATE VIEW best AS "
+              "SELECT w.fingerprint_id, w.shape_id, w.candidate_id, w.measurement_id, w.median_s, w.measurements, "
+              "s.batch, s.seq_lens, s.total_tokens, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, s.dtype, s.mask, "
+              "c.strategy, c.ulysses, c.ring, c.rank_order, c.head_policy "
+              "FROM (SELECT fingerprint_id, shape_id, candidate_id, id AS measurement_id, min(median_s) AS median_s, "
+              "count(*) AS measurements FROM measurements GROUP BY fingerprint_id, shape_id) AS w "
+              "JOIN shapes AS s ON s.id = w.shape_id JOIN candidates AS c ON c.id = w.candidate_id");
     conn.exec("PRAGMA user_version = 2");
   }
   ASSERT_EQ(count_rows(path, "SELECT count(*) FROM sqlite_schema WHERE name = 'shapes_by_mask'"), 0);
@@ -620,6 +631,105 @@ TEST(StoreSchema, AVersion2DatabaseIsReadAsBeforeAndMigratedByTheNextWriter) {
                              [](const BestRow& r) { return r.shape.mask.kind == MaskKind::blocks; }),
               after.end());
   EXPECT_TRUE(same(after, before));
+  EXPECT_EQ(integrity(path), "ok");
+}
+
+// --- passes ----------------------------------------------------------------------------------
+
+// Every pass is its own question: a shape's best per pass over random rows is the minimum of that
+// pass's rows only, has_shape answers per pass, and a lookup of one pass never answers another's.
+TEST(StorePass, EachPassHasItsOwnBestResumeAndLookupOverRandomRows) {
+  TempDir dir;
+  std::mt19937 rng(23);
+  const std::string path = dir.file("tune.db");
+  const std::vector<AttentionShape> shapes = shape_sweep();
+  const Pass passes[] = {Pass::forward, Pass::backward, Pass::forward_backward};
+  std::map<std::pair<size_t, Pass>, std::pair<LayoutChoice, double>> expected;
+  {
+    Store store = Store::open(path);
+    for (size_t i = 0; i < shapes.size(); ++i)
+      for (Pass pass : passes) {
+        if ((i + size_t(pass)) % 3 == 0) continue;  // some shapes miss some passes
+        const std::vector<MeasurementRow> rows = random_rows(rng, 4);
+        store.record_shape(cpu_fingerprint(), shapes[i], rows, pass);
+        const auto best = std::min_element(rows.begin(), rows.end(),
+                                           [](const auto& a, const auto& b) { return a.median_s < b.median_s; });
+        expected[{i, pass}] = {best->candidate, best->median_s};
+      }
+  }
+  const Store store = Store::open_read_only(path);
+  for (Pass pass : passes) {
+    size_t rows_of_pass = 0;
+    for (const BestRow& row : store.best(std::nullopt, pass)) {
+      ++rows_of_pass;
+      EXPECT_EQ(row.pass, pass);
+      const size_t i = size_t(std::find(shapes.begin(), shapes.end(), row.shape) - shapes.begin());
+      ASSERT_LT(i, shapes.size());
+      const auto it = expected.find({i, pass});
+      ASSERT_NE(it, expected.end()) << to_string(row.shape) << " has no " << to_string(pass) << " rows";
+      EXPECT_EQ(row.candidate, it->second.first);
+      EXPECT_EQ(row.median_s, it->second.second);
+    }
+    const Lookup lookup = Lookup::open(path, cpu_fingerprint(), {}, {}, pass);
+    EXPECT_EQ(lookup.shapes(), rows_of_pass);
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const auto it = expected.find({i, pass});
+      EXPECT_EQ(store.has_shape(cpu_fingerprint(), shapes[i], pass), it != expected.end());
+      const std::optional<Answer> answer = lookup.query(shapes[i]);  // no fallback: measured answers only
+      if (it == expected.end()) {
+        EXPECT_TRUE(!answer || answer->source == Source::nearest) << to_string(shapes[i]);
+      } else {
+        ASSERT_TRUE(answer.has_value()) << to_string(shapes[i]);
+        EXPECT_EQ(answer->source, Source::exact);
+        EXPECT_EQ(answer->choice, it->second.first);
+        EXPECT_EQ(answer->time_s, it->second.second);
+      }
+    }
+  }
+  EXPECT_EQ(store.best().size(), expected.size());  // every pass's rows, each shape once per pass
+}
+
+// A version 3 file (written before passes were stored, by that release's schema) reads as forward
+// measurements only, and the next writer migrates it keeping every row, each a forward row.
+TEST(StorePass, AVersion3FileIsForwardOnlyAndMigratesWithItsRowsForward) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  {
+    const Connection conn(path, OpenMode::read_write);
+    create_at_version(conn, 3);
+    // What a version 3 tuner inserted: two candidates of one shape, the faster ring.
+    conn.exec("INSERT INTO fingerprints VALUES (1, 'gloo', 'cpu', 4, 4, 1, 'gloo 0.5.0', '0.1.0');"
+              "INSERT INTO shapes VALUES (1, 1, '4096', 4096, 32, 8, 128, 128, 'bf16', 'causal');"
+              "INSERT INTO candidates VALUES (1, 'ulysses', 4, 1, 'ulysses-inner', 'balanced'),"
+              "                              (2, 'ring', 1, 4, 'ulysses-inner', 'balanced');"
+              "INSERT INTO measurements VALUES (1, 1, 1, 1, 2e-3, 1.9e-3, 2.2e-3, 5, '{}', NULL, NULL, 'cpu-gloo', "
+              "'2025-01-02T03:04:05Z'), (2, 1, 1, 2, 1e-3, 0.9e-3, 1.2e-3, 5, '{}', NULL, NULL, 'cpu-gloo', "
+              "'2025-01-02T03:04:06Z')");
+  }
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM pragma_table_info('measurements') WHERE name = 'pass'"), 0);
+  EXPECT_THROW(create_at_version(Connection(path, OpenMode::read_write), 2), Error);  // not a new file
+  const auto check = [&](const char* when) {
+    const Store store = Store::open_read_only(path);
+    const std::vector<BestRow> forward = store.best(std::nullopt, Pass::forward);
+    ASSERT_EQ(forward.size(), 1u) << when;
+    EXPECT_EQ(forward[0].pass, Pass::forward) << when;
+    EXPECT_EQ(forward[0].candidate.strategy, Strategy::ring) << when;
+    EXPECT_EQ(forward[0].median_s, 1e-3) << when;
+    EXPECT_TRUE(store.best(std::nullopt, Pass::backward).empty()) << when;
+    EXPECT_TRUE(store.best(std::nullopt, Pass::forward_backward).empty()) << when;
+    EXPECT_EQ(Lookup::open(path, cpu_fingerprint(), {}, {}, Pass::backward).shapes(), 0u) << when;
+    for (const StoredMeasurement& m : store.measurements()) EXPECT_EQ(m.pass, Pass::forward) << when;
+  };
+  check("read as version 3");
+  EXPECT_EQ(count_rows(path, "PRAGMA user_version"), 3);  // a reader changes nothing
+  {
+    Store store = Store::open(path);  // the writer migrates 3 -> 4 before it writes
+    EXPECT_TRUE(store.has_shape(cpu_fingerprint(), shape_of({4096}), Pass::forward));
+    EXPECT_FALSE(store.has_shape(cpu_fingerprint(), shape_of({4096}), Pass::backward));
+  }
+  EXPECT_EQ(count_rows(path, "PRAGMA user_version"), kSchemaVersion);
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM measurements WHERE pass = 'fwd'"), 2);
+  check("migrated to the current version");
   EXPECT_EQ(integrity(path), "ok");
 }
 

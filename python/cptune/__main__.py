@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--mask", default="full", help="full, causal, sliding:W, a block pattern (star:16) or blocks:N:ROWS")
     p.add_argument("--engine", default=None, help="only layouts this engine can run; prints its configuration")
     p.add_argument("--hardware", default="", help="simulate unmeasured families on this preset or JSON file")
+    p.add_argument("--pass", dest="pass_", default="fwd", choices=["fwd", "bwd", "fwd+bwd"],
+                   help="the pass to answer for (only its measurements)")
     p.add_argument("--json", action="store_true", help="print JSON instead of one line")
     args = p.parse_args(argv)
     try:
@@ -38,11 +40,11 @@ def main(argv=None) -> int:
         shape = _lookup.Shape(seq_lens, args.heads, args.kv_heads, args.head_dim, args.v_head_dim, args.dtype,
                               args.mask, args.batch)
         with _lookup.Lookup(args.db, world=args.world, ranks_per_node=args.ranks_per_node or args.world,
-                            backend=args.backend, hardware=args.hardware or None) as lookup:
+                            backend=args.backend, hardware=args.hardware or None, pass_=args.pass_) as lookup:
             answer = lookup.best(shape, engine=args.engine)
     except _lookup.NotFound as e:
         print(json.dumps({"source": "not-found", "reason": str(e)}) if args.json else f"not-found: {e}")
-        return 1
+        return 3  # as `cptune lookup`: 0 answered, 2 bad input, 3 not found
     except (_lookup.CptuneError, OSError, ValueError) as e:
         print(f"cptune: error: {e}", file=sys.stderr)
         return 2

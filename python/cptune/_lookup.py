@@ -172,6 +172,7 @@ def _library():
         "cptune_lookup_version": (ctypes.c_int, []),
         "cptune_lookup_library_version": (c, []),
         "cptune_lookup_open_local": (ctypes.c_int, [c, c, i64, i64, c, c, ctypes.POINTER(p)]),
+        "cptune_lookup_open_local_pass": (ctypes.c_int, [c, c, i64, i64, c, c, c, ctypes.POINTER(p)]),
         "cptune_lookup_query": (ctypes.c_int, [p, ctypes.POINTER(_Shape), ctypes.POINTER(_Choice)]),
         "cptune_lookup_close": (None, [p]),
         "cptune_lookup_last_error": (c, []),
@@ -229,11 +230,13 @@ class Lookup:
     as torchrun sets them). db None: no database, every answer is the simulator's. hardware: a
     preset or hardware JSON for the simulator's answer when nothing of a shape's family was
     measured; "auto" the preset this machine's device names (an engine's or an nccl question on a
-    CPU machine needs a GPU preset: CptuneError otherwise); None for measured answers only."""
+    CPU machine needs a GPU preset: CptuneError otherwise); None for measured answers only.
+    pass_: "fwd" (default), "bwd" or "fwd+bwd": only that pass's measurements answer, the simulator
+    prices that pass, and an engine's forward-only layouts are never answered with a backward."""
 
     def __init__(self, db: Optional[Union[str, os.PathLike]] = None, world: Optional[int] = None,
                  ranks_per_node: Optional[int] = None, backend: str = "gloo",
-                 hardware: Optional[str] = "auto"):
+                 hardware: Optional[str] = "auto", pass_: str = "fwd"):
         if world is None:
             if "WORLD_SIZE" not in os.environ:
                 raise CptuneError("give world= (ranks in the context-parallel group); $WORLD_SIZE is not set")
@@ -242,7 +245,7 @@ class Lookup:
             ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         self.db = os.fspath(db) if db is not None else None
         self.world, self.ranks_per_node = int(world), int(ranks_per_node)
-        self.backend, self.hardware = backend, hardware
+        self.backend, self.hardware, self.pass_ = backend, hardware, pass_
         self._lib = _library()
         self._handles: Dict[str, ctypes.c_void_p] = {}
 
@@ -250,9 +253,10 @@ class Lookup:
         key = engine or ""
         if key not in self._handles:
             handle = ctypes.c_void_p()
-            status = self._lib.cptune_lookup_open_local(
+            status = self._lib.cptune_lookup_open_local_pass(
                 os.fsencode(self.db) if self.db is not None else None, self.backend.encode(), self.world, self.ranks_per_node,
-                self.hardware.encode() if self.hardware else None, key.encode(), ctypes.byref(handle))
+                self.hardware.encode() if self.hardware else None, key.encode(), self.pass_.encode(),
+                ctypes.byref(handle))
             if status != _OK:
                 _fail(self._lib, status)
             self._handles[key] = handle

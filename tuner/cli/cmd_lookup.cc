@@ -23,7 +23,7 @@ int cmd_lookup(const Args& args) {
   ShapeArgs shape;
   MeshArgs mesh;
   ConstraintArgs constraint;
-  std::string db_path, backend = "gloo", hardware, format;
+  std::string db_path, backend = "gloo", hardware, format, pass = "fwd";
   bool json = false;
   po::options_description desc("lookup options");
   add_shape_options(desc, shape);
@@ -34,12 +34,15 @@ int cmd_lookup(const Args& args) {
       "hardware", po::value(&hardware)->default_value(std::string(db::kHardwareAuto)),
       "hardware profile for the simulator's answer when nothing of the shape's family was measured; auto: the "
       "preset this machine's device names (a GPU question, nccl or --engine, on a CPU machine needs a GPU preset)")(
+      "pass", po::value(&pass)->default_value("fwd"),
+      "the pass to answer for: fwd, bwd or fwd+bwd (only its measurements; an engine's forward-only layouts are "
+      "never answered with a backward)")(
       "json", po::bool_switch(&json), "print JSON")(
       "format", po::value(&format),
       "with --engine: print only the engine's configuration as args (flags), python, or json (the whole answer)");
   if (!parse_args(args, desc,
                   "usage: cptune lookup [--db tune.db] --world P --seq S --heads H [--kv-heads K] [--engine NAME "
-                  "[--format args|json|python]] [--hardware NAME|FILE] [options]"))
+                  "[--format args|json|python]] [--hardware NAME|FILE] [--pass fwd|bwd|fwd+bwd] [options]"))
     return 0;
   if (backend != "gloo" && backend != "nccl") throw Error("--backend " + backend + " must be gloo or nccl");
   const AttentionShape s = to_shape(shape);
@@ -58,6 +61,7 @@ int cmd_lookup(const Args& args) {
   request.fingerprint.cptune_version.clear();
   request.hardware = hardware;
   request.constraints = constraints;
+  request.pass = parse_pass(pass);
   const db::OpenedLookup opened = db::open_lookup(request);
   const ShapeView view = view_of(s);
   const std::optional<db::Answer> answer = opened.lookup.query(view);
@@ -75,6 +79,7 @@ int cmd_lookup(const Args& args) {
     doc.update({{"schema", "cptune/lookup/1"},
                 {"time_s", {{"median", answer->time_s}}},
                 {"source", db::to_string(answer->source)},
+                {"pass", std::string(to_string(request.pass))},
                 {"measured_tokens", answer->measured_tokens}});
     if (simulated) doc["hardware"] = opened.hardware;
     if (!constraints.engine.empty())

@@ -192,6 +192,7 @@ int cmd_tune(const Args& args) {
   add_shape_options(desc, shape);
   add_mesh_options(desc, mesh);
   add_run_options(desc, run);
+  add_pass_option(desc, run);
   add_constraint_options(desc, constraint);
   desc.add_options()("db", po::value(&db_path), "SQLite database to store measurements in (created if missing)")(
       "shapes", po::value(&shapes_path), "CSV of shapes (header: seq,heads,kv_heads,head_dim,v_head_dim,dtype,mask,batch)")(
@@ -221,8 +222,10 @@ int cmd_tune(const Args& args) {
   options.executor = executor_options(run);
   options.executor.verify = !no_verify;
   options.predict.metadata = options.executor.metadata;  // rank candidates with the channel they run with
+  options.predict.pass = options.executor.pass;          // and the pass they are timed on
   options.fingerprint = tuner::local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
   options.constraints = to_constraints(constraint, mesh);
+  options.constraints.backward = has_backward(options.executor.pass);  // an engine's forward-only layouts: not measured
   check_shapes_fit(shapes, cluster, options, run, shapes_path, hardware);
   // A bad path or file fails here, before any rank starts. One tuner per database and cluster:
   // a second would measure every missing shape again. Under an outside launcher every process

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "core/error.h"
+#include "core/strategy.h"
 
 namespace po = boost::program_options;
 
@@ -40,7 +41,14 @@ LayoutSpec to_spec(const ShapeArgs& shape, const MeshArgs& mesh, const StrategyA
   const LayoutChoice choice{parse_strategy(strategy.strategy), mesh.ulysses, mesh.ring,
                             mesh.order.empty() ? RankOrder::ulysses_inner : parse_rank_order(mesh.order),
                             parse_head_policy(strategy.head_policy)};
-  return {to_shape(shape), cluster, choice};
+  const AttentionShape s = to_shape(shape);  // its errors name their own flags
+  try {
+    // Layout::build resolves the choice; checked here too so that a bad mesh names its flags.
+    (void)resolve(choice, cluster);
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) + " (set by --strategy, --world, --ulysses and --ring)");
+  }
+  return {s, cluster, choice};
 }
 
 void add_constraint_options(po::options_description& desc, ConstraintArgs& a, MeshArgs* layout) {
