@@ -84,7 +84,16 @@ SHAPES = [  # (title, simulate/lookup flags)
     ("24 heads (Hkv 8) on 8, S = 32k, causal", ["--world", "8", "--seq", "32768", "--heads", "24", "--kv-heads", "8",
                                                 "--mask", "causal"]),
 ]
-ENGINES = ["sglang", "diffusers", "cache-dit", "xdit", "megatron", "prime-rl", "ring-flash-attn"]
+
+
+def engine_names(binary):
+    """The engines with a profile, as the binary lists them (sim/engines/registry.cc, the one list)."""
+    p = subprocess.run([binary, "simulate", "--world", "2", "--heads", "2", "--seq", "64", "--engine", "?"],
+                       capture_output=True, text=True)
+    listed = p.stderr.strip().split("engines: ", 1)
+    if p.returncode != 2 or len(listed) != 2:
+        sys.exit(f"doc_tables: cannot read the engine list from {binary}: {p.stderr.strip()}")
+    return [name.strip() for name in listed[1].split(",")]
 
 
 def allowed(candidates):
@@ -104,7 +113,7 @@ def engines(binary):
                "--warmups", "0")  # a store of this machine's fingerprint: every lookup below is simulated
         print("| engine | " + " | ".join(t for t, _ in SHAPES) + " |")
         print("| --- | " + " | ".join("---" for _ in SHAPES) + " |")
-        for engine in ENGINES:
+        for engine in engine_names(binary):
             cells = []
             for _, flags in SHAPES:
                 p = cptune(binary, "simulate", "--hardware", "h100-sxm", "--engine", engine, *flags, "--json",
