@@ -103,8 +103,8 @@ void check_plan(std::span<const StoredRun> q_runs, std::span<const StoredRun> kv
   }
 }
 
-// Each sequence cut into chunks, each chunk to Q, to K,V, to both or to neither; runs stored in a
-// random order with gaps between them.
+// Each sequence cut into chunks twice, once for Q and once for K,V, two chunks in three kept; runs
+// stored in a random order with gaps between them.
 struct RandomRuns {
   std::vector<int64_t> seq_lens;
   std::vector<StoredRun> q, kv;
@@ -116,13 +116,13 @@ RandomRuns random_runs(std::mt19937_64& rng) {
   for (int s = 0; s < seqs; ++s) {
     const int64_t len = 1 + static_cast<int64_t>(rng() % 40);
     out.seq_lens.push_back(len);
-    for (int64_t p = 0; p < len;) {
-      const int64_t count = std::min<int64_t>(len - p, 1 + static_cast<int64_t>(rng() % 14));
-      const unsigned to = static_cast<unsigned>(rng() % 4);
-      if (to & 1) out.q.push_back({s, p, count, 0});
-      if (to & 2) out.kv.push_back({s, p, count, 0});
-      p += count;
-    }
+    // Q and K,V cut apart, so a query run can overlap a key run in part (its diagonal shifted).
+    for (auto* runs : {&out.q, &out.kv})
+      for (int64_t p = 0; p < len;) {
+        const int64_t count = std::min<int64_t>(len - p, 1 + static_cast<int64_t>(rng() % 14));
+        if (rng() % 3 != 0) runs->push_back({s, p, count, 0});
+        p += count;
+      }
   }
   for (auto* runs : {&out.q, &out.kv}) {
     std::shuffle(runs->begin(), runs->end(), rng);
