@@ -2,7 +2,7 @@
 
     python -m cptune --db tune.db --world 4 --seq 77,4097 --heads 32 --kv-heads 8 --mask causal [--json]
 
-Exit code 0 with an answer, 1 without one (NotFound), 2 on an error.
+Exit code 0 with an answer, 2 on an error, 3 without one (NotFound), as `cptune lookup`.
 """
 import argparse
 import json
