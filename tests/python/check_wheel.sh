@@ -15,7 +15,11 @@ trap 'rm -rf "$WORK"' EXIT
 export CPTUNE_WHEEL_BUILD_DIR=${3:-$WORK/build}
 fail() { echo "check_wheel: $*" >&2; exit 1; }
 
-wheel=${CPTUNE_WHEEL_FILE:-$("$SOURCE/scripts/build_wheel.sh" "$WORK/dist")}
+if [[ -n ${CPTUNE_WHEEL_FILE:-} ]]; then
+  wheel=$CPTUNE_WHEEL_FILE
+else
+  wheel=$("$SOURCE/scripts/build_wheel.sh" "$WORK/dist" 2>"$WORK/build.log") || { tail -40 "$WORK/build.log"; exit 1; }
+fi
 name=$(basename "$wheel")
 echo "wheel: $name ($(stat -c %s "$wheel") bytes)"
 platform=$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_platform().replace("-", "_").replace(".", "_"))')
