@@ -3,7 +3,7 @@
     python -m cptune --db tune.db --world 4 --seq 77,4097 --heads 32 --kv-heads 8 --mask causal [--json]
     python -m cptune --world 4 --seq 4096 --heads 8      (no database: the simulator's answer)
 
-Exit code 0 with an answer, 3 without one (NotFound), 2 on an error (as `cptune lookup`).
+Exit code 0 with an answer, 2 on an error, 3 without one (NotFound), as `cptune lookup`.
 """
 import argparse
 import json
