@@ -41,8 +41,9 @@ def main(argv=None) -> int:
         seq_lens = [int(s) for s in args.seq.split(",")]
         shape = _lookup.Shape(seq_lens, args.heads, args.kv_heads, args.head_dim, args.v_head_dim, args.dtype,
                               args.mask, args.batch)
+        hardware = args.hardware or (None if args.db else "auto")  # no database: the simulator answers
         with _lookup.Lookup(args.db, world=args.world, ranks_per_node=args.ranks_per_node or args.world,
-                            backend=args.backend, hardware=args.hardware or (None if args.db else "auto"), pass_=args.pass_) as lookup:
+                            backend=args.backend, hardware=hardware, pass_=args.pass_) as lookup:
             answer = lookup.best(shape, engine=args.engine)
     except _lookup.NotFound as e:
         print(json.dumps({"source": "not-found", "reason": str(e)}) if args.json else f"not-found: {e}")
