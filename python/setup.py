@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sysconfig
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
 try:
@@ -104,9 +104,18 @@ class BuildPyWithLibrary(build_py):
         print(f"cptune: bundled {len(presets)} hardware presets")
 
 
+class NativeDistribution(Distribution):
+    """With a library bundled the package is platform-specific: installed to platlib, and the wheel
+    keeps it at its root (not under .data/purelib)."""
+
+    def has_ext_modules(self):
+        return LIBRARY is not None
+
+
 class PlatformWheel(bdist_wheel):
     """A wheel holding a native library is not pure: tag it for this platform (any Python 3,
-    ctypes only, no extension module: py3-none-<platform>)."""
+    ctypes only, no extension module: py3-none-<platform>). Not manylinux: nothing here checks
+    the library against a manylinux policy (auditwheel is not in Debian)."""
 
     def finalize_options(self):
         super().finalize_options()
@@ -118,5 +127,5 @@ class PlatformWheel(bdist_wheel):
         return "py3", "none", sysconfig.get_platform().replace("-", "_").replace(".", "_")
 
 
-setup(version=library_version(LIBRARY) if LIBRARY else source_version(),
+setup(version=library_version(LIBRARY) if LIBRARY else source_version(), distclass=NativeDistribution,
       cmdclass={"build_py": BuildPyWithLibrary, "bdist_wheel": PlatformWheel})

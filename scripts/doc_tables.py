@@ -124,7 +124,8 @@ def engines(binary):
                 ranked = json.loads(p.stdout)["candidates"]
                 answer = cptune(binary, "lookup", "--db", db, "--hardware", "h100-sxm", "--engine", engine,
                                 "--format", "python", "--head-dim", "128", *flags).stdout.strip()
-                cells.append(f"{allowed(ranked)} → `{answer}`")
+                code = "`<br>`".join(answer.splitlines())  # a TOML answer's lines, each its own code span
+                cells.append(f"{allowed(ranked)} → `{code}`")
             print(f"| {engine} | " + " | ".join(cells) + " |")
 
 

@@ -35,7 +35,7 @@ MUTANTS=(
   "ring_step_order_reversed|core/layout.cc|return ((r - step) % ring() + ring()) % ring();|return ((r + step) % ring() + ring()) % ring();|test_layout:*,test_executor:Executor.EveryStrategyAndPolicyVerifiesOnOddShapes"
   "sequence_split_rule_changed|core/layout.cc|classic ? plen / chunks : split_size(len, chunks, c));|classic ? plen / chunks : split_size(len, chunks, chunks - 1 - c));|test_layout:*"
   "block_causal_cell_counted_full|core/block_mask.cc|total += row[k] == BlockKind::full ? (qhi - qlo) * (khi - klo) : causal_pairs(qlo, qhi, klo, khi);|total += (qhi - qlo) * (khi - klo);|test_block_mask:*"
-  "attention_time_halved|sim/cost_model.cc|return double(flops) / hw.attention_flops_per_s.of(dtype);|return double(flops) / (2 * hw.attention_flops_per_s.of(dtype));|test_sim:CostModelFloor.*"
+  "attention_time_halved|sim/attention_rate.cc|return double(c.flops) / flops_per_s;|return double(c.flops) / (2 * flops_per_s);|test_sim:CostModelFloor.*"
   "engine_head_pad_boundary|sim/engines/rules.cc|if (pad < local) return \"\";|if (pad <= local) return \"\";|test_engines:EngineRules.*"
   "engine_forward_only_ignored|sim/constraints.cc|if (backward && forward_only)|if (false && forward_only)|test_engines:EngineRules.*"
   "nan_ratio_passes|backends/exec/reference.cc|const double ratio = !finite ? std::numeric_limits<double>::infinity() : err == 0 ? 0 : err / tol;|const double ratio = err == 0 ? 0 : err / tol;|test_crafted_files:NonFiniteVerify.*"

@@ -15,6 +15,9 @@ import subprocess
 import sys
 import time
 
+if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+    print(__doc__.strip())
+    sys.exit(0)
 BIN = sys.argv[1] if len(sys.argv) > 1 else "build/tuner/cptune"
 SHAPE = ["run", "--seq", "256", "--heads", "2", "--head-dim", "16", "--iterations", "1", "--warmups", "0"]
 BOUND_S = 25

@@ -98,14 +98,14 @@ double ring_forward_s(const PreparedLayout& p, const Hardware& hw) {
 }
 
 // Backward ring: each step sends the K,V block and the dK,dV accumulated for it (two messages
-// of the same size) while computing 2.5x the forward; after the last step every dK,dV block
+// of the same size) while computing backward_compute_factor times the forward; after the last step every dK,dV block
 // takes one more hop home, which nothing overlaps.
 double ring_backward_s(const PreparedLayout& p, const Hardware& hw) {
   const double shared = uplink_s(p.ring_uplink, hw, true);
   double total = 0;
   for (const RingStepLoad& s : p.ring_steps) {
     const bool sends = s.bytes != LevelBytes{};
-    const double compute = step_compute_s(p, s, kBackwardComputeFactor, hw, sends);
+    const double compute = step_compute_s(p, s, hw.backward_compute_factor, hw, sends);
     const double hop = hop_time_s(s.bytes, hw, sends ? shared : 0.0);
     total += double(s.repeat) * ring_step_time_s(2 * hop, compute, hw);
   }
@@ -132,7 +132,7 @@ double allgather_s(const PreparedLayout& p, const Hardware& hw) {
 
 // One attention call: the engine's overhead, the kernel (or the ring's steps) and its launch.
 double attention_s(const PreparedLayout& p, const Hardware& hw, Pass pass) {
-  const double factor = pass == Pass::forward ? 1.0 : kBackwardComputeFactor;
+  const double factor = pass == Pass::forward ? 1.0 : hw.backward_compute_factor;
   const double work = p.has_ring() ? (pass == Pass::forward ? ring_forward_s(p, hw) : ring_backward_s(p, hw))
                                    : compute_s(whole_call(p), p.attention_node, factor, hw, p.dtype) +
                                          (p.max_flops > 0 ? hw.kernel_launch_s : 0.0);

@@ -24,9 +24,6 @@ struct PredictOptions {
 // "fwd-bwd", so that files written before compare with new ones.
 std::string_view report_name(Pass p);
 
-// Backward attention does ~2.5x the forward's FLOPs (FlashAttention-2: 5 matmuls against 2,
-// recomputing the scores) at the same throughput.
-inline constexpr double kBackwardComputeFactor = 2.5;
 
 struct Prediction {
   std::array<double, kPhaseCount> phase_s{};  // seconds, slowest rank of each phase

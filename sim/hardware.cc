@@ -49,6 +49,7 @@ std::vector<Field> numeric_fields(const Hardware& hw) {
       {"compute_units_per_node", hw.compute_units_per_node, true},
       {"operation_latency_s", hw.operation_latency_s, true},
       {"overlap_exposed_fraction", hw.overlap_exposed_fraction, true},
+      {"backward_compute_factor", hw.backward_compute_factor, false},
       {"injection_bytes_per_s", hw.injection_bytes_per_s, true},
       {"kernel_launch_s", hw.kernel_launch_s, true},
       {"call_overhead_s", hw.call_overhead_s, true},
@@ -382,6 +383,7 @@ json to_json(const Hardware& hw) {
           {"compute_units_per_node", hw.compute_units_per_node},
           {"operation_latency_s", hw.operation_latency_s},
           {"overlap_exposed_fraction", hw.overlap_exposed_fraction},
+          {"backward_compute_factor", hw.backward_compute_factor},
           {"kernel_launch_s", hw.kernel_launch_s},
           {"call_overhead_s", hw.call_overhead_s}});
   if (hw.attention_kernel.modelled()) {
@@ -426,6 +428,7 @@ Hardware hardware_from_json(const json& doc, const std::string& where) {
   hw.compute_units_per_node = r.number_or("compute_units_per_node", 0);
   hw.operation_latency_s = r.number_or("operation_latency_s", 0);
   hw.overlap_exposed_fraction = r.number_or("overlap_exposed_fraction", 0);
+  hw.backward_compute_factor = r.number_or("backward_compute_factor", 2.5);
   hw.kernel_launch_s = r.number_or("kernel_launch_s", 0);
   hw.call_overhead_s = r.number_or("call_overhead_s", 0);
   if (r.has("attention_kernel")) hw.attention_kernel = read_kernel(r.child("attention_kernel"));

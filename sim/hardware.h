@@ -118,6 +118,10 @@ struct Hardware {
   // both run at once (a step lasts max + this x min). 0: the link moves bytes without the
   // compute units (copy engines, NICs); near 1: CPU ranks whose transfers need the same cores.
   double overlap_exposed_fraction = 0;
+  // Backward attention time over the forward's for the same call: FlashAttention-2's backward does
+  // 2.5x the forward's FLOPs (5 matmuls against 2, the scores recomputed); a kernel that runs
+  // them at a different rate than its forward (the CPU kernel: 1.85x measured) says so here.
+  double backward_compute_factor = 2.5;
   // Per-operation costs of a GPU stack, charged once per operation on top of its bytes and
   // FLOPs: a kernel launch (each attention kernel, each ring step's merge, an all-to-all's pack
   // and unpack) and an engine's fixed overhead per attention call (its Python and dispatch

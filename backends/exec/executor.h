@@ -64,7 +64,7 @@ struct ErrorStats {
 
 struct RunResult {
   std::vector<PhaseStats> phases;  // slowest rank per iteration; median, min, max
-  Spread time;                     // whole forward pass, slowest rank
+  Spread time;                     // the whole pass timed (ExecutorOptions::pass), slowest rank
   std::vector<double> samples;     // that time for every timed iteration, in order
   int iterations = 0;
   // With verify, over every checked element of every rank (tolerances per element, reference.cc):

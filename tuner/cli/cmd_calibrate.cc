@@ -240,7 +240,10 @@ int cmd_calibrate(const Args& args) {
                      "the attention kernel's shape model to those of --device instead of probing")(
       "device", po::value(&a.device), "with --attention-points: the device column to fit")(
       "kernel", po::value(&a.kernel), "with --attention-points: only this kernel column (default: every kernel of the device)")(
-      "units", po::value(&a.units), "with --attention-points: the device's SM count (default: --base's attention_kernel.units)");
+      "units", po::value(&a.units), "with --attention-points: the device's SM count (default: --base's attention_kernel.units)")(
+      "call-s", po::value(&a.call_s),
+      "with --attention-points: keep a call's fixed cost at this many seconds instead of fitting it (for curves that "
+      "hold batch x seqlen constant and cannot separate it from a tile's)");
   desc.add_options()("statistic", po::value(&a.statistic)->default_value("median"),
                      "time of a probe or candidate over its iterations: median, or min (the least disturbed run)");
   add_run_options(desc, a.run);

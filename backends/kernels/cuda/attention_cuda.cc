@@ -199,7 +199,7 @@ void store_output_cuda(const CudaAttentionState& state, DType dtype, void* out, 
 namespace {
 [[noreturn]] void no_gpu_backward(const char* what) {
   throw Error(fmt::format("CUDA attention backward: {} has no GPU kernel yet (cuDNN's backward comes with issue 25); "
-                          "run the backward on CPU ranks (--device cpu)",
+                          "run the backward on CPU ranks (--backend gloo)",
                           what));
 }
 }  // namespace
