@@ -5,7 +5,7 @@ scripts/check_docs.py can re-run them (seconds each, no timing involved).
   scripts/doc_tables.py worked-study   best candidate per strategy on 2 x 8 H100, 32k..1M (configuration_studies.md)
   scripts/doc_tables.py sweep-heads    the winner per sequence length x query heads on 2 x 8 H100
   scripts/doc_tables.py sweep-worlds   the winner per sequence length x world on 8-GPU H100 nodes
-  scripts/doc_tables.py engines        what each --engine profile allows on three shapes, and what lookup prints
+  scripts/doc_tables.py engines        what each --engine profile allows on six shapes, and what lookup prints
   scripts/doc_tables.py ring-flash-attn  the held-out check against zhuzilin/ring-flash-attention's published tables
   scripts/doc_tables.py masks          cell counts, visible pairs and density of the four block patterns
 
@@ -83,6 +83,9 @@ SHAPES = [  # (title, simulate/lookup flags)
                                          "--mask", "causal"]),
     ("24 heads (Hkv 8) on 8, S = 32k, causal", ["--world", "8", "--seq", "32768", "--heads", "24", "--kv-heads", "8",
                                                 "--mask", "causal"]),
+    ("32 heads (Hkv 8) on 8, S = 32k, sliding:4096", ["--world", "8", "--seq", "32768", "--heads", "32", "--kv-heads",
+                                                      "8", "--mask", "sliding:4096"]),
+    ("24 heads on 4, S = 4096, block mask star:8", ["--world", "4", "--seq", "4096", "--heads", "24", "--mask", "star:8"]),
 ]
 
 
