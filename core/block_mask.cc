@@ -75,17 +75,48 @@ int64_t parse_int(std::string_view s, std::string_view what, std::string_view te
   return v;
 }
 
+// One named pattern: its parameters (N first, the rest each in [lo, N]) and the kind of cell
+// (qb, kb) given the parameters after N, as block_mask.h defines them.
+struct Param {
+  std::string_view name;
+  int64_t lo;
+};
 struct Pattern {
   std::string_view name;
-  std::vector<std::string_view> params;  // names, in order
-  std::string_view usage;
+  std::vector<Param> params;
+  BlockKind (*cell)(int64_t qb, int64_t kb, std::span<const int64_t> p);
 };
+
+// C on the diagonal, F below it where `below` says so.
+BlockKind causal_with(int64_t qb, int64_t kb, bool below) {
+  if (kb == qb) return BlockKind::causal;
+  return kb < qb && below ? BlockKind::full : BlockKind::empty;
+}
+
 const Pattern kPatterns[] = {
-    {"strided", {"N", "S"}, "strided:N,S"},
-    {"global-local", {"N", "G", "W"}, "global-local:N,G,W"},
-    {"star", {"N"}, "star:N"},
-    {"stream", {"N", "SINK", "LOCAL"}, "stream:N,SINK,LOCAL"},
+    {"strided", {{"N", 1}, {"S", 1}},
+     [](int64_t q, int64_t k, std::span<const int64_t> p) { return causal_with(q, k, q - k < p[0] || (q - k) % p[0] == 0); }},
+    {"global-local", {{"N", 1}, {"G", 0}, {"W", 0}},
+     [](int64_t q, int64_t k, std::span<const int64_t> p) {
+       return q < p[0] || k < p[0] || std::abs(q - k) <= p[1] ? BlockKind::full : BlockKind::empty;
+     }},
+    {"star", {{"N", 1}}, [](int64_t q, int64_t k, std::span<const int64_t>) { return causal_with(q, k, k == 0); }},
+    {"stream", {{"N", 1}, {"SINK", 0}, {"LOCAL", 1}},
+     [](int64_t q, int64_t k, std::span<const int64_t> p) { return causal_with(q, k, k < p[0] || q - k < p[1]); }},
 };
+
+// "strided:N,S"
+std::string usage_of(const Pattern& p) {
+  std::string out(p.name);
+  for (size_t i = 0; i < p.params.size(); ++i) out += (i ? "," : ":") + std::string(p.params[i].name);
+  return out;
+}
+
+std::string pattern_names() {
+  std::string out;
+  for (const Pattern& p : kPatterns) out += (out.empty() ? "" : ", ") + std::string(p.name);
+  return out;
+}
 
 }  // namespace
 
@@ -198,6 +229,12 @@ BlockTable parse_block_table(std::string_view text, std::string_view source) {
   return table_of_rows(n, std::vector<std::string>(lines.begin() + 1, lines.end()), source);
 }
 
+std::string block_pattern_usages() {
+  std::string out;
+  for (const Pattern& p : kPatterns) out += (out.empty() ? "" : ", ") + usage_of(p);
+  return out;
+}
+
 bool is_block_pattern(std::string_view text) {
   const std::string_view head = text.substr(0, text.find(':'));
   return std::any_of(std::begin(kPatterns), std::end(kPatterns), [&](const Pattern& p) { return p.name == head; });
@@ -209,9 +246,9 @@ BlockTable block_pattern(std::string_view text) {
   const Pattern* pattern = nullptr;
   for (const Pattern& p : kPatterns)
     if (p.name == head) pattern = &p;
-  if (!pattern) throw Error("unknown block pattern '" + std::string(text) + "'; choose strided, global-local, star, stream");
+  if (!pattern) throw Error("unknown block pattern '" + std::string(text) + "'; choose " + pattern_names());
   if (colon == std::string_view::npos)
-    throw Error("mask '" + std::string(text) + "' needs its parameters; write " + std::string(pattern->usage));
+    throw Error("mask '" + std::string(text) + "' needs its parameters; write " + usage_of(*pattern));
   std::vector<int64_t> v;
   std::string_view rest = text.substr(colon + 1);
   while (true) {
@@ -222,49 +259,19 @@ BlockTable block_pattern(std::string_view text) {
   }
   if (v.size() != pattern->params.size())
     throw Error("mask '" + std::string(text) + "' has " + to_string(v.size()) + " parameters; write " +
-                std::string(pattern->usage));
+                usage_of(*pattern));
   const int64_t n = v[0];
   check_blocks(n, "mask '" + std::string(text) + "'");
-  const auto need = [&](size_t i, int64_t lo, int64_t hi) {
-    if (v[i] < lo || v[i] > hi)
-      throw Error(std::string(pattern->params[i]) + " = " + to_string(v[i]) + " in mask '" + std::string(text) +
-                  "' must be in [" + to_string(lo) + ", " + to_string(hi) + "]");
-  };
-  std::vector<BlockKind> cells(static_cast<size_t>(n * n), BlockKind::empty);
-  const auto set = [&](int64_t q, int64_t k, BlockKind kind) { cells[static_cast<size_t>(q * n + k)] = kind; };
-  std::string name;
-  if (head == "strided") {
-    need(1, 1, n);
-    const int64_t s = v[1];
-    for (int64_t q = 0; q < n; ++q)
-      for (int64_t k = 0; k <= q; ++k)
-        if (k == q) set(q, k, BlockKind::causal);
-        else if (q - k < s || (q - k) % s == 0) set(q, k, BlockKind::full);
-    name = "strided:" + to_string(n) + "," + to_string(s);
-  } else if (head == "global-local") {
-    need(1, 0, n);
-    need(2, 0, n);
-    const int64_t g = v[1], w = v[2];
-    for (int64_t q = 0; q < n; ++q)
-      for (int64_t k = 0; k < n; ++k)
-        if (q < g || k < g || std::abs(q - k) <= w) set(q, k, BlockKind::full);
-    name = "global-local:" + to_string(n) + "," + to_string(g) + "," + to_string(w);
-  } else if (head == "star") {
-    for (int64_t q = 0; q < n; ++q) {
-      set(q, q, BlockKind::causal);
-      if (q > 0) set(q, 0, BlockKind::full);
-    }
-    name = "star:" + to_string(n);
-  } else {  // stream
-    need(1, 0, n);
-    need(2, 1, n);
-    const int64_t sink = v[1], local = v[2];
-    for (int64_t q = 0; q < n; ++q)
-      for (int64_t k = 0; k <= q; ++k)
-        if (k == q) set(q, k, BlockKind::causal);
-        else if (k < sink || q - k < local) set(q, k, BlockKind::full);
-    name = "stream:" + to_string(n) + "," + to_string(sink) + "," + to_string(local);
-  }
+  for (size_t i = 1; i < v.size(); ++i)
+    if (v[i] < pattern->params[i].lo || v[i] > n)
+      throw Error(std::string(pattern->params[i].name) + " = " + to_string(v[i]) + " in mask '" + std::string(text) +
+                  "' must be in [" + to_string(pattern->params[i].lo) + ", " + to_string(n) + "]");
+  const std::span<const int64_t> after_n = std::span(v).subspan(1);
+  std::vector<BlockKind> cells(static_cast<size_t>(n * n));
+  std::string name(pattern->name);
+  for (size_t i = 0; i < v.size(); ++i) name += (i ? "," : ":") + to_string(v[i]);
+  for (int64_t q = 0; q < n; ++q)
+    for (int64_t k = 0; k < n; ++k) cells[static_cast<size_t>(q * n + k)] = pattern->cell(q, k, after_n);
   return BlockTable(n, std::move(cells), std::move(name));
 }
 

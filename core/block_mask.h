@@ -25,6 +25,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/tensor_split.h"
+
 namespace cptune {
 
 enum class BlockKind : uint8_t { empty, full, causal };
@@ -32,9 +34,7 @@ enum class BlockKind : uint8_t { empty, full, causal };
 inline constexpr int64_t kMaxMaskBlocks = 256;  // N; a table has at most 65,536 cells
 
 // Where block b of n starts in a sequence of len tokens (b == n: len): torch.tensor_split.
-inline int64_t block_begin(int64_t len, int64_t n, int64_t b) {
-  return b * (len / n) + (b < len % n ? b : len % n);
-}
+inline int64_t block_begin(int64_t len, int64_t n, int64_t b) { return split_begin(len, n, b); }
 // The block holding position pos; positions at or past len belong to the last block.
 inline int64_t block_of(int64_t len, int64_t n, int64_t pos) {
   if (pos >= len) return n - 1;
@@ -99,5 +99,7 @@ BlockTable parse_block_table(std::string_view text, std::string_view source);
 BlockTable block_pattern(std::string_view text);
 // True when text names a pattern (its part before ':' is a pattern name).
 bool is_block_pattern(std::string_view text);
+// The patterns' forms for help texts and messages: "strided:N,S, global-local:N,G,W, ...".
+std::string block_pattern_usages();
 
 }  // namespace cptune

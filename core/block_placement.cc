@@ -5,7 +5,8 @@
 #include <tuple>
 
 #include "core/block_mask.h"
-#include "core/layout.h"
+#include "core/mask_pairs.h"
+#include "core/tensor_split.h"
 
 namespace cptune {
 namespace {

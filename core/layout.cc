@@ -18,11 +18,6 @@ int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 
 int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 int64_t round_up(int64_t a, int64_t m) { return ceil_div(a, m) * m; }
 
-// Number of keys j in [ka, kb) with j <= i - shift, summed over i in [qa, qb).
-int64_t causal_sum(int64_t qa, int64_t qb, int64_t ka, int64_t kb, int64_t shift) {
-  return causal_pairs(qa - shift, qb - shift, ka, kb);
-}
-
 void require_positive(int64_t v, const char* what) {
   if (v < 1) throw Error(std::string(what) + " " + to_string(v) + " must be at least 1");
 }
@@ -35,18 +30,15 @@ void validate_shape(const AttentionShape& s, const Cluster& m) {
   require_positive(s.v_head_dim, "value head dim");
   if (s.seq_lens.empty()) throw Error("no sequence length given: the shape's sequence list is empty");
   check_world_limit(m.world);
-  if (s.q_heads % s.kv_heads != 0)
-    throw Error(to_string(s.q_heads) + " query heads are not a multiple of " + to_string(s.kv_heads) +
-                " kv heads; GQA needs Hq % Hkv == 0");
   if (s.mask.kind == MaskKind::sliding_window && s.mask.window < 1)
     throw Error("sliding window " + to_string(s.mask.window) + " must be at least 1 token");
+  for (int64_t len : s.seq_lens) require_positive(len, "sequence length");
+  check_limits(view_of(s));  // every size bounded, GQA: the 128-bit sums below cannot overflow
   for (int64_t len : s.seq_lens) {
-    require_positive(len, "sequence length");
     if (len < m.world)
       throw Error("sequence length " + to_string(len) + " is smaller than world " + to_string(m.world) +
                   "; every rank needs at least one token of every sequence: use fewer ranks");
   }
-  check_limits(view_of(s));  // every size bounded: the 128-bit sums below cannot overflow
   // Bound every byte and FLOP count up front so the arithmetic below cannot overflow.
   __int128 tokens = 0, square = 0;
   // Classic padding adds under 2P tokens a sequence; under a block mask under (N + 2R) U <= (N + 2) P.
@@ -70,24 +62,9 @@ void validate_shape(const AttentionShape& s, const Cluster& m) {
                 "); use smaller sizes");
 }
 
-std::string hybrid_hint(Strategy s) { return s == Strategy::hybrid ? "hybrid-uaa" : "uaa"; }
+std::string hybrid_hint(Strategy s) { return std::string(to_string(uneven_twin(s))); }
 
 }  // namespace
-
-int64_t mask_pairs(const Mask& mask, int64_t len, int64_t qa, int64_t qb, int64_t ka, int64_t kb) {
-  if (qb <= qa || kb <= ka) return 0;
-  switch (mask.kind) {
-    case MaskKind::full:
-      return (qb - qa) * (kb - ka);
-    case MaskKind::causal:
-      return causal_sum(qa, qb, ka, kb, 0);
-    case MaskKind::sliding_window:
-      return causal_sum(qa, qb, ka, kb, 0) - causal_sum(qa, qb, ka, kb, mask.window);
-    case MaskKind::blocks:
-      return mask.blocks->pairs(len, qa, qb, ka, kb);
-  }
-  return 0;
-}
 
 int64_t RankLayout::send_bytes() const {
   return qkv_bytes.send() + o_bytes.send() + ring_bytes.send() + allgather_bytes.send() + gather_bytes.send();
@@ -122,7 +99,7 @@ void Layout::place_heads() {
   if (s.q_heads < U)
     throw Error(to_string(s.q_heads) + " query heads over Ulysses degree " + U_str +
                 " would leave ranks without heads; use a Ulysses degree of at most " + to_string(s.q_heads));
-  if (pads_classic(spec_.choice.strategy) && s.q_heads % U != 0)
+  if (traits().pads_classic && s.q_heads % U != 0)
     throw Error(to_string(s.q_heads) + " query heads are not divisible by Ulysses degree " + U_str + "; use " +
                 hybrid_hint(spec_.choice.strategy));
   if (spec_.choice.head_policy == HeadPolicy::kv_aligned && s.kv_heads < U)
@@ -142,7 +119,7 @@ void Layout::place_heads() {
     q_heads_by_u_[static_cast<size_t>(u)] = q;
     kv_heads_by_u_[static_cast<size_t>(u)] = kv;
   }
-  if (pads_classic(spec_.choice.strategy)) {
+  if (traits().pads_classic) {
     // Classic Ulysses is an equal all-to-all: every rank must get as many heads of each kind.
     for (int64_t u = 1; u < U; ++u) {
       if (q_heads_by_u_[u].count() != q_heads_by_u_[0].count() || kv_heads_by_u_[u].count() != kv_heads_by_u_[0].count())
@@ -165,7 +142,7 @@ void Layout::place_tokens() {
   padded_len_.resize(s.seq_lens.size());
   padding_tokens_ = 0;
   // Block masks on rings get both the block placement and the skipping schedule (plan_ring_skips).
-  ring_skips_ = s.mask.kind == MaskKind::blocks && rotates_kv(spec_.choice.strategy) && R > 1 && R <= kMaxPlacedRing;
+  ring_skips_ = s.mask.kind == MaskKind::blocks && traits().rotates_kv && R > 1 && R <= kMaxPlacedRing;
   if (ring_skips_) {
     place_blocks();
   } else {
@@ -197,7 +174,7 @@ void Layout::init_ranks() {
 void Layout::place_sequence(size_t seq) {
   const int64_t U = ulysses(), R = ring();
   const int64_t chunks = zigzag_ ? 2 * R : R;
-  const bool classic = pads_classic(spec_.choice.strategy);
+  const bool classic = traits().pads_classic;
   const int64_t len = spec_.shape.seq_lens[seq];
   const int64_t plen = classic ? round_up(len, chunks * U) : len;
   padded_len_[seq] = plen;
@@ -218,7 +195,7 @@ void Layout::place_sequence(size_t seq) {
 void Layout::place_blocks() {
   const AttentionShape& s = spec_.shape;
   const int64_t U = ulysses(), R = ring();
-  const bool classic = pads_classic(spec_.choice.strategy);
+  const bool classic = traits().pads_classic;
   PlacementProblem problem{s.mask, s.seq_lens, s.seq_lens, R, classic ? classic_units(s.mask.blocks->n(), R) : 0};
   for (size_t seq = 0; seq < s.seq_lens.size(); ++seq) {
     if (classic) problem.padded_lens[seq] = round_up(s.seq_lens[seq], problem.units * U);
@@ -226,7 +203,7 @@ void Layout::place_blocks() {
     padding_tokens_ += padded_len_[seq] - s.seq_lens[seq];
   }
   const BlockPlacement placed =
-      spec_.choice.strategy == Strategy::ring_zigzag ? zigzag_placement(problem) : balanced_placement(problem);
+      traits().zigzag_block_placement ? zigzag_placement(problem) : balanced_placement(problem);
   placement_ = placed.name;
   zigzag_ = placed.name == "zigzag";
   for (size_t seq = 0; seq < s.seq_lens.size(); ++seq)
@@ -237,7 +214,7 @@ void Layout::place_blocks() {
 // Chunk [cb, cb + cl) of sequence seq joins ring index r's shard; its U pieces go to the ranks.
 void Layout::place_chunk(size_t seq, int64_t r, int64_t cb, int64_t cl) {
   const int64_t U = ulysses();
-  const bool classic = pads_classic(spec_.choice.strategy);
+  const bool classic = traits().pads_classic;
   const int64_t len = spec_.shape.seq_lens[seq];
   auto make_run = [&](int64_t begin, int64_t slot) {
     const int64_t real = std::clamp<int64_t>(len - begin, 0, slot);
@@ -276,7 +253,7 @@ void Layout::plan_ring_skips() {
   // block each (core/block_placement.h), so that is a look at the cells of t's query blocks; on
   // a CAUSAL diagonal cell some query must come at or after the run's first key.
   const BlockTable& table = *spec_.shape.mask.blocks;
-  const bool uneven = !pads_classic(spec_.choice.strategy);
+  const bool uneven = !traits().pads_classic;
   const auto block_at = [&](const TokenRun& run) { return block_of(spec_.shape.seq_lens[run.seq], table.n(), run.begin); };
   struct QueryBlock {
     int32_t seq;
@@ -402,18 +379,22 @@ void Layout::count_costs() {
   if (ring() > 1) placement_imbalance_ = imbalance(padded_pairs);
   ring_max_kv_heads_intra_.assign(static_cast<size_t>(ring()), 0);
   ring_max_kv_heads_inter_.assign(static_cast<size_t>(ring()), 0);
+  // Bytes of the forward's phases, as its plan runs them (the backward's mirror them).
+  const PhasePlan forward = plan(Pass::forward);
+  const bool exchanges = forward.has(Phase::qkv), gathers = forward.has(Phase::gather);
+  const bool rotates = forward.ring_attention(), allgathers = forward.has(Phase::allgather);
   for (RankLayout& rl : ranks_) {
-    if (ulysses() > 1) count_ulysses_bytes(rl, p);
-    if (rotates_kv(spec_.choice.strategy) && ring() > 1) count_ring_bytes(rl, p);
-    if (spec_.choice.strategy == Strategy::allgather_kv && ring() > 1) count_allgather_bytes(rl, p);
+    if (exchanges) count_ulysses_bytes(rl, p, gathers);
+    if (rotates) count_ring_bytes(rl, p);
+    if (allgathers) count_allgather_bytes(rl, p);
     rl.flops = attention_flops(padded_pairs[size_t(rl.r)], rl.q_heads.count());
     rl.useful_flops = attention_flops(real_pairs[size_t(rl.r)], rl.q_heads.count());
-    count_memory(rl, p);
+    count_memory(rl, p, rotates, allgathers);
   }
 }
 
 // The Ulysses all-to-alls (Q,K,V out, O back) and UAA's gather of sequence lengths.
-void Layout::count_ulysses_bytes(RankLayout& rl, const Prefixes& p) const {
+void Layout::count_ulysses_bytes(RankLayout& rl, const Prefixes& p, bool gathers) const {
   const AttentionShape& s = spec_.shape;
   const int64_t U = ulysses(), B = s.batch, D = s.head_dim, Dv = s.v_head_dim, eb = elem_bytes();
   const int64_t u = rl.u, hq = rl.q_heads.count(), hkv = rl.kv_heads.count();
@@ -436,7 +417,7 @@ void Layout::count_ulysses_bytes(RankLayout& rl, const Prefixes& p) const {
   rl.o_bytes.send_inter = (all_tok - intra_tok) * hq * Dv * B * eb;
   rl.o_bytes.recv_intra = own_tokens * intra_o_width * B * eb;
   rl.o_bytes.recv_inter = own_tokens * (p.o_width[U] - self_o - intra_o_width) * B * eb;
-  if (gathers_lengths(spec_.choice.strategy)) {
+  if (gathers) {
     const int64_t length_bytes = 8 * static_cast<int64_t>(s.seq_lens.size());
     const int64_t intra_peers = hi - lo - 1, inter_peers = U - (hi - lo);
     rl.gather_bytes = {intra_peers * length_bytes, inter_peers * length_bytes, intra_peers * length_bytes,
@@ -479,7 +460,7 @@ void Layout::count_allgather_bytes(RankLayout& rl, const Prefixes& p) const {
 }
 
 // Buffers held at once: input Q,K,V,O; post-all-to-all Q,K,V,O; K,V in flight; fp32 O + LSE.
-void Layout::count_memory(RankLayout& rl, const Prefixes& p) const {
+void Layout::count_memory(RankLayout& rl, const Prefixes& p, bool rotates, bool allgathers) const {
   const AttentionShape& s = spec_.shape;
   const int64_t B = s.batch, D = s.head_dim, Dv = s.v_head_dim;
   const int64_t hq = rl.q_heads.count(), hkv = rl.kv_heads.count();
@@ -488,8 +469,8 @@ void Layout::count_memory(RankLayout& rl, const Prefixes& p) const {
   int64_t elems = rl.input_padded_tokens * B * qkv_width_total;
   if (ulysses() > 1) elems += shard * B * (hq * (D + Dv) + hkv * (D + Dv));
   int64_t kv_extra_tokens = 0;
-  if (rotates_kv(spec_.choice.strategy) && ring() > 1) kv_extra_tokens = p.max_shard;
-  if (spec_.choice.strategy == Strategy::allgather_kv) kv_extra_tokens = p.shards[ring()] - shard;
+  if (rotates) kv_extra_tokens = p.max_shard;
+  if (allgathers) kv_extra_tokens = p.shards[ring()] - shard;
   rl.peak_bytes = elems * elem_bytes() + kv_block_bytes(kv_extra_tokens, hkv) + shard * B * hq * (Dv + 1) * 4;
 }
 
@@ -597,7 +578,7 @@ RingStepMax Layout::ring_step_max(int64_t step) const {
   for (int64_t r = 0; r < R; ++r) {
     const int64_t block_pairs = run_pairs(shard_runs(r), ring_held_runs(r, step), true);
     out.flops = std::max(out.flops, attention_flops(block_pairs, max_q_heads_));
-    if (step + 1 < R && rotates_kv(spec_.choice.strategy)) {
+    if (step + 1 < R && traits().rotates_kv) {
       const int64_t sent = ring_forward_tokens(r, step);  // the whole shard unless the mask skips
       out.send_bytes_intra = std::max(out.send_bytes_intra, kv_block_bytes(sent, ring_max_kv_heads_intra_[r]));
       out.send_bytes_inter = std::max(out.send_bytes_inter, kv_block_bytes(sent, ring_max_kv_heads_inter_[r]));

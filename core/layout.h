@@ -17,6 +17,9 @@
 #include <string_view>
 #include <vector>
 
+#include "core/mask_pairs.h"
+#include "core/strategy.h"
+#include "core/tensor_split.h"
 #include "core/types.h"
 
 namespace cptune {
@@ -89,6 +92,9 @@ class Layout {
   const Cluster& cluster() const { return spec_.cluster; }
   const LayoutChoice& choice() const { return spec_.choice; }
   Strategy strategy() const { return spec_.choice.strategy; }
+  const StrategyTraits& traits() const { return strategy_traits(spec_.choice.strategy); }
+  // The phases one pass runs on this mesh, in order (core/strategy.h).
+  PhasePlan plan(Pass pass) const { return phase_plan(spec_.choice, pass); }
   int64_t world() const { return spec_.cluster.world; }
   int64_t ulysses() const { return spec_.choice.ulysses; }
   int64_t ring() const { return spec_.choice.ring; }
@@ -177,10 +183,10 @@ class Layout {
   struct Prefixes;
   Prefixes prefixes() const;
   void count_costs();
-  void count_ulysses_bytes(RankLayout& rl, const Prefixes& p) const;
+  void count_ulysses_bytes(RankLayout& rl, const Prefixes& p, bool gathers) const;
   void count_ring_bytes(RankLayout& rl, const Prefixes& p);
   void count_allgather_bytes(RankLayout& rl, const Prefixes& p) const;
-  void count_memory(RankLayout& rl, const Prefixes& p) const;
+  void count_memory(RankLayout& rl, const Prefixes& p, bool rotates, bool allgathers) const;
   std::pair<int64_t, int64_t> ulysses_peers_on_node(int64_t rank) const;  // [lo, hi) of u
   std::pair<int64_t, int64_t> ring_peers_on_node(int64_t rank) const;     // [lo, hi) of r
 
@@ -202,17 +208,5 @@ class Layout {
   int64_t max_q_heads_ = 0;
   std::vector<int64_t> ring_max_kv_heads_intra_, ring_max_kv_heads_inter_;  // per r, next link
 };
-
-// Exact count of (i, j) with i in [qa, qb), j in [ka, kb) visible under the mask in one sequence
-// of len real tokens (block masks cut it into their blocks; positions past len are padding).
-int64_t mask_pairs(const Mask& mask, int64_t len, int64_t qa, int64_t qb, int64_t ka, int64_t kb);
-
-// tensor_split rule: part i of n of length L starts at i*floor(L/n) + min(i, L mod n).
-inline int64_t split_begin(int64_t len, int64_t parts, int64_t i) {
-  return i * (len / parts) + (i < len % parts ? i : len % parts);
-}
-inline int64_t split_size(int64_t len, int64_t parts, int64_t i) {
-  return len / parts + (i < len % parts ? 1 : 0);
-}
 
 }  // namespace cptune

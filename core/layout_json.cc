@@ -28,6 +28,7 @@ nlohmann::json to_json(const AttentionShape& shape) {
 nlohmann::json to_json(const Layout& layout) {
   nlohmann::json ranks = nlohmann::json::array();
   const int64_t R = layout.ring();
+  const bool rotates = layout.plan(Pass::forward).ring_attention();
   for (const RankLayout& rl : layout.ranks()) {
     nlohmann::json rank = {
         {"rank", rl.rank},
@@ -61,7 +62,7 @@ nlohmann::json to_json(const Layout& layout) {
       }
       rank["ulysses_counts_elems"] = counts;
     }
-    if (rotates_kv(layout.strategy()) && R > 1) {
+    if (rotates) {
       std::vector<int64_t> sources;
       for (int64_t k = 0; k < R; ++k) sources.push_back(layout.global_rank(rl.u, layout.ring_kv_source(rl.r, k)));
       rank["ring"] = {{"next", layout.ring_next(rl.rank)}, {"prev", layout.ring_prev(rl.rank)}, {"kv_sources", sources}};

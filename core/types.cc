@@ -38,6 +38,7 @@ constexpr NameTable<Phase, kPhaseCount> kPhases{{{Phase::gather, "gather"},
                                                  {Phase::attention_bwd, "attention-bwd"},
                                                  {Phase::grad_qkv, "grad-qkv"},
                                                  {Phase::reduce_scatter, "reduce-scatter"}}};
+constexpr NameTable<Pass, 3> kPasses{{{Pass::forward, "fwd"}, {Pass::backward, "bwd"}, {Pass::forward_backward, "fwd+bwd"}}};
 constexpr NameTable<MetadataChannel, 2> kChannels{{{MetadataChannel::cpu, "cpu"}, {MetadataChannel::device, "device"}}};
 
 template <typename E, size_t N>
@@ -66,12 +67,13 @@ std::string_view to_string(Strategy v) { return name_of(kStrategies, v); }
 std::string_view to_string(HeadPolicy v) { return name_of(kPolicies, v); }
 std::string_view to_string(RankOrder v) { return name_of(kOrders, v); }
 DType parse_dtype(std::string_view s) { return parse_of(kDTypes, s, "dtype"); }
-MaskKind parse_mask_kind(std::string_view s) { return parse_of(kMasks, s, "mask"); }
 Strategy parse_strategy(std::string_view s) { return parse_of(kStrategies, s, "strategy"); }
 HeadPolicy parse_head_policy(std::string_view s) { return parse_of(kPolicies, s, "head policy"); }
 RankOrder parse_rank_order(std::string_view s) { return parse_of(kOrders, s, "rank order"); }
 std::string_view to_string(Phase v) { return name_of(kPhases, v); }
 Phase parse_phase(std::string_view s) { return parse_of(kPhases, s, "phase"); }
+std::string_view to_string(Pass v) { return name_of(kPasses, v); }
+Pass parse_pass(std::string_view s) { return s == "fwd-bwd" ? Pass::forward_backward : parse_of(kPasses, s, "pass"); }
 std::string_view to_string(MetadataChannel v) { return name_of(kChannels, v); }
 MetadataChannel parse_metadata_channel(std::string_view s) { return parse_of(kChannels, s, "metadata channel"); }
 
@@ -127,9 +129,8 @@ Mask parse_mask(std::string_view s) {
   if (is_block_pattern(s)) return block_mask(block_pattern(s));
   for (const auto& [kind, name] : kMasks)
     if (name == s) return Mask{kind, 0};
-  throw Error("unknown mask '" + std::string(s) +
-              "'; choose full, causal, sliding:W, blocks:FILE or a block pattern (strided:N,S, "
-              "global-local:N,G,W, star:N, stream:N,SINK,LOCAL)");
+  throw Error("unknown mask '" + std::string(s) + "'; choose full, causal, sliding:W, blocks:FILE or a block pattern (" +
+              block_pattern_usages() + ")");
 }
 
 std::string seq_lens_text(std::span<const int64_t> seq_lens) {
@@ -205,6 +206,9 @@ void check_limits(const ShapeView& s) {
   if (s.mask.kind == MaskKind::sliding_window) check_range(s.mask.window, kMaxTokens, "sliding window");
   if (s.mask.kind == MaskKind::blocks && !s.mask.blocks)
     throw Error("a block mask without its table; give blocks:FILE or a pattern such as star:16");
+  if (s.q_heads % s.kv_heads != 0)
+    throw Error(std::to_string(s.q_heads) + " query heads are not a multiple of " + std::to_string(s.kv_heads) +
+                " kv heads; GQA needs Hq % Hkv == 0");
 }
 
 std::string to_string(const AttentionShape& k) {
@@ -283,58 +287,5 @@ LayoutChoice parse_layout_choice(std::string_view text) {
                       parse_rank_order(words[3]), parse_head_policy(words[4])};
 }
 
-
-bool uses_ulysses(Strategy s) {
-  return s == Strategy::ulysses || s == Strategy::uaa || s == Strategy::hybrid || s == Strategy::hybrid_uaa;
-}
-bool pads_classic(Strategy s) { return s == Strategy::ulysses || s == Strategy::hybrid; }
-bool rotates_kv(Strategy s) {
-  return s == Strategy::ring || s == Strategy::ring_zigzag || s == Strategy::hybrid || s == Strategy::hybrid_uaa;
-}
-bool zigzag_chunks(Strategy s, const Mask& m) {
-  if (s == Strategy::ring_zigzag) return true;
-  return (s == Strategy::hybrid || s == Strategy::hybrid_uaa) && m.kind != MaskKind::full;
-}
-
-bool gathers_lengths(Strategy s) { return s == Strategy::uaa || s == Strategy::hybrid_uaa; }
-
-LayoutChoice resolve(LayoutChoice c, const Cluster& cluster) {
-  if (cluster.world < 1) throw Error("world size " + std::to_string(cluster.world) + " must be at least 1");
-  if (cluster.ranks_per_node < 1)
-    throw Error("ranks per node " + std::to_string(cluster.ranks_per_node) + " must be at least 1");
-  const std::string name(to_string(c.strategy));
-  switch (c.strategy) {
-    case Strategy::ulysses:
-    case Strategy::uaa:
-      if (c.ring > 1)
-        throw Error(name + " has no ring degree (got ring degree " + std::to_string(c.ring) + "); use hybrid" +
-                    (c.strategy == Strategy::uaa ? "-uaa" : "") + " for U x R meshes");
-      c.ulysses = cluster.world;
-      c.ring = 1;
-      break;
-    case Strategy::ring:
-    case Strategy::ring_zigzag:
-    case Strategy::allgather_kv:
-      if (c.ulysses > 1)
-        throw Error(name + " has no Ulysses degree (got Ulysses degree " + std::to_string(c.ulysses) +
-                    "); use hybrid or hybrid-uaa for U x R meshes");
-      c.ulysses = 1;
-      c.ring = cluster.world;
-      break;
-    case Strategy::hybrid:
-    case Strategy::hybrid_uaa:
-      // One degree given (the other 0): the other is what makes U x R = world.
-      if (c.ulysses == 0 && c.ring > 0 && cluster.world % c.ring == 0) c.ulysses = cluster.world / c.ring;
-      if (c.ring == 0 && c.ulysses > 0 && cluster.world % c.ulysses == 0) c.ring = cluster.world / c.ulysses;
-      if (c.ulysses < 1 || c.ring < 1)
-        throw Error(name + " needs a Ulysses degree and a ring degree of at least 1 (got U=" + std::to_string(c.ulysses) +
-                    ", R=" + std::to_string(c.ring) + ")");
-      if (c.ulysses * c.ring != cluster.world)
-        throw Error("Ulysses degree " + std::to_string(c.ulysses) + " x ring degree " + std::to_string(c.ring) +
-                    " != world " + std::to_string(cluster.world) + "; choose U and R with U x R = world");
-      break;
-  }
-  return c;
-}
 
 }  // namespace cptune

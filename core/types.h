@@ -34,7 +34,6 @@ std::string_view to_string(Strategy v);
 std::string_view to_string(HeadPolicy v);
 std::string_view to_string(RankOrder v);
 DType parse_dtype(std::string_view s);
-MaskKind parse_mask_kind(std::string_view s);
 Strategy parse_strategy(std::string_view s);
 HeadPolicy parse_head_policy(std::string_view s);
 RankOrder parse_rank_order(std::string_view s);
@@ -76,12 +75,13 @@ struct Mask {
 // "full", "causal", "sliding:4096", a pattern's text ("star:16") or a table's inline text
 // ("blocks:4:C.../FC../F.C./F..C"): every form parse_mask reads back.
 std::string to_string(const Mask& m);
-// Accepts the same, "sliding-window:W", and "blocks:FILE" (a table file, core/block_mask.h).
-// Throws Error naming the bad text.
+// A block mask of the table (shared, never modified).
 Mask block_mask(BlockTable table);
 // True when parse_mask would read s as a table file ("blocks:FILE", not the inline "blocks:N:ROWS").
 bool names_table_file(std::string_view s);
-Mask parse_mask(std::string_view s);   // accepts the same, and "sliding-window:W"
+// Reads every form to_string writes, "sliding-window:W", and "blocks:FILE" (a table file,
+// core/block_mask.h). Throws Error naming the bad text.
+Mask parse_mask(std::string_view s);
 
 // Sequence lists as every layer spells them: "77,4097". parse throws Error naming the text
 // (empty, not a number, a length below 1); sum_tokens adds them up (Error if the sum leaves
@@ -133,8 +133,10 @@ struct ShapeView {
 
   int64_t total_tokens() const { return sum_tokens(seq_lens); }
 };
-// Throws Error naming the first size of shape (or world) outside [1, its limit above], or a
-// sum of sequence lengths beyond kMaxTokens. kv_heads and v_head_dim must be set (not 0).
+// The one shape check every entry point (layout, store, lookup) runs: throws Error naming the
+// first size of shape (or world) outside [1, its limit above], a sum of sequence lengths beyond
+// kMaxTokens, or query heads that are not a multiple of kv heads (GQA). kv_heads and v_head_dim
+// must be set (not 0).
 void check_limits(const ShapeView& shape);
 void check_world_limit(int64_t world);
 ShapeView view_of(const AttentionShape& shape);
@@ -147,9 +149,6 @@ bool same_family(const ShapeView& a, const ShapeView& b);
 // lookup still compares fields, so a collision costs a probe, never a wrong answer).
 uint64_t family_hash(const ShapeView& shape);  // every field but the sequence lengths
 uint64_t shape_hash(const ShapeView& shape);   // the family's key extended by the sequence lengths
-struct AttentionShapeHash {
-  size_t operator()(const AttentionShape& s) const { return shape_hash(view_of(s)); }
-};
 // The ranks of the context-parallel group and how they sit on nodes: rank p is on node
 // p / ranks_per_node (G). Nodes are derived, never stored.
 struct Cluster {
@@ -184,19 +183,7 @@ struct LayoutSpec {
   LayoutChoice choice;
 };
 
-// Strategy traits shared by layout, sim, executor and tuner.
-bool uses_ulysses(Strategy s);       // has a seq->heads all-to-all (U may still be 1)
-bool pads_classic(Strategy s);       // classic Ulysses: equal all-to-all, tokens padded, heads divisible
-bool rotates_kv(Strategy s);         // ring rotation of K,V blocks
-bool zigzag_chunks(Strategy s, const Mask& m);  // 2R chunks per sequence (causal load balance)
-
-bool gathers_lengths(Strategy s);    // UAA: per-rank sequence lengths travel before the all-to-all-v
-
-// The canonical choice on a cluster: strategies that fix U x R get it (ulysses, uaa: U = P;
-// ring, ring-zigzag, allgather-kv: R = P); hybrids keep theirs, a degree left 0 becomes
-// world / the other. Throws Error, in values, when the degrees contradict the strategy or
-// U x R != world.
-LayoutChoice resolve(LayoutChoice choice, const Cluster& cluster);
+// Strategy traits, the mesh rule (resolve) and the phase plans: core/strategy.h.
 
 // The phases of one attention call, forward then backward: the names the simulator predicts,
 // the executor measures, the store keeps and every JSON/CSV prints.
@@ -218,6 +205,15 @@ inline constexpr Phase kAllPhases[kPhaseCount] = {Phase::gather,        Phase::q
 inline constexpr bool is_backward(Phase p) { return static_cast<int>(p) >= static_cast<int>(Phase::grad_o); }
 std::string_view to_string(Phase p);  // "gather", "qkv", "allgather", "attention", "o", "grad-o", ...
 Phase parse_phase(std::string_view s);
+
+// Which passes of an attention call: the forward, the backward alone, or both (a training
+// step). Named "fwd", "bwd", "fwd+bwd"; parse also reads "fwd-bwd", the simulator's first
+// spelling, and throws Error naming the text otherwise.
+enum class Pass { forward, backward, forward_backward };
+inline constexpr bool has_forward(Pass p) { return p != Pass::backward; }
+inline constexpr bool has_backward(Pass p) { return p != Pass::forward; }
+std::string_view to_string(Pass p);
+Pass parse_pass(std::string_view s);
 
 // Where UAA's per-rank sequence lengths travel before its all-to-all-v: a host channel (Gloo,
 // also beside NCCL; no device-to-host sync), or the device followed by a copy back and a sync.

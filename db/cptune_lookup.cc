@@ -13,9 +13,9 @@
 #include "cptune/version.h"
 #include "db/local_fingerprint.h"
 #include "db/lookup.h"
+#include "db/open_lookup.h"
 #include "db/store.h"
 #include "sim/constraints.h"
-#include "db/sim_fallback.h"
 #include "sim/hardware.h"
 
 struct cptune_lookup {
@@ -78,13 +78,8 @@ int check_struct(const void* ptr, size_t struct_size, size_t expected, const cha
 
 cptune::db::Fingerprint to_fingerprint(const cptune_fingerprint& fp) {
   if (!fp.backend || !fp.device_model) throw cptune::Error("fingerprint backend and device_model must not be NULL");
-  if (fp.world < 1 || fp.ranks_per_node < 1 || fp.nodes < 1)
-    throw cptune::Error("fingerprint world, ranks_per_node and nodes must be at least 1");
-  cptune::check_world_limit(fp.world);
-  if (fp.ranks_per_node > cptune::kMaxWorld)
-    throw cptune::Error("fingerprint ranks_per_node " + std::to_string(fp.ranks_per_node) + " exceeds " +
-                        std::to_string(cptune::kMaxWorld));
-  const cptune::Cluster cluster{fp.world, fp.ranks_per_node};
+  if (fp.nodes < 1) throw cptune::Error("fingerprint nodes must be at least 1");
+  const cptune::Cluster cluster = cptune::db::checked_cluster(fp.world, fp.ranks_per_node);
   if (fp.nodes != cluster.nodes())
     throw cptune::Error("fingerprint nodes " + std::to_string(fp.nodes) + " do not match world " +
                         std::to_string(fp.world) + " over " + std::to_string(fp.ranks_per_node) +
@@ -97,6 +92,9 @@ cptune::db::Fingerprint to_fingerprint(const cptune_fingerprint& fp) {
 // mask: the query's mask when the caller made one (shape.mask is not read then).
 ShapeView to_view(const cptune_shape& s, const cptune::Mask* mask = nullptr) {
   if (s.num_seqs == 0 || !s.seq_lens) throw cptune::Error("shape needs seq_lens and num_seqs >= 1");
+  if (s.num_seqs > size_t(cptune::kMaxSequences))  // before reading seq_lens[num_seqs - 1]
+    throw cptune::Error("shape num_seqs " + std::to_string(s.num_seqs) + " exceeds " +
+                        std::to_string(cptune::kMaxSequences));
   for (size_t i = 0; i < s.num_seqs; ++i)
     if (s.seq_lens[i] < 1) throw cptune::Error("shape seq_lens[" + std::to_string(i) + "] must be at least 1");
   if (s.batch < 1 || s.q_heads < 1 || s.kv_heads < 0 || s.head_dim < 1 || s.v_head_dim < 0)
@@ -110,10 +108,7 @@ ShapeView to_view(const cptune_shape& s, const cptune::Mask* mask = nullptr) {
   v.v_head_dim = s.v_head_dim ? s.v_head_dim : s.head_dim;
   v.dtype = s.dtype ? cptune::parse_dtype(s.dtype) : cptune::DType::bf16;
   v.mask = mask ? *mask : s.mask ? cptune::parse_mask(s.mask) : cptune::Mask{};
-  cptune::check_limits(v);
-  if (v.q_heads % v.kv_heads != 0)
-    throw cptune::Error("shape q_heads " + std::to_string(v.q_heads) + " is not a multiple of kv_heads " +
-                        std::to_string(v.kv_heads));
+  cptune::check_limits(v);  // sizes and GQA
   return v;
 }
 
@@ -138,6 +133,8 @@ void fill_choice(const Answer& a, cptune_choice& out) {
 int write_text(const std::string& text, char* buffer, size_t size, size_t* needed) {
   if (!needed) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "needed is NULL");
   *needed = text.size() + 1;
+  if (!buffer && size > 0)
+    return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "buffer is NULL with a size above 0; pass size 0 to ask the size");
   if (size < text.size() + 1) {
     if (buffer && size > 0) buffer[0] = '\0';
     return fail(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, "buffer too small: see *needed");
@@ -148,6 +145,14 @@ int write_text(const std::string& text, char* buffer, size_t size, size_t* neede
 
 cptune::LayoutChoice to_layout_choice(const cptune_choice& c) {
   cptune::LayoutChoice out;
+  // The names are fixed-size arrays: one without a NUL would be read past its end.
+  for (const char* name : {c.strategy, c.rank_order, c.head_policy})
+    if (!std::memchr(name, '\0', CPTUNE_LOOKUP_NAME_SIZE))
+      throw cptune::Error("cptune_choice names must be NUL-terminated within " +
+                          std::to_string(CPTUNE_LOOKUP_NAME_SIZE) + " bytes");
+  if (c.ulysses < 1 || c.ulysses > cptune::kMaxWorld || c.ring < 1 || c.ring > cptune::kMaxWorld)
+    throw cptune::Error("cptune_choice ulysses " + std::to_string(c.ulysses) + " and ring " + std::to_string(c.ring) +
+                        " must each be in 1.." + std::to_string(cptune::kMaxWorld));
   out.strategy = cptune::parse_strategy(c.strategy);
   out.ulysses = c.ulysses;
   out.ring = c.ring;
@@ -164,13 +169,10 @@ int query(const cptune_lookup* lookup, const cptune_shape* shape, const cptune::
   if (int status = check_struct(out, out ? out->struct_size : 0, sizeof(cptune_choice), "cptune_choice"))
     return status;
   return guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
-    const std::optional<Answer> answer = lookup->lookup.query(to_view(*shape, mask));
+    const ShapeView view = to_view(*shape, mask);
+    const std::optional<Answer> answer = lookup->lookup.query(view);
     if (!answer) {
-      fail(CPTUNE_LOOKUP_NOT_FOUND,
-           ("no layout for this shape: " + lookup->lookup.not_found_reason() +
-            (lookup->lookup.has_fallback() ? ", and the simulator found no layout allowed here"
-                                           : ", and no simulator answer (open with a hardware description for one)"))
-               .c_str());
+      fail(CPTUNE_LOOKUP_NOT_FOUND, ("no layout for this shape: " + lookup->lookup.why_not(view)).c_str());
       return CPTUNE_LOOKUP_NOT_FOUND;
     }
     fill_choice(*answer, *out);
@@ -197,56 +199,89 @@ int cptune_lookup_open(const char* db_path, const cptune_fingerprint* fp, cptune
   return cptune_lookup_open_with_simulator(db_path, fp, nullptr, out);
 }
 
-int cptune_lookup_open_with_simulator(const char* db_path, const cptune_fingerprint* fp, const char* hardware,
-                                      cptune_lookup** out) {
-  if (!out) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "out is NULL");
-  *out = nullptr;
-  if (!db_path) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "db_path is NULL");
-  if (int status = check_struct(fp, fp ? fp->struct_size : 0, sizeof(cptune_fingerprint), "cptune_fingerprint"))
-    return status;
-  cptune::db::Fingerprint fingerprint;
-  cptune::db::Fallback fallback;
-  if (int status = guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
-        fingerprint = to_fingerprint(*fp);
-        if (hardware && *hardware)
-          fallback = cptune::db::simulator_fallback(cptune::sim::load_hardware(hardware),
-                                                    fingerprint.cluster);
-        return CPTUNE_LOOKUP_OK;
-      }))
-    return status;
+}  // extern "C"
+
+namespace {
+
+// No database: db_path NULL or "" (CPTUNE_LOOKUP_NO_DATABASE); hardware then defaults to the
+// preset the fingerprint names. Every path goes through db::open_lookup, as `cptune lookup` does.
+bool no_database(const char* db_path) { return !db_path || !*db_path; }
+
+// A hardware description that cannot be read, or a GPU question without one, is the caller's
+// argument (INVALID_ARGUMENT), not the database's.
+// With a database, "auto" that names no preset leaves the measured answers (open_lookup says why
+// on a miss); without one it is the caller's error.
+void resolve_hardware(cptune::db::LookupRequest& request) {
+  if (request.db_path.empty()) request.hardware = cptune::db::lookup_hardware(request);
+  if (!request.hardware.empty() && request.hardware != cptune::db::kHardwareAuto)
+    cptune::sim::load_hardware(request.hardware);
+}
+
+int open_request(cptune::db::LookupRequest& request, cptune_lookup** out) {
   return guarded(CPTUNE_LOOKUP_ERROR_DATABASE, [&] {
-    *out = new cptune_lookup{cptune::db::Lookup::open(db_path, fingerprint, std::move(fallback))};
+    *out = new cptune_lookup{cptune::db::open_lookup(request).lookup};
     return CPTUNE_LOOKUP_OK;
   });
 }
 
-int cptune_lookup_open_local(const char* db_path, const char* backend, int64_t world, int64_t ranks_per_node,
-                             const char* hardware, const char* engine, cptune_lookup** out) {
+}  // namespace
+
+extern "C" {
+
+int cptune_lookup_open_with_simulator(const char* db_path, const cptune_fingerprint* fp, const char* hardware,
+                                      cptune_lookup** out) {
   if (!out) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "out is NULL");
   *out = nullptr;
-  if (!db_path) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "db_path is NULL");
-  if (!backend) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "backend is NULL");
-  cptune::db::Fingerprint fingerprint;
-  cptune::db::Fallback fallback;
-  cptune::db::Filter filter;
-  std::shared_ptr<cptune::sim::Constraints> constraints;
+  if (int status = check_struct(fp, fp ? fp->struct_size : 0, sizeof(cptune_fingerprint), "cptune_fingerprint"))
+    return status;
+  cptune::db::LookupRequest request;
   if (int status = guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
-        fingerprint = cptune::db::local_hardware_fingerprint(backend, world, ranks_per_node);
-        if (engine && *engine) {
-          constraints = std::make_shared<cptune::sim::Constraints>();
-          cptune::sim::apply_engine(*constraints, engine);
-          filter = [constraints](const cptune::LayoutChoice& c, const ShapeView& v) { return constraints->allows(c, v); };
-        }
-        if (hardware && *hardware)
-          fallback = cptune::db::simulator_fallback(cptune::sim::load_hardware(hardware), fingerprint.cluster, {},
-                                                    constraints ? *constraints : cptune::sim::Constraints{});
+        request.db_path = or_empty(db_path);
+        request.fingerprint = to_fingerprint(*fp);
+        request.hardware = hardware && *hardware ? hardware
+                           : no_database(db_path) ? std::string(cptune::db::kHardwareAuto)
+                                                  : std::string();
+        resolve_hardware(request);
         return CPTUNE_LOOKUP_OK;
       }))
     return status;
-  return guarded(CPTUNE_LOOKUP_ERROR_DATABASE, [&] {
-    *out = new cptune_lookup{cptune::db::Lookup::open(db_path, fingerprint, std::move(fallback), std::move(filter))};
-    return CPTUNE_LOOKUP_OK;
-  });
+  return open_request(request, out);
+}
+
+int cptune_lookup_open_local(const char* db_path, const char* backend, int64_t world, int64_t ranks_per_node,
+                             const char* hardware, const char* engine, cptune_lookup** out) {
+  return cptune_lookup_open_local_pass(db_path, backend, world, ranks_per_node, hardware, engine, nullptr, out);
+}
+
+int cptune_lookup_open_local_pass(const char* db_path, const char* backend, int64_t world, int64_t ranks_per_node,
+                                  const char* hardware, const char* engine, const char* pass, cptune_lookup** out) {
+  if (!out) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "out is NULL");
+  *out = nullptr;
+  if (!backend) return fail(CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT, "backend is NULL");
+  cptune::db::LookupRequest request;
+  if (int status = guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
+        if (pass && *pass) request.pass = cptune::parse_pass(pass);
+        request.db_path = or_empty(db_path);
+        request.fingerprint = cptune::db::local_hardware_fingerprint(backend, world, ranks_per_node);
+        if (engine && *engine) cptune::sim::apply_engine(request.constraints, engine);
+        request.hardware = hardware && *hardware ? hardware
+                           : no_database(db_path) ? std::string(cptune::db::kHardwareAuto)
+                                                  : std::string();
+        resolve_hardware(request);
+        return CPTUNE_LOOKUP_OK;
+      }))
+    return status;
+  return open_request(request, out);
+}
+
+int cptune_lookup_engines(char* buffer, size_t size, size_t* needed) {
+  std::string text;
+  if (int status = guarded(CPTUNE_LOOKUP_ERROR_INTERNAL, [&] {
+        for (std::string_view name : cptune::sim::engine_names()) text += std::string(name) + "\n";
+        return CPTUNE_LOOKUP_OK;
+      }))
+    return status;
+  return write_text(text, buffer, size, needed);
 }
 
 int cptune_lookup_list_fingerprints(const char* db_path, char* buffer, size_t size, size_t* needed) {

@@ -47,6 +47,18 @@ extern "C" {
 
 /* Bumped when a struct or function changes incompatibly; the soname carries it too. */
 #define CPTUNE_LOOKUP_ABI_VERSION 1
+/* Bumped when functions are added compatibly: 1 added cptune_lookup_engines and opening without
+ * a database (CPTUNE_LOOKUP_NO_DATABASE); 2 added cptune_lookup_open_local_pass. */
+#define CPTUNE_LOOKUP_ABI_MINOR 2
+
+/* db_path of every open function: no database, every answer is the simulator's (source
+ * CPTUNE_LOOKUP_SOURCE_SIMULATED). NULL means the same. */
+#define CPTUNE_LOOKUP_NO_DATABASE ""
+/* hardware of the open functions: the preset the fingerprint's device names ("cpu" -> cpu-gloo,
+ * "NVIDIA H100 80GB HBM3" -> h100-sxm). A GPU question (backend "nccl", or an engine) whose
+ * device is "cpu" or names no preset is CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT: it is never priced
+ * on the CPU preset unasked. The default without a database. */
+#define CPTUNE_LOOKUP_HARDWARE_AUTO "auto"
 
 /* Status codes. */
 #define CPTUNE_LOOKUP_OK 0
@@ -117,25 +129,36 @@ CPTUNE_LOOKUP_API int cptune_lookup_version(void);
 CPTUNE_LOOKUP_API const char* cptune_lookup_library_version(void);
 
 /* Loads the rows of fp from db_path. On success *out is a handle for cptune_lookup_close; on
- * failure *out is NULL. A fingerprint with no rows is a success with no measured shapes. */
+ * failure *out is NULL. A fingerprint with no rows is a success with no measured shapes.
+ * db_path CPTUNE_LOOKUP_NO_DATABASE (or NULL): no database; every query is the simulator's pick on
+ * the preset fp's device names (CPTUNE_LOOKUP_HARDWARE_AUTO). A named file that does not exist
+ * stays CPTUNE_LOOKUP_ERROR_DATABASE. */
 CPTUNE_LOOKUP_API int cptune_lookup_open(const char* db_path, const cptune_fingerprint* fp, cptune_lookup** out);
 /* As cptune_lookup_open, and a shape whose family has no measurement gets the simulator's pick
  * (source CPTUNE_LOOKUP_SOURCE_SIMULATED) on the cluster of fp, described by `hardware`: a preset
  * name ("h100-sxm", "h200", "a100", "l20", "cpu-gloo") or the path of a hardware JSON file, e.g.
- * one written by `cptune calibrate`. NULL or "" behaves like cptune_lookup_open. A hardware
- * description that cannot be read is CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT. */
+ * one written by `cptune calibrate`, or CPTUNE_LOOKUP_HARDWARE_AUTO. NULL or "" behaves like
+ * cptune_lookup_open. A hardware description that cannot be read is
+ * CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT. */
 CPTUNE_LOOKUP_API int cptune_lookup_open_with_simulator(const char* db_path, const cptune_fingerprint* fp,
                                                         const char* hardware, cptune_lookup** out);
 /* Added in 0.2 (ABI 1, no struct changed). This machine's fingerprint for `backend` ("gloo":
  * device_model "cpu"; "nccl": the GPU model the NVIDIA driver reports), world and ranks_per_node
  * (nodes derived), any library and cptune versions. `hardware` as for
  * cptune_lookup_open_with_simulator. `engine` NULL or "": every layout; otherwise only layouts that
- * engine can run ("sglang", "diffusers", "cache-dit", "xdit", "megatron", "prime-rl",
- * "ring-flash-attn"): a measured best it cannot express is passed over for its best expressible
- * measurement, else the simulator's best expressible layout. */
+ * engine can run (the names cptune_lookup_engines lists): a measured best it cannot express is
+ * passed over for its best expressible measurement, else the simulator's best expressible layout.
+ * db_path as for cptune_lookup_open. */
 CPTUNE_LOOKUP_API int cptune_lookup_open_local(const char* db_path, const char* backend, int64_t world,
                                                int64_t ranks_per_node, const char* hardware, const char* engine,
                                                cptune_lookup** out);
+/* Added in ABI minor 2: cptune_lookup_open_local for one pass, `pass` "fwd" (what every other
+ * open function answers), "bwd" or "fwd+bwd" (NULL or "": "fwd"). Only measurements of that pass
+ * answer, the simulator prices that pass, and with an engine the layouts it runs forward only are
+ * never answered for a pass with a backward. An unknown pass is CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT. */
+CPTUNE_LOOKUP_API int cptune_lookup_open_local_pass(const char* db_path, const char* backend, int64_t world,
+                                                    int64_t ranks_per_node, const char* hardware, const char* engine,
+                                                    const char* pass, cptune_lookup** out);
 /* Writes the fingerprints db_path holds, one line each ("id backend device P=.. G=.. nodes=..
  * shapes=N (library versions; cptune version)"), NUL-terminated, into buffer (size bytes; NULL
  * with size 0 asks only for the size). *needed gets the bytes needed, NUL included; a buffer too
@@ -149,7 +172,12 @@ CPTUNE_LOOKUP_API int cptune_lookup_engine_config(const char* engine, const cptu
                                                   const cptune_choice* choice, const char* format, char* buffer,
                                                   size_t size, size_t* needed);
 
-/* Fills *out and returns CPTUNE_LOOKUP_OK, or returns CPTUNE_LOOKUP_NOT_FOUND or an error. */
+/* Added in ABI minor 1: the engines with a profile, one name a line ("sglang\ndiffusers\n..."),
+ * NUL-terminated into buffer; *needed as for cptune_lookup_list_fingerprints. */
+CPTUNE_LOOKUP_API int cptune_lookup_engines(char* buffer, size_t size, size_t* needed);
+
+/* Fills *out and returns CPTUNE_LOOKUP_OK, or returns CPTUNE_LOOKUP_NOT_FOUND or an error. A
+ * CPTUNE_LOOKUP_NOT_FOUND's message names the rule that refused the simulator's last candidate. */
 CPTUNE_LOOKUP_API int cptune_lookup_query(const cptune_lookup* lookup, const cptune_shape* shape, cptune_choice* out);
 
 /* Added in 0.3 (ABI 1, no struct changed): block-sparse masks made once, used by many queries.

@@ -31,14 +31,32 @@ std::string local_device_model(std::string_view backend) {
   return "gpu";
 }
 
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) != 0) continue;
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) break;
+    std::string name = line.substr(colon + 1);
+    name.erase(0, name.find_first_not_of(" \t"));
+    if (!name.empty()) return name;
+  }
+  return "cpu";
+}
+
+Cluster checked_cluster(int64_t world, int64_t ranks_per_node) {
+  check_world_limit(world);
+  if (ranks_per_node < 1 || ranks_per_node > kMaxWorld)
+    throw Error("ranks per node " + std::to_string(ranks_per_node) + " is outside 1.." + std::to_string(kMaxWorld));
+  return Cluster{world, ranks_per_node};
+}
+
 Fingerprint local_hardware_fingerprint(std::string_view backend, int64_t world, int64_t ranks_per_node) {
-  if (world < 1 || ranks_per_node < 1)
-    throw Error("world " + std::to_string(world) + " and ranks per node " + std::to_string(ranks_per_node) +
-                " must be at least 1");
   Fingerprint fp;
   fp.backend = backend;
+  fp.cluster = checked_cluster(world, ranks_per_node);
   fp.device_model = local_device_model(backend);
-  fp.cluster = Cluster{world, ranks_per_node};
   return fp;
 }
 

@@ -18,6 +18,13 @@ inline constexpr std::string_view kCpuDeviceModel = "cpu";
 // when none is visible. Throws Error naming an unknown backend.
 std::string local_device_model(std::string_view backend);
 
+// The cluster of world ranks, ranks_per_node on each node, checked against core's limits
+// (1..kMaxWorld each): the one check of every entry point that takes a world. Throws Error.
+Cluster checked_cluster(int64_t world, int64_t ranks_per_node);
+
+// /proc/cpuinfo's "model name" of this machine, or "cpu".
+std::string cpu_model_name();
+
 // This machine's hardware fields (backend, device model, world, ranks per node); the version
 // fields left empty, so a lookup matches the latest recorded versions.
 Fingerprint local_hardware_fingerprint(std::string_view backend, int64_t world, int64_t ranks_per_node);

@@ -25,18 +25,18 @@ namespace {
 
 // Each shape's fastest measurement under fingerprint `id` that the filter allows; a shape
 // whose every measurement is refused has no row.
-std::vector<BestRow> best_allowed(const Store& store, int64_t id, const Filter& filter) {
+std::vector<BestRow> best_allowed(const Store& store, int64_t id, Pass pass, const Filter& filter) {
   std::vector<BestRow> rows;
   std::unordered_multimap<uint64_t, size_t> by_hash;
   for (StoredMeasurement& m : store.measurements()) {
-    if (m.fingerprint_id != id || !filter(m.row.candidate, view_of(m.shape))) continue;
+    if (m.fingerprint_id != id || m.pass != pass || !filter(m.row.candidate, view_of(m.shape))) continue;
     const uint64_t hash = shape_hash(view_of(m.shape));
     BestRow* same = nullptr;
     for (auto [it, end] = by_hash.equal_range(hash); it != end && !same; ++it)
       if (rows[it->second].shape == m.shape) same = &rows[it->second];
     if (!same) {
       by_hash.emplace(hash, rows.size());
-      rows.push_back(BestRow{id, std::move(m.shape), m.row.candidate, m.row.median_s, 1});
+      rows.push_back(BestRow{id, std::move(m.shape), pass, m.row.candidate, m.row.median_s, 1});
       continue;
     }
     ++same->measurements;
@@ -49,14 +49,15 @@ std::vector<BestRow> best_allowed(const Store& store, int64_t id, const Filter& 
 }
 
 std::string reason_for(const Store& store, const std::string& db_path, const Fingerprint& fp,
-                       std::optional<int64_t> id, bool filtered) {
+                       std::optional<int64_t> id, bool filtered, Pass pass) {
   const auto summaries = store.fingerprints();
   if (id) {
     for (const auto& s : summaries)
       if (s.id == *id)
         return "database '" + db_path + "' holds " + std::to_string(s.shapes) + " shape(s) for fingerprint " +
                describe_full(s.fingerprint) + ", none of this shape's family (same heads, head dims, dtype, mask, "
-               "batch)" + (filtered ? " with a layout the caller's constraints allow" : "");
+               "batch)" + (pass == Pass::forward ? "" : " timed for --pass " + std::string(to_string(pass))) +
+               (filtered ? " with a layout the caller's constraints allow" : "");
   }
   std::vector<Fingerprint> fps;
   for (const auto& s : summaries) fps.push_back(s.fingerprint);
@@ -70,16 +71,31 @@ std::string reason_for(const Store& store, const std::string& db_path, const Fin
 
 }  // namespace
 
-Lookup Lookup::open(const std::string& db_path, const Fingerprint& fp, Fallback fallback, Filter filter) {
+Lookup Lookup::open(const std::string& db_path, const Fingerprint& fp, Fallback fallback, Filter filter, Pass pass) {
   const Store store = Store::open_read_only(db_path);
   const std::optional<int64_t> id = store.match_fingerprint(fp);
   std::vector<BestRow> rows;
-  if (id) rows = filter ? best_allowed(store, *id, filter) : store.best(*id);
+  if (id) rows = filter ? best_allowed(store, *id, pass, filter) : store.best(*id, pass);
   Lookup lookup(std::move(rows), std::move(fallback));
   lookup.filter_ = std::move(filter);
   lookup.fingerprint_id_ = id;
-  lookup.not_found_reason_ = reason_for(store, db_path, fp, id, bool(lookup.filter_));
+  lookup.not_found_reason_ = reason_for(store, db_path, fp, id, bool(lookup.filter_), pass);
   return lookup;
+}
+
+Lookup Lookup::without_database(Fallback fallback, Filter filter, std::string reason) {
+  Lookup lookup({}, std::move(fallback));
+  lookup.filter_ = std::move(filter);
+  lookup.not_found_reason_ = std::move(reason);
+  return lookup;
+}
+
+std::string Lookup::why_not(const ShapeView& shape) const {
+  if (!fallback_)
+    return not_found_reason_ + ", and no simulator answer" +
+           (explain_ ? ": " + explain_(shape_of(shape)) : std::string(" (give a hardware description for one)"));
+  const std::string rule = explain_ ? explain_(shape_of(shape)) : "";
+  return not_found_reason_ + ", and the simulator found no layout allowed here" + (rule.empty() ? "" : ": " + rule);
 }
 
 Lookup::Lookup(std::vector<BestRow> rows, Fallback fallback)

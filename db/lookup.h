@@ -33,6 +33,10 @@ using Fallback = std::function<std::optional<Answer>(const AttentionShape&)>;
 // candidate on a shape. Empty: every layout.
 using Filter = std::function<bool(const LayoutChoice&, const ShapeView&)>;
 
+// Why the fallback has no answer for a shape (the rule that refused the last candidate); called
+// only when a query comes back empty.
+using Explain = std::function<std::string(const AttentionShape&)>;
+
 class Lookup {
  public:
   // Throws Error when the database cannot be read (missing, not a database, corrupt, newer).
@@ -41,10 +45,14 @@ class Lookup {
   // With a filter, each shape's answer is its fastest measurement the filter allows (not the
   // stored best), a nearest answer must be allowed on the queried shape, and the fallback is
   // the caller's to restrict alike.
-  static Lookup open(const std::string& db_path, const Fingerprint& fp, Fallback fallback = {}, Filter filter = {});
+  // Only measurements of `pass` answer: a forward time says nothing of a backward's winner.
+  static Lookup open(const std::string& db_path, const Fingerprint& fp, Fallback fallback = {}, Filter filter = {},
+                     Pass pass = Pass::forward);
   // The same from rows already read, for callers that hold a Store open. Takes the rows by
   // value so their shapes move into the table instead of being copied.
   explicit Lookup(std::vector<BestRow> rows, Fallback fallback = {});
+  // No database: every answer is the fallback's (source simulated). `reason` says so in messages.
+  static Lookup without_database(Fallback fallback, Filter filter, std::string reason);
 
   std::optional<Answer> query(const ShapeView& shape) const;
   std::optional<Answer> query(const AttentionShape& shape) const { return query(view_of(shape)); }
@@ -55,6 +63,9 @@ class Lookup {
   // database has no rows for it, the closest fingerprint it holds.
   const std::string& not_found_reason() const { return not_found_reason_; }
   bool has_fallback() const { return bool(fallback_); }
+  void set_explain(Explain explain) { explain_ = std::move(explain); }
+  // not_found_reason() and, when the fallback has none either, why (Explain), for one shape.
+  std::string why_not(const ShapeView& shape) const;
 
  private:
   struct Entry {
@@ -78,6 +89,7 @@ class Lookup {
   FlatIndex by_family_;
   Fallback fallback_;
   Filter filter_;
+  Explain explain_;
   std::optional<int64_t> fingerprint_id_;
   std::string not_found_reason_;
 };

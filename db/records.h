@@ -43,6 +43,7 @@ struct MeasurementRow {
 struct BestRow {
   int64_t fingerprint_id = 0;
   AttentionShape shape;
+  Pass pass = Pass::forward;  // the pass timed (fwd, bwd, fwd+bwd): each has its own best
   LayoutChoice candidate;
   double median_s = 0;
   int64_t measurements = 0;  // measurements of this shape under this fingerprint, the winner's included

@@ -1,6 +1,7 @@
 #include "db/schema.h"
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -94,6 +95,25 @@ CREATE TABLE tune_leases (
     R"sql(
 CREATE INDEX shapes_by_mask ON shapes (mask);
 )sql",
+    // 3 -> 4: a lease carries its holder's heartbeat (db/lease.h): a lease not refreshed within
+    // the expiry is dead whatever host wrote it. An older lease's last sign of life is its taking.
+    // Measurements are keyed by the pass they timed (core Pass: "fwd", "bwd", "fwd+bwd"); every
+    // older row timed the forward pass. `best` is the winner per fingerprint, shape and pass.
+    R"sql(
+ALTER TABLE tune_leases ADD COLUMN heartbeat_at TEXT NOT NULL DEFAULT '';
+UPDATE tune_leases SET heartbeat_at = acquired_at;
+ALTER TABLE measurements ADD COLUMN pass TEXT NOT NULL DEFAULT 'fwd' CHECK (pass IN ('fwd', 'bwd', 'fwd+bwd'));
+DROP VIEW best;
+CREATE VIEW best AS
+SELECT w.fingerprint_id, w.shape_id, w.pass, w.candidate_id, w.measurement_id, w.median_s, w.measurements,
+       s.batch, s.seq_lens, s.total_tokens, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, s.dtype, s.mask,
+       c.strategy, c.ulysses, c.ring, c.rank_order, c.head_policy
+FROM (SELECT fingerprint_id, shape_id, pass, candidate_id, id AS measurement_id, min(median_s) AS median_s,
+             count(*) AS measurements
+      FROM measurements GROUP BY fingerprint_id, shape_id, pass) AS w
+JOIN shapes AS s ON s.id = w.shape_id
+JOIN candidates AS c ON c.id = w.candidate_id;
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion);
 
@@ -171,12 +191,12 @@ void quick_check(const Connection& conn) {
                 "); restore it from a copy or tune again into a new file");
 }
 
-void migrate(const Connection& conn) {
+void migrate(const Connection& conn, int64_t target = kSchemaVersion) {
   for (;;) {
     Transaction tx(conn, Transaction::Kind::write);
     // Read again under the write lock: another tuner may have migrated the file meanwhile.
     const int64_t version = pragma_int(conn, "PRAGMA user_version");
-    if (version >= kSchemaVersion) return;
+    if (version >= target) return;
     conn.exec(kMigrations[version]);
     conn.exec(("PRAGMA user_version = " + std::to_string(version + 1)).c_str());
     conn.exec(("PRAGMA application_id = " + std::to_string(kApplicationId)).c_str());
@@ -199,9 +219,14 @@ void enable_wal(const Connection& conn) {
 
 }  // namespace
 
-void open_for_writing(const Connection& conn) {
-  check_header(conn, read_header(conn));
+void open_for_writing(const Connection& conn, const std::function<void()>& check_rows) {
+  const Header h = read_header(conn);
+  check_header(conn, h);
   quick_check(conn);
+  if (h.user_version > 0) {  // a file with data: refused as the readers would refuse it, before any write
+    check_schema_objects(conn, h.user_version);
+    if (check_rows) check_rows();
+  }
   migrate(conn);
   check_schema_objects(conn, kSchemaVersion);
   enable_wal(conn);
@@ -209,6 +234,16 @@ void open_for_writing(const Connection& conn) {
   // may lose the last commits), at a fraction of FULL's fsyncs.
   conn.exec("PRAGMA synchronous = NORMAL");
   conn.exec("PRAGMA foreign_keys = ON");
+}
+
+int64_t schema_version(const Connection& conn) { return pragma_int(conn, "PRAGMA user_version"); }
+
+void create_at_version(const Connection& conn, int64_t version) {
+  if (version < 1 || version > kSchemaVersion)
+    throw Error("schema version " + std::to_string(version) + " is not between 1 and " + std::to_string(kSchemaVersion));
+  if (pragma_int(conn, "PRAGMA user_version") != 0)
+    throw Error("database '" + conn.path() + "' is not empty: only a new file is created at an older version");
+  migrate(conn, version);
 }
 
 void check_for_reading(const Connection& conn) {

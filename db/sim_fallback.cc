@@ -20,4 +20,19 @@ Fallback simulator_fallback(sim::Hardware hardware, Cluster cluster, sim::Predic
   };
 }
 
+Explain simulator_refusal(sim::Hardware hardware, Cluster cluster, sim::PredictOptions options,
+                          sim::Constraints constraints) {
+  return [hardware = std::move(hardware), cluster, options,
+          constraints = std::move(constraints)](const AttentionShape& key) -> std::string {
+    try {
+      const sim::Ranking ranking = sim::rank_candidates(key, cluster, hardware, options, constraints);
+      if (!ranking.candidates.empty()) return "no candidate fits in device memory";
+      return ranking.refused.empty() ? "no candidate" : to_string(ranking.refused.back().candidate) + ": " +
+                                                            ranking.refused.back().reason;
+    } catch (const Error& e) {
+      return e.what();
+    }
+  };
+}
+
 }  // namespace cptune::db

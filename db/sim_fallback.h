@@ -10,5 +10,9 @@ namespace cptune::db {
 // With constraints, only the layouts they allow (an engine's, the CLI's flags).
 Fallback simulator_fallback(sim::Hardware hardware, Cluster cluster, sim::PredictOptions options = {},
                             sim::Constraints constraints = {});
+// Why the simulator has no feasible candidate for a shape: the reason of the last candidate
+// refused (an engine's rule and its source, a layout that cannot build), as `simulate` says it.
+Explain simulator_refusal(sim::Hardware hardware, Cluster cluster, sim::PredictOptions options = {},
+                          sim::Constraints constraints = {});
 
 }  // namespace cptune::db

@@ -4,6 +4,7 @@
 
 #include <sqlite3.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <system_error>
 
@@ -55,6 +56,23 @@ void require_existing_file(const std::string& path) {
     throw Error("database '" + path + "' is a directory; pass the database file");
 }
 
+// An SQLite URI for path: '%', '?' and '#' are escaped, an absolute path gets an empty authority.
+std::string uri_of(const std::string& path, const char* query) {
+  std::string uri = path.front() == '/' ? "file://" : "file:";
+  for (char c : path) {
+    if (c == '%' || c == '?' || c == '#') {
+      char hex[4];
+      std::snprintf(hex, sizeof hex, "%%%02X", static_cast<unsigned char>(c));
+      uri += hex;
+    } else {
+      uri += c;
+    }
+  }
+  return uri + "?" + query;
+}
+
+bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
 }  // namespace
 
 Connection::Connection(std::string path, OpenMode mode) : path_(std::move(path)), mode_(mode) {
@@ -63,14 +81,26 @@ Connection::Connection(std::string path, OpenMode mode) : path_(std::move(path))
   // A directory, FIFO or device is refused before SQLite opens it (a FIFO would block the open).
   refuse_special_file(path_, "database");
   // NOMUTEX: a Connection is used by one thread at a time, so SQLite's per-call mutex is waste.
-  // A reader of a file it may write opens it read-write with query_only set: it still cannot
-  // change the database, and, as the last connection to close, it removes the -wal and -shm
-  // files that reading a WAL database creates (an SQLITE_OPEN_READONLY one would leave them).
+  // A reader never creates a file. One that may write the file and its folder opens it
+  // read-write with query_only set: it still cannot change the database, and, as the last
+  // connection to close, it removes the -wal and -shm files that reading a WAL database
+  // creates. One that may not (another account's file, a read-only folder or mount) would make
+  // SQLite create -shm and -wal files it cannot remove, which then stop the owner's tuner, or
+  // fail where it cannot: it reads with the writer's -wal and -shm when both exist (opening the
+  // -shm read-only), and otherwise as an immutable file (no locks, no files; nothing writes it).
   const bool query_only = mode == OpenMode::read_only && may_write(path_);
-  const int flags = SQLITE_OPEN_NOMUTEX | (mode == OpenMode::read_write ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE
-                                           : query_only                 ? SQLITE_OPEN_READWRITE
-                                                                        : SQLITE_OPEN_READONLY);
-  const int rc = sqlite3_open_v2(path_.c_str(), &db_, flags, nullptr);
+  std::string name = path_;
+  int flags = SQLITE_OPEN_NOMUTEX;
+  if (mode == OpenMode::read_write) {
+    flags |= SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+  } else if (query_only) {
+    flags |= SQLITE_OPEN_READWRITE;
+  } else {
+    flags |= SQLITE_OPEN_READONLY | SQLITE_OPEN_URI;
+    const bool writer_files = exists(path_ + "-wal") && exists(path_ + "-shm");
+    name = uri_of(path_, writer_files ? "mode=ro&readonly_shm=1" : "mode=ro&immutable=1");
+  }
+  const int rc = sqlite3_open_v2(name.c_str(), &db_, flags, nullptr);
   if (rc != SQLITE_OK) {
     const std::string message = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
     sqlite3_close(db_);
@@ -99,6 +129,8 @@ bool Connection::try_exec(const char* sql) const {
   return true;
 }
 
+int64_t Connection::changes() const { return sqlite3_changes64(db_); }
+
 void Connection::fail(int rc, std::string_view doing) const {
   const std::string hint = hint_for(rc, mode_);
   throw Error("database '" + path_ + "': " + sqlite3_errmsg(db_) + " (while " + std::string(doing) + ")" +
@@ -108,6 +140,13 @@ void Connection::fail(int rc, std::string_view doing) const {
 Statement::Statement(const Connection& conn, const char* sql) : conn_(conn), sql_(sql) {
   const int rc = sqlite3_prepare_v3(conn.handle(), sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
   if (rc != SQLITE_OK) conn.fail(rc, std::string("preparing ") + sql);
+  for (int i = 0, n = sqlite3_column_count(stmt_); i < n; ++i) names_.emplace_back(sqlite3_column_name(stmt_, i));
+}
+
+int Statement::column(std::string_view name) const {
+  for (size_t i = 0; i < names_.size(); ++i)
+    if (names_[i] == name) return int(i);
+  throw Error("internal error: column '" + std::string(name) + "' is not a result of " + sql_);
 }
 
 Statement::~Statement() { sqlite3_finalize(stmt_); }

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -33,6 +34,8 @@ class Connection {
   void exec(const char* sql) const;
   // The same, but returns false instead of throwing when another connection holds a lock.
   bool try_exec(const char* sql) const;
+  // Rows changed by the last INSERT, UPDATE or DELETE.
+  int64_t changes() const;
   // Throws Error for SQLite result code rc: the path, what was being done, SQLite's message
   // and what the user can do about it.
   [[noreturn]] void fail(int rc, std::string_view doing) const;
@@ -67,12 +70,21 @@ class Statement {
   std::string column_text(int col) const;
   std::optional<double> column_optional_double(int col) const;
 
+  // Result columns by name (the select's AS name, else the column's): a reader names what it
+  // reads, so reordering a select cannot shift its values. Throws Error for a name the
+  // statement does not return (a cptune bug, named with the SQL).
+  int column(std::string_view name) const;
+  int64_t integer(std::string_view name) const { return column_int(column(name)); }
+  double real(std::string_view name) const { return column_double(column(name)); }
+  std::string text(std::string_view name) const { return column_text(column(name)); }
+
  private:
   void check_bind(int rc, int index) const;
 
   const Connection& conn_;
   sqlite3_stmt* stmt_ = nullptr;
   const char* sql_;
+  std::vector<std::string> names_;  // result column names, by index
 };
 
 // A transaction that rolls back unless committed. A write transaction is BEGIN IMMEDIATE: it

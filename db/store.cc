@@ -7,7 +7,6 @@
 
 #include "core/error.h"
 #include "core/layout_json.h"
-#include "db/lease.h"
 #include "db/schema.h"
 #include "db/sqlite.h"
 
@@ -36,9 +35,9 @@ constexpr const char* kSelectCandidate =
     "AND head_policy = ?5";
 constexpr const char* kInsertMeasurement =
     "INSERT INTO measurements (fingerprint_id, shape_id, candidate_id, median_s, min_s, max_s, iterations, "
-    "phase_medians_s, verify_max_abs_error, predicted_s, profile, measured_at) "
+    "phase_medians_s, verify_max_abs_error, predicted_s, profile, measured_at, pass) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
-    "coalesce(nullif(?12, ''), strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))";
+    "coalesce(nullif(?12, ''), strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), ?13)";
 
 void bind_fingerprint(Statement& st, const Fingerprint& fp) {
   st.bind(1, fp.backend).bind(2, fp.device_model).bind(3, fp.cluster.world).bind(4, fp.cluster.ranks_per_node);
@@ -96,13 +95,6 @@ void bind_candidate(Statement& st, const LayoutChoice& c) {
   st.bind(5, to_string(c.head_policy));
 }
 
-// The lease's key: every field of the fingerprint, separated by a character none of them holds.
-std::string lease_key(const Fingerprint& fp) {
-  const char sep = '\x1f';
-  return fp.backend + sep + fp.device_model + sep + std::to_string(fp.cluster.world) + sep +
-         std::to_string(fp.cluster.ranks_per_node) + sep + fp.library_versions + sep + fp.cptune_version;
-}
-
 std::optional<int64_t> select_id(Statement& select) {
   std::optional<int64_t> id;
   if (select.step()) id = select.column_int(0);
@@ -152,14 +144,16 @@ class RowReader {
   RowReader(const Statement& st, const std::string& path, const char* table, int64_t id)
       : st_(st), path_(path), table_(table), id_(id) {}
 
-  int64_t count(int col, const char* name, int64_t max = INT64_MAX) const {
+  int64_t count(const char* name, int64_t max = INT64_MAX) const {
+    const int col = st_.column(name);
     if (st_.column_type(col) != Statement::Type::integer) fail(std::string("column ") + name + " is not an integer");
     const int64_t v = st_.column_int(col);
     if (v < 1 || v > max)
       fail(std::string("column ") + name + " is " + std::to_string(v) + ", outside 1.." + std::to_string(max));
     return v;
   }
-  double seconds(int col, const char* name) const {
+  double seconds(const char* name) const {
+    const int col = st_.column(name);
     const Statement::Type type = st_.column_type(col);
     if (type != Statement::Type::real && type != Statement::Type::integer)
       fail(std::string("column ") + name + " is not a number");
@@ -168,7 +162,8 @@ class RowReader {
       fail(std::string("column ") + name + " is " + std::to_string(v) + ", not a positive time");
     return v;
   }
-  std::optional<double> optional_number(int col, const char* name) const {
+  std::optional<double> optional_number(const char* name) const {
+    const int col = st_.column(name);
     const Statement::Type type = st_.column_type(col);
     if (type == Statement::Type::null) return std::nullopt;
     if (type != Statement::Type::real && type != Statement::Type::integer)
@@ -177,14 +172,15 @@ class RowReader {
     if (!std::isfinite(v) || v < 0) fail(std::string("column ") + name + " is " + std::to_string(v));
     return v;
   }
-  std::string text(int col, const char* name) const {
+  std::string text(const char* name) const {
+    const int col = st_.column(name);
     if (st_.column_type(col) != Statement::Type::text) fail(std::string("column ") + name + " is not text");
     return st_.column_text(col);
   }
   // Runs parse (a core parser) on the column's text; its Error names the row.
   template <typename Parse>
-  auto parsed(int col, const char* name, Parse parse) const {
-    const std::string value = text(col, name);
+  auto parsed(const char* name, Parse parse) const {
+    const std::string value = text(name);
     try {
       return parse(value);
     } catch (const Error& e) {
@@ -207,39 +203,38 @@ class RowReader {
 // Masks read so far by their stored text: rows of one mask share one parse and one table.
 using MaskCache = std::unordered_map<std::string, Mask>;
 
-// Columns batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask from col on,
-// of the shapes row `row` reads.
-AttentionShape read_shape(int col, const RowReader& row, MaskCache& masks) {
+// Columns batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype and mask of the
+// shapes row `row` reads.
+AttentionShape read_shape(const RowReader& row, MaskCache& masks) {
   AttentionShape s;
-  s.batch = row.count(col, "batch", kMaxBatch);
-  s.seq_lens = row.parsed(col + 1, "seq_lens", [](const std::string& t) { return parse_seq_lens(t); });
-  s.q_heads = row.count(col + 2, "q_heads", kMaxHeads);
-  s.kv_heads = row.count(col + 3, "kv_heads", kMaxHeads);
-  s.head_dim = row.count(col + 4, "head_dim", kMaxHeadDim);
-  s.v_head_dim = row.count(col + 5, "v_head_dim", kMaxHeadDim);
-  s.dtype = row.parsed(col + 6, "dtype", [](const std::string& t) { return parse_dtype(t); });
-  s.mask = row.parsed(col + 7, "mask", [&](const std::string& t) {
+  s.batch = row.count("batch", kMaxBatch);
+  s.seq_lens = row.parsed("seq_lens", [](const std::string& t) { return parse_seq_lens(t); });
+  s.q_heads = row.count("q_heads", kMaxHeads);
+  s.kv_heads = row.count("kv_heads", kMaxHeads);
+  s.head_dim = row.count("head_dim", kMaxHeadDim);
+  s.v_head_dim = row.count("v_head_dim", kMaxHeadDim);
+  s.dtype = row.parsed("dtype", [](const std::string& t) { return parse_dtype(t); });
+  s.mask = row.parsed("mask", [&](const std::string& t) {
     const auto it = masks.find(t);
     return it != masks.end() ? it->second : masks.emplace(t, parse_stored_mask(t)).first->second;
   });
   try {
-    check_limits(view_of(s));
+    check_limits(view_of(s));  // sizes and GQA
   } catch (const Error& e) {
     row.fail(e.what());
   }
-  if (s.q_heads % s.kv_heads != 0) row.fail("q_heads is not a multiple of kv_heads");
   return s;
 }
 
-// Columns strategy, ulysses, ring, rank_order, head_policy from col on, of the candidates row
-// `row` reads; U x R must be the world of the fingerprint it was measured on.
-LayoutChoice read_candidate(int col, const RowReader& row, int64_t world) {
+// Columns strategy, ulysses, ring, rank_order and head_policy of the candidates row `row`
+// reads; U x R must be the world of the fingerprint it was measured on.
+LayoutChoice read_candidate(const RowReader& row, int64_t world) {
   LayoutChoice c;
-  c.strategy = row.parsed(col, "strategy", [](const std::string& t) { return parse_strategy(t); });
-  c.ulysses = row.count(col + 1, "ulysses", kMaxWorld);
-  c.ring = row.count(col + 2, "ring", kMaxWorld);
-  c.order = row.parsed(col + 3, "rank_order", [](const std::string& t) { return parse_rank_order(t); });
-  c.head_policy = row.parsed(col + 4, "head_policy", [](const std::string& t) { return parse_head_policy(t); });
+  c.strategy = row.parsed("strategy", [](const std::string& t) { return parse_strategy(t); });
+  c.ulysses = row.count("ulysses", kMaxWorld);
+  c.ring = row.count("ring", kMaxWorld);
+  c.order = row.parsed("rank_order", [](const std::string& t) { return parse_rank_order(t); });
+  c.head_policy = row.parsed("head_policy", [](const std::string& t) { return parse_head_policy(t); });
   if (c.ulysses * c.ring != world)
     row.fail("ulysses " + std::to_string(c.ulysses) + " x ring " + std::to_string(c.ring) + " is not the world " +
              std::to_string(world) + " it was measured on");
@@ -269,27 +264,45 @@ Store& Store::operator=(Store&&) noexcept = default;
 Store::~Store() = default;
 
 Store Store::open(const std::string& path) {
-  auto conn = std::make_unique<Connection>(path, OpenMode::read_write);
-  open_for_writing(*conn);
-  return Store(std::move(conn));
+  Store store(std::make_unique<Connection>(path, OpenMode::read_write));
+  // The rows are checked as the file's own version reads them, before the migration.
+  open_for_writing(*store.conn_, [&] {
+    store.version_ = schema_version(*store.conn_);
+    store.check_rows();
+  });
+  store.version_ = schema_version(*store.conn_);
+  return store;
 }
 
 Store Store::open_read_only(const std::string& path) {
   auto conn = std::make_unique<Connection>(path, OpenMode::read_only);
   check_for_reading(*conn);
-  return Store(std::move(conn));
+  Store store(std::move(conn));
+  store.version_ = schema_version(*store.conn_);
+  return store;
 }
 
 const std::string& Store::path() const { return conn_->path(); }
 
-void Store::record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows) {
+const char* Store::pass_column(const char* table) const {
+  if (version_ < 4) return "'fwd'";
+  return std::string_view(table) == "b" ? "b.pass" : "m.pass";
+}
+
+void Store::record_shape(const Fingerprint& fp, const AttentionShape& shape, const std::vector<MeasurementRow>& rows,
+                         Pass pass) {
   if (rows.empty()) return;
-  for (const MeasurementRow& row : rows)  // what readers refuse is never written
+  const auto positive = [](double s) { return std::isfinite(s) && s > 0; };
+  const auto unset_or_finite = [](const std::optional<double>& v) { return !v || (std::isfinite(*v) && *v >= 0); };
+  for (const MeasurementRow& row : rows)  // what readers refuse (RowReader) is never written
     if (row.candidate.ulysses < 1 || row.candidate.ring < 1 ||
-        row.candidate.ulysses * row.candidate.ring != fp.cluster.world || !std::isfinite(row.median_s) ||
-        row.median_s <= 0)
+        row.candidate.ulysses * row.candidate.ring != fp.cluster.world || !positive(row.median_s) ||
+        !positive(row.min_s) || !positive(row.max_s) || row.iterations < 1 ||
+        !unset_or_finite(row.verify_max_abs_error) || !unset_or_finite(row.predicted_s))
       throw Error("measurement of " + to_string(row.candidate) + " (median " + std::to_string(row.median_s) +
-                  " s) does not fit world " + std::to_string(fp.cluster.world) + " or is not a positive time");
+                  " s, min " + std::to_string(row.min_s) + " s, max " + std::to_string(row.max_s) + " s, " +
+                  std::to_string(row.iterations) + " iterations) does not fit world " +
+                  std::to_string(fp.cluster.world) + " or is not a positive time");
   if (!writer_) writer_ = std::make_unique<Writer>(*conn_);
   Writer& w = *writer_;
   Transaction tx(*conn_, Transaction::Kind::write);
@@ -304,14 +317,14 @@ void Store::record_shape(const Fingerprint& fp, const AttentionShape& shape, con
     m.bind(1, fingerprint_id).bind(2, shape_id).bind(3, candidate_id);
     m.bind(4, row.median_s).bind(5, row.min_s).bind(6, row.max_s).bind(7, row.iterations);
     m.bind(8, phases_json(row.phase_medians_s)).bind(9, row.verify_max_abs_error).bind(10, row.predicted_s);
-    m.bind(11, row.profile).bind(12, row.measured_at);
+    m.bind(11, row.profile).bind(12, row.measured_at).bind(13, to_string(pass));
     m.run();
     m.reset();
   }
   tx.commit();
 }
 
-bool Store::has_shape(const Fingerprint& fp, const AttentionShape& shape) const {
+bool Store::has_shape(const Fingerprint& fp, const AttentionShape& shape, Pass pass) const {
   Statement select_fp(*conn_, kSelectFingerprint);
   bind_fingerprint(select_fp, fp);
   const std::optional<int64_t> fingerprint_id = select_id(select_fp);
@@ -320,34 +333,10 @@ bool Store::has_shape(const Fingerprint& fp, const AttentionShape& shape) const 
   bind_shape(select_shape, ShapeKey{shape, stored_mask_text(*conn_, shape.mask)});
   const std::optional<int64_t> shape_id = select_id(select_shape);
   if (!shape_id) return false;
-  Statement any(*conn_, "SELECT 1 FROM measurements WHERE fingerprint_id = ?1 AND shape_id = ?2 LIMIT 1");
-  any.bind(1, *fingerprint_id).bind(2, *shape_id);
+  Statement any(*conn_,
+                "SELECT 1 FROM measurements WHERE fingerprint_id = ?1 AND shape_id = ?2 AND pass = ?3 LIMIT 1");
+  any.bind(1, *fingerprint_id).bind(2, *shape_id).bind(3, to_string(pass));
   return any.step();
-}
-
-std::optional<ProcessIdentity> Store::take_lease(const Fingerprint& fp, const ProcessIdentity& self) {
-  Transaction tx(*conn_, Transaction::Kind::write);
-  Statement select(*conn_, "SELECT host, pid, start_time, acquired_at FROM tune_leases WHERE fingerprint = ?1");
-  select.bind(1, lease_key(fp));
-  if (select.step()) {
-    ProcessIdentity holder{select.column_text(0), select.column_int(1), select.column_int(2), select.column_text(3)};
-    if (holder == self) return std::nullopt;
-    if (holder_alive(holder)) return holder;
-  }
-  Statement take(*conn_,
-                 "INSERT OR REPLACE INTO tune_leases (fingerprint, host, pid, start_time, acquired_at) "
-                 "VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))");
-  take.bind(1, lease_key(fp)).bind(2, self.host).bind(3, self.pid).bind(4, self.start_time);
-  take.run();
-  tx.commit();
-  return std::nullopt;
-}
-
-void Store::release_lease(const Fingerprint& fp, const ProcessIdentity& self) {
-  Statement drop(*conn_,
-                 "DELETE FROM tune_leases WHERE fingerprint = ?1 AND host = ?2 AND pid = ?3 AND start_time = ?4");
-  drop.bind(1, lease_key(fp)).bind(2, self.host).bind(3, self.pid).bind(4, self.start_time);
-  drop.run();
 }
 
 std::vector<std::string> Store::integrity_problems() const {
@@ -358,24 +347,42 @@ std::vector<std::string> Store::integrity_problems() const {
   return problems;
 }
 
+Store::RowCounts Store::check_rows() const {
+  {
+    Statement dangling(*conn_, "PRAGMA foreign_key_check");
+    if (dangling.step()) {
+      const std::string table = dangling.column_text(0);
+      RowReader(dangling, path(), table.c_str(), dangling.column_int(1))
+          .fail("it refers to a row of " + dangling.column_text(2) + " that is missing");
+    }
+  }
+  RowCounts counts;
+  counts.fingerprints = fingerprints().size();
+  counts.measurements = measurements().size();
+  counts.shapes = best().size();
+  return counts;
+}
+
 std::vector<FingerprintSummary> Store::fingerprints() const {
   Statement st(*conn_,
-               "SELECT f.id, f.backend, f.device_model, f.world, f.ranks_per_node, f.nodes, f.library_versions, "
-               "f.cptune_version, count(DISTINCT m.shape_id), count(m.id), coalesce(max(m.measured_at), '') "
+               "SELECT f.id AS id, f.backend AS backend, f.device_model AS device_model, f.world AS world, "
+               "f.ranks_per_node AS ranks_per_node, f.library_versions AS library_versions, "
+               "f.cptune_version AS cptune_version, count(DISTINCT m.shape_id) AS shapes, count(m.id) AS measurements, "
+               "coalesce(max(m.measured_at), '') AS last_measured_at "
                "FROM fingerprints AS f LEFT JOIN measurements AS m ON m.fingerprint_id = f.id "
                "GROUP BY f.id ORDER BY f.id");
   std::vector<FingerprintSummary> out;
   while (st.step()) {
     FingerprintSummary s;
-    s.id = st.column_int(0);
+    s.id = st.integer("id");
     const RowReader row(st, path(), "fingerprints", s.id);
-    // nodes (column 5) is derived from world and ranks per node; the table keeps it for readers.
-    s.fingerprint = Fingerprint{row.text(1, "backend"), row.text(2, "device_model"),
-                                Cluster{row.count(3, "world", kMaxWorld), row.count(4, "ranks_per_node", kMaxWorld)},
-                                row.text(6, "library_versions"), row.text(7, "cptune_version")};
-    s.shapes = st.column_int(8);
-    s.measurements = st.column_int(9);
-    s.last_measured_at = st.column_text(10);
+    // nodes is derived from world and ranks per node; the table keeps it for readers.
+    s.fingerprint = Fingerprint{row.text("backend"), row.text("device_model"),
+                                Cluster{row.count("world", kMaxWorld), row.count("ranks_per_node", kMaxWorld)},
+                                row.text("library_versions"), row.text("cptune_version")};
+    s.shapes = st.integer("shapes");
+    s.measurements = st.integer("measurements");
+    s.last_measured_at = st.text("last_measured_at");
     out.push_back(std::move(s));
   }
   return out;
@@ -391,54 +398,68 @@ std::optional<int64_t> Store::match_fingerprint(const Fingerprint& fp) const {
   return select_id(st);
 }
 
-std::vector<BestRow> Store::best(std::optional<int64_t> fingerprint_id) const {
-  constexpr const char* kColumns =
-      "SELECT b.fingerprint_id, batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, mask, "
-      "strategy, ulysses, ring, rank_order, head_policy, median_s, measurements, shape_id, candidate_id, "
-      "measurement_id, f.world FROM best AS b JOIN fingerprints AS f ON f.id = b.fingerprint_id ";
-  const std::string sql = std::string(kColumns) + (fingerprint_id ? "WHERE b.fingerprint_id = ?1" : "");
+std::vector<BestRow> Store::best(std::optional<int64_t> fingerprint_id, std::optional<Pass> pass) const {
+  if (pass && *pass != Pass::forward && version_ < 4) return {};  // an older file timed the forward only
+  const std::string pass_of = pass_column("b");
+  const std::string sql =
+      "SELECT b.fingerprint_id AS fingerprint_id, batch, seq_lens, q_heads, kv_heads, head_dim, v_head_dim, dtype, "
+      "mask, strategy, ulysses, ring, rank_order, head_policy, median_s, measurements, shape_id, candidate_id, "
+      "measurement_id, f.world AS world, " + pass_of + " AS pass "
+      "FROM best AS b JOIN fingerprints AS f ON f.id = b.fingerprint_id "
+      "WHERE (?1 IS NULL OR b.fingerprint_id = ?1) AND (?2 IS NULL OR " + pass_of + " = ?2)";
   Statement st(*conn_, sql.c_str());
   if (fingerprint_id) st.bind(1, *fingerprint_id);
+  if (pass) st.bind(2, to_string(*pass));
   std::vector<BestRow> out;
   MaskCache masks;
   while (st.step()) {
-    const int64_t world = RowReader(st, path(), "fingerprints", st.column_int(0)).count(19, "world", kMaxWorld);
-    const AttentionShape shape = read_shape(1, RowReader(st, path(), "shapes", st.column_int(16)), masks);
-    const LayoutChoice candidate = read_candidate(9, RowReader(st, path(), "candidates", st.column_int(17)), world);
-    const double median_s = RowReader(st, path(), "measurements", st.column_int(18)).seconds(14, "median_s");
-    out.push_back(BestRow{st.column_int(0), shape, candidate, median_s, st.column_int(15)});
+    const int64_t fp_id = st.integer("fingerprint_id");
+    const int64_t world = RowReader(st, path(), "fingerprints", fp_id).count("world", kMaxWorld);
+    const AttentionShape shape = read_shape(RowReader(st, path(), "shapes", st.integer("shape_id")), masks);
+    const LayoutChoice candidate = read_candidate(RowReader(st, path(), "candidates", st.integer("candidate_id")), world);
+    const RowReader measurement(st, path(), "measurements", st.integer("measurement_id"));
+    const double median_s = measurement.seconds("median_s");
+    const Pass row_pass = measurement.parsed("pass", [](const std::string& t) { return parse_pass(t); });
+    out.push_back(BestRow{fp_id, shape, row_pass, candidate, median_s, st.integer("measurements")});
   }
   return out;
 }
 
 std::vector<StoredMeasurement> Store::measurements() const {
-  Statement st(*conn_,
-               "SELECT m.id, m.fingerprint_id, s.batch, s.seq_lens, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, "
-               "s.dtype, s.mask, c.strategy, c.ulysses, c.ring, c.rank_order, c.head_policy, m.median_s, m.min_s, "
-               "m.max_s, m.iterations, m.phase_medians_s, m.verify_max_abs_error, m.predicted_s, m.profile, "
-               "m.measured_at, s.id, c.id, f.world FROM measurements AS m JOIN shapes AS s ON s.id = m.shape_id "
+  const std::string sql =
+               "SELECT m.id AS measurement_id, m.fingerprint_id AS fingerprint_id, s.batch AS batch, "
+               "s.seq_lens AS seq_lens, s.q_heads AS q_heads, s.kv_heads AS kv_heads, s.head_dim AS head_dim, "
+               "s.v_head_dim AS v_head_dim, s.dtype AS dtype, s.mask AS mask, c.strategy AS strategy, "
+               "c.ulysses AS ulysses, c.ring AS ring, c.rank_order AS rank_order, c.head_policy AS head_policy, "
+               "m.median_s AS median_s, m.min_s AS min_s, m.max_s AS max_s, m.iterations AS iterations, "
+               "m.phase_medians_s AS phase_medians_s, m.verify_max_abs_error AS verify_max_abs_error, "
+               "m.predicted_s AS predicted_s, m.profile AS profile, m.measured_at AS measured_at, "
+               "s.id AS shape_id, c.id AS candidate_id, f.world AS world, " + std::string(pass_column("m")) + " AS pass "
+               "FROM measurements AS m JOIN shapes AS s ON s.id = m.shape_id "
                "JOIN candidates AS c ON c.id = m.candidate_id JOIN fingerprints AS f ON f.id = m.fingerprint_id "
-               "ORDER BY m.id");
+               "ORDER BY m.id";
+  Statement st(*conn_, sql.c_str());
   std::vector<StoredMeasurement> out;
   MaskCache masks;
   while (st.step()) {
     StoredMeasurement sm;
-    sm.id = st.column_int(0);
-    sm.fingerprint_id = st.column_int(1);
+    sm.id = st.integer("measurement_id");
+    sm.fingerprint_id = st.integer("fingerprint_id");
     const RowReader row(st, path(), "measurements", sm.id);
-    const int64_t world = RowReader(st, path(), "fingerprints", sm.fingerprint_id).count(26, "world", kMaxWorld);
-    sm.shape = read_shape(2, RowReader(st, path(), "shapes", st.column_int(24)), masks);
+    const int64_t world = RowReader(st, path(), "fingerprints", sm.fingerprint_id).count("world", kMaxWorld);
+    sm.shape = read_shape(RowReader(st, path(), "shapes", st.integer("shape_id")), masks);
     MeasurementRow& r = sm.row;
-    r.candidate = read_candidate(10, RowReader(st, path(), "candidates", st.column_int(25)), world);
-    r.median_s = row.seconds(15, "median_s");
-    r.min_s = row.seconds(16, "min_s");
-    r.max_s = row.seconds(17, "max_s");
-    r.iterations = row.count(18, "iterations");
-    r.phase_medians_s = parse_phases(row.text(19, "phase_medians_s"), sm.id);
-    r.verify_max_abs_error = row.optional_number(20, "verify_max_abs_error");
-    r.predicted_s = row.optional_number(21, "predicted_s");
-    r.profile = row.text(22, "profile");
-    r.measured_at = row.text(23, "measured_at");
+    r.candidate = read_candidate(RowReader(st, path(), "candidates", st.integer("candidate_id")), world);
+    r.median_s = row.seconds("median_s");
+    r.min_s = row.seconds("min_s");
+    r.max_s = row.seconds("max_s");
+    r.iterations = row.count("iterations");
+    r.phase_medians_s = parse_phases(row.text("phase_medians_s"), sm.id);
+    r.verify_max_abs_error = row.optional_number("verify_max_abs_error");
+    r.predicted_s = row.optional_number("predicted_s");
+    r.profile = row.text("profile");
+    r.measured_at = row.text("measured_at");
+    sm.pass = row.parsed("pass", [](const std::string& t) { return parse_pass(t); });
     out.push_back(std::move(sm));
   }
   return out;

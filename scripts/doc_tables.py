@@ -5,7 +5,7 @@ scripts/check_docs.py can re-run them (seconds each, no timing involved).
   scripts/doc_tables.py worked-study   best candidate per strategy on 2 x 8 H100, 32k..1M (configuration_studies.md)
   scripts/doc_tables.py sweep-heads    the winner per sequence length x query heads on 2 x 8 H100
   scripts/doc_tables.py sweep-worlds   the winner per sequence length x world on 8-GPU H100 nodes
-  scripts/doc_tables.py engines        what each --engine profile allows on three shapes, and what lookup prints
+  scripts/doc_tables.py engines        what each --engine profile allows on six shapes, and what lookup prints
   scripts/doc_tables.py ring-flash-attn  the held-out check against zhuzilin/ring-flash-attention's published tables
   scripts/doc_tables.py masks          cell counts, visible pairs and density of the four block patterns
 
@@ -83,8 +83,20 @@ SHAPES = [  # (title, simulate/lookup flags)
                                          "--mask", "causal"]),
     ("24 heads (Hkv 8) on 8, S = 32k, causal", ["--world", "8", "--seq", "32768", "--heads", "24", "--kv-heads", "8",
                                                 "--mask", "causal"]),
+    ("32 heads (Hkv 8) on 8, S = 32k, sliding:4096", ["--world", "8", "--seq", "32768", "--heads", "32", "--kv-heads",
+                                                      "8", "--mask", "sliding:4096"]),
+    ("24 heads on 4, S = 4096, block mask star:8", ["--world", "4", "--seq", "4096", "--heads", "24", "--mask", "star:8"]),
 ]
-ENGINES = ["sglang", "diffusers", "cache-dit", "xdit", "megatron", "prime-rl", "ring-flash-attn"]
+
+
+def engine_names(binary):
+    """The engines with a profile, as the binary lists them (sim/engines/registry.cc, the one list)."""
+    p = subprocess.run([binary, "simulate", "--world", "2", "--heads", "2", "--seq", "64", "--engine", "?"],
+                       capture_output=True, text=True)
+    listed = p.stderr.strip().split("engines: ", 1)
+    if p.returncode != 2 or len(listed) != 2:
+        sys.exit(f"doc_tables: cannot read the engine list from {binary}: {p.stderr.strip()}")
+    return [name.strip() for name in listed[1].split(",")]
 
 
 def allowed(candidates):
@@ -104,7 +116,7 @@ def engines(binary):
                "--warmups", "0")  # a store of this machine's fingerprint: every lookup below is simulated
         print("| engine | " + " | ".join(t for t, _ in SHAPES) + " |")
         print("| --- | " + " | ".join("---" for _ in SHAPES) + " |")
-        for engine in ENGINES:
+        for engine in engine_names(binary):
             cells = []
             for _, flags in SHAPES:
                 p = cptune(binary, "simulate", "--hardware", "h100-sxm", "--engine", engine, *flags, "--json",
@@ -115,7 +127,8 @@ def engines(binary):
                 ranked = json.loads(p.stdout)["candidates"]
                 answer = cptune(binary, "lookup", "--db", db, "--hardware", "h100-sxm", "--engine", engine,
                                 "--format", "python", "--head-dim", "128", *flags).stdout.strip()
-                cells.append(f"{allowed(ranked)} → `{answer}`")
+                code = "`<br>`".join(answer.splitlines())  # a TOML answer's lines, each its own code span
+                cells.append(f"{allowed(ranked)} → `{code}`")
             print(f"| {engine} | " + " | ".join(cells) + " |")
 
 

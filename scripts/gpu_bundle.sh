@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build}
 out=${2:-$root/.gpu-bundle}
 rm -rf "$out"; mkdir -p "$out/bin" "$out/lib"
-for b in tests/test_attention_cuda tests/test_nccl_comm tests/test_gpu_executor tests/test_nccl_import \
+for b in tests/test_attention_cuda tests/test_attention_cudnn tests/test_nccl_comm tests/test_gpu_executor tests/test_nccl_import \
          tuner/cptune bench/bench_attention_cuda; do
   [ -x "$build/$b" ] || { echo "gpu_bundle: $build/$b missing: build with CUDA and NCCL first" >&2; exit 2; }
   strip -o "$out/bin/$(basename "$b")" "$build/$b"

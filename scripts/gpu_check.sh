@@ -8,7 +8,9 @@ root=$PWD
 bundle=$(cd "${1:-.gpu-bundle}" && pwd)
 logs=${OUT:-$root/gpu-logs}; mkdir -p "$logs"
 nccl=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib'))" 2>/dev/null)
-export LD_LIBRARY_PATH=$bundle/lib${nccl:+:$nccl}:${LD_LIBRARY_PATH:-}
+# cuDNN 9 for the cuDNN kernel, loaded when first used: PyTorch's wheel brings one.
+cudnn=$(python3 -c "import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], 'lib'))" 2>/dev/null)
+export LD_LIBRARY_PATH=$bundle/lib${nccl:+:$nccl}${cudnn:+:$cudnn}:${LD_LIBRARY_PATH:-}
 mkdir -p build/tuner build/bench build/tests build/share/cptune/hardware
 # The tests name cptune, the presets and the sources by the absolute paths of the build they
 # came from: link those paths here when this machine lacks them.
@@ -19,7 +21,7 @@ done
 cp "$bundle"/bin/cptune build/tuner/; cp "$bundle"/bin/bench_attention_cuda build/bench/
 cp "$bundle"/bin/test_* build/tests/; cp sim/hardware/*.json build/share/cptune/hardware/
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; build/tuner/cptune --version
-for t in ${TESTS:-test_attention_cuda test_nccl_comm test_gpu_executor test_nccl_import}; do
+for t in ${TESTS:-test_attention_cuda test_attention_cudnn test_nccl_comm test_gpu_executor test_nccl_import}; do
   echo "=== $t"; timeout 300 build/tests/$t --gtest_brief=1 >"$logs/$t.log" 2>&1; echo "rc=$?"
   grep -E "FAILED|PASSED|SKIPPED|tests ran" "$logs/$t.log" | head -20
 done

@@ -7,8 +7,6 @@
 namespace cptune::sim {
 namespace {
 
-bool is_hybrid(Strategy s) { return s == Strategy::hybrid || s == Strategy::hybrid_uaa; }
-
 // Both policies give the same layout when every Ulysses rank gets the same heads either way.
 bool same_heads(const Layout& a, const Layout& b) {
   for (int64_t u = 0; u < a.ulysses(); ++u) {
@@ -28,7 +26,7 @@ std::optional<Layout> try_build(const LayoutChoice& c, const AttentionShape& sha
     return std::nullopt;
   }
   try {
-    return Layout::build({shape, cluster, c});
+    return Layout::build({constraints.priced_shape(c, shape), cluster, c});  // what the engine moves
   } catch (const Error& e) {
     if (refused) refused->push_back({c, e.what()});
     return std::nullopt;
@@ -69,17 +67,11 @@ void for_each_candidate(const AttentionShape& shape, const Cluster& cluster,
   const int64_t P = cluster.world;
   const bool orders_differ = cluster.nodes() > 1 && cluster.ranks_per_node > 1;
   for (Strategy s : kAllStrategies) {
-    if (!is_hybrid(s)) {
-      const bool ulysses_only = uses_ulysses(s);
-      visit_policies(LayoutChoice{s, ulysses_only ? P : 1, ulysses_only ? 1 : P}, shape, cluster, feasible, refused,
-                     constraints);
-      continue;
-    }
-    for (int64_t U = 2; U < P; ++U) {
-      if (P % U != 0) continue;
+    for (auto [U, R] : candidate_meshes(s, P)) {
       for (RankOrder order : {RankOrder::ulysses_inner, RankOrder::ring_inner}) {
-        if (order == RankOrder::ring_inner && !orders_differ) continue;
-        visit_policies(LayoutChoice{s, U, P / U, order}, shape, cluster, feasible, refused, constraints);
+        // One of U, R being 1, both orders give the same ranks.
+        if (order == RankOrder::ring_inner && (!orders_differ || U == 1 || R == 1)) continue;
+        visit_policies(LayoutChoice{s, U, R, order}, shape, cluster, feasible, refused, constraints);
       }
     }
   }

@@ -11,6 +11,14 @@ namespace {
 
 double over(int64_t bytes, double bytes_per_s) { return double(bytes) / bytes_per_s; }
 
+// The outermost level with a nonzero count: where a group's widest pair of ranks meets.
+size_t widest_level(const LevelBytes& counts, size_t levels) {
+  size_t widest = 0;
+  for (size_t i = 0; i < levels; ++i)
+    if (counts[i] > 0) widest = i;
+  return widest;
+}
+
 // The most loaded uplink of a phase: bytes over its bandwidth after oversubscription, plus, for a
 // ring hop (with_latency), the latency of the level the crossing messages meet at.
 double uplink_s(const LevelBytes& uplink, const Hardware& hw, bool with_latency) {
@@ -58,17 +66,20 @@ void add_hop_level_times(Prediction& out, const LevelBytes& bytes, const LevelBy
   }
 }
 
-// The slowest rank's attention, or the busiest node's when its ranks share compute units.
-double compute_s(int64_t max_flops, const NodeWork& node, double factor, const Hardware& hw, DType dtype) {
-  return factor * std::max(attention_time_s(max_flops, dtype, hw), node_attention_time_s(node, dtype, hw));
+// The slowest rank's attention call at its own shape, or the busiest node's when its ranks
+// share compute units.
+double compute_s(const AttentionCall& call, const NodeWork& node, double factor, const Hardware& hw, DType dtype) {
+  return factor * std::max(attention_time_s(call, dtype, hw), node_attention_time_s(node, dtype, hw));
 }
 
-// A ring step's compute: the attention kernel and, after the first step, the merge kernel, each
-// with its launch; nothing on a rank whose block the mask hides entirely.
-double step_compute_s(const RingStepLoad& s, double factor, const Hardware& hw, DType dtype) {
+// A ring step's compute: the attention kernel on the block held (one call at the block's size)
+// and, after the first step, the merge kernel, each with its launch; slowed by the NCCL kernels
+// running beside it when the step sends; nothing on a rank whose block the mask hides entirely.
+double step_compute_s(const PreparedLayout& p, const RingStepLoad& s, double factor, const Hardware& hw, bool sends) {
   if (s.flops == 0) return 0;
-  return hw.kernel_launch_s + compute_s(s.flops, s.node, factor, hw, dtype) +
-         (s.merge_bytes > 0 ? hw.kernel_launch_s + over(s.merge_bytes, hw.memory_bandwidth_bytes_per_s) : 0.0);
+  const double kernels = compute_s(ring_step_call(p, s), s.node, factor, hw, p.dtype) +
+                         (s.merge_bytes > 0 ? over(s.merge_bytes, hw.memory_bandwidth_bytes_per_s) : 0.0);
+  return hw.kernel_launch_s * (s.merge_bytes > 0 ? 2 : 1) + (sends ? hw.comm_compute_slowdown : 1.0) * kernels;
 }
 
 // Ring attention, bulk-synchronous: step k computes against the block it holds while sending
@@ -78,22 +89,24 @@ double ring_forward_s(const PreparedLayout& p, const Hardware& hw) {
   const double shared = uplink_s(p.ring_uplink, hw, true);
   double total = 0;
   for (const RingStepLoad& s : p.ring_steps) {
-    const double compute = step_compute_s(s, 1.0, hw, p.dtype);
-    const double hop = hop_time_s(s.bytes, hw, s.bytes == LevelBytes{} ? 0.0 : shared);
+    const bool sends = s.bytes != LevelBytes{};
+    const double compute = step_compute_s(p, s, 1.0, hw, sends);
+    const double hop = hop_time_s(s.bytes, hw, sends ? shared : 0.0);
     total += double(s.repeat) * ring_step_time_s(hop, compute, hw);
   }
   return total;
 }
 
 // Backward ring: each step sends the K,V block and the dK,dV accumulated for it (two messages
-// of the same size) while computing 2.5x the forward; after the last step every dK,dV block
+// of the same size) while computing backward_compute_factor times the forward; after the last step every dK,dV block
 // takes one more hop home, which nothing overlaps.
 double ring_backward_s(const PreparedLayout& p, const Hardware& hw) {
   const double shared = uplink_s(p.ring_uplink, hw, true);
   double total = 0;
   for (const RingStepLoad& s : p.ring_steps) {
-    const double compute = step_compute_s(s, kBackwardComputeFactor, hw, p.dtype);
-    const double hop = hop_time_s(s.bytes, hw, s.bytes == LevelBytes{} ? 0.0 : shared);
+    const bool sends = s.bytes != LevelBytes{};
+    const double compute = step_compute_s(p, s, hw.backward_compute_factor, hw, sends);
+    const double hop = hop_time_s(s.bytes, hw, sends ? shared : 0.0);
     total += double(s.repeat) * ring_step_time_s(2 * hop, compute, hw);
   }
   return total + hop_time_s(p.ring_return_bytes, hw, shared);
@@ -103,18 +116,25 @@ double ring_backward_s(const PreparedLayout& p, const Hardware& hw) {
 // The layout counts a direct exchange (each shard once per peer); a ring instead pushes all
 // R-1 shards through every hop, the NIC included when the ring spans nodes, so a step is as
 // slow as its slower link class. The reduce-scatter of dK,dV in the backward mirrors it.
+// With an all_gather rate measured for the ring's widest level (nccl-tests all_gather_perf), a
+// step is that rate's alpha and bandwidth for one block instead.
 double allgather_s(const PreparedLayout& p, const Hardware& hw) {
   if (p.allgather_steps == 0) return 0;
   LevelBytes block{};
   for (size_t i = 0; i < kMaxLevels; ++i) block[i] = p.allgather_hops[i] ? p.allgather_block_bytes : 0;
-  return double(p.allgather_steps) * hop_time_s(block, hw, uplink_s(p.allgather_uplink, hw, true));
+  const double shared = uplink_s(p.allgather_uplink, hw, true);
+  if (const LinkClass* rate = collective_rate(hw, widest_level(block, level_count(hw)), Collective::all_gather)) {
+    const double step = std::max(shared, rate->alpha_s + over(p.allgather_block_bytes, rate->bandwidth_bytes_per_s));
+    return double(p.allgather_steps) * (hw.operation_latency_s + step);
+  }
+  return double(p.allgather_steps) * hop_time_s(block, hw, shared);
 }
 
 // One attention call: the engine's overhead, the kernel (or the ring's steps) and its launch.
 double attention_s(const PreparedLayout& p, const Hardware& hw, Pass pass) {
-  const double factor = pass == Pass::forward ? 1.0 : kBackwardComputeFactor;
+  const double factor = pass == Pass::forward ? 1.0 : hw.backward_compute_factor;
   const double work = p.has_ring() ? (pass == Pass::forward ? ring_forward_s(p, hw) : ring_backward_s(p, hw))
-                                   : compute_s(p.max_flops, p.attention_node, factor, hw, p.dtype) +
+                                   : compute_s(whole_call(p), p.attention_node, factor, hw, p.dtype) +
                                          (p.max_flops > 0 ? hw.kernel_launch_s : 0.0);
   return hw.call_overhead_s + work;
 }
@@ -147,22 +167,34 @@ double padding_waste_s(const PreparedLayout& p, const Prediction& out) {
 // With a topology: every peer costs the alpha of the level it is met at; the bytes to the peers
 // of each level go over the rank's own path there, all paths at once, and the rank's injection
 // port (when the paths share one) and the phase's most loaded uplink may be slower still.
+// With a rate measured for the collective at the group's widest level (nccl-tests alltoall_perf
+// over such a group), every peer costs its alpha and all the rank's bytes its bandwidth: the
+// measurement already holds the paths, the host bounce and the injection port.
 double exchange_time_s(const ExchangeLoad& e, const Hardware& hw, double shared_s) {
+  return collective_exchange_s(e, hw, shared_s, Collective::alltoall);
+}
+
+double collective_exchange_s(const ExchangeLoad& e, const Hardware& hw, double shared_s, Collective collective) {
   const size_t levels = level_count(hw);
-  int64_t peers = 0;
-  for (size_t i = 0; i < levels; ++i) peers += e.peers[i];
+  int64_t peers = 0, bytes = 0;
+  for (size_t i = 0; i < levels; ++i) peers += e.peers[i], bytes += e.bytes[i];
   double t = peers > 0 ? hw.operation_latency_s : 0.0;
-  for (size_t i = 0; i < levels; ++i) t += double(e.peers[i]) * level_link(hw, i).alpha_s;
   double bytes_s = shared_s;
-  for (size_t i = 0; i < levels; ++i) bytes_s = std::max(bytes_s, over(e.bytes[i], level_bandwidth(hw, i)));
-  if (hw.injection_bytes_per_s > 0) bytes_s = std::max(bytes_s, over(e.injection_bytes, hw.injection_bytes_per_s));
+  if (const LinkClass* rate = collective_rate(hw, widest_level(e.peers, levels), collective)) {
+    t += double(peers) * rate->alpha_s;
+    bytes_s = std::max(bytes_s, over(bytes, rate->bandwidth_bytes_per_s));
+  } else {
+    for (size_t i = 0; i < levels; ++i) t += double(e.peers[i]) * level_link(hw, i).alpha_s;
+    for (size_t i = 0; i < levels; ++i) bytes_s = std::max(bytes_s, over(e.bytes[i], level_bandwidth(hw, i)));
+    if (hw.injection_bytes_per_s > 0) bytes_s = std::max(bytes_s, over(e.injection_bytes, hw.injection_bytes_per_s));
+  }
   const double kernels = e.copy_bytes > 0 ? 2 * hw.kernel_launch_s : 0.0;  // pack and unpack
   return t + bytes_s + over(e.copy_bytes, hw.memory_bandwidth_bytes_per_s) + kernels;
 }
 
 // UAA's lengths. CPU channel: a Gloo gather whose exposed latency per peer is the hardware's
 // host_gather_alpha_s. Device: an all-gather on the device links, then the device-to-host copy
-// and sync the all-to-all-v needs to size its buffers (the stream drains meanwhile).
+// and sync the all-to-all-v needs to size its buffers: a pipeline drain (host_sync_s).
 double gather_time_s(const ExchangeLoad& e, const Hardware& hw, MetadataChannel channel, double shared_s) {
   const size_t levels = level_count(hw);
   double bytes_s = shared_s;
@@ -173,14 +205,28 @@ double gather_time_s(const ExchangeLoad& e, const Hardware& hw, MetadataChannel 
   }
   return channel == MetadataChannel::cpu
              ? (peers > 0 ? hw.operation_latency_s : 0.0) + double(peers) * hw.host_gather_alpha_s + bytes_s
-             : exchange_time_s(e, hw, shared_s) + hw.device_sync_s;
+             : collective_exchange_s(e, hw, shared_s, Collective::all_gather) + host_sync_s(hw, kLaunchesAfterLengthsSync);
 }
 
-// One message to the ring neighbour; the slowest rank's hop may be met at any level.
+// A sync empties the queue the CPU had filled ahead of the GPU: the GPU waits the round trip
+// (device_sync_s: the copy to the host and the stream synchronize), then for the CPU to issue
+// everything behind the sync up to the next kernel long enough to hide launches: each of those
+// launches (kernel_launch_s) and the engine's own host work around the call (call_overhead_s),
+// which without a sync runs while the GPU still works on earlier kernels.
+double host_sync_s(const Hardware& hw, int64_t launches_behind) {
+  return hw.device_sync_s + double(launches_behind) * hw.kernel_launch_s + hw.call_overhead_s;
+}
+
+// One message to the ring neighbour; the slowest rank's hop may be met at any level, at the
+// level's sendrecv rate where one was measured (nccl-tests sendrecv_perf), else its path's.
 double hop_time_s(const LevelBytes& bytes, const Hardware& hw, double shared_s) {
   double t = 0;
-  for (size_t i = 0; i < level_count(hw); ++i)
-    if (bytes[i] > 0) t = std::max(t, level_link(hw, i).alpha_s + over(bytes[i], level_bandwidth(hw, i)));
+  for (size_t i = 0; i < level_count(hw); ++i) {
+    if (bytes[i] == 0) continue;
+    const LinkClass* rate = collective_rate(hw, i, Collective::sendrecv);
+    t = std::max(t, rate ? rate->alpha_s + over(bytes[i], rate->bandwidth_bytes_per_s)
+                         : level_link(hw, i).alpha_s + over(bytes[i], level_bandwidth(hw, i)));
+  }
   if (t > 0) t = std::max(t, shared_s);
   return t > 0 ? hw.operation_latency_s + t : 0.0;
 }
@@ -191,6 +237,20 @@ double ring_step_time_s(double hop_s, double compute_s, const Hardware& hw) {
 
 double attention_time_s(int64_t flops, DType dtype, const Hardware& hw) {
   return double(flops) / hw.attention_flops_per_s.of(dtype);
+}
+
+double attention_time_s(const AttentionCall& call, DType dtype, const Hardware& hw) {
+  return attention_call_s(call, hw.attention_kernel, hw.attention_flops_per_s.of(dtype));
+}
+
+// The calls a layout issues, at their own size: one over the rank's whole sequence (no ring), or
+// one per ring step over the block it holds (query rows: the largest shard).
+AttentionCall whole_call(const PreparedLayout& p) {
+  return {p.attention_query_rows, p.attention_batch_heads, p.call_head_dim, p.max_flops};
+}
+
+AttentionCall ring_step_call(const PreparedLayout& p, const RingStepLoad& s) {
+  return {p.ring_query_rows, p.attention_batch_heads, p.call_head_dim, s.flops};
 }
 
 // Processor sharing, as an OS scheduler shares cores among busy processes: while m ranks still
@@ -210,34 +270,29 @@ double node_attention_time_s(const NodeWork& node, DType dtype, const Hardware& 
   return t;
 }
 
-std::string_view to_string(Pass p) { return p == Pass::forward ? "fwd" : "fwd-bwd"; }
-
-Pass parse_pass(std::string_view s) {
-  if (s == "fwd") return Pass::forward;
-  if (s == "fwd-bwd") return Pass::forward_backward;
-  throw Error("unknown pass '" + std::string(s) + "'; choose fwd or fwd-bwd");
-}
+std::string_view report_name(Pass p) { return p == Pass::forward_backward ? "fwd-bwd" : to_string(p); }
 
 // Per level: bytes sent there, and the time its busiest link is busy, phase by phase.
 void add_level_report(Prediction& out, const PreparedLayout& p, const Hardware& hw, Pass pass) {
-  const int64_t backward = pass == Pass::forward_backward ? 1 : 0;
+  const int64_t forward = has_forward(pass) ? 1 : 0, backward = has_backward(pass) ? 1 : 0;
   for (const LevelBytes& b : {p.gather_levels, p.qkv_levels, p.allgather_levels, p.ring_levels, p.o_levels})
-    add_levels(out.level_bytes, b);
+    add_levels(out.level_bytes, b, forward);
   add_levels(out.level_bytes, p.o_levels, backward);
   add_levels(out.level_bytes, p.qkv_levels, backward);
   add_levels(out.level_bytes, p.allgather_levels, backward);
   add_levels(out.level_bytes, p.ring_return_levels, backward);
   add_levels(out.level_bytes, p.ring_levels, 2 * backward);
-  const double fwd_bwd = 1.0 + double(backward);
-  add_level_times(out, p.gather, p.gather_uplink, hw, 1.0);
-  add_level_times(out, p.qkv, p.qkv_uplink, hw, fwd_bwd);
-  add_level_times(out, p.o, p.o_uplink, hw, fwd_bwd);
-  for (const RingStepLoad& s : p.ring_steps) add_hop_level_times(out, s.bytes, p.ring_uplink, hw, double(s.repeat) * (1.0 + 2.0 * double(backward)));
+  const double both = double(forward + backward);
+  add_level_times(out, p.gather, p.gather_uplink, hw, double(forward));
+  add_level_times(out, p.qkv, p.qkv_uplink, hw, both);
+  add_level_times(out, p.o, p.o_uplink, hw, both);
+  for (const RingStepLoad& s : p.ring_steps)
+    add_hop_level_times(out, s.bytes, p.ring_uplink, hw, double(s.repeat) * double(forward + 2 * backward));
   if (backward) add_hop_level_times(out, p.ring_return_bytes, p.ring_uplink, hw, 1.0);
   if (p.allgather_steps > 0) {
     LevelBytes block{};
     for (size_t i = 0; i < kMaxLevels; ++i) block[i] = p.allgather_hops[i] ? p.allgather_block_bytes : 0;
-    add_hop_level_times(out, block, p.allgather_uplink, hw, double(p.allgather_steps) * fwd_bwd);
+    add_hop_level_times(out, block, p.allgather_uplink, hw, double(p.allgather_steps) * both);
   }
 }
 
@@ -248,22 +303,27 @@ Prediction predict(const PreparedLayout& p, const Hardware& hw, const PredictOpt
                             p.topology.levels(), hw.name, level_count(hw)));
   Prediction out;
   out.levels = p.topology.levels();
-  out.phase(Phase::gather) = gather_s(p.gather, p.gather_uplink, hw, options.metadata);
-  out.phase(Phase::qkv) = slowest_exchange_s(p.qkv, p.qkv_uplink, hw);
-  out.phase(Phase::allgather) = allgather_s(p, hw);
-  out.phase(Phase::attention) = attention_s(p, hw, Pass::forward);
-  out.phase(Phase::o) = slowest_exchange_s(p.o, p.o_uplink, hw);
-  for (const ClassBytes& b : {p.gather_total, p.qkv_total, p.allgather_total, p.ring_total, p.o_total}) add_bytes(out, b);
+  const double gather = gather_s(p.gather, p.gather_uplink, hw, options.metadata);
+  const double qkv = slowest_exchange_s(p.qkv, p.qkv_uplink, hw), o = slowest_exchange_s(p.o, p.o_uplink, hw);
+  const double allgather = allgather_s(p, hw);
+  if (has_forward(options.pass)) {
+    out.phase(Phase::gather) = gather;
+    out.phase(Phase::qkv) = qkv;
+    out.phase(Phase::allgather) = allgather;
+    out.phase(Phase::attention) = attention_s(p, hw, Pass::forward);
+    out.phase(Phase::o) = o;
+    for (const ClassBytes& b : {p.gather_total, p.qkv_total, p.allgather_total, p.ring_total, p.o_total}) add_bytes(out, b);
+  }
   out.peak_bytes = p.peak_bytes;
   add_level_report(out, p, hw, options.pass);
 
-  if (options.pass == Pass::forward_backward) {
+  if (has_backward(options.pass)) {
     // dO and dQ,dK,dV are the transposes of O's and Q,K,V's exchanges: the same per-rank
     // max(sent, received), so the same loads. Q,K,V,O and the log-sum-exp stay from the forward.
-    out.phase(Phase::grad_o) = out.phase(Phase::o);
-    out.phase(Phase::attention_bwd) = attention_s(p, hw, Pass::forward_backward);
-    out.phase(Phase::grad_qkv) = out.phase(Phase::qkv);
-    out.phase(Phase::reduce_scatter) = out.phase(Phase::allgather);
+    out.phase(Phase::grad_o) = o;
+    out.phase(Phase::attention_bwd) = attention_s(p, hw, Pass::backward);
+    out.phase(Phase::grad_qkv) = qkv;
+    out.phase(Phase::reduce_scatter) = allgather;
     for (const ClassBytes& b : {p.o_total, p.qkv_total, p.allgather_total, p.ring_return_total}) add_bytes(out, b);
     add_bytes(out, p.ring_total, 2);  // K,V again and dK,dV along the same hops
     // Gradients mirror the forward's buffers one for one (dQ,dK,dV,dO and their exchanges).

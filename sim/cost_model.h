@@ -13,19 +13,17 @@
 
 namespace cptune::sim {
 
-enum class Pass { forward, forward_backward };
+// The pass is core's (core/types.h): fwd, bwd (the backward's phases alone) or fwd+bwd.
+using cptune::Pass;
 struct PredictOptions {
   Pass pass = Pass::forward;
   MetadataChannel metadata = MetadataChannel::cpu;
 };
 
-// CLI and JSON names: "fwd" / "fwd-bwd". parse throws Error naming the text.
-std::string_view to_string(Pass p);
-Pass parse_pass(std::string_view s);
+// The simulator's JSON and CSV keep their first spelling of the passes, "fwd", "bwd" and
+// "fwd-bwd", so that files written before compare with new ones.
+std::string_view report_name(Pass p);
 
-// Backward attention does ~2.5x the forward's FLOPs (FlashAttention-2: 5 matmuls against 2,
-// recomputing the scores) at the same throughput.
-inline constexpr double kBackwardComputeFactor = 2.5;
 
 struct Prediction {
   std::array<double, kPhaseCount> phase_s{};  // seconds, slowest rank of each phase
@@ -52,6 +50,14 @@ Prediction predict(const PreparedLayout& layout, const Hardware& hw, const Predi
 // that predicts the same operation inside a layout.
 // shared_s: the phase's most loaded uplink (bytes over its bandwidth), 0 without uplinks.
 double exchange_time_s(const ExchangeLoad& load, const Hardware& hw, double shared_s = 0);  // all-to-all-v + pack/unpack
+// The same exchange at a collective's measured rate for the group's widest level when the
+// hardware has one (Level::collective), else the per-level path model.
+double collective_exchange_s(const ExchangeLoad& load, const Hardware& hw, double shared_s, Collective collective);
+// Launches the CPU issues between UAA's lengths sync and the attention kernel: the Q,K,V pack,
+// the all-to-all-v, the unpack.
+inline constexpr int64_t kLaunchesAfterLengthsSync = 3;
+// A host sync as a pipeline drain: the round trip plus the CPU's launches queued behind it.
+double host_sync_s(const Hardware& hw, int64_t launches_behind);
 double gather_time_s(const ExchangeLoad& load, const Hardware& hw, MetadataChannel channel, double shared_s = 0);
 // One ring message: bytes[i] the largest block sent to a neighbour met at level i; shared_s the
 // most loaded uplink's time, its latency included.
@@ -59,6 +65,10 @@ double hop_time_s(const LevelBytes& bytes, const Hardware& hw, double shared_s =
 // A ring step that sends while it computes: max(hop, compute) + overlap_exposed_fraction x min.
 double ring_step_time_s(double hop_s, double compute_s, const Hardware& hw);
 double attention_time_s(int64_t flops, DType dtype, const Hardware& hw);           // forward FLOPs, one rank
+// One call at its own shape (Hardware::attention_kernel); FLOPs alone when the kernel is not modelled.
+double attention_time_s(const AttentionCall& call, DType dtype, const Hardware& hw);
+AttentionCall whole_call(const PreparedLayout& p);
+AttentionCall ring_step_call(const PreparedLayout& p, const RingStepLoad& step);
 // The node's ranks computing at once on hw.compute_units_per_node shared units (0 when units
 // are not shared); a phase takes the larger of this and its slowest rank's attention_time_s.
 double node_attention_time_s(const NodeWork& node, DType dtype, const Hardware& hw);

@@ -49,6 +49,7 @@ std::vector<Field> numeric_fields(const Hardware& hw) {
       {"compute_units_per_node", hw.compute_units_per_node, true},
       {"operation_latency_s", hw.operation_latency_s, true},
       {"overlap_exposed_fraction", hw.overlap_exposed_fraction, true},
+      {"backward_compute_factor", hw.backward_compute_factor, false},
       {"injection_bytes_per_s", hw.injection_bytes_per_s, true},
       {"kernel_launch_s", hw.kernel_launch_s, true},
       {"call_overhead_s", hw.call_overhead_s, true},
@@ -161,8 +162,34 @@ Level read_level(ObjectReader r, bool last) {
   level.uplink_bytes_per_s = last ? 0 : r.number_or("uplink_bytes_per_s", 0);
   level.oversubscription = last ? 1 : r.number_or("oversubscription", 1);
   level.host_bounce = r.boolean_or("host_bounce", false);
+  for (Collective c : kCollectives) {
+    const std::string key(to_string(c));
+    if (r.has(key.c_str())) level.collective[size_t(c)] = read_link(r.child(key.c_str()));
+  }
   r.reject_unknown();
   return level;
+}
+
+AttentionKernel read_kernel(ObjectReader r) {
+  AttentionKernel k;
+  k.units = r.integer("units");
+  k.tile_rows = r.integer("tile_rows");
+  k.tile_keys_overhead = r.number_or("tile_keys_overhead", 0);
+  k.head_dim_overhead = r.number_or("head_dim_overhead", 0);
+  k.call_s = r.number_or("call_s", 0);
+  r.reject_unknown();
+  return k;
+}
+
+void validate_kernel(const AttentionKernel& k, const std::string& where) {
+  auto fail = [&](const char* field, double v, const char* rule) {
+    throw Error(fmt::format("{}: field 'attention_kernel.{}' must be {}, got {}", where, field, rule, v));
+  };
+  if (k.units < 0 || k.units > (int64_t(1) << 20)) fail("units", double(k.units), "0 (no shape model) to 2^20");
+  if (k.tile_rows < 1 || k.tile_rows > (int64_t(1) << 20)) fail("tile_rows", double(k.tile_rows), "1 to 2^20");
+  for (auto [field, v] : {std::pair{"tile_keys_overhead", k.tile_keys_overhead}, std::pair{"head_dim_overhead", k.head_dim_overhead},
+                          std::pair{"call_s", k.call_s}})
+    if (!std::isfinite(v) || v < 0) fail(field, v, "zero or more and finite");
 }
 
 // The node level: the one that holds ranks_per_node ranks (validate_levels checks there is one).
@@ -193,6 +220,13 @@ void validate_levels(const Hardware& hw, const std::string& where) {
       fail(i, fmt::format("uplink_bytes_per_s must be zero (none) or positive, got {}", l.uplink_bytes_per_s));
     if (!std::isfinite(l.oversubscription) || l.oversubscription < 1)
       fail(i, fmt::format("oversubscription must be at least 1, got {}", l.oversubscription));
+    for (Collective c : kCollectives) {
+      const LinkClass& rate = l.collective[size_t(c)];
+      if (!std::isfinite(rate.alpha_s) || rate.alpha_s < 0 || !std::isfinite(rate.bandwidth_bytes_per_s) ||
+          rate.bandwidth_bytes_per_s < 0 || (rate.bandwidth_bytes_per_s == 0 && rate.alpha_s != 0))
+        fail(i, fmt::format("{} must have alpha_s zero or more and bandwidth_bytes_per_s positive, got {} and {}",
+                            to_string(c), rate.alpha_s, rate.bandwidth_bytes_per_s));
+    }
   }
   if (node_level(hw) + 1 >= hw.levels.size())
     throw Error(fmt::format("{}: no level below the last holds ranks_per_node ({}) ranks; one level must be the node, "
@@ -264,8 +298,21 @@ Hardware load_file(const fs::path& path) {
 
 }  // namespace
 
+std::string_view to_string(Collective c) {
+  switch (c) {
+    case Collective::alltoall: return "alltoall";
+    case Collective::sendrecv: return "sendrecv";
+    case Collective::all_gather: return "all_gather";
+  }
+  return "?";
+}
+
 void validate(const Hardware& hw, const std::string& where) {
   validate_levels(hw, where);
+  validate_kernel(hw.attention_kernel, where);
+  if (!std::isfinite(hw.comm_compute_slowdown) || hw.comm_compute_slowdown < 1)
+    throw Error(fmt::format("{}: field 'comm_compute_slowdown' must be at least 1 (no slowdown), got {}", where,
+                            hw.comm_compute_slowdown));
   for (const Field& f : numeric_fields(hw)) {
     if (!std::isfinite(f.value) || f.value < 0 || (!f.zero_allowed && f.value == 0))
       throw Error(fmt::format("{}: field '{}' must be {} and finite, got {}", where, f.name,
@@ -319,6 +366,8 @@ json to_json(const Hardware& hw) {
       if (l.uplink_bytes_per_s > 0) item["uplink_bytes_per_s"] = l.uplink_bytes_per_s;
       if (l.oversubscription != 1) item["oversubscription"] = l.oversubscription;
       if (l.host_bounce) item["host_bounce"] = true;
+      for (Collective c : kCollectives)
+        if (const LinkClass* rate = l.rate_of(c)) item[std::string(to_string(c))] = link(*rate);
       levels.push_back(item);
     }
     doc["levels"] = levels;
@@ -334,8 +383,18 @@ json to_json(const Hardware& hw) {
           {"compute_units_per_node", hw.compute_units_per_node},
           {"operation_latency_s", hw.operation_latency_s},
           {"overlap_exposed_fraction", hw.overlap_exposed_fraction},
+          {"backward_compute_factor", hw.backward_compute_factor},
           {"kernel_launch_s", hw.kernel_launch_s},
           {"call_overhead_s", hw.call_overhead_s}});
+  if (hw.attention_kernel.modelled()) {
+    const AttentionKernel& k = hw.attention_kernel;
+    doc["attention_kernel"] = {{"units", k.units},
+                               {"tile_rows", k.tile_rows},
+                               {"tile_keys_overhead", k.tile_keys_overhead},
+                               {"head_dim_overhead", k.head_dim_overhead},
+                               {"call_s", k.call_s}};
+  }
+  if (hw.comm_compute_slowdown != 1) doc["comm_compute_slowdown"] = hw.comm_compute_slowdown;
   return doc;
 }
 
@@ -369,8 +428,11 @@ Hardware hardware_from_json(const json& doc, const std::string& where) {
   hw.compute_units_per_node = r.number_or("compute_units_per_node", 0);
   hw.operation_latency_s = r.number_or("operation_latency_s", 0);
   hw.overlap_exposed_fraction = r.number_or("overlap_exposed_fraction", 0);
+  hw.backward_compute_factor = r.number_or("backward_compute_factor", 2.5);
   hw.kernel_launch_s = r.number_or("kernel_launch_s", 0);
   hw.call_overhead_s = r.number_or("call_overhead_s", 0);
+  if (r.has("attention_kernel")) hw.attention_kernel = read_kernel(r.child("attention_kernel"));
+  hw.comm_compute_slowdown = r.number_or("comm_compute_slowdown", 1);
   r.reject_unknown();
   validate(hw, where);
   return hw;

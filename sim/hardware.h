@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/types.h"
+#include "sim/attention_rate.h"
 
 namespace cptune::sim {
 
@@ -22,6 +23,13 @@ struct LinkClass {
   double bandwidth_bytes_per_s = 0;  // per rank and per direction (links are full duplex)
   bool operator==(const LinkClass&) const = default;
 };
+
+// The collectives a layout issues, each measured apart by nccl-tests (alltoall_perf,
+// sendrecv_perf, all_gather_perf): on PCIe servers an all-to-all through the CPUs runs several
+// times slower per byte than the send/receive ring of the same GPUs.
+enum class Collective { alltoall, sendrecv, all_gather };
+inline constexpr std::array<Collective, 3> kCollectives = {Collective::alltoall, Collective::sendrecv, Collective::all_gather};
+std::string_view to_string(Collective c);  // "alltoall", "sendrecv", "all_gather": the JSON keys
 
 // Levels of the machine, innermost first (docs/design.md "Topology"): a PCIe switch, a CPU socket,
 // a host, an NVLink domain, a leaf or rail group, the spine. Two ranks "meet" at the first level
@@ -45,7 +53,16 @@ struct Level {
   // staged through host memory (a copy to a pinned host buffer, then a copy out), NCCL's SHM
   // transport. Modelled as an extra copy on the path: the rank path's bandwidth is halved.
   bool host_bounce = false;
+  // Per collective (kCollectives order), the rate of one whose group spans this level (its
+  // widest pair of ranks meets here): alpha per message (all-to-all: per peer; all-gather: per
+  // ring step), bandwidth for all of a rank's bytes (busbw), as measured, no host bounce or
+  // injection applied. Bandwidth 0: none measured, the per-level path model above prices it.
+  std::array<LinkClass, 3> collective{};
 
+  const LinkClass* rate_of(Collective c) const {
+    const LinkClass& l = collective[static_cast<size_t>(c)];
+    return l.bandwidth_bytes_per_s > 0 ? &l : nullptr;
+  }
   bool operator==(const Level&) const = default;
 };
 
@@ -72,6 +89,13 @@ struct Hardware {
   double injection_bytes_per_s = 0;
   // What a flash-attention kernel achieves at long sequences; predictions use this one.
   DTypeRates attention_flops_per_s;
+  // How one call's shape sets its rate (wave quantisation over the units, a tile's fixed part, a
+  // call's fixed cost): sim/attention_rate.h. Not modelled (units 0): every FLOP at the rate above.
+  AttentionKernel attention_kernel;
+  // Attention runs this many times slower while NCCL kernels run beside it (a ring step's
+  // send/receive takes SMs and memory bandwidth): 1 = no slowdown. Calibrated by timing attention
+  // with and without a concurrent sendrecv.
+  double comm_compute_slowdown = 1;
   // Dense peak of the device; no phase is ever predicted faster than its FLOPs over this.
   DTypeRates peak_flops_per_s;
   double memory_bandwidth_bytes_per_s = 0;  // local copies: all-to-all pack/unpack, ring merges
@@ -94,6 +118,10 @@ struct Hardware {
   // both run at once (a step lasts max + this x min). 0: the link moves bytes without the
   // compute units (copy engines, NICs); near 1: CPU ranks whose transfers need the same cores.
   double overlap_exposed_fraction = 0;
+  // Backward attention time over the forward's for the same call: FlashAttention-2's backward does
+  // 2.5x the forward's FLOPs (5 matmuls against 2, the scores recomputed); a kernel that runs
+  // them at a different rate than its forward (the CPU kernel: 1.85x measured) says so here.
+  double backward_compute_factor = 2.5;
   // Per-operation costs of a GPU stack, charged once per operation on top of its bytes and
   // FLOPs: a kernel launch (each attention kernel, each ring step's merge, an all-to-all's pack
   // and unpack) and an engine's fixed overhead per attention call (its Python and dispatch
@@ -103,6 +131,11 @@ struct Hardware {
 
   int64_t world() const { return nodes * ranks_per_node; }
 };
+
+// The rate measured for collective c at level i (nccl-tests), or nullptr: a two-level file has none.
+inline const LinkClass* collective_rate(const Hardware& hw, size_t level, Collective c) {
+  return level < hw.levels.size() ? hw.levels[level].rate_of(c) : nullptr;
+}
 
 // The levels the cost model uses for a cluster of `ranks_per_node` ranks per node: the file's
 // levels with the node level (the one holding hw.ranks_per_node ranks) resized to the cluster's,

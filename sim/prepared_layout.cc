@@ -121,7 +121,7 @@ std::vector<int64_t> ring_segments(const Layout& l, int64_t k) {
     const int64_t chunks = l.zigzag() ? 2 * R : R;
     starts = {0, k};
     for (int64_t len : l.shape().seq_lens) {
-      const int64_t rem = pads_classic(l.strategy()) ? 0 : len % chunks;
+      const int64_t rem = l.traits().pads_classic ? 0 : len % chunks;
       for (int64_t x : {rem, 2 * R - rem, rem + k, rem + k - R, 2 * R - rem + k, R - rem + k})
         if (x > 0 && x < R) starts.push_back(x);
       if (int64_t(starts.size()) >= R) break;
@@ -183,7 +183,7 @@ int64_t largest_merge_bytes(const Layout& l) {
 // The step maxima of Layout::ring_step_max, per level of the topology, O(segments) per step.
 void prepare_ring(const Layout& l, const Topology& topo, const RingTraffic& traffic, bool node_work,
                   PreparedLayout& p) {
-  if (!rotates_kv(l.strategy()) || l.ring() < 2) return;
+  if (!l.plan(Pass::forward).ring_attention()) return;
   const int64_t R = l.ring(), L = int64_t(topo.levels());
   int64_t max_q_heads = 0, max_shard = 0;
   for (int64_t u = 0; u < l.ulysses(); ++u) max_q_heads = std::max(max_q_heads, l.at(u, 0).q_heads.count());
@@ -261,7 +261,7 @@ std::vector<LevelBytes> ring_group_peers(const Layout& l, const Topology& topo) 
 }
 
 void prepare_allgather(const Layout& l, const Topology& topo, const RingTraffic& traffic, PreparedLayout& p) {
-  if (l.strategy() != Strategy::allgather_kv || l.ring() < 2) return;
+  if (!l.plan(Pass::forward).has(Phase::allgather)) return;
   p.allgather_steps = l.ring() - 1;
   const std::vector<LevelBytes> peers = ring_group_peers(l, topo);
   for (const RankLayout& rl : l.ranks()) {
@@ -295,10 +295,15 @@ PreparedLayout prepare(const Layout& l, const Topology& topology, const PrepareO
     prepare_allgather(l, topology, ring, p);
   }
   std::vector<int64_t> flops_by_rank(static_cast<size_t>(l.world()), 0);
+  const AttentionShape& shape = l.shape();
+  p.call_head_dim = (shape.head_dim + shape.v_head_dim) / 2;
   for (const RankLayout& rl : l.ranks()) {
+    p.ring_query_rows = std::max(p.ring_query_rows, l.shard_padded_tokens(rl.r));
+    p.attention_batch_heads = std::max(p.attention_batch_heads, shape.batch * rl.q_heads.count());
     if (rl.flops > p.max_flops) {
       p.max_flops = rl.flops;
       p.useful_flops_of_max = rl.useful_flops;
+      p.attention_query_rows = l.shard_padded_tokens(rl.r);
     }
     p.peak_bytes = std::max(p.peak_bytes, rl.peak_bytes);
     flops_by_rank[size_t(rl.rank)] = rl.flops;

@@ -85,6 +85,11 @@ struct PreparedLayout {
   int64_t useful_flops_of_max = 0;
   NodeWork attention_node;  // every rank's attention FLOPs on the busiest node
 
+  // The shape of one attention call (sim/attention_rate.h): query rows of the call on the rank
+  // with the most FLOPs (its whole shard), of a ring step's block (the largest shard), the
+  // (batch, query head) pairs of one call, and the head dim (mean of D and Dv).
+  int64_t attention_query_rows = 0, ring_query_rows = 0, attention_batch_heads = 0, call_head_dim = 0;
+
   int64_t peak_bytes = 0;           // forward, largest rank
   double padding_fraction = 0;      // padding tokens / stored tokens (classic strategies)
   ClassBytes qkv_total, o_total, ring_total, allgather_total, gather_total;  // per Layout phase

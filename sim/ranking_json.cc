@@ -12,7 +12,7 @@ json to_json(const Prediction& p, Pass pass, const std::vector<std::string>& lev
                       {"time_s", p.level_s[i]}});
   json phases = json::object();
   for (Phase ph : kAllPhases) {
-    if (!is_backward(ph) || pass == Pass::forward_backward) phases[std::string(to_string(ph))] = p.phase(ph);
+    if (is_backward(ph) ? has_backward(pass) : has_forward(pass)) phases[std::string(to_string(ph))] = p.phase(ph);
   }
   return {{"time_s", p.total_s},
           {"phases", phases},

@@ -90,8 +90,8 @@ int64_t busiest(const std::vector<int64_t>& out, const std::vector<int64_t>& in)
 
 ExchangeTraffic exchange_traffic(const Layout& l, const Topology& t, Exchange which) {
   ExchangeTraffic out;
-  const bool gathers = l.strategy() == Strategy::uaa || l.strategy() == Strategy::hybrid_uaa;
-  if (l.ulysses() < 2 || (which == Exchange::gather && !gathers)) return out;
+  const Phase phase = which == Exchange::qkv ? Phase::qkv : which == Exchange::o ? Phase::o : Phase::gather;
+  if (!l.plan(Pass::forward).has(phase)) return out;  // the forward's plan says which exchanges run
   const RankOne f = rank_one(l, which);
   const size_t P = static_cast<size_t>(l.world()), L = t.levels();
   out.sent.assign(P, LevelBytes{});

@@ -128,8 +128,10 @@ class FaultyComm : public backends::Comm {
 // The kernel perturbed: the `nth` (0-based) attend() call of this rank either drops the last key
 // of its block (any device: runs are host metadata), negates its first key (a copy of K made
 // on the host: the host device only), or, under a block mask, misses one block: the diagonal
-// cell of its first query's block is taken as EMPTY (any device).
-enum class KernelFault { drop_last_key, perturb_key, drop_block };
+// cell of its first query's block is taken as EMPTY (any device). Backward: the `nth`
+// attend_backward() call adds nothing (one block's dQ, dK, dV contribution lost), or adds its
+// attend_backward() call runs twice (a contribution counted twice).
+enum class KernelFault { drop_last_key, perturb_key, drop_block, skip_backward_block, double_backward_block };
 
 class FaultyDevice : public backends::Device {
  public:
@@ -146,6 +148,14 @@ class FaultyDevice : public backends::Device {
   void upload(std::byte* dst, const void* host, int64_t bytes) override { inner_->upload(dst, host, bytes); }
   void download(void* host, const std::byte* src, int64_t bytes) override { inner_->download(host, src, bytes); }
   void synchronize() override { inner_->synchronize(); }
+  void zero(std::byte* data, int64_t bytes) override { inner_->zero(data, bytes); }
+  void add_floats(std::byte* dst, const std::byte* src, int64_t elems) override { inner_->add_floats(dst, src, elems); }
+  void add_stored(std::byte* dst, const std::byte* src, DType dtype, int64_t elems) override {
+    inner_->add_stored(dst, src, dtype, elems);
+  }
+  void store_floats(const std::byte* src, int64_t elems, DType dtype, std::byte* out) override {
+    inner_->store_floats(src, elems, dtype, out);
+  }
 
   std::unique_ptr<backends::DeviceAttention> attention(int64_t tokens, int64_t q_heads, int64_t v_dim) override {
     struct Faulty : backends::DeviceAttention {
@@ -154,6 +164,20 @@ class FaultyDevice : public backends::Device {
       void clear() override { inner->clear(); }
       void store_output(DType dtype, std::byte* out, int64_t out_bytes) override {
         inner->store_output(dtype, out, out_bytes);
+      }
+      void begin_backward(const backends::TensorView& d_out, std::span<const backends::StoredRun> runs,
+                          int64_t q_dim) override {
+        inner->begin_backward(d_out, runs, q_dim);
+      }
+      void attend_backward(const backends::Queries& queries, const backends::KvBlock& block,
+                           const backends::AttentionParams& params, backends::KvGrads dkv) override {
+        const bool hit = device->backward_calls_++ == device->nth_;
+        if (hit && device->fault_ == KernelFault::skip_backward_block) return;
+        inner->attend_backward(queries, block, params, dkv);
+        if (hit && device->fault_ == KernelFault::double_backward_block) inner->attend_backward(queries, block, params, dkv);
+      }
+      void store_grad_q(DType dtype, std::byte* out, int64_t out_bytes) override {
+        inner->store_grad_q(dtype, out, out_bytes);
       }
       void attend(const backends::Queries& queries, const backends::KvBlock& block,
                   const backends::AttentionParams& params) override {
@@ -207,6 +231,7 @@ class FaultyDevice : public backends::Device {
   KernelFault fault_;
   int nth_;
   int calls_ = 0;
+  int backward_calls_ = 0;
 };
 
 }  // namespace cptune::testing

@@ -6,7 +6,11 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <random>
+
+#include <fmt/format.h>
+#include <sys/stat.h>
 
 #include <nlohmann/json.hpp>
 
@@ -18,6 +22,7 @@
 #include "tests/command.h"
 #include "tests/temp_dir.h"
 #include "tuner/calibrate.h"
+#include "tuner/nccl_tests.h"
 #include "tuner/probes.h"
 #include "tuner/validation_stats.h"
 
@@ -298,6 +303,158 @@ TEST(TopK, ReportCountsShapesAndTheCurveEndsAtEverything) {
 
 // ---------------------------------------------------------------------------------------------
 // The CLI.
+
+// ---- nccl-tests logs: what a crafted or broken log must not do (issue 26) -------------------------
+
+// An nccl-tests log: one host of n ranks, time = intercept + size x f / busbw at each size.
+std::string nccl_log(NcclTestKind kind, int n, double intercept_us, double busbw_gbs,
+                     const std::function<double(int64_t, double)>& time_of = nullptr) {
+  const double f = kind == NcclTestKind::sendrecv ? 1.0 : double(n - 1) / n;
+  std::string text = fmt::format("# Collective test starting: {}_perf\n#\n", to_string(kind));
+  for (int r = 0; r < n; ++r)
+    text += fmt::format("#  Rank {:2d} Group  0 Pid {:6d} on host-0 device {:2d} [0x{:02x}] NVIDIA L20\n", r, 100 + r, r, 16 + r);
+  text += "#       size         count      type   redop    root     time   algbw   busbw #wrong     time   algbw   busbw #wrong\n";
+  for (int64_t size = 1024; size <= (int64_t(1) << 30); size *= 4) {
+    double t = intercept_us + double(size) * f / (busbw_gbs * 1e3);
+    if (time_of) t = time_of(size, t);
+    const double algbw = double(size) / t / 1e3;
+    text += fmt::format("{:12d} {:12d} float none -1 {:.2f} {:.2f} {:.2f} 0 {:.2f} {:.2f} {:.2f} 0\n", size, size / 4, t, algbw,
+                        algbw * f, t, algbw, algbw * f);
+  }
+  return text;
+}
+
+std::string nccl_error(const std::string& text) {
+  try {
+    fit_link(parse_nccl_tests(text, "crafted.txt", std::nullopt));
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "accepted";
+}
+
+TEST(NcclTestsCrafted, NonFiniteOrNegativeColumnsAreRefusedNamingTheLine) {
+  const std::string good = nccl_log(NcclTestKind::alltoall, 4, 20, 10);
+  ASSERT_EQ(nccl_error(good), "accepted");
+  const size_t row = good.find("\n        4096") + 1;  // the second data row
+  const size_t end = good.find('\n', row);
+  const std::string fields = good.substr(row, end - row);
+  auto with_row = [&](const std::string& replacement) { return good.substr(0, row) + replacement + good.substr(end); };
+  for (const char* bad : {"4096 1024 float none -1 nan 0.2 0.1 0 20 0.2 0.1 0", "4096 1024 float none -1 20.0 nan 0.1 0 20 0.2 0.1 0",
+                          "4096 1024 float none -1 20.0 0.2 inf 0 20 0.2 0.1 0", "4096 1024 float none -1 20.0 -0.2 0.1 0 20 0.2 0.1 0",
+                          "4096 1024 float none -1 20.0 0.2 -0.1 0 20 0.2 0.1 0", "4096 1024 float none -1 1e999 0.2 0.1 0 20 0.2 0.1 0"}) {
+    const std::string e = nccl_error(with_row(bad));
+    EXPECT_NE(e.find("crafted.txt line"), std::string::npos) << bad << ": " << e << " (row was " << fields << ")";
+  }
+}
+
+TEST(NcclTestsCrafted, ConstantOrFallingTimesFitNoBandwidth) {
+  // Constant times: any slope fits; the old fit printed 1.3e20 GB/s and exited 0.
+  const std::string flat = nccl_log(NcclTestKind::alltoall, 4, 20, 10, [](int64_t size, double) { return 30.0 + 1e-9 * double(size % 7); });
+  EXPECT_NE(nccl_error(flat).find("never becomes bandwidth-bound"), std::string::npos) << nccl_error(flat);
+  // Time falling with size: no bandwidth, and the message says so without a "-nan" slope.
+  const std::string falling = nccl_log(NcclTestKind::sendrecv, 2, 20, 10, [](int64_t size, double) { return 1e6 / std::log2(double(size)); });
+  const std::string e = nccl_error(falling);
+  EXPECT_NE(e.find("does not grow with size"), std::string::npos) << e;
+  EXPECT_EQ(e.find("nan"), std::string::npos) << e;
+  // A sweep that stops in the latency regime (bytes under a fifth of the largest size's time).
+  const std::string latency_only = nccl_log(NcclTestKind::alltoall, 4, 20000, 400);
+  EXPECT_NE(nccl_error(latency_only).find("never becomes bandwidth-bound"), std::string::npos) << nccl_error(latency_only);
+}
+
+TEST(NcclTestsCrafted, DuplicatedOrMissingRankLinesAreRefused) {
+  const std::string good = nccl_log(NcclTestKind::alltoall, 4, 20, 10);
+  const size_t first = good.find("#  Rank"), after = good.find("#       size");
+  std::string repeated = good.substr(0, first);
+  for (int i = 0; i < 2502; ++i) repeated += good.substr(first, after - first);  // 10,008 rank lines, 4 ranks
+  repeated += good.substr(after);
+  EXPECT_NE(nccl_error(repeated).find("rank 0 is listed twice"), std::string::npos) << nccl_error(repeated);
+  std::string gap = good;
+  const size_t rank1 = gap.find("#  Rank  1");
+  gap.erase(rank1, gap.find('\n', rank1) - rank1 + 1);
+  EXPECT_NE(nccl_error(gap).find("highest rank is 3"), std::string::npos) << nccl_error(gap);
+}
+
+TEST(NcclTestsCrafted, ALineOverTheBoundIsRefusedWithoutCopyingIt) {
+  const std::string good = nccl_log(NcclTestKind::alltoall, 4, 20, 10);
+  const std::string e = nccl_error(std::string(kMaxNcclTestsLineBytes + 1, 'x') + "\n" + good);
+  EXPECT_NE(e.find("crafted.txt line 1"), std::string::npos) << e;
+  EXPECT_NE(e.find("bytes long"), std::string::npos) << e;
+}
+
+// The command itself on files that are not logs: a FIFO with no writer, a device, a file over
+// 64 MiB. Each must be refused at once with exit 2 (the old reader waited forever on the FIFO and
+// read /dev/zero until 4 GiB).
+TEST(NcclTestsCrafted, CalibrateRefusesSpecialAndOversizedFilesAtOnce) {
+  TempDir dir;
+  ASSERT_EQ(mkfifo(dir.file("fifo").c_str(), 0600), 0);
+  ASSERT_EQ(run_command("truncate -s 100M " + dir.file("big.txt")).exit_code, 0);
+  for (const auto& [file, needle] : {std::pair{dir.file("fifo"), "is a FIFO"}, std::pair{std::string("/dev/zero"), "is a device"},
+                                     std::pair{dir.file("big.txt"), "larger than 64 MiB"}}) {
+    const auto r = run_command("ulimit -v 2000000; timeout 20 " +
+                               cptune(fmt::format("calibrate --nccl-tests alltoall={} --base l20 --out {}", file, dir.file("o.json"))));
+    EXPECT_EQ(r.exit_code, 2) << file << ": " << r.output;
+    EXPECT_NE(r.output.find(needle), std::string::npos) << file << ": " << r.output;
+    EXPECT_NE(r.output.find(file), std::string::npos) << r.output;
+  }
+  std::ofstream(dir.file("nan.txt")) << nccl_log(NcclTestKind::alltoall, 4, 20, 10, [](int64_t size, double t) {
+    return size == 4096 ? NAN : t;
+  });
+  const auto r = run_command(cptune(fmt::format("calibrate --nccl-tests {} --base l20 --out {}", dir.file("nan.txt"), dir.file("o.json"))));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("line"), std::string::npos) << r.output;
+}
+
+// ---- nccl-tests per collective (issue 23) --------------------------------------------------------
+
+// On an 8 x L20 host the alltoall through the CPUs is far slower per byte than the sendrecv ring
+// of the same GPUs: each goes into its own entry of the host level, and the ranking follows.
+TEST(NcclTestsPerCollective, AlltoallAndSendrecvGetTheirOwnEntriesAndMoveTheRanking) {
+  const sim::Hardware base = sim::load_hardware("l20");
+  const std::vector<NcclTestsRun> runs = {
+      parse_nccl_tests(nccl_log(NcclTestKind::alltoall, 8, 60, 3.0), "a2a.txt", std::nullopt),
+      parse_nccl_tests(nccl_log(NcclTestKind::sendrecv, 8, 12, 11.0), "sr.txt", std::nullopt)};
+  const sim::Hardware hw = apply_nccl_tests(base, runs);
+  const size_t host = 2;
+  ASSERT_EQ(hw.levels[host].name, "host");
+  const sim::LinkClass* a2a = hw.levels[host].rate_of(sim::Collective::alltoall);
+  const sim::LinkClass* sr = hw.levels[host].rate_of(sim::Collective::sendrecv);
+  ASSERT_TRUE(a2a && sr);
+  EXPECT_NEAR(a2a->bandwidth_bytes_per_s, 3.0e9, 0.05 * 3.0e9);
+  EXPECT_NEAR(a2a->alpha_s, 60e-6 / 7, 0.1 * 60e-6 / 7);
+  EXPECT_NEAR(sr->bandwidth_bytes_per_s, 11.0e9, 0.05 * 11.0e9);
+  EXPECT_EQ(hw.levels[host].rate_of(sim::Collective::all_gather), nullptr);
+  EXPECT_EQ(hw.levels[host].link, base.levels[host].link);  // the level's own numbers stay the fallback
+  for (size_t i = 0; i < hw.levels.size(); ++i)
+    if (i != host) EXPECT_EQ(hw.levels[i], base.levels[i]) << i;
+  EXPECT_NE(hw.source.find("level 'host' alltoall"), std::string::npos) << hw.source;
+  EXPECT_EQ(sim::hardware_from_json(sim::to_json(hw), "round trip").levels, hw.levels);
+  // An all-to-all over the whole host now costs its measured rate; a hop its own.
+  sim::ExchangeLoad e;
+  e.peers = {1, 2, 4};
+  e.bytes = {1 << 20, 2 << 20, 4 << 20};
+  EXPECT_NEAR(sim::exchange_time_s(e, hw), hw.operation_latency_s + 7 * a2a->alpha_s + double(7 << 20) / a2a->bandwidth_bytes_per_s,
+              1e-12);
+  EXPECT_NEAR(sim::hop_time_s(sim::LevelBytes{0, 0, 1 << 20}, hw),
+              hw.operation_latency_s + sr->alpha_s + double(1 << 20) / sr->bandwidth_bytes_per_s, 1e-12);
+  // FLUX-size full attention on the 8 GPUs: Ulysses over all eight falls behind a ring.
+  const AttentionShape flux{1, {4608}, 24, 24, 128, 128, DType::bf16, {MaskKind::full, 0}};
+  auto rank_of = [&](const sim::Hardware& h, Strategy s, int64_t u, int64_t r) {
+    const sim::Ranking ranking = sim::rank_candidates(flux, sim::cluster_of(h), h);
+    for (size_t i = 0; i < ranking.candidates.size(); ++i) {
+      const LayoutChoice& c = ranking.candidates[i].candidate;
+      if (c.strategy == s && c.ulysses == u && c.ring == r) return std::pair{i, ranking.candidates[i].prediction.total_s};
+    }
+    return std::pair{ranking.candidates.size(), 0.0};
+  };
+  const auto [ulysses_before, ulysses_before_s] = rank_of(base, Strategy::ulysses, 8, 1);
+  const auto [ulysses_after, ulysses_after_s] = rank_of(hw, Strategy::ulysses, 8, 1);
+  const auto [ring_after, ring_after_s] = rank_of(hw, Strategy::ring, 1, 8);
+  EXPECT_GT(ulysses_after_s, 1.5 * ulysses_before_s);
+  EXPECT_GT(ulysses_after, ulysses_before);
+  EXPECT_LT(ring_after, ulysses_after);
+  EXPECT_LT(ring_after_s, ulysses_after_s);
+}
 
 TEST(CalibrateCli, BadInputIsNamedWithExitCode2) {
   TempDir dir;

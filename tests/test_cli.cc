@@ -184,6 +184,38 @@ TEST(CliLookup, AnswersExactNearestAndSimulatedAfterATune) {
   EXPECT_EQ(source("--seq 300 --heads 6"), "simulated");
 }
 
+// tune --pass stores the pass it timed; lookup --pass answers only from that pass's rows, and the
+// same tune again for another pass measures it (nothing of the first pass is taken for it).
+TEST(CliLookup, EachPassIsTunedAndAnsweredOnItsOwn) {
+  TempDir dir;
+  const std::string db = dir.file("t.db");
+  const std::string shape = " --world 2 --seq 256 --heads 4 --head-dim 16";
+  const auto tune_bwd = run_command(cptune("tune --db " + db + shape + " --iterations 2 --top 1 --pass bwd"));
+  ASSERT_EQ(tune_bwd.exit_code, 0) << tune_bwd.output;
+  auto answer = [&](const std::string& pass) {
+    const auto r = run_command(cptune("lookup --db " + db + shape + " --hardware '' --json --pass " + pass));
+    return std::pair{r.exit_code, r.output};
+  };
+  const auto [bwd_code, bwd] = answer("bwd");
+  ASSERT_EQ(bwd_code, 0) << bwd;
+  EXPECT_EQ(nlohmann::json::parse(bwd)["source"], "exact");
+  EXPECT_EQ(nlohmann::json::parse(bwd)["pass"], "bwd");
+  const auto [fwd_code, fwd] = answer("fwd");
+  EXPECT_EQ(fwd_code, 3) << "no forward was measured and no simulator asked: not found\n" << fwd;
+  EXPECT_NE(fwd.find("no layout for this shape"), std::string::npos) << fwd;
+  const auto tune_fwd = run_command(cptune("tune --db " + db + shape + " --iterations 2 --top 1"));
+  ASSERT_EQ(tune_fwd.exit_code, 0) << tune_fwd.output;
+  EXPECT_EQ(tune_fwd.output.find("skipped"), std::string::npos) << "the forward was measured, not skipped\n"
+                                                                << tune_fwd.output;
+  EXPECT_EQ(answer("fwd").first, 0);
+  const auto again = run_command(cptune("tune --db " + db + shape + " --iterations 2 --top 1 --pass bwd"));
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("skipped"), std::string::npos) << "bwd already stored\n" << again.output;
+  const auto bad = run_command(cptune("lookup --db " + db + shape + " --pass sideways"));
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.output.find("sideways"), std::string::npos) << bad.output;
+}
+
 // --- block-sparse masks at the command line -----------------------------------------------------
 
 // One text of every form parse_mask reads, and its canonical text (what every output prints).

@@ -70,17 +70,70 @@ TEST(EngineCli, TuneAndLookupFilterByFlagsAndLookupPrintsTheEnginesConfiguration
   const auto args = run_command(cptune("lookup --db " + db + " " + shape + " --engine megatron --format args"));
   ASSERT_EQ(args.exit_code, 0) << args.output;
   EXPECT_EQ(args.output.rfind("--context-parallel-size 4 --cp-comm-type ", 0), 0u) << args.output;
-  // prime-rl runs ring-zigzag only, which was not measured: the simulator's ring-zigzag.
-  const nlohmann::json prime = json_of(run_command(cptune("lookup --db " + db + " " + shape + " --engine prime-rl --json")));
-  EXPECT_EQ(prime["strategy"], "ring-zigzag");
+  // prime-rl runs ring-flash-attn's llama3 all-gather (cp_style "ring") or Ulysses, never a
+  // zigzag ring (prime-rl @559b447 trainer/models/layers/attn.py): neither was measured, so the
+  // simulator's pick on the hardware asked for, in prime-rl's TOML (model.cp, model.cp_style).
+  const nlohmann::json prime = json_of(
+      run_command(cptune("lookup --db " + db + " " + shape + " --engine prime-rl --hardware cpu-gloo --json")));
+  EXPECT_TRUE(prime["strategy"] == "allgather-kv" || prime["strategy"] == "ulysses") << prime.dump();
   EXPECT_EQ(prime["source"], "simulated");
-  EXPECT_EQ(prime["engine"]["python"], "ParallelDims(cp=4)");
+  EXPECT_EQ(prime["hardware"], "cpu-gloo");
+  EXPECT_EQ(prime["engine"]["python"].get<std::string>().rfind("[model]\ncp = 4\ncp_style = ", 0), 0u) << prime.dump();
+  // An engine's question is a GPU question: not priced on the CPU preset unasked. With a database
+  // it gets the measured answers only, and this miss (not found, exit 3) names the flag to give.
+  const auto unpriced = run_command(cptune("lookup --db " + db + " " + shape + " --engine prime-rl"));
+  EXPECT_EQ(unpriced.exit_code, 3);
+  EXPECT_NE(unpriced.output.find("--hardware"), std::string::npos) << unpriced.output;
   // --format without an engine, or a shape no engine layout fits: exit 2 for the bad flag, 3 (not found) naming why.
   EXPECT_EQ(run_command(cptune("lookup --db " + db + " " + shape + " --format args")).exit_code, 2);
   const auto none = run_command(cptune("lookup --db " + db +
                                        " --world 4 --seq 257 --heads 4 --head-dim 16 --mask causal --engine megatron"));
   EXPECT_EQ(none.exit_code, 3) << "not found (tuner/cli/commands.h kExitNotFound)";
   EXPECT_NE(none.output.find("megatron"), std::string::npos) << none.output;
+}
+
+TEST(EngineCli, SimulateWithAnEnginePrintsEachRowsConfiguration) {
+  const std::string shape = "--hardware h100-sxm --world 8 --seq 4096 --heads 24 --kv-heads 24";
+  const auto table = run_command(cptune("simulate --engine diffusers " + shape));
+  ASSERT_EQ(table.exit_code, 0) << table.output;
+  EXPECT_NE(table.output.find("diffusers config"), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("ulysses_degree=8"), std::string::npos) << table.output;
+  const nlohmann::json doc = json_of(run_command(cptune("simulate --engine diffusers --json " + shape)));
+  EXPECT_EQ(doc["engine"], "diffusers");
+  ASSERT_FALSE(doc["candidates"].empty());
+  for (const auto& c : doc["candidates"]) {
+    const std::string python = c["engine_config"]["python"];
+    EXPECT_EQ(python.rfind("ContextParallelConfig(", 0), 0u) << python;
+    EXPECT_TRUE(c["engine_config"]["json"].is_object());
+  }
+  // A backward pass: cache-dit runs forward only (_templated_*.py backward raises), so nothing is left.
+  const auto bwd = run_command(cptune("simulate --engine cache-dit --pass fwd-bwd " + shape));
+  EXPECT_EQ(bwd.exit_code, 2);
+  EXPECT_NE(bwd.output.find("forward only"), std::string::npos) << bwd.output;
+}
+
+TEST(EngineCli, LookupWithoutADatabaseAnswersFromTheSimulator) {
+  const std::string shape = "--world 8 --seq 4096 --heads 24 --kv-heads 24";
+  const nlohmann::json a = json_of(run_command(cptune("lookup --engine diffusers --hardware h100-sxm --json " + shape)));
+  EXPECT_EQ(a["source"], "simulated");
+  EXPECT_EQ(a["hardware"], "h100-sxm");
+  EXPECT_EQ(a["engine"]["python"].get<std::string>().rfind("ContextParallelConfig(", 0), 0u) << a.dump();
+  // CPU ranks over Gloo without an engine: the cpu-gloo preset the fingerprint names.
+  const nlohmann::json cpu = json_of(run_command(cptune("lookup --json " + shape)));
+  EXPECT_EQ(cpu["source"], "simulated");
+  EXPECT_EQ(cpu["hardware"], "cpu-gloo");
+  // An engine (a GPU question) on this CPU fingerprint without --hardware: exit 2, naming the flag.
+  const auto gpu = run_command(cptune("lookup --engine megatron " + shape));
+  EXPECT_EQ(gpu.exit_code, 2);
+  EXPECT_NE(gpu.output.find("--hardware"), std::string::npos) << gpu.output;
+  // A named database that does not exist stays an error.
+  const auto missing = run_command(cptune("lookup --db /nonexistent/tune.db " + shape));
+  EXPECT_EQ(missing.exit_code, 2);
+  // No layout (not found, exit 3): the message names the rule that refused the last candidate, with its source.
+  const auto causal = run_command(cptune("lookup --engine diffusers --hardware h100-sxm --mask causal " + shape));
+  EXPECT_EQ(causal.exit_code, 3);
+  EXPECT_NE(causal.output.find("is_causal"), std::string::npos) << causal.output;
+  EXPECT_NE(causal.output.find("huggingface/diffusers @58eb52c"), std::string::npos) << causal.output;
 }
 
 TEST(EngineCli, RunReportsBytesAndBandwidthsSweepsLengthsAndWritesCsv) {

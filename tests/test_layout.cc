@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "core/error.h"
@@ -438,6 +439,172 @@ TEST(LayoutErrors, NameTheBadValueAndTheFix) {
                "world size 0");
   expect_error({make_shape({64}, 8, 8), Cluster{4, 4}, LayoutChoice{Strategy::uaa, 2, 2, RankOrder::ulysses_inner, HeadPolicy::balanced}},
                "uaa has no ring degree");
+}
+
+
+// The phases of a plan as text: "gather,qkv,attention(ring 2),o".
+std::string phases_of(const PhasePlan& plan) {
+  std::string out;
+  for (const PhaseStep& step : plan) {
+    if (!out.empty()) out += ',';
+    out += to_string(step.phase);
+    if (step.motion == Motion::ring) out += "(ring " + std::to_string(step.ring_steps) + ")";
+  }
+  return out;
+}
+
+// Each strategy's plan as docs/design.md writes it, on every kind of mesh: Ulysses phases only where
+// U > 1, ring phases only where R > 1, attention always (locally on a ring of one).
+TEST(StrategyPlan, EachStrategyRunsItsDocumentedPhasesOnEveryMesh) {
+  struct Case {
+    Strategy s;
+    int64_t U, R;
+    std::string forward, backward;
+  };
+  const Case cases[] = {
+      {Strategy::ulysses, 4, 1, "qkv,attention,o", "grad-o,attention-bwd,grad-qkv"},
+      {Strategy::ulysses, 1, 1, "attention", "attention-bwd"},
+      {Strategy::uaa, 4, 1, "gather,qkv,attention,o", "grad-o,attention-bwd,grad-qkv"},
+      {Strategy::uaa, 1, 1, "attention", "attention-bwd"},
+      {Strategy::ring, 1, 4, "attention(ring 4)", "attention-bwd(ring 4)"},
+      {Strategy::ring, 1, 1, "attention", "attention-bwd"},
+      {Strategy::ring_zigzag, 1, 3, "attention(ring 3)", "attention-bwd(ring 3)"},
+      {Strategy::allgather_kv, 1, 4, "allgather,attention", "attention-bwd,reduce-scatter"},
+      {Strategy::allgather_kv, 1, 1, "attention", "attention-bwd"},
+      {Strategy::hybrid, 2, 3, "qkv,attention(ring 3),o", "grad-o,attention-bwd(ring 3),grad-qkv"},
+      {Strategy::hybrid, 4, 1, "qkv,attention,o", "grad-o,attention-bwd,grad-qkv"},
+      {Strategy::hybrid, 1, 4, "attention(ring 4)", "attention-bwd(ring 4)"},
+      {Strategy::hybrid_uaa, 2, 2, "gather,qkv,attention(ring 2),o", "grad-o,attention-bwd(ring 2),grad-qkv"},
+      {Strategy::hybrid_uaa, 1, 2, "attention(ring 2)", "attention-bwd(ring 2)"},
+  };
+  for (const Case& c : cases) {
+    const LayoutChoice choice{c.s, c.U, c.R};
+    EXPECT_EQ(phases_of(phase_plan(choice, Pass::forward)), c.forward) << to_string(choice);
+    EXPECT_EQ(phases_of(phase_plan(choice, Pass::backward)), c.backward) << to_string(choice);
+    EXPECT_EQ(phases_of(phase_plan(choice, Pass::forward_backward)), c.forward + "," + c.backward) << to_string(choice);
+  }
+}
+
+// What each phase moves, and over which group: the backward moves the gradients of what the
+// forward moved, the opposite way; a backward ring carries K,V and dK,dV and returns dK,dV home.
+TEST(StrategyPlan, EveryPhaseMovesWhatItsGroupExchanges) {
+  for (Strategy s : kAllStrategies)
+    for (auto [U, R] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {2, 1}, {1, 2}, {2, 3}}) {
+      const LayoutChoice c = resolve({s, strategy_traits(s).mesh == MeshRule::both ? U : 0,
+                                      strategy_traits(s).mesh == MeshRule::both ? R : 0},
+                                     Cluster{U * R, U * R});
+      const PhasePlan both = phase_plan(c, Pass::forward_backward);
+      int last = -1;
+      for (const PhaseStep& step : both) {
+        EXPECT_GT(static_cast<int>(step.phase), last) << to_string(c) << ": phases in their order";
+        last = static_cast<int>(step.phase);
+        EXPECT_EQ(step.group == Group::ulysses, step.motion == Motion::seq_to_heads || step.motion == Motion::heads_to_seq ||
+                                                    step.motion == Motion::lengths_allgather)
+            << to_string(c) << " " << to_string(step.phase);
+        if (step.group == Group::ulysses) EXPECT_GE(c.ulysses, 2) << to_string(c);
+        if (step.group == Group::ring) EXPECT_GE(c.ring, 2) << to_string(c);
+        EXPECT_EQ(step.returns_to_owner, step.phase == Phase::attention_bwd && step.motion == Motion::ring) << to_string(c);
+        EXPECT_EQ(step.ring_steps, step.motion == Motion::ring ? c.ring : 0) << to_string(c);
+      }
+      const auto moves = [&](Phase p, std::vector<Payload> want) {
+        const PhaseStep* step = both.find(p);
+        if (!step) return;
+        EXPECT_EQ(std::vector<Payload>(step->moves.begin(), step->moves.end()), want) << to_string(c) << " " << to_string(p);
+      };
+      moves(Phase::qkv, {Payload::q, Payload::k, Payload::v});
+      moves(Phase::o, {Payload::o});
+      moves(Phase::grad_o, {Payload::grad_o});
+      moves(Phase::grad_qkv, {Payload::grad_q, Payload::grad_k, Payload::grad_v});
+      moves(Phase::allgather, {Payload::k, Payload::v});
+      moves(Phase::reduce_scatter, {Payload::grad_k, Payload::grad_v});
+      // The backward mirrors the forward: each exchange has its transpose, the ring its ring.
+      EXPECT_EQ(both.has(Phase::o), both.has(Phase::grad_o)) << to_string(c);
+      EXPECT_EQ(both.has(Phase::qkv), both.has(Phase::grad_qkv)) << to_string(c);
+      EXPECT_EQ(both.has(Phase::allgather), both.has(Phase::reduce_scatter)) << to_string(c);
+      EXPECT_EQ(phase_plan(c, Pass::forward).ring_attention(), phase_plan(c, Pass::backward).ring_attention()) << to_string(c);
+    }
+}
+
+// The layout counts bytes exactly for the phases its forward plan runs, over every small layout.
+TEST(StrategyPlan, LayoutCountsBytesForThePhasesItsPlanRuns) {
+  int checked = 0;
+  for (Mask mask : {Mask{}, Mask{MaskKind::causal}})
+    for (int64_t P = 1; P <= 8; ++P)
+      for_each_spec(make_shape({61}, 8, 4, mask), P, std::max<int64_t>(1, P / 2), [&](const LayoutSpec& spec) {
+        auto l = try_build(spec);
+        if (!l) return;
+        ++checked;
+        const PhasePlan plan = l->plan(Pass::forward);
+        int64_t qkv = 0, o = 0, gather = 0, ring = 0, allgather = 0;
+        for (const RankLayout& rl : l->ranks()) {
+          qkv += rl.qkv_bytes.send(), o += rl.o_bytes.send(), gather += rl.gather_bytes.send();
+          ring += rl.ring_bytes.send(), allgather += rl.allgather_bytes.send();
+        }
+        EXPECT_EQ(plan.has(Phase::qkv), qkv > 0) << describe(*l);
+        EXPECT_EQ(plan.has(Phase::o), o > 0) << describe(*l);
+        EXPECT_EQ(plan.has(Phase::gather), gather > 0) << describe(*l);
+        EXPECT_EQ(plan.ring_attention(), ring > 0) << describe(*l);
+        EXPECT_EQ(plan.has(Phase::allgather), allgather > 0) << describe(*l);
+        EXPECT_TRUE(plan.has(Phase::attention)) << describe(*l);
+      });
+  EXPECT_GT(checked, 300);
+}
+
+// The mesh rule, said once: every candidate mesh is U x R = P and resolves to itself; a
+// strategy's canonical mesh is its only candidate unless it is a hybrid.
+TEST(StrategyMesh, CandidateMeshesAreExactlyTheResolvableOnes) {
+  for (Strategy s : kAllStrategies)
+    for (int64_t P = 1; P <= 24; ++P) {
+      const Cluster cluster{P, P};
+      std::vector<std::pair<int64_t, int64_t>> want;
+      for (auto [U, R] : testing::factorizations(P)) {
+        std::optional<LayoutChoice> resolved;
+        try {
+          resolved = resolve({s, U, R}, cluster);
+        } catch (const Error&) {
+        }
+        if (!resolved || resolved->ulysses != U || resolved->ring != R) continue;
+        // Hybrids on a mesh with a degree of 1 are the plain strategy's layout: not a candidate.
+        if (strategy_traits(s).mesh == MeshRule::both && (U == 1 || R == 1)) continue;
+        want.emplace_back(U, R);
+      }
+      EXPECT_EQ(candidate_meshes(s, P), want) << to_string(s) << " P=" << P;
+    }
+  EXPECT_EQ(resolve({Strategy::uaa}, Cluster{8, 8}), (LayoutChoice{Strategy::uaa, 8, 1}));
+  EXPECT_EQ(resolve({Strategy::ring_zigzag}, Cluster{8, 8}), (LayoutChoice{Strategy::ring_zigzag, 1, 8}));
+  EXPECT_EQ(resolve({Strategy::hybrid, 0, 4}, Cluster{8, 8}), (LayoutChoice{Strategy::hybrid, 2, 4}));
+}
+
+TEST(StrategyTable, OneRowPerStrategyAndTheTwinsItNames) {
+  for (Strategy s : kAllStrategies) {
+    const StrategyTraits& t = strategy_traits(s);
+    EXPECT_EQ(t.strategy, s);
+    EXPECT_EQ(t.ulysses, t.mesh != MeshRule::ring_only) << to_string(s);
+    EXPECT_LE(int(t.rotates_kv) + int(t.allgathers_kv), 1) << to_string(s) << ": one way K,V travel";
+    EXPECT_FALSE(strategy_traits(uneven_twin(s)).pads_classic) << to_string(s);
+    EXPECT_EQ(strategy_traits(uneven_twin(s)).mesh, t.mesh) << to_string(s);
+  }
+  EXPECT_EQ(uneven_twin(Strategy::ulysses), Strategy::uaa);
+  EXPECT_EQ(uneven_twin(Strategy::hybrid), Strategy::hybrid_uaa);
+  EXPECT_EQ(uneven_twin(Strategy::ring_zigzag), Strategy::ring_zigzag);
+  EXPECT_EQ(hybrid_twin(Strategy::ulysses), Strategy::hybrid);
+  EXPECT_EQ(hybrid_twin(Strategy::uaa), Strategy::hybrid_uaa);
+  EXPECT_TRUE(zigzag_chunks(Strategy::hybrid, Mask{MaskKind::causal}));
+  EXPECT_FALSE(zigzag_chunks(Strategy::hybrid, Mask{}));
+  EXPECT_TRUE(zigzag_chunks(Strategy::ring_zigzag, Mask{}));
+  EXPECT_FALSE(zigzag_chunks(Strategy::ring, Mask{MaskKind::causal}));
+}
+
+TEST(PassNames, ReadBackAndTheSimulatorsFirstSpellingToo) {
+  for (Pass p : {Pass::forward, Pass::backward, Pass::forward_backward}) EXPECT_EQ(parse_pass(to_string(p)), p);
+  EXPECT_EQ(to_string(Pass::forward_backward), "fwd+bwd");
+  EXPECT_EQ(parse_pass("fwd-bwd"), Pass::forward_backward);
+  try {
+    parse_pass("both");
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'both'"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

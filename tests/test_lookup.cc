@@ -20,9 +20,11 @@
 #include "tests/command.h"
 #include "tests/temp_dir.h"
 #include "db/cptune_lookup.h"
+#include "db/local_fingerprint.h"
 #include "db/lookup.h"
 #include "db/sim_fallback.h"
 #include "sim/candidates.h"
+#include "cptune/version.h"
 #include "db/store.h"
 
 // Counts every allocation of this program, to show that an exact hit makes none. delete is
@@ -73,7 +75,7 @@ MeasurementRow measurement(const LayoutChoice& c, double median_s) {
 }
 
 BestRow best_row(const AttentionShape& shape, const LayoutChoice& c, double median_s) {
-  return BestRow{1, shape, c, median_s, 1};
+  return BestRow{1, shape, Pass::forward, c, median_s, 1};
 }
 
 TEST(LookupExact, AMeasuredShapeAnswersItsWinnerWithSourceExact) {
@@ -405,6 +407,69 @@ TEST_F(CAbi, WithASimulatorAFamilyWithoutMeasurementsGetsTheSimulatorsPick) {
       << cptune_lookup_last_error();
 }
 
+// Each pass answers from its own measurements (ABI minor 2): the backward's winner is not the
+// forward's; a pass nothing was measured for and no simulator is asked is not found; an unknown
+// pass is an invalid argument naming it.
+TEST_F(CAbi, EachPassAnswersFromItsOwnMeasurements) {
+  {
+    Store store = Store::open(path_);
+    store.record_shape(cptune::db::local_hardware_fingerprint("gloo", 4, 4), shape_of({4096}),
+                       {measurement(kUaa, 4e-3), measurement(kHybrid, 6e-3)}, Pass::backward);
+    store.record_shape(cptune::db::local_hardware_fingerprint("gloo", 4, 4), shape_of({4096}),
+                       {measurement(kUaa, 2e-3), measurement(kHybrid, 1e-3)}, Pass::forward);
+  }
+  const int64_t len = 4096;
+  const cptune_shape s = shape(&len, 1);
+  const auto answer = [&](const char* pass, cptune_choice& choice) {
+    cptune_lookup* lookup = nullptr;
+    const int status = cptune_lookup_open_local_pass(path_.c_str(), "gloo", 4, 4, nullptr, nullptr, pass, &lookup);
+    if (status != CPTUNE_LOOKUP_OK) return status;
+    choice = cptune_choice{};
+    choice.struct_size = sizeof choice;
+    const int query = cptune_lookup_query(lookup, &s, &choice);
+    cptune_lookup_close(lookup);
+    return query;
+  };
+  cptune_choice choice{};
+  ASSERT_EQ(answer("bwd", choice), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+  EXPECT_STREQ(choice.strategy, "uaa");
+  EXPECT_EQ(choice.time_s, 4e-3);
+  for (const char* forward : {"fwd", "", static_cast<const char*>(nullptr)}) {
+    ASSERT_EQ(answer(forward, choice), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+    EXPECT_STREQ(choice.strategy, "hybrid-uaa");
+    EXPECT_EQ(choice.time_s, 1e-3);
+  }
+  EXPECT_EQ(answer("fwd+bwd", choice), CPTUNE_LOOKUP_NOT_FOUND);
+  EXPECT_NE(std::string(cptune_lookup_last_error()).find("--pass fwd+bwd"), std::string::npos)
+      << cptune_lookup_last_error();
+  EXPECT_EQ(answer("sideways", choice), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(cptune_lookup_last_error()).find("sideways"), std::string::npos) << cptune_lookup_last_error();
+}
+
+// An engine's forward-only layouts are never the answer for a backward: diffusers runs 25 heads on
+// 3 ranks only by UAA or ring_anything, both forward only (sim/engines/diffusers.cc).
+TEST_F(CAbi, AForwardOnlyEngineLayoutIsNeverAnsweredForABackward) {
+  const int64_t len = 4096;
+  const cptune_shape s{sizeof(cptune_shape), 1, &len, 1, 25, 25, 128, 0, "bf16", "full"};
+  for (const char* pass : {"fwd", "bwd", "fwd+bwd"}) {
+    cptune_lookup* lookup = nullptr;
+    ASSERT_EQ(cptune_lookup_open_local_pass(CPTUNE_LOOKUP_NO_DATABASE, "gloo", 3, 3, "h100-sxm", "diffusers", pass,
+                                            &lookup),
+              CPTUNE_LOOKUP_OK)
+        << cptune_lookup_last_error();
+    cptune_choice choice{};
+    choice.struct_size = sizeof choice;
+    const int status = cptune_lookup_query(lookup, &s, &choice);
+    cptune_lookup_close(lookup);
+    if (std::string(pass) == "fwd") {
+      EXPECT_EQ(status, CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+      EXPECT_EQ(choice.source, CPTUNE_LOOKUP_SOURCE_SIMULATED);
+    } else {
+      EXPECT_EQ(status, CPTUNE_LOOKUP_NOT_FOUND) << pass << ": " << choice.strategy;
+    }
+  }
+}
+
 TEST_F(CAbi, AnExactHitThroughTheAbiAllocatesNothing) {
   cptune_lookup* lookup = open();
   const int64_t len = 4096;
@@ -421,7 +486,10 @@ TEST_F(CAbi, NullPointersAreStatusCodesNeverCrashes) {
   const cptune_fingerprint fp = fingerprint();
   cptune_lookup* lookup = nullptr;
   EXPECT_EQ(cptune_lookup_open(path_.c_str(), &fp, nullptr), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
-  EXPECT_EQ(cptune_lookup_open(nullptr, &fp, &lookup), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  // A NULL db_path is no database (CPTUNE_LOOKUP_NO_DATABASE): the simulator answers.
+  ASSERT_EQ(cptune_lookup_open(nullptr, &fp, &lookup), CPTUNE_LOOKUP_OK) << cptune_lookup_last_error();
+  cptune_lookup_close(lookup);
+  lookup = nullptr;
   EXPECT_EQ(cptune_lookup_open(path_.c_str(), nullptr, &lookup), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
   EXPECT_EQ(lookup, nullptr);
   cptune_fingerprint no_backend = fp;
@@ -618,7 +686,8 @@ TEST(InstalledLookup, ExportsOnlyTheCAbi) {
     EXPECT_TRUE(name.rfind("cptune_lookup_", 0) == 0 || name == "CPTUNE_LOOKUP_1") << name;
     ++symbols;
   }
-  EXPECT_EQ(symbols, 19);  // 18 functions and the version node
+  EXPECT_EQ(symbols, 21);  // 20 functions (minor 1 added cptune_lookup_engines, 2 cptune_lookup_open_local_pass)
+                           // and the version node
 }
 
 TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPackage) {
@@ -666,6 +735,27 @@ TEST(InstalledLookup, ACProgramBuildsAgainstTheInstallWithPkgConfigAndWithFindPa
       run(build + "/lookup_example " + dir.file("missing.db") + " gloo cpu 4 4 4096 32 8 128 bf16 causal");
   EXPECT_EQ(missing.exit_code, 2);
   EXPECT_NE(missing.output.find("does not exist"), std::string::npos) << missing.output;
+}
+
+// cmake --install puts the one Python client, the package, beside the library: it finds the
+// library of its own prefix with nothing in the environment, and answers with rank_order.
+TEST(InstalledLookup, ThePythonPackageFindsTheLibraryOfItsPrefix) {
+  TempDir dir;
+  const std::string prefix = dir.file("prefix"), db = dir.file("tune.db");
+  { Store::open(db).record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(kZigzag, 1e-3)}); }
+  const CommandResult install = run("cmake --install " CPTUNE_BUILD_DIR " --component lookup --prefix " + prefix);
+  ASSERT_EQ(install.exit_code, 0) << install.output;
+  EXPECT_TRUE(find_under(prefix, "cptune_lookup.py").empty()) << "the old dict client is not installed";
+  const std::string init = find_under(prefix, "__init__.py");
+  ASSERT_FALSE(init.empty()) << install.output;
+  const std::string site = std::filesystem::path(init).parent_path().parent_path().string();
+  const CommandResult r = run("cd " + dir.path() + " && env -i PYTHONPATH=" + site + " /usr/bin/python3 -B -c \"" +
+                              "import cptune; p = cptune.library_path(); assert p.startswith('" + prefix + "'), p; " +
+                              "a = cptune.Lookup('" + db + "', world=4, hardware=None).best(" +
+                              "cptune.Shape([4096], 32, 8, mask='causal')); " +
+                              "print(a.source, a.strategy, a.rank_order, cptune.library_version())\"");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "exact ring-zigzag ulysses-inner " CPTUNE_VERSION_STRING "\n");
 }
 
 }  // namespace

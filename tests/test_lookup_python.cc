@@ -1,5 +1,6 @@
-// scripts/cptune_lookup.py, the ctypes client an engine written in Python would use, against
-// libcptune_lookup.so and a database written through the C++ Store.
+// The Python client (the package python/cptune, over ctypes) an engine written in Python uses,
+// through its command line (scripts/cptune_lookup.py: `python -m cptune` from the source tree)
+// and its classes, against libcptune_lookup.so and a database written through the C++ Store.
 #include <gtest/gtest.h>
 
 #include <stdlib.h>
@@ -38,9 +39,10 @@ class PythonClient : public ::testing::Test {
     const AttentionShape shape{1, {77, 4097}, 32, 8, 128, 128, DType::bf16, {MaskKind::causal, 0}};
     MeasurementRow uaa, hybrid;
     uaa.candidate = {Strategy::uaa, 4, 1, RankOrder::ulysses_inner, HeadPolicy::balanced};
-    uaa.median_s = 2.5e-3;
+    uaa.median_s = uaa.min_s = uaa.max_s = 2.5e-3;
+    uaa.iterations = hybrid.iterations = 3;
     hybrid.candidate = {Strategy::hybrid_uaa, 2, 2, RankOrder::ring_inner, HeadPolicy::kv_aligned};
-    hybrid.median_s = 1.5e-3;
+    hybrid.median_s = hybrid.min_s = hybrid.max_s = 1.5e-3;
     store.record_shape(fp, shape, {uaa, hybrid});
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
@@ -63,6 +65,7 @@ TEST_F(PythonClient, AnExactShapeAnswersTheMeasuredWinnerAsJson) {
   EXPECT_EQ(answer["ulysses"], 2);
   EXPECT_EQ(answer["ring"], 2);
   EXPECT_EQ(answer["order"], "ring-inner");
+  EXPECT_EQ(answer["rank_order"], "ring-inner") << "the C ABI's name answers too";
   EXPECT_EQ(answer["head_policy"], "kv-aligned");
   EXPECT_EQ(answer["time_s"], 1.5e-3);
   EXPECT_EQ(answer["measured_tokens"], 4174);
@@ -74,9 +77,9 @@ TEST_F(PythonClient, AnotherLengthOfTheFamilyAnswersNearestAsOneLine) {
   EXPECT_EQ(r.output, "nearest hybrid-uaa U=2 R=2 ring-inner kv-aligned 0.0015 s\n");
 }
 
-TEST_F(PythonClient, AShapeOfNoMeasuredFamilyIsNotFoundWithExitCode1) {
+TEST_F(PythonClient, AShapeOfNoMeasuredFamilyIsNotFoundWithExitCode3LikeTheCli) {
   const CommandResult r = client("--seq 4096 --head-dim 64 --json");
-  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.exit_code, 3) << r.output;
   EXPECT_EQ(nlohmann::json::parse(r.output)["source"], "not-found");
 }
 
@@ -93,14 +96,18 @@ TEST_F(PythonClient, AMissingDatabaseOrABadValueIsAnErrorWithExitCode2) {
 TEST_F(PythonClient, TheClassApiAnswersLikeTheCommandLine) {
   const std::string script = dir_ + "/engine.py";
   std::ofstream(script) << "import sys\n"
-                           "sys.path.insert(0, '" CPTUNE_SOURCE_DIR "/scripts')\n"
-                           "from cptune_lookup import CptuneLookup\n"
-                           "fp = {'backend': 'gloo', 'device_model': 'cpu', 'world': 4}\n"
-                           "with CptuneLookup(sys.argv[1], sys.argv[2], fp) as lookup:\n"
-                           "    assert lookup.shapes == 1, lookup.shapes\n"
-                           "    exact = lookup.query([77, 4097], 32, 8, mask='causal')\n"
-                           "    assert exact['source'] == 'exact' and exact['strategy'] == 'hybrid-uaa', exact\n"
-                           "    assert lookup.query([4096], 32, 8, mask='full') is None\n"
+                           "sys.path.insert(0, '" CPTUNE_SOURCE_DIR "/python')\n"
+                           "import cptune\n"
+                           "cptune.use_library(sys.argv[1])\n"
+                           "with cptune.Lookup(sys.argv[2], world=4, hardware=None) as lookup:\n"
+                           "    exact = lookup.best(cptune.Shape([77, 4097], 32, 8, mask='causal'))\n"
+                           "    assert (exact.source, exact.strategy) == ('exact', 'hybrid-uaa'), exact\n"
+                           "    assert exact.rank_order == exact.order == 'ring-inner', exact\n"
+                           "    try:\n"
+                           "        lookup.best(cptune.Shape([4096], 32, 8, mask='full'))\n"
+                           "        raise SystemExit('expected NotFound')\n"
+                           "    except cptune.NotFound:\n"
+                           "        pass\n"
                            "print('ok')\n";
   const CommandResult r = run(std::string(kPython) + " " + script + " " + kLibrary + " " + db_);
   EXPECT_EQ(r.exit_code, 0) << r.output;
@@ -114,7 +121,8 @@ TEST_F(PythonClient, ThePackagePassesABlockMaskMadeOnceFromTextOrRows) {
     Store store = Store::open(db_);
     MeasurementRow ring;
     ring.candidate = {Strategy::ring_zigzag, 1, 4, RankOrder::ulysses_inner, HeadPolicy::balanced};
-    ring.median_s = 1e-3;
+    ring.median_s = ring.min_s = ring.max_s = 1e-3;
+    ring.iterations = 3;
     store.record_shape(Fingerprint{"gloo", "cpu", Cluster{4, 4}, "gloo 0.5.0", "0.1.0"},
                        AttentionShape{1, {4096}, 32, 8, 128, 128, DType::bf16, parse_mask("star:4")}, {ring});
   }

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <climits>
+#include <set>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -24,6 +25,7 @@
 #include "db/lease.h"
 #include "db/sqlite.h"
 #include "db/store.h"
+#include "backends/comm/launcher.h"
 #include "tests/command.h"
 #include "core/layout.h"
 #include "tuner/cli/run_options.h"
@@ -409,6 +411,59 @@ TEST_F(CAbiCodes, AHugeFingerprintWorldIsInvalidArgument) {
   EXPECT_EQ(lookup, nullptr);
 }
 
+// A NULL buffer with a size above 0 is NULL_ARGUMENT for every function that writes text (it
+// crashed), and *needed is still the size the text needs.
+TEST_F(CAbiCodes, ANullBufferWithASizeIsNullArgumentNotACrash) {
+  size_t needed = 0;
+  EXPECT_EQ(cptune_lookup_list_fingerprints(path_.c_str(), nullptr, 64, &needed), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_GT(needed, 1u);
+  EXPECT_EQ(cptune_lookup_list_fingerprints(path_.c_str(), nullptr, 0, &needed), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT)
+      << "size 0 asks the size";
+  cptune_lookup_mask* mask = nullptr;
+  ASSERT_EQ(cptune_lookup_mask_create("star:4", &mask), CPTUNE_LOOKUP_OK);
+  needed = 0;
+  EXPECT_EQ(cptune_lookup_mask_text(mask, nullptr, 4096, &needed), CPTUNE_LOOKUP_ERROR_NULL_ARGUMENT);
+  EXPECT_EQ(needed, std::string("star:4").size() + 1);
+  cptune_lookup_mask_free(mask);
+}
+
+// open_local takes the limits plain open takes: a world or ranks per node outside 1..kMaxWorld
+// is refused at open (INT64_MAX was accepted, and a query at world 2^32 spun for 21 s).
+TEST_F(CAbiCodes, OpenLocalRefusesTheWorldsPlainOpenRefuses) {
+  struct Case {
+    int64_t world, ranks_per_node;
+  };
+  for (const Case c : {Case{INT64_MAX, 1}, Case{int64_t(1) << 32, 8}, Case{kMaxWorld + 1, 1}, Case{0, 1},
+                       Case{-4, 1}, Case{4, 0}, Case{4, INT64_MAX}}) {
+    cptune_lookup* lookup = nullptr;
+    EXPECT_EQ(cptune_lookup_open_local(path_.c_str(), "gloo", c.world, c.ranks_per_node, "cpu-gloo", nullptr, &lookup),
+              CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT)
+        << c.world << " " << c.ranks_per_node;
+    EXPECT_EQ(lookup, nullptr);
+    cptune_fingerprint fp = c_fingerprint();
+    fp.world = c.world;
+    fp.ranks_per_node = c.ranks_per_node;
+    fp.nodes = 1;
+    EXPECT_EQ(cptune_lookup_open(path_.c_str(), &fp, &lookup), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  }
+  cptune_lookup* lookup = nullptr;
+  EXPECT_EQ(cptune_lookup_open_local(path_.c_str(), "gloo", 2, 2, nullptr, nullptr, &lookup), CPTUNE_LOOKUP_OK);
+  cptune_lookup_close(lookup);
+}
+
+// A shape's num_seqs is checked against kMaxSequences before seq_lens is read that far.
+TEST_F(CAbiCodes, AHugeNumSeqsIsRefusedBeforeSeqLensIsRead) {
+  const cptune_fingerprint fp = c_fingerprint();
+  cptune_lookup* lookup = nullptr;
+  ASSERT_EQ(cptune_lookup_open(path_.c_str(), &fp, &lookup), CPTUNE_LOOKUP_OK);
+  const int64_t seq = 4096;
+  cptune_shape shape{sizeof shape, 1, &seq, SIZE_MAX, 8, 8, 64, 64, "bf16", "full"};
+  cptune_choice out{};
+  out.struct_size = sizeof out;
+  EXPECT_EQ(cptune_lookup_query(lookup, &shape, &out), CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT);
+  cptune_lookup_close(lookup);
+}
+
 testing::CommandResult cptune_cli(const std::string& args) {
   return testing::run_command("timeout 60 " + std::string(CPTUNE_BINARY) + " " + args);
 }
@@ -441,6 +496,14 @@ class DamagedDatabase : public ::testing::Test {
     expect_refused("db show --db " + db_, needle);
     expect_refused("db export --csv --db " + db_, needle);
     expect_refused("db check --db " + db_, needle);
+    // The tuner reads as the readers do before it writes: it neither adds to the file nor
+    // calls a shape whose rows are damaged "already stored".
+    const std::string before = read_file(db_);
+    for (const char* seq : {"256", "512"})
+      expect_refused("tune --db " + db_ + " --world 2 --seq " + seq + " --heads 4 --head-dim 16 --iterations 1 " +
+                         "--warmups 0 --no-verify",
+                     needle);
+    EXPECT_TRUE(read_file(db_) == before) << "the tuner wrote into a damaged store";
   }
   TempDir dir_;
   std::string db_;
@@ -478,6 +541,13 @@ TEST_F(DamagedDatabase, AnInfiniteMedianIsRefused) {
 TEST_F(DamagedDatabase, TextInANumberColumnIsRefused) {
   damage("UPDATE shapes SET q_heads = 'four'");
   expect_every_reader_refuses("table shapes row");
+}
+
+TEST_F(DamagedDatabase, AMeasurementOfAMissingCandidateIsRefusedByCheckAndTune) {
+  damage("DELETE FROM candidates WHERE id = (SELECT min(candidate_id) FROM measurements)");
+  expect_refused("db check --db " + db_, "refers to a row of candidates that is missing");
+  expect_refused("tune --db " + db_ + " --world 2 --seq 512 --heads 4 --head-dim 16 --no-verify",
+                 "refers to a row of candidates that is missing");
 }
 
 TEST_F(DamagedDatabase, AMissingTableIsRefusedByTheTunerToo) {
@@ -577,6 +647,72 @@ TEST(BadInput, SmallerGapsAreClosed) {
                                                dir.file("plain"));
   EXPECT_EQ(file_store.exit_code, 2) << file_store.output;
   EXPECT_NE(file_store.output.find("is a file, not a directory"), std::string::npos) << file_store.output;
+}
+
+}  // namespace
+}  // namespace cptune
+
+namespace cptune {
+namespace {
+
+size_t rendezvous_dirs_in(const std::string& dir) {
+  size_t n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    if (entry.path().filename().string().rfind("cptune-rendezvous-", 0) == 0) ++n;
+  return n;
+}
+
+// Issue 26: a launcher killed with SIGKILL cannot remove its rendezvous directory; the next local
+// run removes every such directory whose creator is gone, and leaves a live run's alone.
+TEST(LocalRuns, AKilledLaunchersRendezvousDirectoryIsRemovedByTheNextRun) {
+  TempDir dir;
+  const std::string tmp = dir.file("tmp");
+  std::filesystem::create_directory(tmp);
+  setenv("TMPDIR", tmp.c_str(), 1);
+  const Started s = start_with_ranks(kLongRun, dir, 4, [] { return true; });
+  kill_parent_and_check_ranks(s, SIGKILL);
+  ASSERT_EQ(rendezvous_dirs_in(tmp), 1u) << "the killed launcher's directory";
+  // A live run's directory: its owner file names this test process.
+  const std::string live = tmp + "/cptune-rendezvous-live00";
+  std::filesystem::create_directory(live);
+  std::ofstream(live + "/owner") << getpid() << " " << *db::process_start_time(getpid()) << "\n";
+  const auto r = testing::run_command(std::string(CPTUNE_BINARY) + " run --world 1 --seq 64 --heads 2 --head-dim 8");
+  unsetenv("TMPDIR");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(rendezvous_dirs_in(tmp), 1u);
+  EXPECT_TRUE(std::filesystem::exists(live));
+}
+
+// The old launcher put every local rank's Gloo pairs on 127.0.0.1: --world 256 needed 65280
+// listening ports at once and failed after 141 s with 181 "Address already in use".
+TEST(LocalRuns, AWorldAboveTheLocalLimitIsRefusedAtOnce) {
+  auto r = testing::run_command(std::string(CPTUNE_BINARY) + " run --world 600 --strategy ring --seq 600 --heads 2 --head-dim 8");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("at most 512"), std::string::npos) << r.output;
+  r = testing::run_command("ulimit -n 200 && " + std::string(CPTUNE_BINARY) + " run --world 160 --strategy ring --seq 160 --heads 2 --head-dim 8");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("at most 136 with ulimit -n"), std::string::npos) << r.output;
+}
+
+TEST(LocalRuns, EachLocalRankHasItsOwnLoopbackAddress) {
+  std::set<std::string> seen;
+  for (int rank = 0; rank < backends::kMaxLocalWorld; ++rank) {
+    const std::string a = backends::local_rank_address(rank);
+    EXPECT_EQ(a.rfind("127.", 0), 0u) << a;
+    EXPECT_EQ(a.find(".0", a.rfind('.')), std::string::npos) << a << ": a last byte of 0";
+    EXPECT_TRUE(seen.insert(a).second) << a << " twice";
+  }
+}
+
+// Under `ulimit -f` a write past the limit raised SIGXFSZ and killed tune silently (exit 153);
+// ignored, the write fails with EFBIG and is reported.
+TEST(BadInput, AFileSizeLimitIsAnErrorNotASilentKill) {
+  TempDir dir;
+  const auto r = testing::run_command("ulimit -f 4 && " + std::string(CPTUNE_BINARY) + " tune --db " + dir.file("t.db") +
+                                      " --world 2 --seq 256 --heads 4 --head-dim 16 --iterations 1 --warmups 0 --no-verify");
+  EXPECT_NE(r.exit_code, 128 + SIGXFSZ) << r.output;
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("error"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -15,10 +15,12 @@
 
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/layout.h"
+#include "sim/attention_rate.h"
 #include "sim/candidates.h"
 #include "sim/cost_model.h"
 #include "sim/hardware.h"
@@ -644,6 +646,187 @@ TEST(HardwareVector, FitParametersRoundTripAndRejectBadValues) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Attention efficiency by shape (sim/attention_rate.h).
+
+// An H100-like kernel: 132 SMs, 128-row tiles, a tile's fixed part worth 256 keys, 20 us a call.
+AttentionKernel h100_like() { return {132, 128, 256, 32, 20e-6}; }
+
+AttentionCall call_of(int64_t rows, int64_t keys, int64_t batch_heads, int64_t head_dim = 128) {
+  return {rows, batch_heads, head_dim, 4 * rows * keys * batch_heads * head_dim};
+}
+
+TEST(AttentionRate, LongCallsTendToTheQuotedRateAndUnmodelledKernelsAreFlopsOverIt) {
+  const double rate = 600e12;
+  for (int64_t heads : {1, 24, 132}) {
+    const AttentionCall big = call_of(int64_t(1) << 20, int64_t(1) << 20, heads);
+    EXPECT_NEAR(attention_call_s(big, h100_like(), rate) * rate / double(big.flops), 1.0, 0.02) << heads;  // last wave, tile part
+  }
+  const AttentionCall small = call_of(512, 512, 8);
+  EXPECT_EQ(attention_call_s(small, AttentionKernel{}, rate), double(small.flops) / rate);
+  EXPECT_EQ(attention_call_s(AttentionCall{}, h100_like(), rate), 0.0);
+}
+
+TEST(AttentionRate, TilesComeInWavesOverTheUnits) {
+  const AttentionKernel k = h100_like();
+  const double rate = 600e12;
+  // 132 tiles fill one wave; 133 need a second that costs as much as the first.
+  const AttentionCall full = call_of(128, 8192, 132), one_more = call_of(128, 8192, 133);
+  EXPECT_EQ(attention_waves(full, k), 1);
+  EXPECT_EQ(attention_waves(one_more, k), 2);
+  EXPECT_NEAR(attention_call_s(one_more, k, rate) - k.call_s, 2 * (attention_call_s(full, k, rate) - k.call_s), 1e-12);
+  // A partial tile costs a whole one: 65 rows as 128.
+  EXPECT_EQ(attention_call_s(call_of(65, 4096, 8), k, rate) - k.call_s,
+            (attention_call_s(call_of(128, 4096, 8), k, rate) - k.call_s));
+}
+
+TEST(AttentionRate, MoreWorkIsNeverFasterAndSplittingACallIsNeverCheaper) {
+  const AttentionKernel k = h100_like();
+  const double rate = 600e12;
+  for (int64_t rows : {64, 300, 1024, 4608, 32768})
+    for (int64_t keys : {64, 577, 4608, 65536})
+      for (int64_t bh : {1, 3, 24, 200}) {
+        const double t = attention_call_s(call_of(rows, keys, bh), k, rate);
+        EXPECT_LE(t, attention_call_s(call_of(rows + 1, keys, bh), k, rate)) << rows << " " << keys << " " << bh;
+        EXPECT_LE(t, attention_call_s(call_of(rows, keys + 1, bh), k, rate)) << rows << " " << keys << " " << bh;
+        EXPECT_LE(t, attention_call_s(call_of(rows, keys, bh + 1), k, rate)) << rows << " " << keys << " " << bh;
+        EXPECT_GE(t * (1 + 1e-12), double(call_of(rows, keys, bh).flops) / rate);  // never above the asymptote's rate
+        // A ring step's block: P calls of S/P keys cost at least the one call over S keys.
+        for (int64_t P : {2, 4, 8})
+          if (keys % P == 0) EXPECT_GE(P * attention_call_s(call_of(rows, keys / P, bh), k, rate), t * (1 - 1e-12));
+      }
+}
+
+TEST(AttentionRate, HeadDimBelow128RunsSlowerPerFlop) {
+  const AttentionKernel k = h100_like();
+  const double rate = 600e12;
+  const AttentionCall d64 = call_of(8192, 8192, 64, 64), d128 = call_of(8192, 8192, 32, 128);
+  ASSERT_EQ(d64.flops, d128.flops);
+  EXPECT_GT(attention_call_s(d64, k, rate), attention_call_s(d128, k, rate));
+}
+
+// Synthetic measurements of a known kernel over a probe's grid of shapes, with +-3% noise: the
+// fit recovers the rate, the per-call cost and every point's time.
+TEST(AttentionRate, FitRecoversAKnownKernelFromNoisyPoints) {
+  std::mt19937_64 rng(3);
+  for (const AttentionKernel truth : {h100_like(), AttentionKernel{78, 128, 64, 0, 8e-6}, AttentionKernel{108, 64, 512, 96, 35e-6}}) {
+    const double rate = truth.units == 78 ? 420e12 : 500e12;
+    std::vector<AttentionPoint> points;
+    std::uniform_real_distribution<double> noise(-0.03, 0.03);
+    for (int64_t rows : {256, 1024, 4096, 16384})
+      for (int64_t keys : {256, 1024, 4096, 16384})
+        for (int64_t bh : {8, 48})
+          for (int64_t d : {64, 128}) {
+            const AttentionCall c = call_of(rows, keys, bh, d);
+            points.push_back({c, attention_call_s(c, truth, rate) * (1 + noise(rng)), "synthetic"});
+          }
+    const AttentionFit fit = fit_attention_kernel(points, {truth.units, truth.tile_rows, 0, 0, 0});
+    SCOPED_TRACE(fmt::format("units {} rate {:.3g} -> {:.3g}, call {:.3g} -> {:.3g}, keys {} -> {}", truth.units, rate,
+                             fit.flops_per_s, truth.call_s, fit.kernel.call_s, truth.tile_keys_overhead,
+                             fit.kernel.tile_keys_overhead));
+    EXPECT_NEAR(fit.flops_per_s, rate, 0.05 * rate);
+    EXPECT_NEAR(fit.kernel.call_s, truth.call_s, 0.25 * truth.call_s + 1e-6);
+    EXPECT_LT(fit.median_abs_residual, 0.03);
+    EXPECT_LT(fit.max_abs_residual, 0.08);
+  }
+  EXPECT_THROW(fit_attention_kernel(std::vector<AttentionPoint>(2, AttentionPoint{call_of(128, 128, 1), 1e-3, "x"}), h100_like()), Error);
+  std::vector<AttentionPoint> bad(3, AttentionPoint{call_of(128, 128, 1), 1e-3, "x"});
+  bad[1].seconds = -1;
+  EXPECT_THROW(fit_attention_kernel(bad, h100_like()), Error);
+}
+
+// The cost model prices a ring's steps at their own size: with the kernel modelled, a ring over
+// P ranks loses per FLOP against Ulysses at a diffusion-size shape, and the no-kernel model is
+// what it was (one rate for every FLOP).
+TEST(AttentionRate, RingStepsArePricedAtTheirOwnSize) {
+  Hardware hw = load_hardware("h100-sxm");
+  const AttentionShape flux{1, {4608}, 24, 24, 128, 128, DType::bf16, {MaskKind::full, 0}};
+  const Cluster one_node{8, 8};
+  const Layout ring = Layout::build({flux, one_node, LayoutChoice{Strategy::ring, 0, 0}});
+  const Layout ulysses = Layout::build({flux, one_node, LayoutChoice{Strategy::ulysses, 0, 0}});
+  hw.attention_kernel = AttentionKernel{};
+  const double flat_ring = predict(ring, hw).phase(Phase::attention), flat_ulysses = predict(ulysses, hw).phase(Phase::attention);
+  hw.attention_kernel = h100_like();
+  const double ring_s = predict(ring, hw).phase(Phase::attention), ulysses_s = predict(ulysses, hw).phase(Phase::attention);
+  EXPECT_GT(ring_s / flat_ring, ulysses_s / flat_ulysses);
+  EXPECT_GT(ring_s, flat_ring);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-collective rates, the compute slowdown beside NCCL, host syncs.
+
+TEST(CollectiveRates, AMeasuredRateReplacesThePathModelAndItsAbsenceKeepsIt) {
+  Hardware hw = load_hardware("l20");
+  ExchangeLoad e;
+  e.peers = {1, 2, 4};
+  e.bytes = {1 << 20, 2 << 20, 4 << 20};
+  e.injection_bytes = 7 << 20;
+  const double path = exchange_time_s(e, hw);
+  hw.levels[1].collective[size_t(Collective::alltoall)] = {1e-6, 1e9};  // the socket's: not the group's widest level
+  EXPECT_EQ(exchange_time_s(e, hw), path);
+  hw.levels[2].collective[size_t(Collective::alltoall)] = {5e-6, 4e9};
+  EXPECT_NEAR(exchange_time_s(e, hw), hw.operation_latency_s + 7 * 5e-6 + double(7 << 20) / 4e9, 1e-12);
+  // The device gather of UAA's lengths uses the all_gather rate, not the alltoall's.
+  ExchangeLoad lengths;
+  lengths.peers = {1, 2, 4};
+  lengths.bytes = {8, 16, 32};
+  const double before = gather_time_s(lengths, hw, MetadataChannel::device);
+  hw.levels[2].collective[size_t(Collective::all_gather)] = {20e-6, 1e9};
+  EXPECT_NEAR(gather_time_s(lengths, hw, MetadataChannel::device) - before, 7 * (20e-6 - hw.levels[2].link.alpha_s), 1e-7);
+  // A hop uses the sendrecv rate of its level.
+  const double hop = hop_time_s(LevelBytes{0, 1 << 20}, hw);
+  hw.levels[1].collective[size_t(Collective::sendrecv)] = {2e-6, 2e9};
+  EXPECT_GT(hop_time_s(LevelBytes{0, 1 << 20}, hw), hop);
+  EXPECT_NEAR(hop_time_s(LevelBytes{0, 1 << 20}, hw), hw.operation_latency_s + 2e-6 + double(1 << 20) / 2e9, 1e-12);
+  // Bad entries are refused naming the level and the collective.
+  nlohmann::json doc = to_json(hw);
+  doc["levels"][1]["sendrecv"]["bandwidth_bytes_per_s"] = -1;
+  try {
+    hardware_from_json(doc, "bad.json");
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sendrecv"), std::string::npos) << e.what();
+  }
+  doc = to_json(hw);
+  doc["levels"][1]["alltoal"] = doc["levels"][1]["sendrecv"];
+  EXPECT_THROW(hardware_from_json(doc, "typo.json"), Error);
+}
+
+TEST(RingStepCosts, ComputeBesideNcclIsSlowedOnlyOnStepsThatSend) {
+  Hardware hw = round_hardware();
+  const AttentionShape shape = make_shape({4096}, 8, 8, {MaskKind::full, 0}, 128, 128);
+  const Layout ring = Layout::build({shape, Cluster{4, 4}, LayoutChoice{Strategy::ring, 0, 0}});
+  const PreparedLayout p = prepare(ring);
+  hw.intra.bandwidth_bytes_per_s = 1e15;  // links never the bottleneck: steps are compute
+  const double base = predict(p, hw).phase(Phase::attention);
+  hw.comm_compute_slowdown = 1.5;
+  const double slowed = predict(p, hw).phase(Phase::attention);
+  // R - 1 steps send; the last computes alone at full speed.
+  const double last = double(p.ring_steps.back().flops) / hw.attention_flops_per_s.bf16 +
+                      double(p.ring_steps.back().merge_bytes) / hw.memory_bandwidth_bytes_per_s;
+  EXPECT_NEAR(slowed, 1.5 * (base - last) + last, 1e-9 * base);
+  hw.comm_compute_slowdown = 0.5;
+  EXPECT_THROW(validate(hw, "x"), Error);
+}
+
+TEST(HostSync, ASyncCostsTheRoundTripAndTheLaunchesQueuedBehindIt) {
+  Hardware hw = load_hardware("l20");
+  EXPECT_EQ(host_sync_s(hw, 3), hw.device_sync_s + 3 * hw.kernel_launch_s + hw.call_overhead_s);
+  // UAA on two PCIe GPUs (one switch of an L20 server) at a FLUX-size shape: the device path
+  // pays the drain, the CPU path not.
+  const AttentionShape flux{1, {4608}, 24, 24, 128, 128, DType::bf16, {MaskKind::full, 0}};
+  const Layout uaa = Layout::build({flux, Cluster{2, 8}, LayoutChoice{Strategy::uaa, 0, 0}});
+  const double cpu = predict(uaa, hw, {Pass::forward, MetadataChannel::cpu}).total_s;
+  const double device = predict(uaa, hw, {Pass::forward, MetadataChannel::device}).total_s;
+  EXPECT_GT(device - cpu, host_sync_s(hw, kLaunchesAfterLengthsSync) - 1e-6);
+  // An engine without host work around the call (a CUDA graph) drains less.
+  Hardware graph = hw;
+  graph.call_overhead_s = 0;
+  EXPECT_LT(predict(uaa, graph, {Pass::forward, MetadataChannel::device}).total_s -
+                predict(uaa, graph, {Pass::forward, MetadataChannel::cpu}).total_s,
+            device - cpu);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The CLI (cmd_simulate called directly; stdout captured).
 
 std::string run_simulate(const cli::Args& args) {
@@ -751,7 +934,7 @@ TEST(SimulateCli, BadInputNamesTheValue) {
   expect_error(with({"--seq", "1k:8k:*2"}), "'1k:8k:*2'");
   expect_error(with({"--seq", "1q"}), "'1q'");
   expect_error(with({"--seq", "4k", "--hardware", "tpu"}), "unknown hardware 'tpu'");
-  expect_error(with({"--seq", "4k", "--pass", "bwd"}), "unknown pass 'bwd'");
+  expect_error(with({"--seq", "4k", "--pass", "sideways"}), "unknown pass 'sideways'");
   expect_error(with({"--seq", "4k", "--metadata", "gpu"}), "unknown metadata channel 'gpu'");
   expect_error(with({"--seq", "4k", "--nodes", "2"}), "not both");
   expect_error(with({"--seq", "4"}), "sequence length 4 is smaller than world 8");

@@ -4,15 +4,21 @@
 
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <grp.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <future>
+#include <thread>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <random>
 #include <set>
 #include <sstream>
@@ -20,6 +26,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "db/lease.h"
+#include "db/lookup.h"
 #include "db/schema.h"
 #include "db/sqlite.h"
 #include "db/store.h"
@@ -588,6 +596,17 @@ TEST(StoreSchema, AVersion2DatabaseIsReadAsBeforeAndMigratedByTheNextWriter) {
   {
     Connection conn(path, OpenMode::read_write);
     conn.exec("DROP INDEX shapes_by_mask");
+    conn.exec("ALTER TABLE tune_leases DROP COLUMN heartbeat_at");
+    // Version 2's best view and measurements, before passes (db/schema.cc, migration 0 -> 1).
+    conn.exec("DROP VIEW best");
+    conn.exec("ALTER TABLE measurements DROP COLUMN pass");
+    conn.exec("CREATE VIEW best AS "
+              "SELECT w.fingerprint_id, w.shape_id, w.candidate_id, w.measurement_id, w.median_s, w.measurements, "
+              "s.batch, s.seq_lens, s.total_tokens, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, s.dtype, s.mask, "
+              "c.strategy, c.ulysses, c.ring, c.rank_order, c.head_policy "
+              "FROM (SELECT fingerprint_id, shape_id, candidate_id, id AS measurement_id, min(median_s) AS median_s, "
+              "count(*) AS measurements FROM measurements GROUP BY fingerprint_id, shape_id) AS w "
+              "JOIN shapes AS s ON s.id = w.shape_id JOIN candidates AS c ON c.id = w.candidate_id");
     conn.exec("PRAGMA user_version = 2");
   }
   ASSERT_EQ(count_rows(path, "SELECT count(*) FROM sqlite_schema WHERE name = 'shapes_by_mask'"), 0);
@@ -604,7 +623,7 @@ TEST(StoreSchema, AVersion2DatabaseIsReadAsBeforeAndMigratedByTheNextWriter) {
     Store store = Store::open(path);
     store.record_shape(cpu_fingerprint(), shape_of({4096}, 32, 8, parse_mask("star:16")), random_rows(rng, 2));
   }
-  EXPECT_EQ(count_rows(path, "PRAGMA user_version"), 3);
+  EXPECT_EQ(count_rows(path, "PRAGMA user_version"), kSchemaVersion);
   EXPECT_EQ(count_rows(path, "SELECT count(*) FROM sqlite_schema WHERE name = 'shapes_by_mask'"), 1);
   std::vector<BestRow> after = Store::open_read_only(path).best();
   ASSERT_EQ(after.size(), before.size() + 1);
@@ -613,6 +632,305 @@ TEST(StoreSchema, AVersion2DatabaseIsReadAsBeforeAndMigratedByTheNextWriter) {
               after.end());
   EXPECT_TRUE(same(after, before));
   EXPECT_EQ(integrity(path), "ok");
+}
+
+// --- passes ----------------------------------------------------------------------------------
+
+// Every pass is its own question: a shape's best per pass over random rows is the minimum of that
+// pass's rows only, has_shape answers per pass, and a lookup of one pass never answers another's.
+TEST(StorePass, EachPassHasItsOwnBestResumeAndLookupOverRandomRows) {
+  TempDir dir;
+  std::mt19937 rng(23);
+  const std::string path = dir.file("tune.db");
+  const std::vector<AttentionShape> shapes = shape_sweep();
+  const Pass passes[] = {Pass::forward, Pass::backward, Pass::forward_backward};
+  std::map<std::pair<size_t, Pass>, std::pair<LayoutChoice, double>> expected;
+  {
+    Store store = Store::open(path);
+    for (size_t i = 0; i < shapes.size(); ++i)
+      for (Pass pass : passes) {
+        if ((i + size_t(pass)) % 3 == 0) continue;  // some shapes miss some passes
+        const std::vector<MeasurementRow> rows = random_rows(rng, 4);
+        store.record_shape(cpu_fingerprint(), shapes[i], rows, pass);
+        const auto best = std::min_element(rows.begin(), rows.end(),
+                                           [](const auto& a, const auto& b) { return a.median_s < b.median_s; });
+        expected[{i, pass}] = {best->candidate, best->median_s};
+      }
+  }
+  const Store store = Store::open_read_only(path);
+  for (Pass pass : passes) {
+    size_t rows_of_pass = 0;
+    for (const BestRow& row : store.best(std::nullopt, pass)) {
+      ++rows_of_pass;
+      EXPECT_EQ(row.pass, pass);
+      const size_t i = size_t(std::find(shapes.begin(), shapes.end(), row.shape) - shapes.begin());
+      ASSERT_LT(i, shapes.size());
+      const auto it = expected.find({i, pass});
+      ASSERT_NE(it, expected.end()) << to_string(row.shape) << " has no " << to_string(pass) << " rows";
+      EXPECT_EQ(row.candidate, it->second.first);
+      EXPECT_EQ(row.median_s, it->second.second);
+    }
+    const Lookup lookup = Lookup::open(path, cpu_fingerprint(), {}, {}, pass);
+    EXPECT_EQ(lookup.shapes(), rows_of_pass);
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const auto it = expected.find({i, pass});
+      EXPECT_EQ(store.has_shape(cpu_fingerprint(), shapes[i], pass), it != expected.end());
+      const std::optional<Answer> answer = lookup.query(shapes[i]);  // no fallback: measured answers only
+      if (it == expected.end()) {
+        EXPECT_TRUE(!answer || answer->source == Source::nearest) << to_string(shapes[i]);
+      } else {
+        ASSERT_TRUE(answer.has_value()) << to_string(shapes[i]);
+        EXPECT_EQ(answer->source, Source::exact);
+        EXPECT_EQ(answer->choice, it->second.first);
+        EXPECT_EQ(answer->time_s, it->second.second);
+      }
+    }
+  }
+  EXPECT_EQ(store.best().size(), expected.size());  // every pass's rows, each shape once per pass
+}
+
+// A version 3 file (written before passes were stored, by that release's schema) reads as forward
+// measurements only, and the next writer migrates it keeping every row, each a forward row.
+TEST(StorePass, AVersion3FileIsForwardOnlyAndMigratesWithItsRowsForward) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  {
+    const Connection conn(path, OpenMode::read_write);
+    create_at_version(conn, 3);
+    // What a version 3 tuner inserted: two candidates of one shape, the faster ring.
+    conn.exec("INSERT INTO fingerprints VALUES (1, 'gloo', 'cpu', 4, 4, 1, 'gloo 0.5.0', '0.1.0');"
+              "INSERT INTO shapes VALUES (1, 1, '4096', 4096, 32, 8, 128, 128, 'bf16', 'causal');"
+              "INSERT INTO candidates VALUES (1, 'ulysses', 4, 1, 'ulysses-inner', 'balanced'),"
+              "                              (2, 'ring', 1, 4, 'ulysses-inner', 'balanced');"
+              "INSERT INTO measurements VALUES (1, 1, 1, 1, 2e-3, 1.9e-3, 2.2e-3, 5, '{}', NULL, NULL, 'cpu-gloo', "
+              "'2025-01-02T03:04:05Z'), (2, 1, 1, 2, 1e-3, 0.9e-3, 1.2e-3, 5, '{}', NULL, NULL, 'cpu-gloo', "
+              "'2025-01-02T03:04:06Z')");
+  }
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM pragma_table_info('measurements') WHERE name = 'pass'"), 0);
+  EXPECT_THROW(create_at_version(Connection(path, OpenMode::read_write), 2), Error);  // not a new file
+  const auto check = [&](const char* when) {
+    const Store store = Store::open_read_only(path);
+    const std::vector<BestRow> forward = store.best(std::nullopt, Pass::forward);
+    ASSERT_EQ(forward.size(), 1u) << when;
+    EXPECT_EQ(forward[0].pass, Pass::forward) << when;
+    EXPECT_EQ(forward[0].candidate.strategy, Strategy::ring) << when;
+    EXPECT_EQ(forward[0].median_s, 1e-3) << when;
+    EXPECT_TRUE(store.best(std::nullopt, Pass::backward).empty()) << when;
+    EXPECT_TRUE(store.best(std::nullopt, Pass::forward_backward).empty()) << when;
+    EXPECT_EQ(Lookup::open(path, cpu_fingerprint(), {}, {}, Pass::backward).shapes(), 0u) << when;
+    for (const StoredMeasurement& m : store.measurements()) EXPECT_EQ(m.pass, Pass::forward) << when;
+  };
+  check("read as version 3");
+  EXPECT_EQ(count_rows(path, "PRAGMA user_version"), 3);  // a reader changes nothing
+  {
+    Store store = Store::open(path);  // the writer migrates 3 -> 4 before it writes
+    EXPECT_TRUE(store.has_shape(cpu_fingerprint(), shape_of({4096}), Pass::forward));
+    EXPECT_FALSE(store.has_shape(cpu_fingerprint(), shape_of({4096}), Pass::backward));
+  }
+  EXPECT_EQ(count_rows(path, "PRAGMA user_version"), kSchemaVersion);
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM measurements WHERE pass = 'fwd'"), 2);
+  check("migrated to the current version");
+  EXPECT_EQ(integrity(path), "ok");
+}
+
+// --- leases ----------------------------------------------------------------------------------
+
+using namespace std::chrono_literals;
+
+// A lease row as a tuner on another host writes it, its heartbeat `age` seconds old.
+void plant_lease(const std::string& path, const Fingerprint& fp, const std::string& host, int age_s) {
+  { Store::open(path); }
+  Connection conn(path, OpenMode::read_write);
+  const std::string key = fp.backend + '\x1f' + fp.device_model + '\x1f' + std::to_string(fp.cluster.world) + '\x1f' +
+                          std::to_string(fp.cluster.ranks_per_node) + '\x1f' + fp.library_versions + '\x1f' +
+                          fp.cptune_version;
+  const std::string sql = "INSERT INTO tune_leases (fingerprint, host, pid, start_time, acquired_at, heartbeat_at) "
+                          "VALUES (?1, ?2, 4242, 17, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour'), "
+                          "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3))";
+  Statement st(conn, sql.c_str());
+  st.bind(1, key).bind(2, std::string_view(host)).bind(3, "-" + std::to_string(age_s) + " seconds");
+  st.run();
+}
+
+std::string lease_host(const std::string& path) {
+  Connection conn(path, OpenMode::read_only);
+  Statement st(conn, "SELECT host FROM tune_leases");
+  return st.step() ? st.column_text(0) : "";
+}
+
+TEST(StoreLease, AnotherHostsLeaseWhoseHeartbeatStoppedIsTakenOver) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  plant_lease(path, cpu_fingerprint(), "a-host-that-died", 120);
+  LeaseTiming timing;
+  timing.expiry = 60s;
+  TuneLease lease(path, cpu_fingerprint(), /*wait=*/false, timing);
+  EXPECT_EQ(lease_host(path), this_process().host);
+}
+
+TEST(StoreLease, AnotherHostsLeaseWithAFreshHeartbeatIsRespected) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  plant_lease(path, cpu_fingerprint(), "a-live-host", 1);
+  expect_error_naming([&] { TuneLease(path, cpu_fingerprint(), false); }, path, "on a-live-host");
+  EXPECT_EQ(lease_host(path), "a-live-host");
+}
+
+// A waiter whose holder on another host stops refreshing takes the lease over once the expiry
+// has passed, instead of waiting forever.
+TEST(StoreLease, AWaiterTakesOverOnceTheHolderStopsRefreshing) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  plant_lease(path, cpu_fingerprint(), "a-host-that-dies-now", 0);
+  LeaseTiming timing;
+  timing.expiry = 1500ms;
+  timing.poll = 50ms;
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> taken = done->get_future();
+  const auto start = std::chrono::steady_clock::now();
+  std::thread([=] {
+    try {
+      TuneLease lease(path, cpu_fingerprint(), /*wait=*/true, timing);
+      done->set_value();
+    } catch (...) {
+      done->set_exception(std::current_exception());
+    }
+  }).detach();  // a waiter that never returns must not hang the test: it is left behind
+  ASSERT_EQ(taken.wait_for(20s), std::future_status::ready) << "the waiter never took over the dead lease";
+  taken.get();
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 1400ms) << "a fresh heartbeat was taken over at once";
+}
+
+// The holder's heartbeat keeps its lease alive past the expiry: another process that tries
+// after the expiry is refused. The other process is forked while the heartbeat thread runs.
+TEST(StoreLease, TheHoldersHeartbeatKeepsItsLeaseAlivePastTheExpiry) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  LeaseTiming timing;
+  timing.expiry = 1s;
+  timing.heartbeat = 100ms;
+  TuneLease lease(path, cpu_fingerprint(), false, timing);
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(count_rows(path, "SELECT count(*) FROM tune_leases WHERE "
+                             "(julianday('now') - julianday(heartbeat_at)) * 86400 < 0.5"),
+            1)
+      << "the heartbeat was not refreshed";
+  const pid_t child = fork();
+  if (child == 0) {
+    try {
+      TuneLease(path, cpu_fingerprint(), false, timing);
+      _exit(1);  // taken from a live holder
+    } catch (const Error& e) {
+      _exit(std::string(e.what()).find("pid " + std::to_string(getppid())) != std::string::npos ? 0 : 2);
+    } catch (...) {
+      _exit(3);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
+  EXPECT_TRUE(lease.held());
+}
+
+TEST(StoreLease, DbShowPrintsTheLiveLease) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  { Store::open(path).record_shape(cpu_fingerprint(), shape_of({4096}), {measurement(candidates_for_world_4()[0], 1e-3)}); }
+  const TuneLease lease(path, cpu_fingerprint(), false);
+  std::ostringstream out;
+  std::streambuf* const console = std::cout.rdbuf(out.rdbuf());
+  cli::cmd_db({"show", "--db", path});
+  std::cout.rdbuf(console);
+  EXPECT_NE(out.str().find("lease: gloo cpu P=4 G=4 nodes=1 held by pid " + std::to_string(getpid()) + " on " +
+                           this_process().host),
+            std::string::npos)
+      << out.str();
+  EXPECT_NE(out.str().find("heartbeat 0 s ago"), std::string::npos) << out.str();
+}
+
+// --- read-only databases ---------------------------------------------------------------------
+
+// Runs check in a child process of another account (nobody) when this test runs as root, of
+// this one otherwise; true when it returned true.
+bool as_another_account(const std::function<bool()>& check) {
+  const pid_t child = fork();
+  if (child == 0) {
+    if (geteuid() == 0 && (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0)) _exit(3);
+    bool ok = false;
+    try {
+      ok = check();
+    } catch (const std::exception& e) {
+      std::cerr << "reader: " << e.what() << "\n";
+    }
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+std::set<std::string> files_in(const std::string& folder) {
+  std::set<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(folder)) names.insert(entry.path().filename());
+  return names;
+}
+
+// A WAL store whose folder is other users' to read only (0755, or 0555 for a non-root owner).
+std::string read_only_store(const TempDir& dir, size_t shapes) {
+  const std::string path = dir.file("tune.db");
+  std::mt19937 rng(3);
+  {
+    Store store = Store::open(path);
+    const auto all = shape_sweep();
+    for (size_t i = 0; i < shapes; ++i) store.record_shape(cpu_fingerprint(), all[i], random_rows(rng, 3));
+  }
+  EXPECT_EQ(files_in(dir.path()), std::set<std::string>{"tune.db"}) << "a closed WAL store keeps no -wal, -shm";
+  chmod(path.c_str(), 0444);
+  return path;
+}
+
+bool every_reader_reads(const std::string& path, size_t shapes) {
+  const Store store = Store::open_read_only(path);
+  const bool rows = store.best().size() == shapes && store.check_rows().shapes == shapes && store.integrity_problems().empty();
+  return rows && Lookup::open(path, cpu_fingerprint()).shapes() == shapes;
+}
+
+TEST(StoreReadOnly, AWalStoreInAFolderTheReaderCannotWriteIsReadAndNoFileIsCreated) {
+  TempDir dir;
+  const std::string path = read_only_store(dir, 5);
+  chmod(dir.path().c_str(), geteuid() == 0 ? 0755 : 0555);
+  EXPECT_TRUE(as_another_account([&] { return every_reader_reads(path, 5); }));
+  chmod(dir.path().c_str(), 0755);
+  EXPECT_EQ(files_in(dir.path()), std::set<std::string>{"tune.db"});
+}
+
+// A folder others may write (a shared scratch folder): a reader of another account that may
+// not write the file leaves no -wal or -shm of its own, which would stop the owner's tuner.
+TEST(StoreReadOnly, AReaderOfAnotherAccountLeavesNoFilesInASharedFolder) {
+  TempDir dir;
+  const std::string path = read_only_store(dir, 3);
+  chmod(dir.path().c_str(), 01777);
+  EXPECT_TRUE(as_another_account([&] { return every_reader_reads(path, 3); }));
+  EXPECT_EQ(files_in(dir.path()), std::set<std::string>{"tune.db"});
+  chmod(path.c_str(), 0644);
+  std::mt19937 rng(4);
+  Store::open(path).record_shape(cpu_fingerprint(), shape_sweep()[10], random_rows(rng, 2));
+  EXPECT_EQ(Store::open_read_only(path).best().size(), 4u);
+}
+
+// While the owner's tuner has the store open, its -wal and -shm exist: a reader that cannot
+// write them reads through them, the rows not yet checkpointed included.
+TEST(StoreReadOnly, AReaderThatCannotWriteSeesWhatAnOpenWriterCommitted) {
+  TempDir dir;
+  const std::string path = read_only_store(dir, 2);
+  chmod(path.c_str(), 0644);
+  Store writer = Store::open(path);
+  std::mt19937 rng(5);
+  writer.record_shape(cpu_fingerprint(), shape_sweep()[7], random_rows(rng, 2));
+  ASSERT_TRUE(std::filesystem::exists(path + "-wal") && std::filesystem::exists(path + "-shm"));
+  chmod(dir.path().c_str(), geteuid() == 0 ? 0755 : 0555);
+  EXPECT_TRUE(as_another_account([&] { return Store::open_read_only(path).best().size() == 3; }));
+  chmod(dir.path().c_str(), 0755);
 }
 
 // --- cptune db -------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 #include "tuner/nccl_tests.h"
 
 #include <algorithm>
+#include <cctype>
+#include <charconv>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -10,36 +12,34 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/read_file.h"
 #include "sim/topology.h"
 
 namespace cptune::tuner {
 namespace {
 
-std::vector<std::string> words(std::string_view line) {
-  std::istringstream in{std::string(line)};
-  std::vector<std::string> out;
-  for (std::string w; in >> w;) out.push_back(w);
+// A line's words as views into the text: no copy of a line, however long.
+std::vector<std::string_view> words(std::string_view line) {
+  std::vector<std::string_view> out;
+  size_t i = 0;
+  while (i < line.size()) {
+    while (i < line.size() && std::isspace(static_cast<unsigned char>(line[i]))) ++i;
+    const size_t start = i;
+    while (i < line.size() && !std::isspace(static_cast<unsigned char>(line[i]))) ++i;
+    if (i > start) out.push_back(line.substr(start, i - start));
+  }
   return out;
 }
 
-bool parse_int(const std::string& s, int64_t& v) {
-  size_t used = 0;
-  try {
-    v = std::stoll(s, &used);
-  } catch (const std::exception&) {
-    return false;
-  }
-  return used == s.size();
+bool parse_int(std::string_view s, int64_t& v) {
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  return ec == std::errc() && end == s.data() + s.size();
 }
 
-bool parse_double(const std::string& s, double& v) {
-  size_t used = 0;
-  try {
-    v = std::stod(s, &used);
-  } catch (const std::exception&) {
-    return false;
-  }
-  return used == s.size();
+// A finite number (nccl-tests prints "%7.2f"); "nan", "inf" and overflow are not numbers here.
+bool parse_double(std::string_view s, double& v) {
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  return ec == std::errc() && end == s.data() + s.size() && std::isfinite(v);
 }
 
 std::string lower(std::string_view s) {
@@ -92,23 +92,33 @@ NcclTestsRun parse_nccl_tests(std::string_view text, const std::string& file, st
   NcclTestsRun run;
   run.file = file;
   std::set<std::string> hosts;
+  std::map<int64_t, std::string> device_of_rank;
   std::optional<NcclTestKind> from_header;
   size_t time_column = 0;  // index of the out-of-place "time" among a row's words; 0: no header yet
-  std::istringstream in{std::string(text)};
   int number = 0;
   auto fail = [&](const std::string& what) { throw Error(fmt::format("nccl-tests file {} line {}: {}", file, number, what)); };
-  for (std::string line; std::getline(in, line);) {
+  for (size_t begin = 0; begin < text.size();) {
+    const size_t newline = std::min(text.find('\n', begin), text.size());
+    const std::string_view line = text.substr(begin, newline - begin);
+    begin = newline + 1;
     ++number;
-    const std::vector<std::string> w = words(line);
+    if (line.size() > kMaxNcclTestsLineBytes)
+      fail(fmt::format("{} bytes long; nccl-tests lines are a few hundred: is this nccl-tests output?", line.size()));
+    const std::vector<std::string_view> w = words(line);
     if (w.empty()) continue;
     if (w[0] == "#") {
       // "#  Rank  0 Group  0 Pid 1234 on HOST device  0 [0x18] NVIDIA H100 80GB HBM3"
       if (w.size() >= 10 && w[1] == "Rank" && w[3] == "Group" && w[5] == "Pid" && w[7] == "on" && w[9] == "device") {
-        hosts.insert(w[8]);
-        const size_t name = w.size() > 11 && w[11].front() == '[' ? 12 : 11;
+        int64_t rank = 0;
+        if (!parse_int(w[2], rank) || rank < 0 || rank >= kMaxNcclTestsRanks)
+          fail(fmt::format("rank '{}' is not a number in [0, {})", w[2], kMaxNcclTestsRanks));
         std::string device;
-        for (size_t i = name; i < w.size(); ++i) device += (device.empty() ? "" : " ") + w[i];
-        run.devices.push_back(device);
+        const size_t name = w.size() > 11 && w[11].front() == '[' ? 12 : 11;
+        for (size_t i = name; i < w.size(); ++i) device += fmt::format("{}{}", device.empty() ? "" : " ", w[i]);
+        // Two logs pasted into one file, or a log cut and repeated, would count its ranks twice.
+        if (!device_of_rank.emplace(rank, device).second)
+          fail(fmt::format("rank {} is listed twice; give each run's log as its own file", rank));
+        hosts.insert(std::string(w[8]));
       } else if (w.size() >= 5 && w[1] == "Collective" && w[2] == "test" && w[3] == "starting:") {
         from_header = kind_in(w[4]);
       } else if (time_column == 0 && std::find(w.begin(), w.end(), "size") != w.end()) {
@@ -123,22 +133,30 @@ NcclTestsRun parse_nccl_tests(std::string_view text, const std::string& file, st
     if (!parse_int(w[0], size)) continue;  // banner lines some launchers print around the output
     if (time_column == 0) fail("a data row before the column header ('#  size  count  type ... time algbw busbw #wrong')");
     if (w.size() < time_column + 4) fail(fmt::format("a row with {} columns; expected at least {}", w.size(), time_column + 4));
+    if (size < 0) fail(fmt::format("size {} is negative", size));
     NcclTestsRow row;
     row.line = number;
     row.size_bytes = size;
     if (!parse_double(w[time_column], row.time_us) || !parse_double(w[time_column + 1], row.algbw_gbs) ||
         !parse_double(w[time_column + 2], row.busbw_gbs))
-      fail(fmt::format("time/algbw/busbw '{} {} {}' are not numbers", w[time_column], w[time_column + 1], w[time_column + 2]));
+      fail(fmt::format("time/algbw/busbw '{} {} {}' are not finite numbers", w[time_column], w[time_column + 1],
+                       w[time_column + 2]));
     int64_t wrong = 0;
     if (w[time_column + 3] != "N/A" && (!parse_int(w[time_column + 3], wrong) || wrong != 0))
       fail(fmt::format("#wrong is '{}': the run produced wrong results; its times are not evidence", w[time_column + 3]));
-    if (!(row.time_us > 0) || !std::isfinite(row.time_us)) fail(fmt::format("time {} us is not positive", w[time_column]));
+    if (!(row.time_us > 0)) fail(fmt::format("time {} us is not positive", w[time_column]));
+    if (row.algbw_gbs < 0 || row.busbw_gbs < 0)
+      fail(fmt::format("algbw {} or busbw {} GB/s is negative", w[time_column + 1], w[time_column + 2]));
     if (size > 0) run.rows.push_back(row);
   }
+  for (const auto& [rank, device] : device_of_rank) run.devices.push_back(device);
   run.world = int64_t(run.devices.size());
   run.hosts = int64_t(hosts.size());
   if (run.world == 0)
     throw Error(fmt::format("nccl-tests file {}: no '#  Rank  N Group ... on HOST device ...' lines; is it nccl-tests output?", file));
+  if (device_of_rank.rbegin()->first != run.world - 1)
+    throw Error(fmt::format("nccl-tests file {}: {} rank lines but the highest rank is {}; a rank line is missing",
+                            file, run.world, device_of_rank.rbegin()->first));
   if (run.world < 2) throw Error(fmt::format("nccl-tests file {}: one rank measures no link; run with 2 or more", file));
   if (run.world % run.hosts != 0)
     throw Error(fmt::format("nccl-tests file {}: {} ranks on {} hosts is not the same number per host", file, run.world, run.hosts));
@@ -151,6 +169,10 @@ NcclTestsRun parse_nccl_tests(std::string_view text, const std::string& file, st
                             "line, nor in the name); prefix it: --nccl-tests alltoall={}",
                             file, file));
   return run;
+}
+
+NcclTestsRun read_nccl_tests(const std::string& path, std::optional<NcclTestKind> kind) {
+  return parse_nccl_tests(read_regular_file(path, "--nccl-tests file"), path, kind);
 }
 
 LinkFit fit_link(const NcclTestsRun& run) {
@@ -170,8 +192,20 @@ LinkFit fit_link(const NcclTestsRun& run) {
   const double det = s00 * s11 - s01 * s01;
   double a = (r0 * s11 - r1 * s01) / det, c = (s00 * r1 - s01 * r0) / det;
   if (a < 0) a = 0, c = r1 / s11;  // a negative latency is noise: refit through the origin
-  if (!(c > 0) || !std::isfinite(c))
-    throw Error(fmt::format("nccl-tests file {}: time does not grow with size (slope {} s/B); no bandwidth to fit", run.file, c));
+  const auto [smallest, largest] = std::minmax_element(
+      run.rows.begin(), run.rows.end(), [](const NcclTestsRow& x, const NcclTestsRow& y) { return x.size_bytes < y.size_bytes; });
+  const std::string ends = fmt::format("{} us at {} B (line {}), {} us at {} B (line {})", smallest->time_us,
+                                       smallest->size_bytes, smallest->line, largest->time_us, largest->size_bytes,
+                                       largest->line);
+  if (!std::isfinite(det) || !(det > 0) || !std::isfinite(a) || !std::isfinite(c) || !(c > 0))
+    throw Error(fmt::format("nccl-tests file {}: time does not grow with size ({}); no bandwidth to fit", run.file, ends));
+  // A sweep that never leaves the latency regime fits any bandwidth (constant times: 1e20 GB/s):
+  // at its largest size the bytes must be a real part of the measured time.
+  const double bytes_share = c * double(largest->size_bytes) * run.wire_fraction() / (largest->time_us * 1e-6);
+  if (bytes_share < kMinBandwidthShare)
+    throw Error(fmt::format("nccl-tests file {}: the sweep never becomes bandwidth-bound ({}: the bytes are {:.2g}% of the "
+                            "largest size's time, under {:.0f}%); no bandwidth to fit: rerun with larger sizes (-e 1G)",
+                            run.file, ends, 100 * bytes_share, 100 * kMinBandwidthShare));
   LinkFit fit;
   fit.intercept_s = a;
   fit.alpha_s = a / double(run.messages());
@@ -201,52 +235,52 @@ size_t crossed_level(const sim::Hardware& hw, const NcclTestsRun& run) {
   return hw.levels.size() - 1;
 }
 
+sim::Collective collective_of(NcclTestKind k) {
+  switch (k) {
+    case NcclTestKind::alltoall: return sim::Collective::alltoall;
+    case NcclTestKind::sendrecv: return sim::Collective::sendrecv;
+    case NcclTestKind::all_gather: return sim::Collective::all_gather;
+  }
+  return sim::Collective::alltoall;
+}
+
 sim::Hardware apply_nccl_tests(const sim::Hardware& base, std::span<const NcclTestsRun> runs) {
   if (runs.empty()) throw Error("no nccl-tests files given");
   struct Sum {
     double alpha = 0, bandwidth = 0;
     size_t rows = 0;
-    std::string files;
   };
-  std::map<size_t, Sum> per_level;
+  std::map<std::pair<size_t, sim::Collective>, Sum> per_entry;
   sim::Hardware hw = base;
-  std::string source = fmt::format("Levels fitted to nccl-tests logs by `cptune calibrate --nccl-tests` (time = latency + "
-                                   "bytes/bandwidth, least squares on relative residuals, bytes = size x busbw/algbw); "
-                                   "everything else from {}.",
+  // A two-level file has no levels to hold per-collective rates: it becomes its two levels.
+  if (hw.levels.empty()) hw.levels = sim::levels_of(base, base.ranks_per_node);
+  std::string source = fmt::format("Per-collective rates fitted to nccl-tests logs by `cptune calibrate --nccl-tests` (time = "
+                                   "latency + bytes/bandwidth, least squares on relative residuals, bytes = size x "
+                                   "busbw/algbw), each written into its own entry of the level it crossed; everything "
+                                   "else from {}.",
                                    base.name);
   for (const NcclTestsRun& run : runs) {
     const LinkFit fit = fit_link(run);
-    const size_t level = crossed_level(base, run);
-    Sum& s = per_level[level];
+    const size_t level = crossed_level(hw, run);
+    Sum& s = per_entry[{level, collective_of(run.kind)}];
     s.alpha += fit.alpha_s * double(fit.rows);
     s.bandwidth += fit.bandwidth_bytes_per_s * double(fit.rows);
     s.rows += fit.rows;
-    const std::string devices = run.devices.front();
     source += fmt::format(
         "\n{}: {} on {} rank(s) x {} host(s) ({}), rows at lines {}-{} ({} sizes {}-{} B): intercept {:.2f} us = {} "
         "message(s) x {:.3g} us, bandwidth {:.4g} GB/s (busbw), median |residual| {:.1f}% -> level '{}'.",
-        run.file, to_string(run.kind), run.ranks_per_host(), run.hosts, devices, run.rows.front().line,
+        run.file, to_string(run.kind), run.ranks_per_host(), run.hosts, run.devices.front(), run.rows.front().line,
         run.rows.back().line, fit.rows, run.rows.front().size_bytes, run.rows.back().size_bytes, fit.intercept_s * 1e6,
         run.messages(), fit.alpha_s * 1e6, fit.bandwidth_bytes_per_s / 1e9, 100 * fit.median_abs_residual,
-        sim::level_name(base, level));
+        sim::level_name(hw, level));
   }
-  for (const auto& [level, s] : per_level) {
-    sim::LinkClass link{s.alpha / double(s.rows), s.bandwidth / double(s.rows)};
-    const bool bounce = !hw.levels.empty() && hw.levels[level].host_bounce;
-    if (bounce) link.bandwidth_bytes_per_s *= 2;
-    source += fmt::format("\nlevel '{}': alpha_s {:.3g} us, bandwidth_bytes_per_s {:.4g} GB/s{} (row-weighted mean of its runs).",
-                          sim::level_name(base, level), link.alpha_s * 1e6, link.bandwidth_bytes_per_s / 1e9,
-                          bounce ? ", twice the measured: the level bounces through host memory and the model halves it" : "");
-    if (hw.levels.empty()) {
-      (level == 0 ? hw.intra : hw.inter) = link;
-    } else {
-      hw.levels[level].link = link;
-    }
-  }
-  if (!hw.levels.empty()) {
-    const size_t node = node_level(hw);
-    hw.intra = hw.levels[node].link;
-    hw.inter = hw.levels[node + 1].link;
+  for (const auto& [key, s] : per_entry) {
+    const auto [level, collective] = key;
+    const sim::LinkClass link{s.alpha / double(s.rows), s.bandwidth / double(s.rows)};
+    hw.levels[level].collective[size_t(collective)] = link;
+    source += fmt::format("\nlevel '{}' {}: alpha_s {:.3g} us, bandwidth_bytes_per_s {:.4g} GB/s (row-weighted mean of its runs).",
+                          sim::level_name(hw, level), sim::to_string(collective), link.alpha_s * 1e6,
+                          link.bandwidth_bytes_per_s / 1e9);
   }
   hw.source = source + "\nFrom " + base.name + ":\n" + base.source;
   sim::validate(hw, "hardware fitted to nccl-tests");

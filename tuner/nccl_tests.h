@@ -52,11 +52,20 @@ struct NcclTestsRun {
   int64_t messages() const;
 };
 
+// Bounds on what a log may hold: nccl-tests prints lines of a few hundred bytes, one per rank.
+inline constexpr size_t kMaxNcclTestsLineBytes = 64 << 10;
+inline constexpr int64_t kMaxNcclTestsRanks = int64_t(1) << 20;
+// The fitted bytes term must be at least this share of the largest size's time.
+inline constexpr double kMinBandwidthShare = 0.2;
+
 // Parses one nccl-tests log. The kind comes from `kind` when given, else from the
 // "# Collective test starting: NAME" line, else from the file name. Throws Error naming the
 // file and line of anything it cannot read (no rank lines, a row with too few columns, a row
-// whose #wrong is not 0, no rows at all).
+// whose #wrong is not 0, a time that is not a positive finite number, a negative or non-finite
+// algbw or busbw, a rank listed twice or missing, a line over kMaxNcclTestsLineBytes, no rows).
 NcclTestsRun parse_nccl_tests(std::string_view text, const std::string& file, std::optional<NcclTestKind> kind);
+// The file at `path` read by core/read_file's rules (a regular file, at most 64 MiB), parsed.
+NcclTestsRun read_nccl_tests(const std::string& path, std::optional<NcclTestKind> kind);
 
 // time_us = intercept_us + wire_bytes / bandwidth, fitted by least squares on relative residuals
 // (each row weighs alike, from 8-byte latency rows to multi-GB bandwidth rows).
@@ -67,17 +76,19 @@ struct LinkFit {
   double median_abs_residual = 0;   // |fit - measured| / measured over the rows
   size_t rows = 0;
 };
-// Throws Error naming the file when fewer than 2 distinct sizes are left or the slope is not positive.
+// Throws Error naming the file when fewer than 2 distinct sizes are left, the time does not grow
+// with size, or the sweep never becomes bandwidth-bound (kMinBandwidthShare).
 LinkFit fit_link(const NcclTestsRun& run);
 
 // Where a run's traffic went in `hw`: the smallest level within the node holding the run's ranks
 // (one host), or the first level above the node holding them (several hosts).
 size_t crossed_level(const sim::Hardware& hw, const NcclTestsRun& run);
 
-// `base` with the crossed levels' alpha and bandwidth replaced (the row-weighted mean over the
-// runs crossing one level; doubled where the level bounces through host memory, since the model
-// halves it there), intra/inter following the node level and the one above, and source lines
-// naming each file, its rows and the parameters they set. Throws Error when no run is given.
+// `base` with each run's collective rate written into its own entry of the level it crossed
+// (sim::Level::collective; the row-weighted mean over the runs of one collective and level, as
+// measured: no host-bounce or injection correction, the measurement holds them), the level's own
+// link kept for the collectives not given, and source lines naming each file, its rows and the
+// entry they set. A two-level base becomes its two levels. Throws Error when no run is given.
 sim::Hardware apply_nccl_tests(const sim::Hardware& base, std::span<const NcclTestsRun> runs);
 
 }  // namespace cptune::tuner

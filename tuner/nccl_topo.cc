@@ -1,118 +1,64 @@
 #include "tuner/nccl_topo.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cctype>
 #include <map>
 #include <numeric>
 #include <set>
 
 #include <fmt/format.h>
+#include <tinyxml2.h>
 
 #include "core/error.h"
 
 namespace cptune::tuner {
 namespace {
 
-// Recursive-descent reader over the text, counting lines for its errors.
-class XmlReader {
- public:
-  XmlReader(std::string_view text, const std::string& file) : s_(text), file_(file) {}
+constexpr int kMaxDepth = 64;  // NCCL dumps nest under 15 deep (system, cpu, a few PCIe switches, gpu, nvlink)
 
-  XmlElement document() {
-    skip_misc();
-    if (at_end()) fail("no root element");
-    XmlElement root = element();
-    skip_misc();
-    if (!at_end()) fail(fmt::format("'{}' after the root element </{}>", s_[i_], root.name));
-    return root;
+// What a tinyxml2 error means, in words; its own text (element names) follows.
+std::string xml_problem(tinyxml2::XMLError e) {
+  switch (e) {
+    case tinyxml2::XML_ERROR_MISMATCHED_ELEMENT: return "a closing tag does not match the element it closes";
+    case tinyxml2::XML_ERROR_PARSING_ELEMENT: return "an element is malformed or not closed";
+    case tinyxml2::XML_ERROR_PARSING_ATTRIBUTE: return "an attribute is malformed (values must be quoted)";
+    case tinyxml2::XML_ERROR_PARSING_TEXT: return "text cannot be read";
+    case tinyxml2::XML_ERROR_PARSING_COMMENT: return "a comment is not closed";
+    case tinyxml2::XML_ERROR_PARSING_DECLARATION: return "an <?xml ...?> declaration is malformed";
+    case tinyxml2::XML_ERROR_PARSING_UNKNOWN: return "a <!...> declaration is not closed";
+    case tinyxml2::XML_ERROR_EMPTY_DOCUMENT: return "no root element";
+    case tinyxml2::XML_ELEMENT_DEPTH_EXCEEDED: return "elements nest too deep for an NCCL topology dump";
+    default: return "not well-formed XML";
   }
+}
 
- private:
-  [[noreturn]] void fail(const std::string& what) const {
-    throw Error(fmt::format("NCCL topology file {} line {}: {}", file_, line_, what));
-  }
-  bool at_end() const { return i_ >= s_.size(); }
-  bool starts(std::string_view p) const { return s_.substr(i_, p.size()) == p; }
-  void advance(size_t n = 1) {
-    for (size_t k = 0; k < n && i_ < s_.size(); ++k, ++i_)
-      if (s_[i_] == '\n') ++line_;
-  }
-  void skip_space() {
-    while (!at_end() && std::isspace(static_cast<unsigned char>(s_[i_]))) advance();
-  }
-  void skip_past(std::string_view end, const char* what) {
-    const size_t at = s_.find(end, i_);
-    if (at == std::string_view::npos) fail(fmt::format("unterminated {}", what));
-    advance(at + end.size() - i_);
-  }
-  // Whitespace, <?xml ...?> declarations and <!-- comments -->.
-  void skip_misc() {
-    for (;;) {
-      skip_space();
-      if (starts("<?")) skip_past("?>", "<? declaration");
-      else if (starts("<!--")) skip_past("-->", "comment");
-      else return;
-    }
-  }
-  static bool name_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == ':' || c == '.'; }
-  std::string name(const char* what) {
-    const size_t begin = i_;
-    while (!at_end() && name_char(s_[i_])) advance();
-    if (i_ == begin) fail(fmt::format("expected {}, got '{}'", what, at_end() ? std::string("end of file") : std::string(1, s_[i_])));
-    return std::string(s_.substr(begin, i_ - begin));
-  }
-
-  XmlElement element() {
-    if (!starts("<")) fail(fmt::format("expected '<', got '{}' (text between elements is not part of the format)", s_[i_]));
-    XmlElement e;
-    e.line = line_;
-    advance();
-    e.name = name("an element name");
-    for (;;) {
-      skip_space();
-      if (at_end()) fail(fmt::format("<{}> (line {}) is not closed", e.name, e.line));
-      if (starts("/>")) {
-        advance(2);
-        return e;
+// tinyxml2's DOM as XmlElements, refusing what an NCCL dump never holds: text between elements
+// and elements nested deeper than kMaxDepth (tinyxml2 itself stops at 100, so nothing recurses
+// further).
+XmlElement convert(const tinyxml2::XMLElement& in, const std::string& file, int depth) {
+  if (depth > kMaxDepth)
+    throw Error(fmt::format("NCCL topology file {} line {}: <{}> is nested {} deep; an NCCL dump nests under {}", file,
+                            in.GetLineNum(), in.Name(), depth, kMaxDepth));
+  XmlElement e;
+  e.name = in.Name();
+  e.line = in.GetLineNum();
+  for (const tinyxml2::XMLAttribute* a = in.FirstAttribute(); a; a = a->Next()) e.attributes.emplace_back(a->Name(), a->Value());
+  for (const tinyxml2::XMLNode* c = in.FirstChild(); c; c = c->NextSibling()) {
+    if (const tinyxml2::XMLElement* child = c->ToElement()) {
+      e.children.push_back(convert(*child, file, depth + 1));
+    } else if (const tinyxml2::XMLText* text = c->ToText()) {
+      const std::string_view t = text->Value();
+      const size_t at = t.find_first_not_of(" \t\r\n");
+      if (at != std::string_view::npos) {
+        const std::string_view shown = t.substr(at, std::min<size_t>(40, t.find_last_not_of(" \t\r\n") + 1 - at));
+        throw Error(fmt::format("NCCL topology file {} line {}: text '{}' inside <{}> is not part of the format", file,
+                                c->GetLineNum(), shown, e.name));
       }
-      if (starts(">")) {
-        advance();
-        break;
-      }
-      std::string key = name("an attribute name");
-      skip_space();
-      if (!starts("=")) fail(fmt::format("attribute '{}' of <{}> has no '=value'", key, e.name));
-      advance();
-      skip_space();
-      if (at_end() || (s_[i_] != '"' && s_[i_] != '\'')) fail(fmt::format("value of attribute '{}' of <{}> is not quoted", key, e.name));
-      const char quote = s_[i_];
-      advance();
-      const size_t begin = i_, end = s_.find(quote, i_);
-      if (end == std::string_view::npos) fail(fmt::format("value of attribute '{}' is not closed", key));
-      advance(end - begin + 1);
-      e.attributes.emplace_back(std::move(key), std::string(s_.substr(begin, end - begin)));
-    }
-    for (;;) {
-      skip_misc();
-      if (at_end()) fail(fmt::format("<{}> (line {}) is not closed before the end of the file", e.name, e.line));
-      if (starts("</")) {
-        advance(2);
-        const std::string closing = name("an element name after '</'");
-        if (closing != e.name) fail(fmt::format("</{}> closes <{}> (line {})", closing, e.name, e.line));
-        skip_space();
-        if (!starts(">")) fail(fmt::format("</{}> has no '>'", closing));
-        advance();
-        return e;
-      }
-      e.children.push_back(element());
-    }
+    }  // comments, <!DOCTYPE> and other declarations carry nothing
   }
-
-  std::string_view s_;
-  const std::string& file_;
-  size_t i_ = 0;
-  int line_ = 1;
-};
+  return e;
+}
 
 [[noreturn]] void fail_at(const std::string& file, const XmlElement& e, const std::string& what) {
   throw Error(fmt::format("NCCL topology file {} line {}: <{}> {}", file, e.line, e.name, what));
@@ -130,7 +76,9 @@ int int_attr(const std::string& file, const XmlElement& e, std::string_view key)
 }
 
 // "16.0 GT/s PCIe" x width "16" -> bytes/s per direction. Gen1/2 (2.5, 5 GT/s) encode 8b/10b,
-// Gen3 and later 128b/130b (PCIe base specification 3.0, 4.2.2).
+// Gen3 and later 128b/130b (PCIe base specification 3.0, 4.2.2). 0 when the dump does not know:
+// inside cloud VMs the GPUs' PCI nodes often read link_speed="" link_width="0" (the GPU is passed
+// through with no visible switch; Azure's NC A100 v4 file, tests/fixtures/nccl_topo_azure_ncv4_vm.xml).
 double pcie_bytes_per_s(const std::string& file, const XmlElement& e) {
   const std::string& speed = e.attr("link_speed");
   const std::string& width = e.attr("link_width");
@@ -142,9 +90,16 @@ double pcie_bytes_per_s(const std::string& file, const XmlElement& e) {
     fail_at(file, e, fmt::format("link_speed=\"{}\" is not 'N GT/s'", speed));
   }
   const int lanes = int_attr(file, e, "link_width");
-  if (!(gts > 0) || lanes < 1) fail_at(file, e, fmt::format("link_speed \"{}\" x width {} is no link", speed, lanes));
+  if (lanes == 0 || gts == 0) return 0;
+  if (!(gts > 0) || !std::isfinite(gts) || gts > 1000 || lanes < 0 || lanes > 32)
+    fail_at(file, e, fmt::format("link_speed \"{}\" x width {} is no PCIe link (1..32 lanes, up to 64 GT/s today)", speed, lanes));
   const double encoding = gts < 8 ? 8.0 / 10.0 : 128.0 / 130.0;
   return gts * 1e9 * lanes * encoding / 8;
+}
+
+std::string lower(std::string s) {
+  for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return s;
 }
 
 bool is_bridge(const XmlElement& pci) { return pci.attr("class").rfind("0x0604", 0) == 0; }
@@ -157,6 +112,12 @@ struct Walker {
     for (const XmlElement& net : e.children) {
       if (net.name != "net") continue;
       const int mbps = int_attr(file, net, "speed");
+      if (mbps < 0) fail_at(file, net, fmt::format("speed=\"{}\" is negative; NCCL writes the port's Mb/s", mbps));
+      if (mbps == 0) {
+        host.notes.push_back(fmt::format("<net name=\"{}\"> on line {} has speed 0 (a port that is down?): left out of the network level",
+                                         net.attr("name"), net.line));
+        continue;
+      }
       host.nic_bytes_per_s += double(mbps) * 1e6 / 8;
       ++host.nics;
     }
@@ -175,10 +136,17 @@ struct Walker {
         walk(c, numa, bridges);
         bridges.pop_back();
       } else if (c.name == "pci") {
+        bool has_gpu = false;
         for (const XmlElement& g : c.children) {
-          if (g.name == "gpu") gpu(c, g, numa, bridges);
+          if (g.name == "gpu") gpu(c, g, numa, bridges), has_gpu = true;
           else if (g.name == "nic") nic(g);
         }
+        // Cloud providers' static NCCL_TOPO_FILEs (Azure's ndv2/ndv4 files) list GPUs as bare
+        // <pci class="0x0302..."> and let NCCL fill in the rest: no sm, no NVLinks to import.
+        if (!has_gpu && c.attr("class").rfind("0x0302", 0) == 0)
+          host.notes.push_back(fmt::format("<pci busid=\"{}\"> on line {} is a GPU with no <gpu> inside (a static NCCL_TOPO_FILE, not a "
+                                           "dump?): left out; dump the topology with NCCL_TOPO_DUMP_FILE",
+                                           c.attr("busid"), c.line));
       }
     }
   }
@@ -196,21 +164,24 @@ struct Walker {
     if (!bridges.empty()) gpu.switch_uplink_bytes_per_s = pcie_bytes_per_s(file, *bridges.back());
     if (!bridges.empty()) gpu.tree_uplink_bytes_per_s = pcie_bytes_per_s(file, *bridges.front());
     if (gpu.pcie_bytes_per_s == 0) gpu.pcie_bytes_per_s = gpu.switch_uplink_bytes_per_s;
-    if (gpu.pcie_bytes_per_s == 0) fail_at(file, pci, "has no link_speed and link_width, nor has a switch above it");
+    gpu.pcie_unknown = gpu.pcie_bytes_per_s == 0;  // hardware_from_topology takes the base preset's lane
     for (const XmlElement& l : g.children) {
       if (l.name != "nvlink") continue;
+      const int count = int_attr(file, l, "count");
+      if (count < 0 || count > 64) fail_at(file, l, fmt::format("count=\"{}\" is no number of NVLinks (0..64)", count));
       const bool nvswitch = l.attr("tclass") == "0x068000";
       const bool to_gpu = l.attr("tclass").rfind("0x03", 0) == 0;
-      if (nvswitch || to_gpu) gpu.nvlinks.emplace_back(nvswitch ? "nvswitch" : l.attr("target"), int_attr(file, l, "count"));
+      if (to_gpu && lower(l.attr("target")) == lower(gpu.busid)) {
+        // Azure's NC A100 v4 file points each GPU's bridge NVLink at the GPU itself.
+        host.notes.push_back(fmt::format("<nvlink> on line {} of GPU {} targets the GPU itself ({}): ignored", l.line, gpu.busid,
+                                         l.attr("target")));
+        continue;
+      }
+      if ((nvswitch || to_gpu) && count > 0) gpu.nvlinks.emplace_back(nvswitch ? "nvswitch" : l.attr("target"), count);
     }
     host.gpus.push_back(std::move(gpu));
   }
 };
-
-std::string lower(std::string s) {
-  for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 // A grouping of the GPUs: group id per GPU (dense, by first appearance).
 using Partition = std::vector<int>;
@@ -259,6 +230,16 @@ bool coarser_or_equal(const Partition& coarse, const Partition& fine) {
   return true;
 }
 
+// The GPU lane a PCIe preset states: its injection bandwidth, else its first PCIe level's link.
+double base_pcie_lane(const sim::Hardware& base, const std::string& file) {
+  if (base.injection_bytes_per_s > 0) return base.injection_bytes_per_s;
+  for (const sim::Level& l : base.levels)
+    if (l.name == "switch" || l.name == "pcie-tree" || l.name == "socket" || l.name == "host") return l.link.bandwidth_bytes_per_s;
+  throw Error(fmt::format("NCCL topology file {}: the dump gives no PCIe speed for its GPUs (a VM?) and the base preset {} has no "
+                          "PCIe numbers to use instead; give a PCIe preset as --base (a100-pcie, l20)",
+                          file, base.name));
+}
+
 struct Candidate {
   sim::Level level;
   Partition groups;
@@ -274,7 +255,36 @@ const std::string& XmlElement::attr(std::string_view key) const {
   return none;
 }
 
-XmlElement parse_xml(std::string_view text, const std::string& file) { return XmlReader(text, file).document(); }
+XmlElement parse_xml(std::string_view text, const std::string& file) {
+  // Entities (&amp;, &#65;) decoded; no DTD or external entity is ever loaded.
+  tinyxml2::XMLDocument doc(true, tinyxml2::PRESERVE_WHITESPACE);
+  if (doc.Parse(text.data(), text.size()) != tinyxml2::XML_SUCCESS) {
+    std::string detail = doc.ErrorStr();  // "Error=... ErrorID=... Line number=N: details"
+    const size_t colon = detail.find(": ");
+    detail = colon == std::string::npos ? "" : detail.substr(colon + 2);
+    if (detail.rfind("XMLElement name=", 0) == 0) detail = "<" + detail.substr(16) + ">, opened on this line";
+    throw Error(fmt::format("NCCL topology file {} line {}: {}{}", file, doc.ErrorLineNum(), xml_problem(doc.ErrorID()),
+                            detail.empty() ? "" : " (" + detail + ")"));
+  }
+  const tinyxml2::XMLElement* root = doc.RootElement();
+  if (!root) throw Error(fmt::format("NCCL topology file {}: no root element", file));
+  if (const tinyxml2::XMLElement* extra = root->NextSiblingElement())
+    throw Error(fmt::format("NCCL topology file {} line {}: <{}> after the root element </{}>; a dump has one <system>", file,
+                            extra->GetLineNum(), extra->Name(), root->Name()));
+  for (const tinyxml2::XMLNode* c = doc.FirstChild(); c; c = c->NextSibling()) {
+    const tinyxml2::XMLText* t = c->ToText();
+    const std::string_view text = t ? std::string_view(t->Value()) : std::string_view();
+    const size_t at = text.find_first_not_of(" \t\r\n");
+    if (at == std::string_view::npos) continue;
+    // tinyxml2 reads "<!DOCTYPE x [ <!ENTITY ...> ]>" up to the first '>': the rest is text here.
+    if (text[at] == ']')
+      throw Error(fmt::format("NCCL topology file {}: a <!DOCTYPE> with an internal subset ([ ... ]) is not read; NCCL dumps "
+                              "have none: remove it",
+                              file));
+    throw Error(fmt::format("NCCL topology file {} line {}: text outside the root element", file, c->GetLineNum()));
+  }
+  return convert(*root, file, 1);
+}
 
 double nvlink_bytes_per_s_per_link(int sm) { return sm >= 100 ? 50e9 : 25e9; }
 
@@ -291,8 +301,19 @@ TopoHost read_nccl_topology(std::string_view text, const std::string& file) {
 }
 
 sim::Hardware hardware_from_topology(const TopoHost& host, const sim::Hardware& base, const std::string& file,
-                                     const std::string& name, int64_t nodes) {
-  const std::vector<TopoGpu>& gpus = host.gpus;
+                                     const std::string& name, int64_t nodes, std::vector<std::string>* warnings) {
+  std::vector<std::string> warns = host.notes;
+  std::vector<TopoGpu> gpus = host.gpus;
+  std::string unknown;
+  for (TopoGpu& g : gpus)
+    if (g.pcie_unknown) {
+      g.pcie_bytes_per_s = base_pcie_lane(base, file);
+      unknown += (unknown.empty() ? "" : ", ") + g.busid;
+    }
+  if (!unknown.empty())
+    warns.push_back(fmt::format("the dump gives no PCIe link_speed / link_width for GPU(s) {} and no switch above them (GPUs "
+                                "passed through to a VM?): their lane is {}'s PCIe number, {:.4g} GB/s",
+                                unknown, base.name, base_pcie_lane(base, file) / 1e9));
   const int n = int(gpus.size());
   const double lane = std::min_element(gpus.begin(), gpus.end(), [](auto& a, auto& b) { return a.pcie_bytes_per_s < b.pcie_bytes_per_s; })
                           ->pcie_bytes_per_s;
@@ -406,6 +427,8 @@ sim::Hardware hardware_from_topology(const TopoHost& host, const sim::Hardware& 
                    : fmt::format("\ninjection: the GPU lane, {:.4g} GB/s, which all of a GPU's traffic shares.", lane / 1e9);
   hw.intra = hw.levels[hw.levels.size() - 2].link;
   hw.inter = hw.levels.back().link;
+  for (const std::string& w : warns) source += "\nwarning: " + w + ".";
+  if (warnings) warnings->insert(warnings->end(), warns.begin(), warns.end());
   hw.source = source + "\nFrom " + base.name + " (compute, memory and per-operation numbers; its link lines no longer apply):\n" + base.source;
   sim::validate(hw, "hardware imported from " + file);
   return hw;

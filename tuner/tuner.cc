@@ -124,7 +124,7 @@ std::vector<ShapeOutcome> tune(const std::vector<AttentionShape>& shapes, const 
     outcome.shape = shapes[s];
     for (const auto& c : plan.rankings[s].candidates) outcome.feasible += c.prediction.fits ? 1 : 0;
     const std::vector<size_t>& chosen = plan.chosen[s];
-    outcome.skipped = agree_on_rank0(world, writer && store->has_shape(options.fingerprint, outcome.shape));
+    outcome.skipped = agree_on_rank0(world, writer && store->has_shape(options.fingerprint, outcome.shape, options.executor.pass));
     if (!outcome.skipped && !chosen.empty()) {
       if (writer && progress.measuring) {
         std::vector<LayoutChoice> candidates;
@@ -138,7 +138,7 @@ std::vector<ShapeOutcome> tune(const std::vector<AttentionShape>& shapes, const 
           progress.round(before + size_t(round) * n, plan.total * rounds);
         };
       outcome.rows = measure_shape(shapes[s], cluster, plan.rankings[s], chosen, options, executor, world);
-      if (writer) store->record_shape(options.fingerprint, outcome.shape, outcome.rows);
+      if (writer) store->record_shape(options.fingerprint, outcome.shape, outcome.rows, options.executor.pass);
     }
     done += chosen.size();
     if (writer && progress.finished) progress.finished(s, outcome);

@@ -11,6 +11,8 @@
 #include <gloo/transport/unbound_buffer.h>
 #include <gloo/types.h>
 
+#include <signal.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -153,6 +155,16 @@ std::shared_ptr<gloo::transport::Device> make_device(const GlooCommOptions& opti
   }
 }
 
+// Gloo's TCP device writes to peers from its own thread with plain write(): a peer that died
+// mid-message raises SIGPIPE, whose default kills this rank before Gloo can report EPIPE as
+// "lost its connection". Ignored process-wide, once, unless the program installed a handler.
+void ignore_sigpipe() {
+  struct sigaction current {};
+  if (sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL &&
+      !(current.sa_flags & SA_SIGINFO))
+    signal(SIGPIPE, SIG_IGN);
+}
+
 void check_options(const GlooCommOptions& options) {
   const std::string ranks = "rank " + std::to_string(options.rank) + " of " + std::to_string(options.size);
   if (options.size < 1 || options.rank < 0 || options.rank >= options.size)
@@ -200,6 +212,7 @@ GlooComm::~GlooComm() = default;
 
 std::unique_ptr<GlooComm> GlooComm::create(const GlooCommOptions& options) {
   check_options(options);
+  ignore_sigpipe();
   const RendezvousSpec spec = parse_rendezvous(options.rendezvous);
   auto endpoint = std::make_shared<Endpoint>();
   endpoint->rendezvous = to_string(spec);

@@ -34,7 +34,9 @@ struct GlooCommOptions {
 class GlooComm final : public Comm {
  public:
   // Collective: every rank of options.size calls it with the same rendezvous and prefix.
-  // Call it after forking local ranks, since the TCP device starts a thread. Throws Error on
+  // Call it after forking local ranks, since the TCP device starts a thread. Sets SIGPIPE to
+  // SIG_IGN when it is at its default (Gloo writes without MSG_NOSIGNAL; a dead peer must be an
+  // Error, not a kill); a handler the program installed is left alone. Throws Error on
   // bad options, an unreachable store, or a peer that does not arrive within the timeout.
   static std::unique_ptr<GlooComm> create(const GlooCommOptions& options);
   ~GlooComm() override;

@@ -2,12 +2,14 @@
 
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <optional>
@@ -41,6 +43,9 @@ void bind_to_parent(pid_t parent, const sigset_t& old_mask) {
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(1);
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
+  signal(SIGHUP, SIG_DFL);
+  // A rank writes to its peers (Gloo, the store); a dead peer is an EPIPE to report, not a kill.
+  signal(SIGPIPE, SIG_IGN);
   sigprocmask(SIG_SETMASK, &old_mask, nullptr);
 }
 
@@ -53,10 +58,12 @@ class StopSignals {
     sigemptyset(&forward.sa_mask);
     sigaction(SIGINT, &forward, &old_int_);
     sigaction(SIGTERM, &forward, &old_term_);
+    sigaction(SIGHUP, &forward, &old_hup_);  // a closed terminal: stop, reap and clean up too
   }
   ~StopSignals() {
     sigaction(SIGINT, &old_int_, nullptr);
     sigaction(SIGTERM, &old_term_, nullptr);
+    sigaction(SIGHUP, &old_hup_, nullptr);
     g_rank_group = 0;
     g_stop_signal = 0;
   }
@@ -64,7 +71,7 @@ class StopSignals {
   StopSignals& operator=(const StopSignals&) = delete;
 
  private:
-  struct sigaction old_int_ {}, old_term_ {};
+  struct sigaction old_int_ {}, old_term_ {}, old_hup_ {};
 };
 
 [[noreturn]] void run_child(int rank, const std::function<int(int)>& body) {
@@ -99,6 +106,7 @@ int launch_local(const LocalLaunchOptions& options, const std::function<int(int)
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGHUP);
   sigprocmask(SIG_BLOCK, &stop_signals, &old_mask);
   StopSignals forwarding;
   const pid_t parent = getpid();
@@ -187,6 +195,18 @@ int launch_local(const LocalLaunchOptions& options, const std::function<int(int)
   return result;
 }
 
+std::string local_rank_address(int rank) {
+  return "127.1." + std::to_string(rank / 250) + "." + std::to_string(rank % 250 + 1);
+}
+
+int max_local_world() {
+  rlimit files{};
+  const int by_files = getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY
+                           ? int(std::min<rlim_t>(files.rlim_cur, 1 << 20)) - kFilesPerRankBesidesPeers
+                           : kMaxLocalWorld;
+  return std::max(1, std::min(kMaxLocalWorld, by_files));
+}
+
 int run_ranks(const RankLaunch& launch, const std::function<int(Comm&)>& body, std::ostream& err) {
   if (!launch.rendezvous.empty()) {
     const std::optional<LaunchEnv> env = launch_env_from_environment();
@@ -200,6 +220,14 @@ int run_ranks(const RankLaunch& launch, const std::function<int(Comm&)>& body, s
     auto comm = GlooComm::create({env->rank, env->world, launch.rendezvous, launch.prefix, launch.timeout, {}, {}});
     return body(*comm);
   }
+  if (launch.world > max_local_world())
+    throw Error("--world " + std::to_string(launch.world) + " is more local ranks than this host runs: at most " +
+                std::to_string(max_local_world()) + (max_local_world() < kMaxLocalWorld ? " with ulimit -n of this shell" : "") +
+                " (each rank holds a socket per peer); start ranks on several hosts with torchrun, srun or mpirun");
+  // Each rank's Gloo device on its own loopback address: Gloo's TCP pairs each bind a listening
+  // port of their own, so P ranks on 127.0.0.1 alone need P(P-1) ephemeral ports at once
+  // (28232 in Linux's default range: --world 256 failed with "Address already in use").
+  const bool own_addresses = !std::getenv("CPTUNE_GLOO_IFACE") && !std::getenv("CPTUNE_GLOO_HOSTNAME");
   TempRendezvousDir dir;
   LocalLaunchOptions local;
   local.world = launch.world;
@@ -207,7 +235,8 @@ int run_ranks(const RankLaunch& launch, const std::function<int(Comm&)>& body, s
   return launch_local(
       local,
       [&](int rank) {
-        auto comm = GlooComm::create({rank, launch.world, dir.spec(), launch.prefix, launch.timeout, {}, {}});
+        const std::string hostname = own_addresses ? local_rank_address(rank) : "";
+        auto comm = GlooComm::create({rank, launch.world, dir.spec(), launch.prefix, launch.timeout, hostname, {}});
         return body(*comm);
       },
       err);

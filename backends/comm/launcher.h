@@ -34,8 +34,20 @@ struct RankLaunch {
   std::chrono::milliseconds timeout{std::chrono::seconds(30)};  // every Comm operation
 };
 
+// Local ranks: at most kMaxLocalWorld, and fewer when `ulimit -n` leaves a rank too few file
+// descriptors for a socket per peer plus kFilesPerRankBesidesPeers.
+inline constexpr int kMaxLocalWorld = 512;
+inline constexpr int kFilesPerRankBesidesPeers = 64;
+int max_local_world();
+
+// The loopback address (127.1.x.y) rank `rank` of a local run gives its Gloo device, unless
+// CPTUNE_GLOO_IFACE or CPTUNE_GLOO_HOSTNAME say otherwise: one address per rank keeps the
+// ranks' listening ports apart (Linux picks an ephemeral port per address).
+std::string local_rank_address(int rank);
+
 // Runs body on every rank with a world Comm over Gloo. Local: forks the ranks and returns
-// launch_local's code. Outside launcher: runs this process's rank and returns body's code.
+// launch_local's code; throws Error above max_local_world(). Outside launcher: runs this
+// process's rank and returns body's code.
 int run_ranks(const RankLaunch& launch, const std::function<int(Comm& world)>& body, std::ostream& err);
 
 }  // namespace cptune::backends

@@ -6,12 +6,14 @@
 #define HIREDIS_NESTED_INCLUDE 1
 #endif
 #include <gloo/rendezvous/redis_store.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -19,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "backends/comm/store_token.h"
 #include "backends/comm/tcp_store.h"
 #include "core/error.h"
 
@@ -239,20 +242,80 @@ std::string to_string(const RendezvousSpec& spec) {
 std::shared_ptr<gloo::rendezvous::Store> open_store(const RendezvousSpec& spec, std::chrono::milliseconds timeout,
                                                     int rank) {
   // The TCP store bounds its own waits by the timeout.
-  if (spec.kind == RendezvousSpec::Kind::env) return std::make_shared<TcpStore>(spec.host, spec.port, timeout, rank == 0);
+  if (spec.kind == RendezvousSpec::Kind::env) {
+    const char* bind = std::getenv("CPTUNE_STORE_BIND");
+    return std::make_shared<TcpStore>(spec.host, spec.port, timeout, rank == 0, store_token_from_environment().value,
+                                      bind ? bind : "");
+  }
   auto store = spec.kind == RendezvousSpec::Kind::file ? open_file_store(spec) : open_redis_store(spec);
   return std::make_shared<BoundedStore>(std::move(store), timeout);
 }
 
+namespace {
+
+constexpr std::string_view kTempPrefix = "cptune-rendezvous-";
+constexpr const char* kOwnerFile = "/owner";  // "pid starttime" of the process that made the directory
+
+// starttime (field 22 of /proc/pid/stat, clock ticks since boot) of a live process, or "" when
+// there is none: with the pid it names one process, even after the pid is reused.
+std::string start_time_of(pid_t pid) {
+  std::error_code ec;
+  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "re");
+  if (!f) return "";
+  char buffer[1024] = {};
+  const size_t n = std::fread(buffer, 1, sizeof buffer - 1, f);
+  std::fclose(f);
+  std::string stat(buffer, n);
+  const size_t close = stat.rfind(')');  // the command name may hold spaces and parentheses
+  if (close == std::string::npos) return "";
+  std::vector<std::string> fields;
+  for (size_t at = close + 2; at < stat.size();) {
+    const size_t end = std::min(stat.find(' ', at), stat.size());
+    fields.push_back(stat.substr(at, end - at));
+    at = end + 1;
+  }
+  // fields[0] is field 3 (state); starttime is field 22.
+  if (fields.size() < 20 || fields[0] == "Z" || fields[0] == "X") return "";
+  return fields[19];
+}
+
+// Directories of local runs whose launcher was killed (SIGKILL, an OOM kill) and could not remove
+// them: this user's cptune-rendezvous-* whose owner process is gone. Best effort, never throws.
+void remove_abandoned(const std::string& parent) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(parent, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(kTempPrefix, 0) != 0 || !entry.is_directory(ec)) continue;
+    struct stat st {};
+    if (::lstat(entry.path().c_str(), &st) != 0 || st.st_uid != ::getuid()) continue;
+    FILE* f = std::fopen((entry.path().string() + kOwnerFile).c_str(), "re");
+    if (!f) continue;  // no owner file: made by an older cptune, or still being set up
+    long pid = 0;
+    char start[64] = {};
+    const int got = std::fscanf(f, "%ld %63s", &pid, start);
+    std::fclose(f);
+    if (got != 2 || pid <= 0) continue;
+    if (start_time_of(pid_t(pid)) == start) continue;  // its launcher still runs
+    std::filesystem::remove_all(entry.path(), ec);
+  }
+}
+
+}  // namespace
+
 TempRendezvousDir::TempRendezvousDir(std::string parent) {
   if (parent.empty()) parent = env("TMPDIR").value_or("");
   if (parent.empty()) parent = "/tmp";
-  std::string pattern = parent + "/cptune-rendezvous-XXXXXX";
+  remove_abandoned(parent);
+  std::string pattern = parent + "/" + std::string(kTempPrefix) + "XXXXXX";
   // mkdtemp creates the directory with mode 0700: private to this user, and fresh.
   if (mkdtemp(pattern.data()) == nullptr)
     throw Error("cannot create a rendezvous directory under '" + parent + "': " + std::strerror(errno) +
                 "; set TMPDIR to a writable directory");
   path_ = std::move(pattern);
+  if (FILE* f = std::fopen((path_ + kOwnerFile).c_str(), "we")) {
+    std::fprintf(f, "%ld %s\n", long(::getpid()), start_time_of(::getpid()).c_str());
+    std::fclose(f);
+  }
 }
 
 TempRendezvousDir::~TempRendezvousDir() {

@@ -37,13 +37,16 @@ std::string to_string(const RendezvousSpec& spec);
 // own 30 s. Throws Error when the directory does not exist or Redis cannot be reached.
 // A FileStore refuses keys an earlier run left behind, so a run needs a fresh directory or a
 // prefix of its own (GlooCommOptions::prefix).
-// env://: rank 0 (`rank`) serves the store as well as using it; other kinds ignore the rank.
+// env://: rank 0 (`rank`) serves the store as well as using it, on MASTER_ADDR's address
+// (CPTUNE_STORE_BIND overrides it); every rank presents store_token_from_environment()
+// (store_token.h) and throws Error when there is none. Other kinds ignore the rank.
 std::shared_ptr<gloo::rendezvous::Store> open_store(const RendezvousSpec& spec, std::chrono::milliseconds timeout,
                                                     int rank = -1);
 
 // A fresh directory only this user can read, for the FileStore of one local run; removed with
 // everything in it when this object goes. Create it before forking the ranks and let only the
-// creating process destroy it.
+// creating process destroy it. It holds an "owner" file (pid and start time of its creator):
+// creating one first removes this user's directories whose creator is gone (a killed launcher).
 class TempRendezvousDir {
  public:
   // Under `parent`, or $TMPDIR, or /tmp when both are empty. Throws Error when it cannot.

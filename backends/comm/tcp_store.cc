@@ -1,31 +1,29 @@
+// The env:// store's client (tcp_store.h); the server is tcp_store_server.cc.
 #include "backends/comm/tcp_store.h"
 
-#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdint>
 #include <cstring>
-#include <map>
 #include <thread>
 
+#include "backends/comm/tcp_store_wire.h"
 #include "core/error.h"
 
 namespace cptune::backends {
 namespace {
 
-constexpr char kSet = 'S';
-constexpr char kGet = 'G';
-constexpr uint32_t kMaxLength = 64u << 20;  // a key or value; Gloo's addresses are a few hundred bytes
+// The client's own caps match the server's defaults, so an oversized set fails here, named.
+constexpr size_t kMaxKeyBytes = TcpStoreServerOptions{}.max_key_bytes;
+constexpr size_t kMaxValueBytes = TcpStoreServerOptions{}.max_value_bytes;
 
-// Whole-buffer I/O on a blocking socket; false on EOF or error.
+// Whole-buffer I/O on a blocking socket (with SO_RCVTIMEO); false on EOF, error or timeout.
 bool write_all(int fd, const void* data, size_t size) {
   const char* p = static_cast<const char*>(data);
   while (size > 0) {
@@ -50,136 +48,40 @@ bool read_all(int fd, void* data, size_t size) {
   return true;
 }
 
-void put_u32(std::string& out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(char((v >> (8 * i)) & 0xff));
-}
-
-bool read_u32(int fd, uint32_t& v) {
-  unsigned char b[4];
-  if (!read_all(fd, b, 4)) return false;
-  v = uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16 | uint32_t(b[3]) << 24;
-  return v <= kMaxLength;
-}
-
-bool read_bytes(int fd, std::string& out) {
-  uint32_t n = 0;
-  if (!read_u32(fd, n)) return false;
-  out.resize(n);
-  return read_all(fd, out.data(), n);
+std::string message(char op, const std::string& key) {
+  std::string out(1, op);
+  wire::put_u32(out, uint32_t(key.size()));
+  out += key;
+  return out;
 }
 
 }  // namespace
 
-struct TcpStoreServer::State {
-  int listen_fd = -1;
-  int wake[2] = {-1, -1};  // the destructor writes to wake[1] to stop the thread
-  std::map<std::string, std::string> values;
-  std::thread thread;
-
-  // One request from a client; false when the client hung up or spoke nonsense (dropped).
-  bool serve_one(int fd) {
-    char op = 0;
-    std::string key;
-    if (!read_all(fd, &op, 1) || !read_bytes(fd, key)) return false;
-    if (op == kSet) {
-      std::string value;
-      if (!read_bytes(fd, value)) return false;
-      values[key] = std::move(value);
-      const char ok = 1;
-      return write_all(fd, &ok, 1);
-    }
-    if (op != kGet) return false;
-    const auto it = values.find(key);
-    std::string reply(1, it == values.end() ? 0 : 1);
-    if (it != values.end()) {
-      put_u32(reply, uint32_t(it->second.size()));
-      reply += it->second;
-    }
-    return write_all(fd, reply.data(), reply.size());
-  }
-
-  void run() {
-    std::vector<pollfd> fds = {{wake[0], POLLIN, 0}, {listen_fd, POLLIN, 0}};
-    while (true) {
-      if (::poll(fds.data(), fds.size(), -1) < 0) {
-        if (errno == EINTR) continue;
-        break;
-      }
-      if (fds[0].revents) break;
-      if (fds[1].revents & POLLIN) {
-        const int client = ::accept(listen_fd, nullptr, nullptr);
-        if (client >= 0) fds.push_back({client, POLLIN, 0});
-      }
-      for (size_t i = 2; i < fds.size();) {
-        if (fds[i].revents && !serve_one(fds[i].fd)) {
-          ::close(fds[i].fd);
-          fds.erase(fds.begin() + std::ptrdiff_t(i));
-          continue;
-        }
-        ++i;
-      }
-    }
-    for (size_t i = 2; i < fds.size(); ++i) ::close(fds[i].fd);
-  }
-};
-
-TcpStoreServer::TcpStoreServer(int port) : state_(std::make_unique<State>()) {
-  State& s = *state_;
-  s.listen_fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  const bool v6 = s.listen_fd >= 0;
-  if (!v6) s.listen_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (s.listen_fd < 0) throw Error(std::string("env:// rendezvous: cannot open a socket: ") + std::strerror(errno));
-  const int one = 1, zero = 0;
-  ::setsockopt(s.listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  int rc = 0;
-  if (v6) {
-    ::setsockopt(s.listen_fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);  // IPv4 clients too
-    sockaddr_in6 addr{};
-    addr.sin6_family = AF_INET6;
-    addr.sin6_addr = in6addr_any;
-    addr.sin6_port = htons(uint16_t(port));
-    rc = ::bind(s.listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  } else {
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_ANY);
-    addr.sin_port = htons(uint16_t(port));
-    rc = ::bind(s.listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  }
-  if (rc != 0 || ::listen(s.listen_fd, 1024) != 0) {
-    const std::string why = std::strerror(errno);
-    ::close(s.listen_fd);
-    throw Error("env:// rendezvous: rank 0 cannot serve the store on port " + std::to_string(port) + ": " + why +
-                "; set MASTER_PORT to a free port (the same on every rank)");
-  }
-  if (::pipe2(s.wake, O_CLOEXEC) != 0) {
-    ::close(s.listen_fd);
-    throw Error(std::string("env:// rendezvous: pipe failed: ") + std::strerror(errno));
-  }
-  s.thread = std::thread([&s] { s.run(); });
-}
-
-TcpStoreServer::~TcpStoreServer() {
-  const char stop = 1;
-  (void)!::write(state_->wake[1], &stop, 1);
-  state_->thread.join();
-  ::close(state_->listen_fd);
-  ::close(state_->wake[0]);
-  ::close(state_->wake[1]);
-}
-
-TcpStore::TcpStore(std::string host, int port, std::chrono::milliseconds timeout, bool serve)
+TcpStore::TcpStore(std::string host, int port, std::chrono::milliseconds timeout, bool serve, std::string token,
+                   std::string bind_host)
     : host_(std::move(host)), port_(port), timeout_(timeout) {
-  if (serve) server_ = std::make_unique<TcpStoreServer>(port);
+  if (token.empty()) throw Error("env:// rendezvous: the store needs a non-empty token");
+  if (serve) {
+    TcpStoreServerOptions options;
+    options.port = port;
+    options.bind_host = bind_host.empty() ? host_ : bind_host;
+    options.token = token;
+    options.stall_timeout = std::clamp(timeout, std::chrono::milliseconds(500), std::chrono::milliseconds(5000));
+    server_ = std::make_unique<TcpStoreServer>(options);
+  }
+  connect_and_authenticate(token);
+}
+
+void TcpStore::connect_and_authenticate(const std::string& token) {
   using clock = std::chrono::steady_clock;
-  const auto deadline = clock::now() + timeout;
+  const auto deadline = clock::now() + timeout_;
   std::string why;
   while (true) {
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     addrinfo* found = nullptr;
-    const int gai = ::getaddrinfo(host_.c_str(), std::to_string(port).c_str(), &hints, &found);
+    const int gai = ::getaddrinfo(host_.c_str(), std::to_string(port_).c_str(), &hints, &found);
     if (gai != 0) {
       why = std::string("cannot resolve the host: ") + gai_strerror(gai);
     } else {
@@ -198,7 +100,7 @@ TcpStore::TcpStore(std::string host, int port, std::chrono::milliseconds timeout
     if (fd_ >= 0) break;
     if (clock::now() > deadline)
       throw Error("env:// rendezvous: cannot reach the store at " + where() + " (rank 0 serves it) within " +
-                  std::to_string(timeout.count()) + " ms: " + why +
+                  std::to_string(timeout_.count()) + " ms: " + why +
                   "; check MASTER_ADDR / MASTER_PORT and that rank 0 is running");
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -206,8 +108,18 @@ TcpStore::TcpStore(std::string host, int port, std::chrono::milliseconds timeout
   ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   // A store that stops answering fails the call instead of hanging it.
   timeval tv{};
-  tv.tv_sec = std::max<long>(1, long(timeout.count() / 1000));
+  tv.tv_sec = std::max<long>(1, long(timeout_.count() / 1000));
   ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  const std::string auth = message(wire::kAuth, token);
+  char accepted = 0;
+  if (token.size() > 1024 || !write_all(fd_, auth.data(), auth.size()) || !read_all(fd_, &accepted, 1) || accepted != 1) {
+    ::close(fd_);
+    fd_ = -1;
+    throw Error("env:// rendezvous: the store at " + where() +
+                " refused this rank's token: every rank needs the same CPTUNE_STORE_TOKEN or the same launcher job id "
+                "(something else may be listening on MASTER_PORT)");
+  }
 }
 
 TcpStore::~TcpStore() {
@@ -217,31 +129,38 @@ TcpStore::~TcpStore() {
 std::string TcpStore::where() const { return host_ + ":" + std::to_string(port_); }
 
 void TcpStore::set(const std::string& key, const std::vector<char>& data) {
-  std::string request(1, kSet);
-  put_u32(request, uint32_t(key.size()));
-  request += key;
-  put_u32(request, uint32_t(data.size()));
+  if (key.size() > kMaxKeyBytes || data.size() > kMaxValueBytes)
+    throw Error("env:// rendezvous: key '" + key.substr(0, 64) + "' (" + std::to_string(key.size()) + " bytes) or its value (" +
+                std::to_string(data.size()) + " bytes) is over the store's caps (" + std::to_string(kMaxKeyBytes) + " and " +
+                std::to_string(kMaxValueBytes) + " bytes)");
+  std::string request = message(wire::kSet, key);
+  wire::put_u32(request, uint32_t(data.size()));
   request.append(data.begin(), data.end());
   char ok = 0;
-  if (key.size() > kMaxLength || data.size() > kMaxLength || !write_all(fd_, request.data(), request.size()) ||
-      !read_all(fd_, &ok, 1) || ok != 1)
+  if (!write_all(fd_, request.data(), request.size()) || !read_all(fd_, &ok, 1))
     throw Error("env:// rendezvous: setting key '" + key + "' in the store at " + where() +
                 " failed: the store did not answer (rank 0 gone?)");
+  if (ok == wire::kRefused)
+    throw Error("env:// rendezvous: the store at " + where() + " refused key '" + key +
+                "': it holds its cap of bytes already (something other than the ranks is filling it?)");
+  if (ok != wire::kStored)
+    throw Error("env:// rendezvous: the store at " + where() + " sent a bad answer to setting key '" + key + "'");
 }
 
 bool TcpStore::try_get(const std::string& key, std::vector<char>& value) {
-  std::string request(1, kGet);
-  put_u32(request, uint32_t(key.size()));
-  request += key;
+  const std::string request = message(wire::kGet, key);
   char found = 0;
-  if (!write_all(fd_, request.data(), request.size()) || !read_all(fd_, &found, 1))
+  if (key.size() > kMaxKeyBytes || !write_all(fd_, request.data(), request.size()) || !read_all(fd_, &found, 1))
     throw Error("env:// rendezvous: reading key '" + key + "' from the store at " + where() +
                 " failed: the store did not answer (rank 0 gone?)");
   if (!found) return false;
-  std::string bytes;
-  if (!read_bytes(fd_, bytes))
+  unsigned char len[4];
+  uint32_t n = 0;
+  if (!read_all(fd_, len, 4) || (n = wire::get_u32(len)) > kMaxValueBytes)
+    throw Error("env:// rendezvous: the store at " + where() + " sent a bad value for key '" + key + "'");
+  value.resize(n);
+  if (!read_all(fd_, value.data(), n))
     throw Error("env:// rendezvous: the store at " + where() + " sent a truncated value for key '" + key + "'");
-  value.assign(bytes.begin(), bytes.end());
   return true;
 }
 

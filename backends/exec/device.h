@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -57,6 +58,19 @@ class DeviceAttention {
   virtual void attend(const Queries& queries, const KvBlock& block, const AttentionParams& params) = 0;
   // O in `dtype` into device memory `out`.
   virtual void store_output(DType dtype, std::byte* out, int64_t out_bytes) = 0;
+
+  // The backward, after this state's forward (its final O and LSE stay here). A device without
+  // a backward kernel throws Error from these.
+  // Starts a backward of my queries: dO (device memory, the Q tensor's rows x my q heads x Dv)
+  // is kept for the calls below, D = rowsum(dO o O) computed for the rows of `runs`, and dQ
+  // (q_dim wide) zeroed.
+  virtual void begin_backward(const TensorView& d_out, std::span<const StoredRun> runs, int64_t q_dim);
+  // attend_backward() of attention_cpu.h: adds dQ (kept here) and this block's share of dK, dV
+  // into `dkv` (fp32 device memory, the block's rows).
+  virtual void attend_backward(const Queries& queries, const KvBlock& block, const AttentionParams& params,
+                               KvGrads dkv);
+  // dQ in `dtype` into device memory `out`.
+  virtual void store_grad_q(DType dtype, std::byte* out, int64_t out_bytes);
 };
 
 class Device {
@@ -78,6 +92,16 @@ class Device {
   virtual std::unique_ptr<DeviceAttention> attention(int64_t tokens, int64_t q_heads, int64_t v_dim) = 0;
   // Returns when everything queued has run (a phase ends here, so host timers measure it).
   virtual void synchronize() = 0;
+
+  // fp32 arithmetic the backward's motions need on device memory (dK, dV sums). The defaults go
+  // through the host (download, compute, upload): correct on any device, fast on the host only.
+  virtual void zero(std::byte* data, int64_t bytes);
+  // dst[i] += src[i] for `elems` floats.
+  virtual void add_floats(std::byte* dst, const std::byte* src, int64_t elems);
+  // dst[i] += src[i] for `elems` elements of `dtype` at src (a received partial dK, dV).
+  virtual void add_stored(std::byte* dst, const std::byte* src, DType dtype, int64_t elems);
+  // `elems` floats at src rounded to `dtype` into out.
+  virtual void store_floats(const std::byte* src, int64_t elems, DType dtype, std::byte* out);
 };
 
 // The CPU: plain memory, memcpy, the Eigen kernel; synchronize() does nothing.

@@ -1,8 +1,8 @@
 #pragma once
 // The executor: runs one Layout for real on every rank of a Comm (Gloo: CPU ranks and host
 // buffers; NCCL: one GPU per rank, device buffers and the CUDA kernel, see device.h),
-// optionally verifies the output rows against an independent double-precision reference
-// (reference.h), and times every phase (slowest rank, median of N after W warm-ups; GPU phases end with a stream sync).
+// optionally verifies the output rows (and a backward's dQ, dK, dV) against independent
+// double-precision references (reference.h, reference_bwd.h), and times every phase (slowest rank, median of N after W warm-ups; GPU phases end with a stream sync).
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -12,6 +12,7 @@
 
 #include "backends/exec/phase_timer.h"
 #include "backends/exec/tensor_gen.h"
+#include "backends/exec/verify_output.h"
 #include "core/layout.h"
 
 namespace cptune::backends {
@@ -44,13 +45,26 @@ struct ExecutorOptions {
   // Q, K, V given whole (shape-checked by the caller) instead of generated from the seed;
   // verification then checks against attention over these. Not owned.
   const GivenInputs* inputs = nullptr;
-  // Every rank gets RunResult::output, the whole O (collective: all ranks pass the same).
+  // Every rank gets RunResult::output, the whole O (collective: all ranks pass the same), and
+  // with a backward pass grad_q, grad_k, grad_v.
   bool collect_output = false;
+  // What is run and timed: the forward (phases gather..o), the backward alone (its forward runs
+  // untimed first: the backward needs O and the log-sum-exp), or both, as the phase plan has them.
+  Pass pass = Pass::forward;
+};
+
+// Errors of one checked tensor over every rank (tolerances per element: reference*.cc).
+struct ErrorStats {
+  double max_abs_err = 0;  // largest |x - x_ref|
+  double tolerance = 0;    // largest per-element tolerance
+  double worst_ratio = 0;  // largest |x - x_ref| / its tolerance; passes when <= 1
+  int64_t rows = 0;        // rows (token x head) compared
+  bool passed() const { return worst_ratio <= 1; }
 };
 
 struct RunResult {
   std::vector<PhaseStats> phases;  // slowest rank per iteration; median, min, max
-  Spread time;                     // whole forward pass, slowest rank
+  Spread time;                     // the whole pass timed (ExecutorOptions::pass), slowest rank
   std::vector<double> samples;     // that time for every timed iteration, in order
   int iterations = 0;
   // With verify, over every checked element of every rank (tolerances per element, reference.cc):
@@ -58,16 +72,21 @@ struct RunResult {
   double tolerance = 0;               // largest per-element tolerance (max_abs_err may reach it)
   double worst_ratio = 0;             // largest |O - O_ref| / its tolerance; passes when <= 1
   int64_t verified_rows = 0;          // output rows (token x head) compared
-  bool verified() const { return max_abs_err && worst_ratio <= 1; }
+  // With verify and a backward pass: dQ, dK, dV against the backward reference (reference_bwd.h).
+  std::optional<ErrorStats> grad_q_err, grad_k_err, grad_v_err;
+  bool verified() const {
+    for (const auto* g : {&grad_q_err, &grad_k_err, &grad_v_err})
+      if (g->has_value() && !(*g)->passed()) return false;
+    return max_abs_err && worst_ratio <= 1;
+  }
   // With collect_output: O as fp32 [batch][total tokens][q heads][v head dim], sequences in
   // order, the dtype's rounding applied.
   std::vector<float> output;
+  // With collect_output and a backward pass, laid out like output: dQ [..][q heads][D],
+  // dK [..][kv heads][D], dV [..][kv heads][Dv].
+  std::vector<float> grad_q, grad_k, grad_v;
 };
 
-// verify_rows = 0: every row up to this many visible (query, key, head) triples, else this many
-// sampled rows.
-inline constexpr int64_t kVerifyEveryRowPairs = int64_t{1} << 25;
-inline constexpr int64_t kVerifySampledRows = 4096;
 
 // Every rank of `world` calls this with the same layout and options. Throws Error when the
 // ranks disagree on them, when a peer fails or times out, or when the device cannot run the

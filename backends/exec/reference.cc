@@ -149,10 +149,13 @@ void Reference::row(const RowId& id, std::span<double> out, std::span<double> to
 }
 
 void RowCheck::add(double err, double tol) {
-  if (std::isnan(err)) err = std::numeric_limits<double>::infinity();
+  // A NaN or infinity in the output or the reference (a non-finite input reaches both) never
+  // passes: NaN compares false, so a NaN ratio would slip past std::max and the <= 1 test.
+  const bool finite = std::isfinite(err) && std::isfinite(tol);
+  if (!finite) err = std::numeric_limits<double>::infinity();
   max_abs_err = std::max(max_abs_err, err);
-  max_tolerance = std::max(max_tolerance, tol);
-  const double ratio = err == 0 ? 0 : err / tol;
+  if (std::isfinite(tol)) max_tolerance = std::max(max_tolerance, tol);
+  const double ratio = !finite ? std::numeric_limits<double>::infinity() : err == 0 ? 0 : err / tol;
   worst_ratio = std::max(worst_ratio, ratio);
 }
 

@@ -24,13 +24,36 @@ float input_value(uint64_t seed, Tensor tensor, int64_t seq, int64_t pos, int64_
   return static_cast<float>(static_cast<double>(h >> 11) * 0x1.0p-52 - 1.0);
 }
 
+namespace {
+
+const std::vector<float>& tensor_of(const GivenInputs& in, Tensor tensor) {
+  switch (tensor) {
+    case Tensor::q: return in.q;
+    case Tensor::k: return in.k;
+    case Tensor::v: return in.v;
+    case Tensor::o: return in.d_out;  // kGradOutput
+  }
+  return in.q;
+}
+
+}  // namespace
+
+bool GivenInputs::has(Tensor tensor) const { return !tensor_of(*this, tensor).empty(); }
+
 float GivenInputs::at(Tensor tensor, int64_t seq, int64_t pos, int64_t sample, int64_t head, int64_t dim) const {
-  const bool is_q = tensor == Tensor::q;
-  const std::vector<float>& t = is_q ? q : tensor == Tensor::k ? k : v;
-  const int64_t heads = is_q ? q_heads : kv_heads;
-  const int64_t dims = tensor == Tensor::v ? v_head_dim : head_dim;
+  const std::vector<float>& t = tensor_of(*this, tensor);
+  const int64_t heads = tensor == Tensor::q || tensor == kGradOutput ? q_heads : kv_heads;
+  const int64_t dims = tensor == Tensor::v || tensor == kGradOutput ? v_head_dim : head_dim;
   const int64_t token = offsets[static_cast<size_t>(seq)] + pos;
-  return t[static_cast<size_t>(((sample * total_tokens + token) * heads + head) * dims + dim)];
+  const auto i = static_cast<size_t>(((sample * total_tokens + token) * heads + head) * dims + dim);
+  assert(i < t.size());
+  return t[i];
+}
+
+float input_or_given(uint64_t seed, const GivenInputs* given, Tensor tensor, int64_t seq, int64_t pos, int64_t sample,
+                     int64_t head, int64_t dim) {
+  return given != nullptr && given->has(tensor) ? given->at(tensor, seq, pos, sample, head, dim)
+                                                : input_value(seed, tensor, seq, pos, sample, head, dim);
 }
 
 void fill_input(std::span<float> out, uint64_t seed, Tensor tensor, std::span<const TokenRun> runs, int64_t batch,
@@ -44,9 +67,7 @@ void fill_input(std::span<float> out, uint64_t seed, Tensor tensor, std::span<co
       for (int64_t t = 0; t < run.padded; ++t)
         for (int64_t h = heads.begin; h < heads.end; ++h)
           for (int64_t d = 0; d < dim; ++d)
-            out[i++] = t >= run.count ? 0.0f
-                       : given     ? given->at(tensor, run.seq, run.begin + t, b, h, d)
-                                   : input_value(seed, tensor, run.seq, run.begin + t, b, h, d);
+            out[i++] = t >= run.count ? 0.0f : input_or_given(seed, given, tensor, run.seq, run.begin + t, b, h, d);
 }
 
 }  // namespace cptune::backends

@@ -62,8 +62,8 @@ bool processor_runs(CpuIsa isa) {
 
 #define CPTUNE_CPU_KERNELS(variant) \
   CpuKernels {                                                                                  \
-    CpuIsa::variant, &isa_##variant::attend, &isa_##variant::to_float, &isa_##variant::from_float, \
-        &isa_##variant::gemm_abt                                                                   \
+    CpuIsa::variant, &isa_##variant::attend, &isa_##variant::attend_backward, &isa_##variant::to_float, \
+        &isa_##variant::from_float, &isa_##variant::gemm_abt                                            \
   }
 
 const CpuKernels& kernels_of(CpuIsa isa) {

@@ -1,5 +1,5 @@
 #pragma once
-// The CPU kernels' hot loops (attend(), the dtype copies, the LSE merge) are built once per x86
+// The CPU kernels' hot loops (attend(), attend_backward(), the dtype copies, the LSE merge) are built once per x86
 // instruction set and one build is chosen at start-up from what the processor runs, so one
 // portable binary computes at the machine's vector width (README, "CPU kernel instruction
 // sets"). CPTUNE_CPU_ISA=baseline|v3|v4 forces one.
@@ -33,12 +33,18 @@ struct Queries;
 struct KvBlock;
 struct AttentionParams;
 class AttentionState;
+struct BackwardInputs;
+struct QueryGrads;
+struct KvGrads;
 
-// One variant's entry points; the public attend(), to_float() and from_float() call those of
+// One variant's entry points; the public attend(), attend_backward(), to_float() and from_float() call those of
 // active_cpu_isa(). Tests and benchmarks pick a variant by name.
 struct CpuKernels {
   CpuIsa isa;
   void (*attend)(const Queries& queries, const KvBlock& block, const AttentionParams& params, AttentionState& state);
+  // attend_backward() of attention_cpu.h.
+  void (*attend_backward)(const Queries& queries, const KvBlock& block, const AttentionParams& params,
+                          const BackwardInputs& in, QueryGrads dq, KvGrads dkv);
   void (*to_float)(const void* src, DType dtype, float* dst, int64_t elems);
   void (*from_float)(const float* src, DType dtype, void* dst, int64_t elems);
   // C [m][n] = A [m][k] times B [n][k] transposed, row-major fp32: the Q.K^T tile product of

@@ -10,7 +10,6 @@ ABI_VERSION = 1
 _OK, _NOT_FOUND = 0, 1
 _NAME_SIZE = 32
 _SOURCES = {0: "exact", 1: "nearest", 2: "simulated"}
-ENGINES = ("sglang", "diffusers", "cache-dit", "xdit", "megatron", "prime-rl", "ring-flash-attn")
 
 
 class CptuneError(Exception):
@@ -19,7 +18,7 @@ class CptuneError(Exception):
 
 class NotFound(CptuneError):
     """No measured layout and no simulator answer for the shape; the message names the closest
-    fingerprint the database holds."""
+    fingerprint the database holds and the rule that refused the simulator's last candidate."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,17 @@ class Answer:
     config: Optional[str] = None
     args: Optional[str] = None
     config_json: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def rank_order(self) -> str:
+        """The C ABI's and the store's name of `order` (the dict client of cptune 0.2 said "order")."""
+        return self.order
+
+    def as_dict(self) -> Dict[str, object]:
+        """The answer as the command line's JSON prints it: every field, rank_order beside order."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["rank_order"] = self.order
+        return out
 
 
 class _Shape(ctypes.Structure):
@@ -107,17 +117,45 @@ class Mask:
             self._handle = None
 
 
+_library_override: Optional[str] = None
+
+
+def use_library(path: Union[str, os.PathLike]) -> None:
+    """Load this libcptune_lookup.so instead of the package's own (a build tree's, for
+    scripts/cptune_lookup.py --lib). Call before the first lookup."""
+    global _library_override
+    if _lib is not None:
+        raise CptuneError("the library is already loaded; call use_library() before the first lookup")
+    _library_override = os.fspath(path)
+
+
 def library_path() -> str:
-    """The library bundled in this package, else the one the system linker finds."""
+    """The library this package uses: one given to use_library(); the one bundled beside it (a
+    wheel); the one of the prefix it was installed into (cmake --install writes _prefix.py);
+    else the one the system linker finds."""
+    if _library_override:
+        return _library_override
     here = os.path.dirname(os.path.abspath(__file__))
     bundled = os.path.join(here, "libcptune_lookup.so")
     if os.path.isfile(bundled):
         return bundled
+    try:
+        from ._prefix import LIBRARY  # relative to this folder
+        installed = os.path.normpath(os.path.join(here, LIBRARY))
+        if os.path.isfile(installed):
+            return installed
+    except ImportError:
+        pass
     found = ctypes.util.find_library("cptune_lookup")
     if not found:
         raise CptuneError("libcptune_lookup.so is neither bundled in the cptune package nor installed; reinstall "
                           "the package after building the repository (pip install ./python)")
     return found
+
+
+def library_version() -> str:
+    """The cptune release the loaded library was built from (the package has the same)."""
+    return _library().cptune_lookup_library_version().decode()
 
 
 _lib = None
@@ -132,7 +170,9 @@ def _library():
     sz, psz = ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)
     signatures = {
         "cptune_lookup_version": (ctypes.c_int, []),
+        "cptune_lookup_library_version": (c, []),
         "cptune_lookup_open_local": (ctypes.c_int, [c, c, i64, i64, c, c, ctypes.POINTER(p)]),
+        "cptune_lookup_open_local_pass": (ctypes.c_int, [c, c, i64, i64, c, c, c, ctypes.POINTER(p)]),
         "cptune_lookup_query": (ctypes.c_int, [p, ctypes.POINTER(_Shape), ctypes.POINTER(_Choice)]),
         "cptune_lookup_close": (None, [p]),
         "cptune_lookup_last_error": (c, []),
@@ -145,6 +185,7 @@ def _library():
         "cptune_lookup_mask_text": (ctypes.c_int, [p, ctypes.c_char_p, sz, psz]),
         "cptune_lookup_mask_free": (None, [p]),
         "cptune_lookup_query_masked": (ctypes.c_int, [p, ctypes.POINTER(_Shape), p, ctypes.POINTER(_Choice)]),
+        "cptune_lookup_engines": (ctypes.c_int, [ctypes.c_char_p, sz, psz]),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
@@ -171,6 +212,12 @@ def _text_call(lib, fn, *args) -> str:
     return buffer.value.decode()
 
 
+def engines() -> List[str]:
+    """The engines with a profile (the library's one list), e.g. "diffusers", "megatron"."""
+    lib = _library()
+    return _text_call(lib, lib.cptune_lookup_engines).splitlines()
+
+
 def fingerprints(db: Union[str, os.PathLike]) -> List[str]:
     """One line per fingerprint the database holds ("1 gloo cpu P=4 G=4 nodes=1 shapes=3 (...)")."""
     lib = _library()
@@ -180,20 +227,25 @@ def fingerprints(db: Union[str, os.PathLike]) -> List[str]:
 class Lookup:
     """A tuning database opened for this machine: backend "gloo" (device "cpu") or "nccl" (the GPU
     model the driver reports), world and ranks per node (defaults: $WORLD_SIZE, $LOCAL_WORLD_SIZE,
-    as torchrun sets them). hardware: a preset or hardware JSON for the simulator's answer when
-    nothing of a shape's family was measured; None for measured answers only."""
+    as torchrun sets them). db None: no database, every answer is the simulator's. hardware: a
+    preset or hardware JSON for the simulator's answer when nothing of a shape's family was
+    measured; "auto" the preset this machine's device names (an engine's or an nccl question on a
+    CPU machine needs a GPU preset: CptuneError otherwise); None for measured answers only.
+    pass_: "fwd" (default), "bwd" or "fwd+bwd": only that pass's measurements answer, the simulator
+    prices that pass, and an engine's forward-only layouts are never answered with a backward."""
 
-    def __init__(self, db: Union[str, os.PathLike], world: Optional[int] = None,
+    def __init__(self, db: Optional[Union[str, os.PathLike]] = None, world: Optional[int] = None,
                  ranks_per_node: Optional[int] = None, backend: str = "gloo",
-                 hardware: Optional[str] = "cpu-gloo"):
+                 hardware: Optional[str] = "auto", pass_: str = "fwd"):
         if world is None:
             if "WORLD_SIZE" not in os.environ:
                 raise CptuneError("give world= (ranks in the context-parallel group); $WORLD_SIZE is not set")
             world = int(os.environ["WORLD_SIZE"])
         if ranks_per_node is None:
             ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        self.db, self.world, self.ranks_per_node = os.fspath(db), int(world), int(ranks_per_node)
-        self.backend, self.hardware = backend, hardware
+        self.db = os.fspath(db) if db is not None else None
+        self.world, self.ranks_per_node = int(world), int(ranks_per_node)
+        self.backend, self.hardware, self.pass_ = backend, hardware, pass_
         self._lib = _library()
         self._handles: Dict[str, ctypes.c_void_p] = {}
 
@@ -201,9 +253,10 @@ class Lookup:
         key = engine or ""
         if key not in self._handles:
             handle = ctypes.c_void_p()
-            status = self._lib.cptune_lookup_open_local(
-                os.fsencode(self.db), self.backend.encode(), self.world, self.ranks_per_node,
-                self.hardware.encode() if self.hardware else None, key.encode(), ctypes.byref(handle))
+            status = self._lib.cptune_lookup_open_local_pass(
+                os.fsencode(self.db) if self.db is not None else None, self.backend.encode(), self.world, self.ranks_per_node,
+                self.hardware.encode() if self.hardware else None, key.encode(), self.pass_.encode(),
+                ctypes.byref(handle))
             if status != _OK:
                 _fail(self._lib, status)
             self._handles[key] = handle

@@ -13,6 +13,11 @@
 //   pairs_M        visible (query, key) pairs in millions (the FLOPs' count)
 // Block masks (attend_blocks/<variant>/<mask>): star:16 and strided:16,4 beside causal at
 // S = 8192; EMPTY tiles are skipped, so time should follow pairs_M.
+// The backward (attend_backward/<variant>/<mask>/<dtype>): D = rowsum(dO o O) and
+// attend_backward() over the same shapes, gradients zeroed each iteration (in the time), the
+// forward's LSE and O made once outside it. GFLOP/s counts the five tile products per visible
+// pair and q head: S = Q K^T recomputed (2D), dV += P^T dO (2Dv), dP = dO V^T (2Dv),
+// dQ += dS K (2D), dK += dS^T Q (2D), i.e. 2 (3D + 2Dv) FLOPs, 2.5x the forward's at D = Dv.
 // Run on one core: taskset -c 1 build/bench/bench_attention_cpu [--benchmark_filter=attend/v3]
 #include <benchmark/benchmark.h>
 
@@ -99,6 +104,46 @@ void run(benchmark::State& state, const Mask& mask, DType dtype, Attention atten
   }
 }
 
+// The backward of one rank's attention: D, then dQ, dK, dV of every query against every key.
+void run_backward(benchmark::State& state, const Mask& mask, DType dtype, const CpuKernels& kernels) {
+  const int64_t S = state.range(0), D = state.range(1);
+  std::mt19937_64 rng(1);
+  const std::vector<std::byte> q = random_tensor(S * kQHeads * D, dtype, rng),
+                               k = random_tensor(S * kKvHeads * D, dtype, rng),
+                               v = random_tensor(S * kKvHeads * D, dtype, rng),
+                               d_out = random_tensor(S * kQHeads * D, dtype, rng);
+  const std::vector<int64_t> seq_lens{S};
+  const std::vector<StoredRun> runs = packed_runs(seq_lens);
+  const Queries queries{{q.data(), dtype, S, kQHeads, D}, runs};
+  const KvBlock block{{k.data(), dtype, S, kKvHeads, D}, {v.data(), dtype, S, kKvHeads, D}, runs};
+  const AttentionParams params{mask, {0, 0, kQHeads / kKvHeads}, {}, seq_lens};
+  AttentionState forward(S, kQHeads, D);
+  kernels.attend(queries, block, params, forward);
+  const TensorView d_out_view{d_out.data(), dtype, S, kQHeads, D};
+  std::vector<float> delta(static_cast<size_t>(S * kQHeads));
+  GradBuffer dq(S, kQHeads, D), dk(S, kKvHeads, D), dv(S, kKvHeads, D);
+  double cpu_seconds = 0;
+  for (auto _ : state) {
+    const double start = thread_cpu_seconds();
+    dq.clear();
+    dk.clear();
+    dv.clear();
+    compute_delta(output_view(forward), d_out_view, runs, delta);
+    kernels.attend_backward(queries, block, params, {d_out_view, forward.lse(), delta}, {dq.view()},
+                            {dk.view(), dv.view()});
+    benchmark::DoNotOptimize(dk.values().data());
+    cpu_seconds += thread_cpu_seconds() - start;
+  }
+  const auto pairs = static_cast<double>(mask_pairs(params.mask, S, 0, S, 0, S));
+  const double flops = 2.0 * static_cast<double>(3 * D + 2 * D) * pairs * kQHeads;
+  const double kernel = flops * static_cast<double>(state.iterations()) / cpu_seconds * 1e-9;
+  const double sgemm = tile_sgemm_gflops(kernels, D, 0.2);
+  state.counters["pairs_M"] = pairs * 1e-6;
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["sgemm_GFLOP/s"] = sgemm;
+  state.counters["of_sgemm"] = kernel / sgemm;
+}
+
 void Shapes(benchmark::internal::Benchmark* b) {
   for (int64_t D : {64, 128})
     for (int64_t S : {1024, 2048, 4096}) b->Args({S, D});
@@ -124,7 +169,8 @@ void BM_Reference(benchmark::State& state, MaskKind mask) {
 BENCHMARK_CAPTURE(BM_Reference, full, MaskKind::full)->Apply(Shapes)->Iterations(1);
 BENCHMARK_CAPTURE(BM_Reference, causal, MaskKind::causal)->Apply(Shapes)->Iterations(1);
 
-// attend/<variant>/<mask>/<dtype> and tile_sgemm/<variant> for every variant this processor runs.
+// attend/<variant>/<mask>/<dtype>, attend_backward/<variant>/<mask>/<dtype> and tile_sgemm/<variant>
+// for every variant this processor runs.
 void register_variants() {
   for (CpuIsa isa : runnable_cpu_isas()) {
     const CpuKernels* kernels = &cpu_kernels(isa);
@@ -138,6 +184,11 @@ void register_variants() {
             "attend/" + name + "/" + std::string(to_string(mask)) + "/" + std::string(to_string(dtype));
         benchmark::RegisterBenchmark(full_name.c_str(), [=](benchmark::State& state) {
           run(state, Mask(mask), dtype, kernels->attend, kernels);
+        })->Apply(Shapes);
+        const std::string backward_name =
+            "attend_backward/" + name + "/" + std::string(to_string(mask)) + "/" + std::string(to_string(dtype));
+        benchmark::RegisterBenchmark(backward_name.c_str(), [=](benchmark::State& state) {
+          run_backward(state, Mask(mask), dtype, *kernels);
         })->Apply(Shapes);
       }
     for (const char* mask_text : {"causal", "star:16", "strided:16,4"}) {

@@ -45,9 +45,23 @@ for engine in cptune.ENGINES:
     print(f"{engine}: {a.strategy} U={a.ulysses} R={a.ring} ({a.source}) -> {a.config} | {a.args}")
     assert a.engine == engine and a.config and a.args is not None and isinstance(a.config_json, dict)
 
-d = lookup.best(shape, engine="diffusers")
-assert d.strategy in ("ulysses", "uaa", "allgather-kv"), d
+# diffusers refuses GQA (attention_dispatch.py): an MHA shape, priced on the GPU preset asked for.
+mha = cptune.Shape(seq_lens=[256], q_heads=4, kv_heads=4, head_dim=16)
+d = cptune.Lookup(db, world=2, hardware="h100-sxm").best(mha, engine="diffusers")
+assert d.strategy in ("ulysses", "uaa", "allgather-kv") and d.source == "simulated", d
 assert d.config.startswith("ContextParallelConfig("), d.config
+
+# No database: the simulator answers (cpu-gloo for CPU ranks without an engine).
+nodb = cptune.Lookup(None, world=4).best(cptune.Shape(seq_lens=[4096], q_heads=8))
+assert nodb.source == "simulated", nodb
+assert len(cptune.ENGINES) >= 10 and "vllm-omni" in cptune.engines(), cptune.ENGINES
+try:
+    cptune.Lookup(None, world=4, hardware="h100-sxm").best(
+        cptune.Shape(seq_lens=[4096], q_heads=8, mask="causal"), engine="diffusers")
+    raise SystemExit("expected NotFound")
+except cptune.NotFound as e:  # names the rule that refused the last candidate, and its source
+    assert "is_causal" in str(e) and "huggingface/diffusers @" in str(e), str(e)
+    print("not found (rule):", e)
 
 try:
     cptune.Lookup(db, world=8).best(shape)  # never measured on 8 ranks, no simulator on 8? it has one

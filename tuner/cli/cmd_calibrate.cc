@@ -2,9 +2,8 @@
 // description to the probes, print the residuals, write a hardware file for --hardware.
 #include <chrono>
 #include <ctime>
-#include <fstream>
 #include <iostream>
-#include <sstream>
+#include <set>
 #include <thread>
 
 #include <fmt/format.h>
@@ -16,8 +15,10 @@
 #include "sim/topology.h"
 #include "tuner/calibrate.h"
 #include "tuner/cli/commands.h"
-#include "tuner/fingerprint.h"
+#include "db/local_fingerprint.h"
 #include "tuner/nccl_tests.h"
+#include "tuner/attention_points.h"
+#include "core/read_file.h"
 #include "core/format.h"
 #include "tuner/cli/output_file.h"
 #include "tuner/cli/run_options.h"
@@ -36,6 +37,9 @@ struct CalibrateArgs {
   bool json = false;
   std::string statistic = "median";
   std::vector<std::string> nccl_tests;  // [KIND=]FILE
+  std::string attention_points, device, kernel;
+  int64_t units = 0;
+  double call_s = -1;  // --call-s: fixed, not fitted
 };
 
 std::string utc_now() {
@@ -61,7 +65,7 @@ sim::Hardware described(const tuner::FitResult& fit, const sim::Hardware& base, 
       "Calibrated by `cptune calibrate --backend {} --world {}` on {} ({} hardware threads) at {}: "
       "{} probes, each the {} of {} iterations (7 of 10 back-to-back operations for messages and copies) from "
       "the first rank's start to the last rank's end, after {} warm-up(s), interleaved.",
-      a.run.backend, a.world, cpu_model_name(), std::thread::hardware_concurrency(), utc_now(), fit.residuals.size(),
+      a.run.backend, a.world, db::cpu_model_name(), std::thread::hardware_concurrency(), utc_now(), fit.residuals.size(),
       a.statistic, a.run.iterations, a.run.warmups);
   source += "\nFitted by least squares on relative residuals: " + joined(fit.fitted) + ".";
   source += "\nKept from " + base.name + " (no probe exercises them on one host): " + joined(fit.kept) + ".";
@@ -122,14 +126,6 @@ void check_arguments(CalibrateArgs& a) {
   check_writable(a.out, "--out");
 }
 
-std::string read_text(const std::string& path, const std::string& flag) {
-  std::ifstream in(path);
-  if (!in) throw Error(fmt::format("{} {}: cannot be read; check the path", flag, path));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // --nccl-tests: no probes; each log's size sweep fitted, the levels it crossed replaced.
 int calibrate_from_nccl_tests(const CalibrateArgs& a) {
   if (a.out.empty()) throw Error("--out is required: the hardware file to write (then pass it as --hardware)");
@@ -144,7 +140,7 @@ int calibrate_from_nccl_tests(const CalibrateArgs& a) {
       kind = tuner::parse_nccl_test_kind(item.substr(0, eq));
       file = item.substr(eq + 1);
     }
-    runs.push_back(tuner::parse_nccl_tests(read_text(file, "--nccl-tests"), file, kind));
+    runs.push_back(tuner::read_nccl_tests(file, kind));
   }
   sim::Hardware hw = tuner::apply_nccl_tests(base, runs);
   hw.name = a.name.empty() ? base.name + "-nccl-tests" : a.name;
@@ -159,6 +155,68 @@ int calibrate_from_nccl_tests(const CalibrateArgs& a) {
                              sim::level_name(base, tuner::crossed_level(base, run)));
   }
   std::cout << "\nwrote " << a.out << " (" << hw.name << "); use it as --hardware " << a.out << "\n";
+  return 0;
+}
+
+// --attention-points: the attention kernel's shape model fitted to measured or published
+// points of one device (sim/attention_rate.h); everything else kept from --base.
+int calibrate_attention(const CalibrateArgs& a) {
+  if (a.out.empty()) throw Error("--out is required: the hardware file to write (then pass it as --hardware)");
+  if (a.device.empty()) throw Error("--device is required with --attention-points: the device column to fit (e.g. h100-sxm)");
+  check_writable(a.out, "--out");
+  const sim::Hardware base = sim::load_hardware(a.base);
+  sim::AttentionKernel start = base.attention_kernel;
+  if (a.units > 0) start.units = a.units;
+  if (a.call_s >= 0) start.call_s = a.call_s;
+  if (!start.modelled())
+    throw Error(fmt::format("--units is required: {} has no attention_kernel.units (the device's SM count)", base.name));
+  const std::vector<tuner::AttentionPointRow> rows =
+      tuner::parse_attention_points(read_regular_file(a.attention_points, "--attention-points file"), a.attention_points);
+  const std::vector<sim::AttentionPoint> points = tuner::attention_points_of(
+      rows, a.device, a.kernel.empty() ? std::nullopt : std::optional<std::string>(a.kernel));
+  if (!(a.call_s < 1)) throw Error(fmt::format("--call-s {} must be under 1 second", a.call_s));
+  const sim::AttentionFit fit = sim::fit_attention_kernel(points, start, a.call_s >= 0);
+  sim::Hardware hw = base;
+  hw.name = a.name.empty() ? base.name : a.name;
+  hw.attention_kernel = fit.kernel;
+  for (DType d : {DType::bf16, DType::fp16}) {
+    hw.attention_flops_per_s.at(d) = fit.flops_per_s;
+    hw.peak_flops_per_s.at(d) = std::max(hw.peak_flops_per_s.of(d), fit.flops_per_s);
+  }
+  std::string source = fmt::format(
+      "attention_kernel and attention_flops_per_s bf16/fp16 fitted by `cptune calibrate --attention-points {} --device {}{}` "
+      "to {} points (units {}, tile_rows {}{} given): long-sequence rate {:.4g} TFLOP/s, tile_keys_overhead {:.4g} keys, "
+      "head_dim_overhead {:.4g}, call_s {:.3g} us; |residual| median {:.1f}%, worst {:.1f}%. Points:",
+      a.attention_points, a.device, a.kernel.empty() ? "" : " --kernel " + a.kernel, points.size(), fit.kernel.units,
+      fit.kernel.tile_rows, a.call_s >= 0 ? " and call_s" : "", fit.flops_per_s / 1e12, fit.kernel.tile_keys_overhead, fit.kernel.head_dim_overhead,
+      fit.kernel.call_s * 1e6, 100 * fit.median_abs_residual, 100 * fit.max_abs_residual);
+  std::set<std::string> sources;
+  for (const tuner::AttentionPointRow& r : rows)
+    if (r.device == a.device && (a.kernel.empty() || r.kernel == a.kernel)) sources.insert(r.source);
+  for (const std::string& s : sources) source += "\n  " + s;
+  // Replace an earlier fit's lines, keep every other line of the base.
+  std::string kept;
+  for (size_t begin = 0; begin <= base.source.size();) {
+    const size_t end = std::min(base.source.find('\n', begin), base.source.size());
+    const std::string line = base.source.substr(begin, end - begin);
+    const bool earlier_fit = line.rfind("attention_kernel and attention_flops_per_s", 0) == 0 || line.rfind("  ", 0) == 0;
+    if (!earlier_fit && !line.empty()) kept += (kept.empty() ? "" : "\n") + line;
+    begin = end + 1;
+  }
+  hw.source = kept + "\n" + source;
+  sim::save_hardware(hw, a.out);
+  std::cout << fmt::format("{:>8} {:>6} {:>6} {:>5} {:>11} {:>11} {:>7}\n", "rows", "BxH", "D", "waves", "measured", "predicted",
+                           "error");
+  for (const sim::AttentionPoint& p : points) {
+    const double predicted = sim::attention_call_s(p.call, fit.kernel, fit.flops_per_s);
+    std::cout << fmt::format("{:>8} {:>6} {:>6} {:>5} {:>11} {:>11} {:>6.1f}%\n", p.call.query_rows, p.call.batch_heads,
+                             p.call.head_dim, sim::attention_waves(p.call, fit.kernel), human_seconds(p.seconds),
+                             human_seconds(predicted), 100 * (predicted - p.seconds) / p.seconds);
+  }
+  std::cout << fmt::format("\nrate {:.4g} TFLOP/s, tile_keys_overhead {:.4g}, head_dim_overhead {:.4g}, call_s {:.3g} us; median "
+                           "|error| {:.1f}%\nwrote {} ({})\n",
+                           fit.flops_per_s / 1e12, fit.kernel.tile_keys_overhead, fit.kernel.head_dim_overhead,
+                           fit.kernel.call_s * 1e6, 100 * fit.median_abs_residual, a.out, hw.name);
   return 0;
 }
 
@@ -177,17 +235,28 @@ int cmd_calibrate(const Args& args) {
       "nccl-tests", po::value(&a.nccl_tests)->multitoken(),
       "[KIND=]FILE...: fit the levels to nccl-tests logs (alltoall_perf, sendrecv_perf, all_gather_perf) instead of "
       "probing; give --base the GPU preset");
+  desc.add_options()("attention-points", po::value(&a.attention_points),
+                     "CSV of attention calls (device,kernel,pass,mask,seqlen,batch,heads,head_dim,tflops,source): fit "
+                     "the attention kernel's shape model to those of --device instead of probing")(
+      "device", po::value(&a.device), "with --attention-points: the device column to fit")(
+      "kernel", po::value(&a.kernel), "with --attention-points: only this kernel column (default: every kernel of the device)")(
+      "units", po::value(&a.units), "with --attention-points: the device's SM count (default: --base's attention_kernel.units)")(
+      "call-s", po::value(&a.call_s),
+      "with --attention-points: keep a call's fixed cost at this many seconds instead of fitting it (for curves that "
+      "hold batch x seqlen constant and cannot separate it from a tile's)");
   desc.add_options()("statistic", po::value(&a.statistic)->default_value("median"),
                      "time of a probe or candidate over its iterations: median, or min (the least disturbed run)");
   add_run_options(desc, a.run);
   if (!parse_args(args, desc,
                   "usage: cptune calibrate --backend gloo --world P --out profile.json [options]\n"
                   "       cptune calibrate --nccl-tests [KIND=]FILE... --base PRESET --out hw.json\n"
+                  "       cptune calibrate --attention-points FILE --device NAME --base PRESET --out hw.json\n"
                   "Measures all-to-all-v, ring hops, pack copies, attention and the gather of sequence lengths on P\n"
                   "ranks, fits the cost model's latencies, bandwidths and throughputs by least squares, prints the\n"
                   "residuals and writes a hardware file."))
     return 0;
   if (!a.nccl_tests.empty()) return calibrate_from_nccl_tests(a);
+  if (!a.attention_points.empty()) return calibrate_attention(a);
   check_arguments(a);
   const sim::Hardware base = sim::load_hardware(a.base);
   tuner::ProbePlan plan = tuner::ProbePlan{}.scaled(a.scale);

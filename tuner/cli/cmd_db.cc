@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/layout_json.h"
+#include "db/lease.h"
 #include "db/store.h"
 #include "tuner/cli/commands.h"
 #include "core/format.h"
@@ -30,7 +31,7 @@ constexpr const char* kUsage =
 // Column layouts of the list and show tables, shared by the header and the rows.
 constexpr std::string_view kListRow = "{:>4}  {:<8} {:<24} {:>5} {:>5} {:>5} {:>7} {:>12}  {:<24}  {:<8} {}\n";
 constexpr std::string_view kShowRow =
-    "{:>3} {:>5} {:<24} {:>3} {:>4} {:>4} {:>4} {:>4} {:>14}  {:<12} {:>4} {:>4} {:<13} {:<10} {:>12} {:>8}\n";
+    "{:>3} {:>5} {:<24} {:>3} {:>4} {:>4} {:>4} {:>4} {:>14} {:<7}  {:<12} {:>4} {:>4} {:<13} {:<10} {:>12} {:>8}\n";
 
 void list(const db::Store& store) {
   const auto fingerprints = store.fingerprints();
@@ -52,7 +53,7 @@ auto family_order(const db::BestRow& r) {
   const AttentionShape& s = r.shape;
   return std::make_tuple(r.fingerprint_id, int(s.dtype), int(s.mask.kind), s.mask.window,
                          s.mask.blocks ? s.mask.blocks->hash() : 0, s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim,
-                         s.batch, s.total_tokens(), s.seq_lens);
+                         s.batch, s.total_tokens(), s.seq_lens, int(r.pass));
 }
 
 // The mask as the table prints it: its text, or for an inline table too long for a column
@@ -73,13 +74,13 @@ void show(const db::Store& store, std::optional<int64_t> fingerprint_id) {
   }
   std::vector<db::BestRow> rows = store.best(fingerprint_id);
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return family_order(a) < family_order(b); });
-  std::cout << fmt::format(kShowRow, "fp", "dtype", "mask", "B", "Hq", "Hkv", "D", "Dv", "seq", "strategy", "U", "R",
+  std::cout << fmt::format(kShowRow, "fp", "dtype", "mask", "B", "Hq", "Hkv", "D", "Dv", "seq", "pass", "strategy", "U", "R",
                            "order", "heads", "median", "measured");
   for (const db::BestRow& r : rows) {
     const AttentionShape& s = r.shape;
     const LayoutChoice& c = r.candidate;
     std::cout << fmt::format(kShowRow, r.fingerprint_id, to_string(s.dtype), mask_cell(s.mask), s.batch, s.q_heads,
-                             s.kv_heads, s.head_dim, s.v_head_dim, seq_lens_text(s.seq_lens), to_string(c.strategy),
+                             s.kv_heads, s.head_dim, s.v_head_dim, seq_lens_text(s.seq_lens), to_string(r.pass), to_string(c.strategy),
                              c.ulysses, c.ring, to_string(c.order), to_string(c.head_policy), human_seconds(r.median_s),
                              r.measurements);
   }
@@ -105,6 +106,7 @@ nlohmann::ordered_json export_row(const db::StoredMeasurement& m, const db::Fing
       {"mask", to_string(s.mask)},      {"strategy", to_string(r.candidate.strategy)},
       {"ulysses", r.candidate.ulysses}, {"ring", r.candidate.ring},
       {"order", to_string(r.candidate.order)}, {"head_policy", to_string(r.candidate.head_policy)},
+      {"pass", to_string(m.pass)},
       {"median_s", r.median_s},         {"min_s", r.min_s},
       {"max_s", r.max_s},               {"iterations", r.iterations},
       {"phase_medians_s", to_json(r.phase_medians_s)}, {"max_abs_err", optional(r.verify_max_abs_error)},
@@ -154,7 +156,8 @@ void export_measurements(const db::Store& store, bool csv) {
 }
 
 // Every check a reader makes, on every row: the file's integrity, its schema, then each row of
-// each table read and validated (db/store.cc RowReader). Damage throws Error (exit 2).
+// each table read and validated (db/store.cc RowReader) and every reference resolved. Damage
+// throws Error (exit 2).
 void check(const db::Store& store) {
   const std::vector<std::string> problems = store.integrity_problems();
   if (!problems.empty()) {
@@ -163,12 +166,17 @@ void check(const db::Store& store) {
     throw Error(fmt::format("database '{}' is damaged: integrity_check reports {} problem(s):{}", store.path(),
                             problems.size(), text));
   }
-  const size_t fingerprints = store.fingerprints().size();
-  const size_t measurements = store.measurements().size();
-  const size_t shapes = store.best().size();
-  std::cout << fmt::format("{}: ok (integrity, schema and every row checked: {} fingerprint(s), {} shape(s), {} "
-                           "measurement(s))\n",
-                           store.path(), fingerprints, shapes, measurements);
+  const db::Store::RowCounts counts = store.check_rows();
+  std::cout << fmt::format("{}: ok (integrity, schema, references and every row checked: {} fingerprint(s), {} "
+                           "shape(s), {} measurement(s))\n",
+                           store.path(), counts.fingerprints, counts.shapes, counts.measurements);
+}
+
+// The tune leases held on the database: who measures into it now, and how recently it said so.
+void show_leases(const std::string& path) {
+  for (const db::LeaseRow& l : db::read_leases(path))
+    std::cout << fmt::format("lease: {} held by pid {} on {} since {}, heartbeat {:.0f} s ago\n", l.fingerprint,
+                             l.holder.pid, l.holder.host, l.acquired_at, l.heartbeat_age_s);
 }
 
 }  // namespace
@@ -194,6 +202,7 @@ int cmd_db(const Args& args) {
     list(db::Store::open_read_only(path));
   } else if (action == "show") {
     show(db::Store::open_read_only(path), vm->count("fingerprint") ? std::optional(fingerprint_id) : std::nullopt);
+    show_leases(path);
   } else if (action == "check") {
     check(db::Store::open_read_only(path));
   } else if (action == "export") {

@@ -17,10 +17,11 @@ namespace po = boost::program_options;
 namespace cptune::cli {
 namespace {
 
-constexpr const char* kUsage =
-    "usage: cptune mask show MASK [--seq L] [--json]\n"
-    "  MASK: full, causal, sliding:W, strided:N,S, global-local:N,G,W, star:N, stream:N,SINK,LOCAL,\n"
-    "        blocks:FILE (a table file) or blocks:N:ROWS (inline)";
+std::string usage() {
+  return "usage: cptune mask show MASK [--seq L] [--json]\n"
+         "  MASK: full, causal, sliding:W, " + block_pattern_usages() + ",\n"
+         "        blocks:FILE (a table file) or blocks:N:ROWS (inline)";
+}
 
 // Rows as a table file's JSON writes them: one string of '.', 'F', 'C' per query block.
 std::vector<std::string> row_strings(const BlockTable& t) {
@@ -51,15 +52,15 @@ int cmd_mask(const Args& args) {
   desc.add_options()("mask", po::value(&text), "the mask (or give it right after 'show')")(
       "seq", po::value(&seq), "sequence length L for the exact visible pairs and density (32k, 1M; k = 1024)")(
       "json", po::bool_switch(&json), "print JSON (the table as a table file's JSON) instead of text");
-  if (args.empty()) throw Error(std::string("cptune mask needs an action: show\n") + kUsage);
+  if (args.empty()) throw Error("cptune mask needs an action: show\n" + usage());
   if (args[0] == "--help" || args[0] == "-h") {
-    std::cout << kUsage << "\n\n" << desc << "\n";
+    std::cout << usage() << "\n\n" << desc << "\n";
     return 0;
   }
-  if (args[0] != "show") throw Error("unknown mask action '" + args[0] + "'; choose show\n" + kUsage);
+  if (args[0] != "show") throw Error("unknown mask action '" + args[0] + "'; choose show\n" + usage());
   size_t rest = 1;
   if (args.size() > 1 && args[1].rfind("-", 0) != 0) text = args[rest++];
-  if (!parse_args(Args(args.begin() + rest, args.end()), desc, kUsage)) return 0;
+  if (!parse_args(Args(args.begin() + rest, args.end()), desc, usage())) return 0;
   if (text.empty()) throw Error("cptune mask show needs a mask, e.g. 'cptune mask show star:16'");
   const Mask mask = parse_mask(text);
   const int64_t len = seq.empty() ? 0 : parse_count(seq, "--seq");

@@ -15,6 +15,7 @@
 #include "core/layout.h"
 #include "tuner/cli/commands.h"
 #include "tuner/cli/npy.h"
+#include "tuner/cli/output_file.h"
 #include "core/format.h"
 #include "tuner/cli/run_options.h"
 #include "tuner/cli/shape_options.h"
@@ -46,11 +47,15 @@ struct Traffic {
 };
 
 // The bytes each communication phase moves, and over which group (Ulysses: U, ring: R).
+// A backward phase moves the transpose of a forward one (dO: O's bytes the other way; dQ, dK,
+// dV: Q, K, V's): a rank sends what it received. The storage dtype's bytes: the backward's ring
+// rotates K,V again (in attention-bwd's traffic) and its fp32 dK, dV beside them, not counted here.
 struct PhaseTraffic {
   Phase phase;
   LinkBytes RankLayout::*bytes;
   std::string_view collective;
   bool over_ulysses;
+  bool transposed = false;
 };
 constexpr PhaseTraffic kPhaseTraffic[] = {
     {Phase::gather, &RankLayout::gather_bytes, "allgather", true},
@@ -58,13 +63,17 @@ constexpr PhaseTraffic kPhaseTraffic[] = {
     {Phase::o, &RankLayout::o_bytes, "alltoall", true},
     {Phase::allgather, &RankLayout::allgather_bytes, "allgather", false},
     {Phase::attention, &RankLayout::ring_bytes, "sendrecv", false},  // the K,V rotation it overlaps
+    {Phase::grad_o, &RankLayout::o_bytes, "alltoall", true, true},
+    {Phase::attention_bwd, &RankLayout::ring_bytes, "sendrecv", false},
+    {Phase::grad_qkv, &RankLayout::qkv_bytes, "alltoall", true, true},
 };
 
 std::optional<Traffic> traffic(const Layout& layout, Phase phase) {
   for (const PhaseTraffic& p : kPhaseTraffic) {
     if (p.phase != phase) continue;
     Traffic t{p.collective, 0, p.over_ulysses ? layout.ulysses() : layout.ring()};
-    for (const RankLayout& r : layout.ranks()) t.bytes = std::max(t.bytes, (r.*p.bytes).send());
+    for (const RankLayout& r : layout.ranks())
+      t.bytes = std::max(t.bytes, p.transposed ? (r.*p.bytes).recv() : (r.*p.bytes).send());
     if (t.bytes == 0 || t.n < 2) return std::nullopt;
     return t;
   }
@@ -78,7 +87,14 @@ std::string semicolons(std::string text) {  // a CSV cell of a packed batch's le
   return text;
 }
 
-nlohmann::json result_json(const Layout& layout, const backends::RunResult& r, const std::string& backend) {
+nlohmann::json error_json(const std::optional<backends::ErrorStats>& e) {
+  if (!e) return nullptr;
+  return {{"verified", e->passed()}, {"max_abs_err", e->max_abs_err}, {"tolerance", e->tolerance},
+          {"error_ratio", e->worst_ratio}, {"verified_rows", e->rows}};
+}
+
+nlohmann::json result_json(const Layout& layout, const backends::RunResult& r, const std::string& backend,
+                           Pass pass) {
   nlohmann::json phases = nlohmann::json::object();
   for (const auto& p : r.phases) {
     nlohmann::json phase = spread_json(p.time);
@@ -104,6 +120,9 @@ nlohmann::json result_json(const Layout& layout, const backends::RunResult& r, c
               {"tolerance", r.max_abs_err ? nlohmann::json(r.tolerance) : nlohmann::json(nullptr)},
               {"error_ratio", r.max_abs_err ? nlohmann::json(r.worst_ratio) : nlohmann::json(nullptr)},
               {"verified_rows", r.max_abs_err ? nlohmann::json(r.verified_rows) : nlohmann::json(nullptr)}});
+  out["pass"] = std::string(to_string(pass));
+  if (has_backward(pass))
+    out["gradients"] = {{"dq", error_json(r.grad_q_err)}, {"dk", error_json(r.grad_k_err)}, {"dv", error_json(r.grad_v_err)}};
   return out;
 }
 
@@ -114,13 +133,21 @@ std::string bandwidth_cells(const Layout& layout, const backends::PhaseStats& p)
                      t->algbw(p.time.median_s) / kGB, t->busbw(p.time.median_s) / kGB);
 }
 
-void print_result(const Layout& layout, const backends::RunResult& r, const std::string& backend, int warmups) {
-  std::cout << fmt::format("cptune run: {}, world {}, {} ranks, dtype {}, seq {}\n", to_string(layout.choice()),
+void print_result(const Layout& layout, const backends::RunResult& r, const std::string& backend, int warmups,
+                  Pass pass) {
+  std::cout << fmt::format("cptune run: {}, world {}, {} ranks, dtype {}, seq {}, pass {}\n", to_string(layout.choice()),
                            layout.world(), backend, to_string(layout.shape().dtype),
-                           seq_lens_text(layout.shape().seq_lens));
+                           seq_lens_text(layout.shape().seq_lens), to_string(pass));
   if (r.max_abs_err)
     std::cout << fmt::format("verify: {} rows, max |O - O_ref| = {:.3e}, worst error / tolerance = {:.3f}: {}\n",
-                             r.verified_rows, *r.max_abs_err, r.worst_ratio, r.verified() ? "PASSED" : "FAILED");
+                             r.verified_rows, *r.max_abs_err, r.worst_ratio, r.worst_ratio <= 1 ? "PASSED" : "FAILED");
+  const std::pair<const char*, const std::optional<backends::ErrorStats>*> grads[] = {
+      {"dQ", &r.grad_q_err}, {"dK", &r.grad_k_err}, {"dV", &r.grad_v_err}};
+  for (const auto& [name, e] : grads)
+    if (e->has_value())
+      std::cout << fmt::format("verify: {} rows, max |{} - {}_ref| = {:.3e}, worst error / tolerance = {:.3f}: {}\n",
+                               (*e)->rows, name, name, (*e)->max_abs_err, (*e)->worst_ratio,
+                               (*e)->passed() ? "PASSED" : "FAILED");
   std::cout << fmt::format("time: slowest rank per iteration, {} iterations after {} warm-up(s)\n", r.iterations, warmups);
   std::cout << fmt::format("{:<14} {:>12} {:>12} {:>12} {:>10} {:>12} {:>9} {:>9}\n", "phase", "median", "min", "max",
                            "collective", "bytes", "algbw", "busbw");
@@ -135,16 +162,24 @@ void print_result(const Layout& layout, const backends::RunResult& r, const std:
                "overlaps)\n";
 }
 
-// --inputs q.npy,k.npy,v.npy: each [S, H, D] or [B, S, H, D] (S the total tokens of the packed
-// sequences), checked against the shape the flags give.
-backends::GivenInputs read_inputs(const std::string& list, const AttentionShape& s, bool& batch_axis) {
-  std::vector<std::string> paths;
+std::vector<std::string> comma_list(const std::string& list) {
+  std::vector<std::string> out;
   for (size_t start = 0; start <= list.size();) {
     const size_t comma = std::min(list.find(',', start), list.size());
-    paths.push_back(list.substr(start, comma - start));
+    out.push_back(list.substr(start, comma - start));
     start = comma + 1;
   }
-  if (paths.size() != 3) throw Error("--inputs " + list + ": give three files, q.npy,k.npy,v.npy");
+  return out;
+}
+
+// --inputs q.npy,k.npy,v.npy[,do.npy]: each [S, H, D] or [B, S, H, D] (S the total tokens of the
+// packed sequences), checked against the shape the flags give; dO (O's shape) for a backward.
+backends::GivenInputs read_inputs(const std::string& list, const AttentionShape& s, Pass pass, bool& batch_axis) {
+  const std::vector<std::string> paths = comma_list(list);
+  if (!has_backward(pass) && paths.size() != 3)
+    throw Error("--inputs " + list + ": give three files, q.npy,k.npy,v.npy");
+  if (has_backward(pass) && paths.size() != 3 && paths.size() != 4)
+    throw Error("--inputs " + list + ": give q.npy,k.npy,v.npy and, for the backward, do.npy (dO; generated when left out)");
   backends::GivenInputs in;
   in.total_tokens = s.total_tokens();
   in.q_heads = s.q_heads;
@@ -153,9 +188,10 @@ backends::GivenInputs read_inputs(const std::string& list, const AttentionShape&
   in.v_head_dim = s.v_head_dim;
   in.offsets.assign(s.seq_lens.size(), 0);
   for (size_t i = 1; i < s.seq_lens.size(); ++i) in.offsets[i] = in.offsets[i - 1] + s.seq_lens[i - 1];
-  const int64_t heads[3] = {s.q_heads, s.kv_heads, s.kv_heads}, dims[3] = {s.head_dim, s.head_dim, s.v_head_dim};
-  std::vector<float>* into[3] = {&in.q, &in.k, &in.v};
-  for (int i = 0; i < 3; ++i) {
+  const int64_t heads[4] = {s.q_heads, s.kv_heads, s.kv_heads, s.q_heads};
+  const int64_t dims[4] = {s.head_dim, s.head_dim, s.v_head_dim, s.v_head_dim};
+  std::vector<float>* into[4] = {&in.q, &in.k, &in.v, &in.d_out};
+  for (int i = 0; i < static_cast<int>(paths.size()); ++i) {
     NpyArray a = read_npy(paths[size_t(i)]);
     std::vector<int64_t> want = {s.total_tokens(), heads[i], dims[i]};
     if (a.shape.size() == 4 || s.batch > 1) want.insert(want.begin(), s.batch);
@@ -206,8 +242,13 @@ int cmd_run(const Args& args) {
   add_run_options(desc, run);
   add_strategy_options(desc, choice);
   desc.add_options()("csv", po::bool_switch(&csv), "print CSV: one row per sequence length and phase")(
-      "inputs", po::value(&inputs), "q.npy,k.npy,v.npy: Q, K, V to run on ([batch,] tokens, heads, dim; float32/64)")(
-      "out", po::value(&save_output), "write O to this .npy (float32, [batch,] tokens, q heads, v head dim)");
+      "inputs", po::value(&inputs),
+      "q.npy,k.npy,v.npy[,do.npy]: Q, K, V (and the backward's dO) to run on ([batch,] tokens, heads, dim; "
+      "float32/64)")(
+      "out", po::value(&save_output),
+      "write O to this .npy (float32, [batch,] tokens, q heads, v head dim); with a backward pass four files "
+      "o.npy,dq.npy,dk.npy,dv.npy (dQ, dK, dV like Q, K, V)");
+  add_pass_option(desc, run);
   if (!parse_args(args, desc,
                   "usage: cptune run --world P [--strategy NAME] --seq S --heads H [--kv-heads K] [--verify] [options]\n"
                   "Starts P local CPU ranks over Gloo; under torchrun, mpirun or srun it is one rank of the\n"
@@ -224,9 +265,16 @@ int cmd_run(const Args& args) {
   if ((!inputs.empty() || !save_output.empty()) && seqs.size() > 1)
     throw Error("--inputs and --out take one shape; drop the --seq range");
   if (!inputs.empty()) {
-    given = read_inputs(inputs, to_shape(shape), batch_axis);
+    given = read_inputs(inputs, to_shape(shape), options.pass, batch_axis);
     options.inputs = &*given;
   }
+  const std::vector<std::string> outputs = save_output.empty() ? std::vector<std::string>{} : comma_list(save_output);
+  if (!outputs.empty() && outputs.size() != (has_backward(options.pass) ? 4u : 1u))
+    throw Error("--out " + save_output + ": give " +
+                (has_backward(options.pass) ? "four files o.npy,dq.npy,dk.npy,dv.npy for --pass " +
+                                                  std::string(to_string(options.pass))
+                                            : std::string("one file o.npy (four with --pass bwd or fwd+bwd)")));
+  for (const std::string& file : outputs) check_writable(file, "--out");
   options.collect_output = !save_output.empty();
   int code = 0;
   if (csv) print_csv_header();
@@ -244,15 +292,23 @@ int cmd_run(const Args& args) {
         if (csv)
           print_csv(layout, result);
         else if (choice.json)  // a sweep prints JSON Lines: one document per sequence length
-          std::cout << result_json(layout, result, world.backend()).dump(seqs.size() > 1 ? -1 : 2) << "\n";
+          std::cout << result_json(layout, result, world.backend(), options.pass).dump(seqs.size() > 1 ? -1 : 2) << "\n";
         else
-          print_result(layout, result, world.backend(), options.warmups);
+          print_result(layout, result, world.backend(), options.warmups, options.pass);
         std::cout << std::flush;
-        if (!save_output.empty()) {
+        if (!outputs.empty()) {
           const AttentionShape& s = layout.shape();
-          NpyArray o{{s.total_tokens(), s.q_heads, s.v_head_dim}, result.output};
-          if (s.batch > 1 || batch_axis) o.shape.insert(o.shape.begin(), s.batch);
-          write_npy(save_output, o);
+          const auto save = [&](const std::string& path, int64_t heads, int64_t dim, const std::vector<float>& values) {
+            NpyArray a{{s.total_tokens(), heads, dim}, values};
+            if (s.batch > 1 || batch_axis) a.shape.insert(a.shape.begin(), s.batch);
+            write_npy(path, a);
+          };
+          save(outputs[0], s.q_heads, s.v_head_dim, result.output);
+          if (outputs.size() == 4) {
+            save(outputs[1], s.q_heads, s.head_dim, result.grad_q);
+            save(outputs[2], s.kv_heads, s.head_dim, result.grad_k);
+            save(outputs[3], s.kv_heads, s.v_head_dim, result.grad_v);
+          }
         }
       }
       return result.max_abs_err && !result.verified() ? 1 : 0;

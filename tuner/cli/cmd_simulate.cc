@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/layout_json.h"
 #include "sim/candidates.h"
+#include "sim/constraints.h"
 #include "sim/hardware.h"
 #include "sim/ranking_json.h"
 #include "sim/topology.h"
@@ -71,7 +72,7 @@ po::options_description make_options(SimulateArgs& a) {
       ("nodes", po::value(&a.nodes), "nodes (default: the hardware's)")
       ("ranks-per-node", po::value(&a.ranks_per_node), "ranks per node G (default: the hardware's)")
       ("world", po::value(&a.world), "ranks P instead of --nodes, or a range such as 2:64")
-      ("pass", po::value(&a.pass)->default_value("fwd"), "fwd or fwd-bwd")
+      ("pass", po::value(&a.pass)->default_value("fwd"), "fwd, bwd (the backward's phases alone) or fwd-bwd (also fwd+bwd)")
       ("metadata", po::value(&a.metadata)->default_value("cpu"),
        "where UAA gathers sequence lengths: cpu (a CPU channel) or device (device all-gather + sync)")
       ("json", po::bool_switch(&a.json), "print JSON instead of a table")
@@ -121,7 +122,7 @@ std::string config_text(const Config& c, const sim::Hardware& hw, const sim::Pre
                      "pass {}, metadata {}",
                      hw.name, c.cluster.nodes(), c.cluster.ranks_per_node, c.cluster.world, seq_text(s, ","), s.batch,
                      s.q_heads, s.kv_heads, s.head_dim, s.v_head_dim, to_string(s.dtype), to_string(s.mask),
-                     to_string(o.pass), to_string(o.metadata));
+                     sim::report_name(o.pass), to_string(o.metadata));
 }
 
 std::string speedup_text(const std::optional<double>& x) { return x ? fmt::format("{:.2f}x", *x) : "-"; }
@@ -144,8 +145,13 @@ std::vector<Phase> active_phases(const Ranking& ranking) {
   return out;
 }
 
+// --engine: the engine's own configuration of a ranked row (its flags), the column and JSON field.
+std::string engine_args(const sim::Constraints& k, const LayoutChoice& choice, const AttentionShape& shape) {
+  return sim::engine_config(k.engine, choice, view_of(shape), sim::ConfigFormat::args);
+}
+
 void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& hw, const sim::PredictOptions& o,
-                 int64_t top) {
+                 int64_t top, const sim::Constraints& constraints) {
   std::cout << config_text(c, hw, o) << "\n\n";
   const std::vector<Phase> phases = active_phases(ranking);
   std::string header = fmt::format("{:>3}  {:<13}{:>4}{:>4}  {:<14}{:<11}{:>11}{:>8}{:>10}", "#", "strategy", "U", "R",
@@ -155,7 +161,9 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
   // Block masks: where the ring put the blocks, and the FLOP imbalance it leaves (max / mean).
   const bool blocks = c.shape.mask.kind == MaskKind::blocks;
   if (blocks) header += fmt::format("  {:<18}", "placement");
-  std::cout << header << fmt::format("{:>12}{:>12}{:>12}{:>6}\n", "intra", "inter", "peak", "fits");
+  const bool engine = !constraints.engine.empty();
+  std::cout << header << fmt::format("{:>12}{:>12}{:>12}{:>6}", "intra", "inter", "peak", "fits")
+            << (engine ? "  " + constraints.engine + " config" : "") << "\n";
   int64_t shown = 0;
   for (const RankedCandidate& rc : ranking.candidates) {
     if (top > 0 && shown++ >= top) break;
@@ -170,9 +178,10 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
       row += fmt::format("{:>22}", p.level_bytes[i] > 0 ? human_bytes(double(p.level_bytes[i])) + " " + seconds_text(p.level_s[i])
                                                         : std::string("-"));
     if (blocks) row += fmt::format("  {:<18}", placement_text(Layout::build({c.shape, c.cluster, k})));
-    std::cout << row << fmt::format("{:>12}{:>12}{:>12}{:>6}\n", human_bytes(double(p.bytes_intra)),
+    std::cout << row << fmt::format("{:>12}{:>12}{:>12}{:>6}", human_bytes(double(p.bytes_intra)),
                                     human_bytes(double(p.bytes_inter)), human_bytes(double(p.peak_bytes)),
-                                    p.fits ? "yes" : "NO");
+                                    p.fits ? "yes" : "NO")
+              << (engine ? "  " + engine_args(constraints, k, c.shape) : "") << "\n";
   }
   if (top > 0 && static_cast<int64_t>(ranking.candidates.size()) > top)
     std::cout << fmt::format("... {} more (drop --top to see all)\n", static_cast<int64_t>(ranking.candidates.size()) - top);
@@ -186,13 +195,23 @@ void print_table(const Config& c, const Ranking& ranking, const sim::Hardware& h
 }
 
 nlohmann::json config_json(const Config& c, const Ranking& ranking, const sim::Hardware& hw,
-                           const sim::PredictOptions& o) {
+                           const sim::PredictOptions& o, const sim::Constraints& constraints) {
   nlohmann::json doc = sim::to_json(ranking, o.pass);
+  if (!constraints.engine.empty()) {
+    doc["engine"] = constraints.engine;
+    for (size_t i = 0; i < ranking.candidates.size(); ++i) {
+      const LayoutChoice& k = ranking.candidates[i].candidate;
+      auto config = [&](sim::ConfigFormat f) { return sim::engine_config(constraints.engine, k, view_of(c.shape), f); };
+      doc["candidates"][i]["engine_config"] = {{"args", config(sim::ConfigFormat::args)},
+                                               {"python", config(sim::ConfigFormat::python)},
+                                               {"json", nlohmann::json::parse(config(sim::ConfigFormat::json))}};
+    }
+  }
   doc["schema"] = "cptune/simulate/1";
   doc["hardware"] = hw.name;
   doc["cluster"] = {{"world", c.cluster.world}, {"ranks_per_node", c.cluster.ranks_per_node}, {"nodes", c.cluster.nodes()}};
   doc["shape"] = to_json(c.shape);
-  doc["pass"] = to_string(o.pass);
+  doc["pass"] = sim::report_name(o.pass);
   doc["metadata"] = to_string(o.metadata);
   return doc;
 }
@@ -223,7 +242,7 @@ std::string csv_mask(const Mask& mask) {
 void print_csv_rows(const Config& c, const Ranking& ranking, const sim::Hardware& hw, const sim::PredictOptions& o) {
   const AttentionShape& s = c.shape;
   const std::string prefix =
-      fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},", hw.name, to_string(o.pass), to_string(o.metadata),
+      fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},", hw.name, sim::report_name(o.pass), to_string(o.metadata),
                   c.cluster.world, c.cluster.ranks_per_node, c.cluster.nodes(), seq_text(s, ";"), s.batch, s.q_heads,
                   s.kv_heads, s.head_dim, s.v_head_dim, to_string(s.dtype), csv_mask(s.mask));
   for (const RankedCandidate& rc : ranking.candidates) {
@@ -256,8 +275,10 @@ int cmd_simulate(const Args& args) {
   if (a.json && a.csv) throw Error("--json and --csv both given; choose one output format");
   if (vm->count("top") && a.top < 1) throw Error(fmt::format("--top {} must be at least 1", a.top));
   const sim::Hardware hw = sim::load_hardware(a.hardware);
-  const sim::PredictOptions options{sim::parse_pass(a.pass), parse_metadata_channel(a.metadata)};
-  const sim::Constraints constraints = to_constraints(a.constraint, a.layout);
+  const sim::PredictOptions options{parse_pass(a.pass), parse_metadata_channel(a.metadata)};
+  sim::Constraints constraints = to_constraints(a.constraint, a.layout);
+  // A backward pass refuses the layouts the engine runs forward only.
+  if (!constraints.engine.empty()) constraints.backward = has_backward(options.pass);
   const std::vector<Config> configs = make_configs(a, hw);
   const bool sweep = configs.size() > 1;
 
@@ -280,9 +301,9 @@ int cmd_simulate(const Args& args) {
     if (ranking.candidates.empty())
       throw Error(fmt::format("no candidate lays out on world {}: {}", c.cluster.world, first_reason(ranking)));
     if (a.json)
-      documents.push_back(config_json(c, ranking, hw, options));
+      documents.push_back(config_json(c, ranking, hw, options, constraints));
     else
-      print_table(c, ranking, hw, options, a.top);
+      print_table(c, ranking, hw, options, a.top, constraints);
   }
   if (a.json) std::cout << (sweep ? documents : documents.front()).dump(2) << "\n";
   return 0;

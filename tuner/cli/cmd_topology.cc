@@ -1,12 +1,13 @@
 // cptune topology import: a hardware file whose levels come from an NCCL topology dump
 // (NCCL_TOPO_DUMP_FILE) and whose compute numbers come from a base preset.
-#include <fstream>
 #include <iostream>
-#include <sstream>
+#include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/read_file.h"
 #include "sim/hardware.h"
 #include "sim/topology.h"
 #include "tuner/cli/commands.h"
@@ -57,18 +58,17 @@ int cmd_topology(const Args& args) {
   if (!parse_args(Args(args.begin() + 2, args.end()), desc, usage)) return 0;
   if (nodes < 1) throw Error(fmt::format("--nodes {} must be at least 1", nodes));
   check_writable(out, "--out");
-  std::ifstream in(file);
-  if (!in) throw Error("NCCL topology file " + file + ": cannot be read; check the path");
-  std::ostringstream text;
-  text << in.rdbuf();
+  const std::string text = read_regular_file(file, "NCCL topology file");
   const sim::Hardware base = sim::load_hardware(base_name);
-  const tuner::TopoHost host = tuner::read_nccl_topology(text.str(), file);
+  const tuner::TopoHost host = tuner::read_nccl_topology(text, file);
   if (name.empty()) {
     name = file.substr(file.find_last_of('/') + 1);
     name = name.substr(0, name.find('.'));
   }
-  const sim::Hardware hw = tuner::hardware_from_topology(host, base, file, name, nodes);
+  std::vector<std::string> warnings;
+  const sim::Hardware hw = tuner::hardware_from_topology(host, base, file, name, nodes, &warnings);
   sim::save_hardware(hw, out);
+  for (const std::string& w : warnings) std::cerr << "warning: " << w << "\n";
   print_levels(hw, std::cout);
   std::cout << "\nwrote " << out << " (" << hw.name << "); use it as --hardware " << out << "\n";
   return 0;

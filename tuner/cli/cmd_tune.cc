@@ -159,7 +159,7 @@ void check_shapes_fit(const std::vector<AttentionShape>& shapes, const Cluster& 
                       const std::string& hardware) {
   for (size_t i = 0; i < shapes.size(); ++i) {
     try {
-      Layout::build({shapes[i], cluster, resolve({Strategy::ring}, cluster)});
+      Layout::build({shapes[i], cluster, {Strategy::ring}});
       const sim::Ranking ranking =
           sim::rank_candidates(shapes[i], cluster, options.hardware, options.predict, options.constraints);
       std::vector<Layout> measured;
@@ -186,11 +186,13 @@ int cmd_tune(const Args& args) {
   ConstraintArgs constraint;
   std::string db_path, shapes_path, hardware = "cpu-gloo";
   int top_k = 3;
+  double lease_expiry_s = 60;
   bool exhaustive = false, no_verify = false, wait = false;
   po::options_description desc("tune options");
   add_shape_options(desc, shape);
   add_mesh_options(desc, mesh);
   add_run_options(desc, run);
+  add_pass_option(desc, run);
   add_constraint_options(desc, constraint);
   desc.add_options()("db", po::value(&db_path), "SQLite database to store measurements in (created if missing)")(
       "shapes", po::value(&shapes_path), "CSV of shapes (header: seq,heads,kv_heads,head_dim,v_head_dim,dtype,mask,batch)")(
@@ -199,7 +201,9 @@ int cmd_tune(const Args& args) {
       "top", po::value(&top_k)->default_value(3), "measure the N fastest predicted candidates (+ best of each strategy)")(
       "exhaustive", po::bool_switch(&exhaustive), "measure every feasible candidate")(
       "no-verify", po::bool_switch(&no_verify), "skip checking each candidate's output against one device")(
-      "wait", po::bool_switch(&wait), "wait for another tune on the same database and cluster to finish, instead of refusing");
+      "wait", po::bool_switch(&wait), "wait for another tune on the same database and cluster to finish, instead of refusing")(
+      "lease-expiry", po::value(&lease_expiry_s)->default_value(60),
+      "seconds after which another tune's lease whose heartbeat stopped is taken over (any host)");
   if (!parse_args(args, desc,
                   "usage: cptune tune --db tune.db --world P (--shapes shapes.csv | --seq S --heads H ...) [options]"))
     return 0;
@@ -218,15 +222,22 @@ int cmd_tune(const Args& args) {
   options.executor = executor_options(run);
   options.executor.verify = !no_verify;
   options.predict.metadata = options.executor.metadata;  // rank candidates with the channel they run with
-  options.fingerprint = local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
+  options.predict.pass = options.executor.pass;          // and the pass they are timed on
+  options.fingerprint = tuner::local_fingerprint(run.backend, cluster.world, cluster.ranks_per_node);
   options.constraints = to_constraints(constraint, mesh);
+  options.constraints.backward = has_backward(options.executor.pass);  // an engine's forward-only layouts: not measured
   check_shapes_fit(shapes, cluster, options, run, shapes_path, hardware);
   // A bad path or file fails here, before any rank starts. One tuner per database and cluster:
   // a second would measure every missing shape again. Under an outside launcher every process
   // runs this command: rank 0, the one that writes the store, holds the lease.
   const std::optional<backends::LaunchEnv> launch = backends::launch_env_from_environment();
+  if (!(lease_expiry_s >= 1 && lease_expiry_s <= 86400))
+    throw Error(fmt::format("--lease-expiry {} must be between 1 and 86400 seconds", lease_expiry_s));
+  db::LeaseTiming lease_timing;
+  lease_timing.expiry = std::chrono::milliseconds(int64_t(lease_expiry_s * 1000));
+  lease_timing.heartbeat = std::min(lease_timing.heartbeat, lease_timing.expiry / 4);
   std::optional<db::TuneLease> lease;
-  if (!launch || launch->rank == 0) lease.emplace(db_path, options.fingerprint, wait);
+  if (!launch || launch->rank == 0) lease.emplace(db_path, options.fingerprint, wait, lease_timing);
 
   return run_ranks(run, cluster.world, [&](backends::Comm& world, backends::Device& device) {
     options.executor.device = &device;

@@ -203,6 +203,7 @@ int cmd_validate(const Args& given_args) {
   desc.add_options()("statistic", po::value(&a.statistic)->default_value("median"),
                      "time of a probe or candidate over its iterations: median, or min (the least disturbed run)");
   add_run_options(desc, a.run);
+  add_pass_option(desc, a.run);
   if (!parse_args(args, desc,
                   "usage: cptune validate --hardware profile.json --world P --shapes held_out.csv [options]\n"
                   "Measures every feasible candidate of each shape (interleaved) and compares with the prediction."))
@@ -225,6 +226,7 @@ int cmd_validate(const Args& given_args) {
   options.ranks_per_node = a.world;
   options.executor = executor_options(a.run);
   options.predict.metadata = parse_metadata_channel(a.run.metadata);
+  options.predict.pass = options.executor.pass;  // predicted and measured: the same pass
   options.fastest = a.statistic == "min";
   const std::vector<AttentionShape> shapes = read_shapes_file(a.shapes);
   tuner::summarize_validation({}, a.top_k, a.tolerance);  // rejects a bad --top or --tolerance now

@@ -1,4 +1,5 @@
 // cptune: layout, simulate, run, tune, lookup, db, calibrate, validate, topology, mask.
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <iostream>
@@ -44,6 +45,9 @@ void usage(FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Over a file size limit (ulimit -f) a write fails with EFBIG and is reported, instead of
+  // SIGXFSZ killing cptune silently (exit 153) in the middle of writing a database or a file.
+  std::signal(SIGXFSZ, SIG_IGN);
   if (argc < 2) {
     usage(stderr);
     return cptune::cli::kExitBadInput;

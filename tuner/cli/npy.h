@@ -1,5 +1,5 @@
 #pragma once
-// NumPy .npy files for `cptune run --inputs q.npy,k.npy,v.npy --save-output o.npy`: C-order
+// NumPy .npy files for `cptune run --inputs q.npy,k.npy,v.npy --out o.npy`: C-order
 // little-endian float arrays (float32 or float64 read, float32 written), format version 1-3.
 #include <cstdint>
 #include <string>

@@ -96,6 +96,12 @@ void add_run_options(po::options_description& desc, RunArgs& a) {
        "and the Comm, with a device-to-host sync)");
 }
 
+void add_pass_option(po::options_description& desc, RunArgs& a) {
+  desc.add_options()("pass", po::value(&a.pass)->default_value("fwd"),
+                     "what runs and is timed: fwd (the forward), bwd (the backward; its forward runs untimed "
+                     "first) or fwd+bwd (a training step's attention)");
+}
+
 backends::ExecutorOptions executor_options(const RunArgs& a) {
   if (a.iterations < 1) throw Error("--iterations " + std::to_string(a.iterations) + " must be at least 1");
   if (a.warmups < 0) throw Error("--warmups " + std::to_string(a.warmups) + " must not be negative");
@@ -108,6 +114,7 @@ backends::ExecutorOptions executor_options(const RunArgs& a) {
   options.verify_rows = a.verify_rows;
   options.phase_barriers = a.phase_barriers;
   options.seed = a.seed;
+  options.pass = parse_pass(a.pass);
   return options;
 }
 

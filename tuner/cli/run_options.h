@@ -34,9 +34,12 @@ struct RunArgs {
   std::string run_id = "cptune";
   std::string backend = "gloo";  // gloo (CPU ranks) or nccl (one GPU per rank)
   std::string metadata = "cpu";  // UAA's lengths: cpu (host channel) or device (through the GPU)
+  std::string pass = "fwd";      // ExecutorOptions::pass: fwd, bwd or fwd+bwd (add_pass_option)
 };
 
 void add_run_options(boost::program_options::options_description& desc, RunArgs& args);
+// --pass fwd|bwd|fwd+bwd, for the sub-commands that run or tune a backward (run, tune, validate).
+void add_pass_option(boost::program_options::options_description& desc, RunArgs& args);
 
 // Under an outside launcher (RANK/WORLD_SIZE, OMPI_COMM_WORLD_*, SLURM_*) this process is one
 // rank of the launcher's world and never forks: `world` (0 = not given) becomes the launcher's

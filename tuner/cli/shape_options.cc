@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "core/error.h"
+#include "core/strategy.h"
 
 namespace po = boost::program_options;
 
@@ -22,8 +23,8 @@ void add_shape_options(po::options_description& desc, ShapeArgs& a) {
       ("v-head-dim", po::value(&a.v_head_dim), "head dim Dv of V and O (default: D)")
       ("dtype", po::value(&a.dtype)->default_value("bf16"), "bf16, fp16 or fp32")
       ("mask", po::value(&a.mask)->default_value("full"),
-       "full, causal, sliding:W, a block pattern (strided:N,S, global-local:N,G,W, star:N, stream:N,SINK,LOCAL), "
-       "blocks:FILE or blocks:N:ROWS; `cptune mask show MASK` draws it");
+       ("full, causal, sliding:W, a block pattern (" + block_pattern_usages() +
+        "), blocks:FILE or blocks:N:ROWS; `cptune mask show MASK` draws it").c_str());
 }
 
 void add_strategy_options(po::options_description& desc, StrategyArgs& a) {
@@ -36,15 +37,18 @@ void add_strategy_options(po::options_description& desc, StrategyArgs& a) {
 
 LayoutSpec to_spec(const ShapeArgs& shape, const MeshArgs& mesh, const StrategyArgs& strategy) {
   const Cluster cluster = to_cluster(mesh);
+  // The degrees as given: Layout::build resolves them (core/strategy.h), once.
   const LayoutChoice choice{parse_strategy(strategy.strategy), mesh.ulysses, mesh.ring,
                             mesh.order.empty() ? RankOrder::ulysses_inner : parse_rank_order(mesh.order),
                             parse_head_policy(strategy.head_policy)};
   const AttentionShape s = to_shape(shape);  // its errors name their own flags
   try {
-    return {s, cluster, resolve(choice, cluster)};
+    // Layout::build resolves the choice; checked here too so that a bad mesh names its flags.
+    (void)resolve(choice, cluster);
   } catch (const Error& e) {
     throw Error(std::string(e.what()) + " (set by --strategy, --world, --ulysses and --ring)");
   }
+  return {s, cluster, choice};
 }
 
 void add_constraint_options(po::options_description& desc, ConstraintArgs& a, MeshArgs* layout) {

@@ -41,8 +41,8 @@ struct StrategyArgs {
 
 void add_shape_options(boost::program_options::options_description& desc, ShapeArgs& args);
 void add_strategy_options(boost::program_options::options_description& desc, StrategyArgs& args);
-// The one layout these flags name, its choice resolved (throws Error naming a bad value and
-// the flag that sets it).
+// The one layout these flags name, its degrees as given: Layout::build resolves them (throws
+// Error naming a bad value).
 LayoutSpec to_spec(const ShapeArgs& shape, const MeshArgs& mesh, const StrategyArgs& strategy);
 void add_mesh_options(boost::program_options::options_description& desc, MeshArgs& args);
 

@@ -1,8 +1,8 @@
 #pragma once
-// CUDA runtime and NCCL status codes -> cptune::Error naming the operation, the rank and the
-// library's own words, so a failed GPU call reads like every other user-facing error.
+// CUDA runtime status codes -> cptune::Error naming the operation, the rank and the runtime's
+// own words, so a failed GPU call reads like every other user-facing error. CUDA only: kernels
+// include it without seeing NCCL (NCCL's codes: nccl_check.h).
 #include <cuda_runtime_api.h>
-#include <nccl.h>
 
 #include <string>
 
@@ -29,20 +29,6 @@ struct GpuWhere {
 
 inline void check_cuda(cudaError_t status, const std::string& operation, const GpuWhere& where) {
   if (status != cudaSuccess) throw_cuda(status, operation, where);
-}
-
-// NCCL's last message (ncclGetLastError) says more than its status string; comm may be null.
-[[noreturn]] inline void throw_nccl(ncclResult_t status, const std::string& operation, const GpuWhere& where,
-                                    ncclComm_t comm) {
-  const char* last = ncclGetLastError(comm);
-  std::string detail = last != nullptr && *last != '\0' ? std::string("; NCCL says: ") + last : "";
-  throw Error("nccl " + operation + " on " + where.text() + " failed: " + ncclGetErrorString(status) + detail +
-              " (set NCCL_DEBUG=WARN for NCCL's log)");
-}
-
-inline void check_nccl(ncclResult_t status, const std::string& operation, const GpuWhere& where,
-                       ncclComm_t comm = nullptr) {
-  if (status != ncclSuccess) throw_nccl(status, operation, where, comm);
 }
 
 }  // namespace cptune::backends

@@ -6,7 +6,7 @@
 #include <thread>
 #include <utility>
 
-#include "backends/comm/cuda/cuda_check.h"
+#include "backends/comm/cuda/nccl_check.h"
 #include "core/error.h"
 
 namespace cptune::backends {

@@ -194,4 +194,44 @@ void store_output_cuda(const CudaAttentionState& state, DType dtype, void* out, 
   check_cuda(kernels::launch_store_output(state.out(), elems, dtype, out, state.stream()), "store of O", here());
 }
 
+// ---- backward ---------------------------------------------------------------------------------
+
+namespace {
+[[noreturn]] void no_gpu_backward(const char* what) {
+  throw Error(fmt::format("CUDA attention backward: {} has no GPU kernel yet (cuDNN's backward comes with issue 25); "
+                          "run the backward on CPU ranks (--backend gloo)",
+                          what));
+}
+}  // namespace
+
+void compute_delta_cuda(const TensorView& o, const TensorView& d_out, std::span<const StoredRun> /*runs*/,
+                        std::span<float> delta, cudaStream_t /*stream*/) {
+  if (o.tokens != d_out.tokens || o.heads != d_out.heads || o.dim != d_out.dim ||
+      static_cast<int64_t>(delta.size()) != o.tokens * o.heads)
+    throw Error(fmt::format("CUDA attention backward: O is {} x {} x {}, dO {} x {} x {} and D holds {} values; "
+                            "they must agree",
+                            o.tokens, o.heads, o.dim, d_out.tokens, d_out.heads, d_out.dim, delta.size()));
+  no_gpu_backward("D = rowsum(dO o O)");
+}
+
+void attend_backward_cuda(const Queries& queries, const KvBlock& block, const AttentionParams& params,
+                          const BackwardInputs& in, QueryGrads dq, KvGrads dkv, cudaStream_t /*stream*/) {
+  check_backward_arguments(queries, block, params, in, dq, dkv, "CUDA attention");
+  no_gpu_backward("dQ, dK, dV");
+}
+
+void store_gradient_cuda(const GradView& grad, DType dtype, void* out, int64_t out_bytes, cudaStream_t stream) {
+  const int64_t elems = grad.elems();
+  if (out_bytes < elems * dtype_bytes(dtype))
+    throw Error(fmt::format("CUDA attention backward: buffer of {} bytes is smaller than the gradient ({} {} values)",
+                            out_bytes, elems, to_string(dtype)));
+  if (dtype == DType::fp32) {
+    check_cuda(cudaMemcpyAsync(out, grad.data, static_cast<size_t>(elems) * sizeof(float), cudaMemcpyDeviceToDevice,
+                               stream),
+               "copy of a gradient", here());
+    return;
+  }
+  check_cuda(kernels::launch_store_output(grad.data, elems, dtype, out, stream), "store of a gradient", here());
+}
+
 }  // namespace cptune::backends

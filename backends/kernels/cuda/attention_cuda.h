@@ -1,5 +1,5 @@
 #pragma once
-// CUDA attention forward for one rank: the contract of the CPU attend() (attention_cpu.h) on
+// CUDA attention for one rank, forward (the backward's interface is declared at the end): the contract of the CPU attend() (attention_cpu.h) on
 // tensors in GPU memory. bf16 / fp16 storage, fp32 accumulation on tensor cores, tiled like
 // flash attention (memory linear in sequence length), full / causal / sliding-window / block masks,
 // StoredRun packing (runs of different sequences never attend) and HeadMap GQA. Each call
@@ -13,6 +13,7 @@
 #include <span>
 #include <vector>
 
+#include "backends/kernels/attention_backward.h"
 #include "backends/kernels/attention_cpu.h"
 #include "backends/kernels/attention_tiles.h"
 
@@ -88,5 +89,18 @@ void attend_cuda(const CudaAttentionPlan& plan, const Queries& queries, const Kv
 // Writes O to `out` (device memory, [tokens][q_heads][v_dim]) in `dtype`, round to nearest
 // even (fp32: a copy). Throws Error when out_bytes is too small.
 void store_output_cuda(const CudaAttentionState& state, DType dtype, void* out, int64_t out_bytes);
+
+// ---- backward ---------------------------------------------------------------------------------
+// The CPU backward's interface (attend_backward(), compute_delta() of attention_cpu.h; the ring
+// contract of attention_backward.h) on tensors in GPU memory, enqueued on `stream`: spans and
+// GradViews point at device memory. The GPU backward (cuDNN's) comes with issue 25; until then
+// compute_delta_cuda and attend_backward_cuda throw Error saying so, after checking their arguments.
+void compute_delta_cuda(const TensorView& o, const TensorView& d_out, std::span<const StoredRun> runs,
+                        std::span<float> delta, cudaStream_t stream);
+void attend_backward_cuda(const Queries& queries, const KvBlock& block, const AttentionParams& params,
+                          const BackwardInputs& in, QueryGrads dq, KvGrads dkv, cudaStream_t stream);
+// Writes an fp32 gradient (device memory) to `out` (device memory) in `dtype`, round to nearest
+// even (fp32: a copy). Throws Error when out_bytes is too small.
+void store_gradient_cuda(const GradView& grad, DType dtype, void* out, int64_t out_bytes, cudaStream_t stream);
 
 }  // namespace cptune::backends
