@@ -21,8 +21,8 @@ targets=("$@")
 flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
        -I. -I"$GENERATED" -I/usr/include/eigen3 -DCPTUNE_INSTALLED_HARDWARE_DIR=\"/nonexistent\")
 core=(core/*.cc)
-sim=(sim/*.cc)
-db=(db/cptune_lookup.cc db/lease.cc db/local_fingerprint.cc db/lookup.cc db/records.cc db/schema.cc db/sim_fallback.cc db/sqlite.cc db/store.cc)
+sim=(sim/*.cc sim/engines/*.cc)
+db=(db/cptune_lookup.cc db/lease.cc db/local_fingerprint.cc db/lookup.cc db/open_lookup.cc db/records.cc db/schema.cc db/sim_fallback.cc db/sqlite.cc db/store.cc)
 cli=(tuner/cli/shapes_file.cc tuner/cli/shape_options.cc)
 
 # Each source compiled once into $OUT/obj, with libFuzzer's coverage but not its main().
