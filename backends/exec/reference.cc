@@ -5,49 +5,12 @@
 #include <cmath>
 #include <limits>
 
+#include "backends/exec/reference_rounding.h"
 #include "backends/exec/tensor_gen.h"
-#include "backends/kernels/dtype_convert.h"
 
 namespace cptune::backends {
-namespace {
 
-constexpr double kU32 = 0x1.0p-24;  // unit roundoff of fp32, the kernels' accumulation type
-
-// Unit roundoff of the storage dtype (round to nearest: |x - dtype(x)| <= u |x| for normal x)
-// and half the spacing of its subnormals (the absolute error left below the normal range).
-double storage_unit(DType dtype) {
-  switch (dtype) {
-    case DType::bf16: return 0x1.0p-8;
-    case DType::fp16: return 0x1.0p-11;
-    case DType::fp32: return kU32;
-  }
-  return 0;
-}
-double storage_subnormal(DType dtype) {
-  switch (dtype) {
-    case DType::bf16: return 0x1.0p-134;
-    case DType::fp16: return 0x1.0p-25;
-    case DType::fp32: return 0x1.0p-150;
-  }
-  return 0;
-}
-
-double gamma(double k) { return k * kU32 / (1 - k * kU32); }  // Higham's gamma_k for fp32
-
-// Values as the kernels receive them: generated (or given) in fp32, rounded to the storage dtype.
-void generate(std::span<double> out, uint64_t seed, const GivenInputs* given, Tensor tensor, int64_t seq, int64_t pos,
-              int64_t sample, int64_t head, DType dtype) {
-  std::vector<float> values(out.size()), back(out.size());
-  for (size_t d = 0; d < out.size(); ++d)
-    values[d] = given ? given->at(tensor, seq, pos, sample, head, static_cast<int64_t>(d))
-                      : input_value(seed, tensor, seq, pos, sample, head, static_cast<int64_t>(d));
-  std::vector<std::byte> stored(values.size() * static_cast<size_t>(dtype_bytes(dtype)));
-  from_float(values.data(), dtype, stored.data(), static_cast<int64_t>(values.size()));
-  to_float(stored.data(), dtype, back.data(), static_cast<int64_t>(back.size()));
-  std::copy(back.begin(), back.end(), out.begin());
-}
-
-}  // namespace
+using namespace reference_rounding;
 
 Reference::Reference(const AttentionShape& shape, uint64_t seed, const GivenInputs* given,
                      bool probabilities_in_storage)
@@ -68,8 +31,8 @@ void Reference::load_kv(int64_t sample, int64_t kv_head) {
     for (int64_t j = 0; j < shape_.seq_lens[s]; ++j) {
       const int64_t t = seq_begin_[s] + j;
       const auto seq = static_cast<int64_t>(s);
-      generate({k_.data() + t * D, static_cast<size_t>(D)}, seed_, given_, Tensor::k, seq, j, sample, kv_head, shape_.dtype);
-      generate({v_.data() + t * Dv, static_cast<size_t>(Dv)}, seed_, given_, Tensor::v, seq, j, sample, kv_head, shape_.dtype);
+      stored_input({k_.data() + t * D, static_cast<size_t>(D)}, seed_, given_, Tensor::k, seq, j, sample, kv_head, shape_.dtype);
+      stored_input({v_.data() + t * Dv, static_cast<size_t>(Dv)}, seed_, given_, Tensor::v, seq, j, sample, kv_head, shape_.dtype);
     }
   loaded_sample_ = sample;
   loaded_kv_ = kv_head;
@@ -101,7 +64,7 @@ void Reference::row(const RowId& id, std::span<double> out, std::span<double> to
   const int64_t kv_head = id.head / (shape_.q_heads / shape_.kv_heads);
   load_kv(id.sample, kv_head);
   std::vector<double> q(static_cast<size_t>(D));
-  generate(q, seed_, given_, Tensor::q, id.seq, id.pos, id.sample, id.head, shape_.dtype);
+  stored_input(q, seed_, given_, Tensor::q, id.seq, id.pos, id.sample, id.head, shape_.dtype);
   const double scale = 1.0 / std::sqrt(double(D));
   const int64_t first = seq_begin_[static_cast<size_t>(id.seq)], len = shape_.seq_lens[static_cast<size_t>(id.seq)];
 
@@ -137,7 +100,7 @@ void Reference::row(const RowId& id, std::span<double> out, std::span<double> to
   const double us = storage_unit(shape_.dtype), es = storage_subnormal(shape_.dtype);
   const double lse = n > 0 ? std::fabs(m) + std::log(z) : 0;
   const double merges = std::ceil(double(n) / 32) + 16;
-  const double eps = 2 * gamma(double(D + 1)) * sigma + 2 * gamma(double(n)) + 8 * kU32 +
+  const double eps = 2 * fp32_gamma(double(D + 1)) * sigma + 2 * fp32_gamma(double(n)) + 8 * kU32 +
                      2 * merges * (2 * lse + 6) * kU32 + (probabilities_in_storage_ ? us : 0.0);
   for (int64_t d = 0; d < Dv; ++d) {
     if (n > 0) {

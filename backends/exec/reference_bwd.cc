@@ -5,49 +5,19 @@
 #include <cmath>
 #include <limits>
 
-#include "backends/kernels/dtype_convert.h"
+#include "backends/exec/reference_rounding.h"
 
 namespace cptune::backends {
+
+using namespace reference_rounding;
+
 namespace {
 
-constexpr double kU32 = 0x1.0p-24;  // unit roundoff of fp32, the kernels' accumulation type
 // Absolute error of one fp32 probability near underflow: exp flushes or goes subnormal below
 // FLT_MIN (2^-126); twice that covers either.
 constexpr double kUnderflowP = 0x1.0p-125;
 // Absolute error of one fp32 product or sum in the subnormal range (half its spacing, 2^-150), doubled.
 constexpr double kUnderflowOp = 0x1.0p-149;
-
-// Unit roundoff of the storage dtype and half the spacing of its subnormals (as reference.cc).
-double storage_unit(DType dtype) {
-  switch (dtype) {
-    case DType::bf16: return 0x1.0p-8;
-    case DType::fp16: return 0x1.0p-11;
-    case DType::fp32: return kU32;
-  }
-  return 0;
-}
-double storage_subnormal(DType dtype) {
-  switch (dtype) {
-    case DType::bf16: return 0x1.0p-134;
-    case DType::fp16: return 0x1.0p-25;
-    case DType::fp32: return 0x1.0p-150;
-  }
-  return 0;
-}
-
-double gamma(double k) { return k * kU32 / (1 - k * kU32); }  // Higham's gamma_k for fp32
-
-// Values as the kernels receive them: generated (or given) in fp32, rounded to the storage dtype.
-void generate(double* out, int64_t elems, uint64_t seed, const GivenInputs* given, Tensor tensor, int64_t seq,
-              int64_t pos, int64_t sample, int64_t head, DType dtype) {
-  std::vector<float> values(static_cast<size_t>(elems)), back(values.size());
-  for (int64_t d = 0; d < elems; ++d)
-    values[static_cast<size_t>(d)] = input_or_given(seed, given, tensor, seq, pos, sample, head, d);
-  std::vector<std::byte> stored(values.size() * static_cast<size_t>(dtype_bytes(dtype)));
-  from_float(values.data(), dtype, stored.data(), elems);
-  to_float(stored.data(), dtype, back.data(), elems);
-  std::copy(back.begin(), back.end(), out);
-}
 
 }  // namespace
 
@@ -78,12 +48,12 @@ void BackwardReference::load(int64_t sample, int64_t kv_head) {
     for (int64_t j = 0; j < shape_.seq_lens[s]; ++j) {
       const int64_t t = seq_begin_[s] + j;
       const auto seq = static_cast<int64_t>(s);
-      generate(k_.data() + t * D, D, seed_, given_, Tensor::k, seq, j, sample, kv_head, shape_.dtype);
-      generate(v_.data() + t * Dv, Dv, seed_, given_, Tensor::v, seq, j, sample, kv_head, shape_.dtype);
+      stored_input({k_.data() + t * D, static_cast<size_t>(D)}, seed_, given_, Tensor::k, seq, j, sample, kv_head, shape_.dtype);
+      stored_input({v_.data() + t * Dv, static_cast<size_t>(Dv)}, seed_, given_, Tensor::v, seq, j, sample, kv_head, shape_.dtype);
       for (int64_t g = 0; g < group; ++g) {
         const int64_t head = kv_head * group + g;
-        generate(q_.data() + (g * total + t) * D, D, seed_, given_, Tensor::q, seq, j, sample, head, shape_.dtype);
-        generate(d_out_.data() + (g * total + t) * Dv, Dv, seed_, given_, kGradOutput, seq, j, sample, head,
+        stored_input({q_.data() + (g * total + t) * D, static_cast<size_t>(D)}, seed_, given_, Tensor::q, seq, j, sample, head, shape_.dtype);
+        stored_input({d_out_.data() + (g * total + t) * Dv, static_cast<size_t>(Dv)}, seed_, given_, kGradOutput, seq, j, sample, head,
                  shape_.dtype);
       }
     }
@@ -179,10 +149,10 @@ void BackwardReference::backward_row(int64_t g, int64_t seq, int64_t pos) {
     abs_delta += std::fabs(d_out[d] * o[d]);
     e_delta += std::fabs(d_out[d]) * o_tol[d];
   }
-  e_delta += gamma(double(Dv)) * abs_delta;
+  e_delta += fp32_gamma(double(Dv)) * abs_delta;
 
   const double merges = std::ceil(double(n) / 32) + 16;
-  const double eps_lse = gamma(double(D + 1)) * sigma_max + merges * (2 * (std::fabs(m) + std::log(z)) + 6) * kU32;
+  const double eps_lse = fp32_gamma(double(D + 1)) * sigma_max + merges * (2 * (std::fabs(m) + std::log(z)) + 6) * kU32;
   double* dq = dq_.data() + (g * total + row) * D;
   double* dq_err = dq_err_.data() + (g * total + row) * D;
   double* dq_abs = dq_abs_.data() + (g * total + row) * D;
@@ -190,10 +160,10 @@ void BackwardReference::backward_row(int64_t g, int64_t seq, int64_t pos) {
     const int64_t j = keys_[x];
     const double p = std::exp(score_[x] - lse);
     const double p_err =
-        p * (gamma(double(D + 1)) * sigma_[x] + eps_lse + kU32 * std::fabs(score_[x] - lse) + 4 * kU32) + kUnderflowP;
+        p * (fp32_gamma(double(D + 1)) * sigma_[x] + eps_lse + kU32 * std::fabs(score_[x] - lse) + 4 * kU32) + kUnderflowP;
     const double gap = dp_[x] - delta;
     const double ds = p * gap;
-    const double ds_err = p_err * std::fabs(gap) + p * (gamma(double(Dv)) * tau_[x] + e_delta + 2 * kU32 * std::fabs(gap));
+    const double ds_err = p_err * std::fabs(gap) + p * (fp32_gamma(double(Dv)) * tau_[x] + e_delta + 2 * kU32 * std::fabs(gap));
     const double* k = k_.data() + j * D;
     double* dk = dk_.data() + j * D;
     double* dk_err = dk_err_.data() + j * D;
@@ -228,7 +198,7 @@ void finish(const double* value, const double* err, const double* abs, int64_t t
   const double us = storage_unit(dtype), es = storage_subnormal(dtype), n = double(terms);
   for (int64_t d = 0; d < dim; ++d) {
     out[d] = value[d];
-    tol[d] = (1 + us) * (err[d] + (gamma(n + 3) + double(storage_sums) * us) * abs[d] + (n + 3) * kUnderflowOp) +
+    tol[d] = (1 + us) * (err[d] + (fp32_gamma(n + 3) + double(storage_sums) * us) * abs[d] + (n + 3) * kUnderflowOp) +
              us * std::fabs(value[d]) + es;
   }
 }
