@@ -182,8 +182,15 @@ TuneLease::TuneLease(const std::string& db_path, const Fingerprint& fp, bool wai
   register_fork_guard();
   heartbeat_ = std::thread([this] {
     std::unique_lock lock(mutex_);
+    parked_ = true;
+    stop_cv_.notify_all();
     while (!stop_cv_.wait_for(lock, timing_.heartbeat, [this] { return stop_; })) beat();
   });
+  // Returns once the thread waits on stop_cv_ (the wait has released mutex_). A thread still
+  // starting holds locks no fork handler covers: under ASan, the allocator's, which a rank
+  // forked right after this constructor inherited locked and hung on (1 tune in 12, CI).
+  std::unique_lock lock(mutex_);
+  stop_cv_.wait(lock, [this] { return parked_; });
 }
 
 void TuneLease::beat() {

@@ -60,9 +60,10 @@ struct LeaseTiming {
 };
 
 // Holds the lease for its lifetime and refreshes its heartbeat from a thread; released by the
-// destructor (a clean exit or an error). No connection stays open between heartbeats, and a
-// fork waits for a heartbeat in progress (pthread_atfork), so the tuner's forked ranks carry
-// neither an open SQLite connection nor a lock held by the heartbeat.
+// destructor (a clean exit or an error). No connection stays open between heartbeats; the
+// constructor returns only once the heartbeat thread has started and waits, and a fork waits
+// for a heartbeat in progress (pthread_atfork), so the tuner's forked ranks carry neither an
+// open SQLite connection nor a lock held by the heartbeat thread (its start included).
 class TuneLease {
  public:
   // Takes the lease on fp in the database at db_path, or takes over a dead holder's. A live
@@ -87,6 +88,7 @@ class TuneLease {
   std::mutex mutex_;
   std::condition_variable stop_cv_;
   bool stop_ = false;
+  bool parked_ = false;  // the heartbeat thread has started and waits on stop_cv_
   std::thread heartbeat_;
 };
 

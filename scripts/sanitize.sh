@@ -13,11 +13,8 @@ TESTS=${TESTS:-'RanksDie|TuneLease|CAbiCodes|DamagedDatabase|BadInput|ShapesFile
 TARGETS=${TARGETS:-"cptune test_reliability test_store test_lookup test_lookup_python test_cli test_layout"}
 # Left out: the C program built against the installed library is compiled without the sanitizer
 # runtime the library needs, and so is the Python interpreter that loads the installed package's
-# library (ASan must come first in the process). And one known bug, open: under ASan a world-2 tune
-# of CliLookup.AnswersExactNearestAndSimulatedAfterATune hangs about 1 run in 12 at Gloo's connect
-# to the peer's own loopback address (127.1.0.2; "Connect timeout"); the plain build passes it
-# 25 of 25 (scripts/test.sh runs it). To be found, not hidden: see the closing note of issue 26.
-EXCLUDE=${EXCLUDE:-'InstalledLookup.ACProgramBuilds|InstalledLookup.ThePythonPackageFindsTheLibraryOfItsPrefix|CliLookup.AnswersExactNearestAndSimulatedAfterATune'}
+# library (ASan must come first in the process).
+EXCLUDE=${EXCLUDE:-'InstalledLookup.ACProgramBuilds|InstalledLookup.ThePythonPackageFindsTheLibraryOfItsPrefix'}
 launcher=""
 command -v ccache >/dev/null && launcher="-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"
 # Paths relative to the checkout, so another clone's sanitizer build is a cache hit.

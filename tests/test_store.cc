@@ -832,6 +832,35 @@ TEST(StoreLease, TheHoldersHeartbeatKeepsItsLeaseAlivePastTheExpiry) {
   EXPECT_TRUE(lease.held());
 }
 
+// The tuner forks its ranks right after taking the lease. The constructor returns only once
+// the heartbeat thread has started and waits, so no fork copies a lock that a thread still
+// starting holds: under ASan, the allocator's, which hung a rank's Gloo thread at its own start
+// (CI: 1 world-2 tune in 12; scripts/sanitize.sh runs this test). Each child, forked right after
+// the lease is taken, starts a thread of its own and exits; none may hang.
+TEST(StoreLease, AChildForkedRightAfterTheLeaseIsTakenStartsThreadsAndExits) {
+  TempDir dir;
+  const std::string path = dir.file("tune.db");
+  { Store::open(path); }
+  for (int i = 0; i < 60; ++i) {
+    TuneLease lease(path, cpu_fingerprint(), false);
+    const pid_t child = fork();
+    if (child == 0) {
+      for (int t = 0; t < 4; ++t) std::thread([] { std::vector<char> work(8192); }).join();
+      _exit(0);
+    }
+    int status = -1;
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (waitpid(child, &status, WNOHANG) == 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(1ms);
+    if (std::chrono::steady_clock::now() >= deadline) {
+      kill(child, SIGKILL);  // only the child this test forked
+      waitpid(child, &status, 0);
+      FAIL() << "iteration " << i << ": a child forked right after the lease was taken hung";
+    }
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "iteration " << i << ": child status " << status;
+  }
+}
+
 TEST(StoreLease, DbShowPrintsTheLiveLease) {
   TempDir dir;
   const std::string path = dir.file("tune.db");
