@@ -97,19 +97,20 @@ double ring_forward_s(const PreparedLayout& p, const Hardware& hw) {
   return total;
 }
 
-// Backward ring: each step sends the K,V block and the dK,dV accumulated for it (two messages
-// of the same size) while computing backward_compute_factor times the forward; after the last step every dK,dV block
-// takes one more hop home, which nothing overlaps.
+// Backward ring: each step sends the K,V block and the dK,dV accumulated for it (two messages,
+// the second in fp32) while computing backward_compute_factor times the forward; after the last
+// step every dK,dV block takes one more hop home, which nothing overlaps.
 double ring_backward_s(const PreparedLayout& p, const Hardware& hw) {
-  const double shared = uplink_s(p.ring_uplink, hw, true);
+  const double shared = uplink_s(p.ring_uplink, hw, true), grad_shared = uplink_s(p.kv_grad(p.ring_uplink), hw, true);
   double total = 0;
   for (const RingStepLoad& s : p.ring_steps) {
     const bool sends = s.bytes != LevelBytes{};
     const double compute = step_compute_s(p, s, hw.backward_compute_factor, hw, sends);
-    const double hop = hop_time_s(s.bytes, hw, sends ? shared : 0.0);
-    total += double(s.repeat) * ring_step_time_s(2 * hop, compute, hw);
+    const double hops = hop_time_s(s.bytes, hw, sends ? shared : 0.0) +
+                        hop_time_s(p.kv_grad(s.bytes), hw, sends ? grad_shared : 0.0);
+    total += double(s.repeat) * ring_step_time_s(hops, compute, hw);
   }
-  return total + hop_time_s(p.ring_return_bytes, hw, shared);
+  return total + hop_time_s(p.ring_return_bytes, hw, grad_shared);
 }
 
 // All-gather as NCCL's ring runs it: R-1 steps, each forwarding one shard to the neighbour.
@@ -117,14 +118,16 @@ double ring_backward_s(const PreparedLayout& p, const Hardware& hw) {
 // R-1 shards through every hop, the NIC included when the ring spans nodes, so a step is as
 // slow as its slower link class. The reduce-scatter of dK,dV in the backward mirrors it.
 // With an all_gather rate measured for the ring's widest level (nccl-tests all_gather_perf), a
-// step is that rate's alpha and bandwidth for one block instead.
-double allgather_s(const PreparedLayout& p, const Hardware& hw) {
+// step is that rate's alpha and bandwidth for one block instead. `grads`: the reduce-scatter,
+// whose blocks are dK,dV in fp32.
+double allgather_s(const PreparedLayout& p, const Hardware& hw, bool grads) {
   if (p.allgather_steps == 0) return 0;
+  const int64_t block_bytes = grads ? p.kv_grad(p.allgather_block_bytes) : p.allgather_block_bytes;
   LevelBytes block{};
-  for (size_t i = 0; i < kMaxLevels; ++i) block[i] = p.allgather_hops[i] ? p.allgather_block_bytes : 0;
-  const double shared = uplink_s(p.allgather_uplink, hw, true);
+  for (size_t i = 0; i < kMaxLevels; ++i) block[i] = p.allgather_hops[i] ? block_bytes : 0;
+  const double shared = uplink_s(grads ? p.kv_grad(p.allgather_uplink) : p.allgather_uplink, hw, true);
   if (const LinkClass* rate = collective_rate(hw, widest_level(block, level_count(hw)), Collective::all_gather)) {
-    const double step = std::max(shared, rate->alpha_s + over(p.allgather_block_bytes, rate->bandwidth_bytes_per_s));
+    const double step = std::max(shared, rate->alpha_s + over(block_bytes, rate->bandwidth_bytes_per_s));
     return double(p.allgather_steps) * (hw.operation_latency_s + step);
   }
   return double(p.allgather_steps) * hop_time_s(block, hw, shared);
@@ -279,20 +282,25 @@ void add_level_report(Prediction& out, const PreparedLayout& p, const Hardware& 
     add_levels(out.level_bytes, b, forward);
   add_levels(out.level_bytes, p.o_levels, backward);
   add_levels(out.level_bytes, p.qkv_levels, backward);
-  add_levels(out.level_bytes, p.allgather_levels, backward);
+  add_levels(out.level_bytes, p.kv_grad(p.allgather_levels), backward);
   add_levels(out.level_bytes, p.ring_return_levels, backward);
-  add_levels(out.level_bytes, p.ring_levels, 2 * backward);
+  add_levels(out.level_bytes, p.ring_levels, backward);           // K,V again
+  add_levels(out.level_bytes, p.kv_grad(p.ring_levels), backward);  // dK,dV along the same hops
   const double both = double(forward + backward);
   add_level_times(out, p.gather, p.gather_uplink, hw, double(forward));
   add_level_times(out, p.qkv, p.qkv_uplink, hw, both);
   add_level_times(out, p.o, p.o_uplink, hw, both);
-  for (const RingStepLoad& s : p.ring_steps)
-    add_hop_level_times(out, s.bytes, p.ring_uplink, hw, double(s.repeat) * double(forward + 2 * backward));
-  if (backward) add_hop_level_times(out, p.ring_return_bytes, p.ring_uplink, hw, 1.0);
+  for (const RingStepLoad& s : p.ring_steps) {
+    add_hop_level_times(out, s.bytes, p.ring_uplink, hw, double(s.repeat) * both);
+    if (backward) add_hop_level_times(out, p.kv_grad(s.bytes), p.kv_grad(p.ring_uplink), hw, double(s.repeat));
+  }
+  if (backward) add_hop_level_times(out, p.ring_return_bytes, p.kv_grad(p.ring_uplink), hw, 1.0);
   if (p.allgather_steps > 0) {
     LevelBytes block{};
     for (size_t i = 0; i < kMaxLevels; ++i) block[i] = p.allgather_hops[i] ? p.allgather_block_bytes : 0;
-    add_hop_level_times(out, block, p.allgather_uplink, hw, double(p.allgather_steps) * both);
+    add_hop_level_times(out, block, p.allgather_uplink, hw, double(p.allgather_steps) * double(forward));
+    if (backward)
+      add_hop_level_times(out, p.kv_grad(block), p.kv_grad(p.allgather_uplink), hw, double(p.allgather_steps));
   }
 }
 
@@ -305,7 +313,7 @@ Prediction predict(const PreparedLayout& p, const Hardware& hw, const PredictOpt
   out.levels = p.topology.levels();
   const double gather = gather_s(p.gather, p.gather_uplink, hw, options.metadata);
   const double qkv = slowest_exchange_s(p.qkv, p.qkv_uplink, hw), o = slowest_exchange_s(p.o, p.o_uplink, hw);
-  const double allgather = allgather_s(p, hw);
+  const double allgather = allgather_s(p, hw, false);
   if (has_forward(options.pass)) {
     out.phase(Phase::gather) = gather;
     out.phase(Phase::qkv) = qkv;
@@ -323,9 +331,10 @@ Prediction predict(const PreparedLayout& p, const Hardware& hw, const PredictOpt
     out.phase(Phase::grad_o) = o;
     out.phase(Phase::attention_bwd) = attention_s(p, hw, Pass::backward);
     out.phase(Phase::grad_qkv) = qkv;
-    out.phase(Phase::reduce_scatter) = allgather;
-    for (const ClassBytes& b : {p.o_total, p.qkv_total, p.allgather_total, p.ring_return_total}) add_bytes(out, b);
-    add_bytes(out, p.ring_total, 2);  // K,V again and dK,dV along the same hops
+    out.phase(Phase::reduce_scatter) = allgather_s(p, hw, true);
+    for (const ClassBytes& b : {p.o_total, p.qkv_total, p.kv_grad(p.allgather_total), p.ring_return_total}) add_bytes(out, b);
+    add_bytes(out, p.ring_total);           // K,V again
+    add_bytes(out, p.kv_grad(p.ring_total));  // and dK,dV along the same hops
     // Gradients mirror the forward's buffers one for one (dQ,dK,dV,dO and their exchanges).
     out.peak_bytes = 2 * p.peak_bytes;
   }

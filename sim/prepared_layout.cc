@@ -229,7 +229,7 @@ void prepare_ring(const Layout& l, const Topology& topo, const RingTraffic& traf
   // Backward: after the last step each rank sends the dK,dV of its next neighbour's shard home.
   for (const RankLayout& rl : l.ranks()) {
     const int64_t owner = (rl.r + 1) % R;
-    const int64_t block = l.kv_block_bytes(l.shard_padded_tokens(owner), rl.kv_heads.count());
+    const int64_t block = p.kv_grad(l.kv_block_bytes(l.shard_padded_tokens(owner), rl.kv_heads.count()));
     const bool intra = l.node_of(l.ring_next(rl.rank)) == rl.node;
     const size_t level = traffic.hop_level[size_t(rl.rank)];
     p.ring_return_bytes[level] = std::max(p.ring_return_bytes[level], block);
@@ -287,6 +287,7 @@ PreparedLayout prepare(const Layout& l, const Topology& topology, const PrepareO
     throw Error("a topology needs 2 to 8 levels, the last holding the whole cluster");
   PreparedLayout p;
   p.dtype = l.shape().dtype;
+  p.elem_bytes = l.elem_bytes();
   p.topology = topology;
   prepare_exchanges(l, topology, p);
   if (l.ring() > 1) {

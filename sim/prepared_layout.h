@@ -67,7 +67,7 @@ struct PreparedLayout {
   // Per level, the most loaded uplink of a step that sends: the heads crossing it times the
   // largest shard (exact when shards hold equal tokens, else at most a token per chunk above).
   LevelBytes ring_uplink{};
-  // Backward only: the final hop that returns each dK,dV block to its owner.
+  // Backward only: the final hop that returns each dK,dV block to its owner (fp32 bytes).
   LevelBytes ring_return_bytes{};
   ClassBytes ring_return_total;
 
@@ -93,6 +93,20 @@ struct PreparedLayout {
   int64_t peak_bytes = 0;           // forward, largest rank
   double padding_fraction = 0;      // padding tokens / stored tokens (classic strategies)
   ClassBytes qkv_total, o_total, ring_total, allgather_total, gather_total;  // per Layout phase
+
+  // Gradients of K,V travel in fp32 wherever they are summed on the way (the ring's dK,dV hops
+  // and hop home, the reduce-scatter): kKvGradElemBytes per element instead of elem_bytes. So
+  // does cptune's executor (backends/exec/ring_rotation, kv_allgather) and ring-flash-attn
+  // (zigzag_ring_flash_attn.py @8996282: dk, dv .to(torch.float32) before they rotate).
+  static constexpr int64_t kKvGradElemBytes = 4;
+  int64_t elem_bytes = 0;  // of the storage dtype
+  int64_t kv_grad(int64_t stored_bytes) const { return stored_bytes * kKvGradElemBytes / elem_bytes; }
+  LevelBytes kv_grad(const LevelBytes& stored) const {
+    LevelBytes out{};
+    for (size_t i = 0; i < kMaxLevels; ++i) out[i] = kv_grad(stored[i]);
+    return out;
+  }
+  ClassBytes kv_grad(const ClassBytes& stored) const { return {kv_grad(stored.intra), kv_grad(stored.inter)}; }
 
   bool has_ring() const { return !ring_steps.empty(); }
 };

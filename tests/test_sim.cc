@@ -136,12 +136,13 @@ TEST(CostModelClosedForm, RingOnTwoNodesFullMask) {
   const double slow_hop = 2e-5 + 500.0 * 256 / 1e9;
   const Prediction p = predict(l, hw, {Pass::forward_backward, MetadataChannel::cpu});
   EXPECT_DOUBLE_EQ(p.phase(Phase::attention), slow_hop + compute + merge);
-  // Backward: step 0 sends K,V and dK,dV (2 hops) against 2.5x compute; step 1 computes and
-  // merges; then dK,dV go home in one more hop.
+  // Backward: step 0 sends K,V and dK,dV (2 hops, the second in fp32: 500 x 128 x 4 B) against
+  // 2.5x compute; step 1 computes and merges; then dK,dV go home in one more fp32 hop.
+  const double grad_hop = 2e-5 + 500.0 * 512 / 1e9;
   EXPECT_DOUBLE_EQ(p.phase(Phase::attention_bwd),
-                   std::max(2 * slow_hop, 2.5 * compute) + 2.5 * compute + merge + slow_hop);
+                   std::max(slow_hop + grad_hop, 2.5 * compute) + 2.5 * compute + merge + grad_hop);
   EXPECT_EQ(p.phase(Phase::qkv), 0);
-  EXPECT_EQ(p.bytes_inter, 2 * 128000 * 3 + 2 * 128000);  // K,V fwd, K,V + dK,dV bwd, return hops
+  EXPECT_EQ(p.bytes_inter, 2 * 128000 * 2 + 2 * 256000 * 2);  // K,V fwd and bwd; dK,dV (fp32) and return hops
 }
 
 TEST(CostModelClosedForm, AllGatherOnFourRanksIsAThreeStepRing) {
@@ -233,20 +234,21 @@ struct Reference {
     if (inter > 0) t = std::max(t, hw.inter.alpha_s + double(inter) / hw.inter.bandwidth_bytes_per_s);
     return t;
   }
-  // Backward: every rank sends the dK,dV of its next neighbour's shard home.
+  // Backward: every rank sends the dK,dV (fp32) of its next neighbour's shard home.
   double return_hop() const {
     if (!rotates_kv(l.strategy()) || l.ring() < 2) return 0;
     const AttentionShape& s = l.shape();
     int64_t intra = 0, inter = 0;
     for (const RankLayout& rl : l.ranks()) {
       const int64_t block = l.shard_padded_tokens((rl.r + 1) % l.ring()) * s.batch * rl.kv_heads.count() *
-                            (s.head_dim + s.v_head_dim) * l.elem_bytes();
+                            (s.head_dim + s.v_head_dim) * 4;
       int64_t& largest = l.node_of(l.ring_next(rl.rank)) == rl.node ? intra : inter;
       largest = std::max(largest, block);
     }
     return hop(intra, inter);
   }
-  double attention(double factor, int comm_copies) const {
+  // `backward`: each step sends the K,V block and its dK,dV in fp32 (4 / elem_bytes as many bytes).
+  double attention(double factor, bool backward) const {
     const double rate = hw.attention_flops_per_s.of(l.shape().dtype);
     if (!rotates_kv(l.strategy()) || l.ring() < 2) {
       int64_t most = 0;
@@ -262,7 +264,10 @@ struct Reference {
       const RingStepMax m = l.ring_step_max(k);
       const double compute = factor * double(m.flops) / rate +
                              (k > 0 && m.flops > 0 ? double(merge) / hw.memory_bandwidth_bytes_per_s : 0.0);
-      total += std::max(comm_copies * hop(m.send_bytes_intra, m.send_bytes_inter), compute);
+      const int64_t eb = l.elem_bytes();
+      const double hops = hop(m.send_bytes_intra, m.send_bytes_inter) +
+                          (backward ? hop(m.send_bytes_intra * 4 / eb, m.send_bytes_inter * 4 / eb) : 0.0);
+      total += std::max(hops, compute);
     }
     return total;
   }
@@ -283,8 +288,8 @@ TEST(CostModelReference, PreparedPredictionEqualsRankByRankModel) {
           << describe(l);
       ASSERT_PRED2(near, p.phase(Phase::o), ref.exchange(&RankLayout::o_bytes, {Tensor::o})) << describe(l);
       ASSERT_PRED2(near, p.phase(Phase::gather), ref.gather(channel)) << describe(l);
-      ASSERT_PRED2(near, p.phase(Phase::attention), ref.attention(1.0, 1)) << describe(l);
-      ASSERT_PRED2(near, p.phase(Phase::attention_bwd), ref.attention(2.5, 2) + ref.return_hop()) << describe(l);
+      ASSERT_PRED2(near, p.phase(Phase::attention), ref.attention(1.0, false)) << describe(l);
+      ASSERT_PRED2(near, p.phase(Phase::attention_bwd), ref.attention(2.5, true) + ref.return_hop()) << describe(l);
       // Prepared once, predicted many times: the same answer as preparing afresh.
       const Prediction fresh = predict(l, hw, {Pass::forward_backward, channel});
       ASSERT_EQ(fresh.phase_s, p.phase_s);
