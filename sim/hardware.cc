@@ -70,7 +70,8 @@ std::array<double*, kFitParameterNames.size()> fit_parameters(Hardware& hw) {
           &hw.host_gather_alpha_s,
           &hw.compute_units_per_node,
           &hw.operation_latency_s,
-          &hw.overlap_exposed_fraction};
+          &hw.overlap_exposed_fraction,
+          &hw.backward_compute_factor};
 }
 
 // Reads one JSON object field by field and rejects keys it never read (typos such as

@@ -145,7 +145,7 @@ std::vector<Level> levels_of(const Hardware& hw, int64_t ranks_per_node);
 
 // The parameters predict() reads for time, flat, for calibration by least squares. Names are
 // the JSON paths of the fields ("intra.alpha_s", "attention_flops_per_s.bf16", ...).
-inline constexpr std::array<std::string_view, 13> kFitParameterNames = {
+inline constexpr std::array<std::string_view, 14> kFitParameterNames = {
     "intra.alpha_s",
     "intra.bandwidth_bytes_per_s",
     "inter.alpha_s",
@@ -159,6 +159,7 @@ inline constexpr std::array<std::string_view, 13> kFitParameterNames = {
     "compute_units_per_node",
     "operation_latency_s",
     "overlap_exposed_fraction",
+    "backward_compute_factor",
 };
 Eigen::VectorXd to_vector(const Hardware& hw);
 // `base` with the fitted parameters replaced; throws Error naming a parameter that is not a

@@ -45,6 +45,7 @@ sim::Hardware truth() {
   hw.compute_units_per_node = 1.4;
   hw.operation_latency_s = 2.5e-3;
   hw.overlap_exposed_fraction = 0.6;
+  hw.backward_compute_factor = 1.7;
   return hw;
 }
 
@@ -88,6 +89,11 @@ std::vector<Probe> synthetic_probes(const sim::Hardware& hw, double noise, uint6
   for (int64_t flops : {int64_t(3e7), int64_t(3e8), int64_t(1.2e9)}) probes.push_back(attention_probe(flops, 4, DType::bf16));
   for (DType d : {DType::fp16, DType::fp32}) probes.push_back(attention_probe(int64_t(3e8), 4, d));
   for (int active : {1, 2, 3}) probes.push_back(attention_probe(int64_t(5e8), active, DType::bf16));
+  for (int64_t flops : {int64_t(1e8), int64_t(6e8)}) {
+    Probe backward = attention_probe(flops, 4, DType::bf16);
+    backward.kind = ProbeKind::attention_bwd;
+    probes.push_back(backward);
+  }
   for (auto [flops, bytes] : {std::pair<int64_t, int64_t>{int64_t(3e7), 64 << 10}, {int64_t(3e7), 1 << 20},
                               {int64_t(1.3e8), 2 << 20}, {int64_t(3e8), 512 << 10}}) {
     Probe step = attention_probe(flops, 4, DType::bf16);
@@ -113,7 +119,7 @@ TEST(CalibrationFit, RecoversKnownParametersFromTheModelsOwnPredictionsWithNoise
     EXPECT_LT(relative_gap(got[Eigen::Index(i)], expected[Eigen::Index(i)]), 0.1)
         << name << ": fitted " << got[Eigen::Index(i)] << ", true " << expected[Eigen::Index(i)];
   }
-  EXPECT_EQ(fit.fitted.size(), 10u);
+  EXPECT_EQ(fit.fitted.size(), 11u);
   // One host: nothing crosses a network, and CPU ranks have no device to sync.
   EXPECT_EQ(fit.kept, (std::vector<std::string>{"inter.alpha_s", "inter.bandwidth_bytes_per_s", "device_sync_s"}));
   EXPECT_EQ(fit.hardware.inter.alpha_s, sim::load_hardware("cpu-gloo").inter.alpha_s);

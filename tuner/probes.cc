@@ -276,6 +276,60 @@ void add_attention(Comm& world, const ProbePlan& plan, std::vector<PendingProbe>
   }
 }
 
+// The forward's O and LSE and a dO of one probe, made once (untimed); each iteration zeroes the
+// gradients, computes D and runs the backward, as the executor's attention-bwd phase does.
+struct BackwardProbeInputs {
+  AttentionInputs forward;
+  Bytes d_out;
+  std::vector<float> delta;
+  backends::GradBuffer dq, dk, dv;
+  BackwardProbeInputs(const AttentionProbeSpec& a, uint64_t seed)
+      : forward(a, seed),
+        d_out(random_tensor(a.tokens * a.q_heads * a.head_dim, a.dtype, seed + 3)),
+        delta(static_cast<size_t>(a.tokens * a.q_heads)),
+        dq(a.tokens, a.q_heads, a.head_dim),
+        dk(a.tokens, a.kv_heads, a.head_dim),
+        dv(a.tokens, a.kv_heads, a.head_dim) {
+    forward.attend(a);
+  }
+  void clear() {
+    dq.clear();
+    dk.clear();
+    dv.clear();
+  }
+  void attend_backward(const AttentionProbeSpec& a) {
+    const backends::TensorView d_out_view{d_out.data(), a.dtype, a.tokens, a.q_heads, a.head_dim};
+    backends::compute_delta(backends::output_view(forward.state), d_out_view, forward.runs, delta);
+    const backends::Queries queries{{forward.q.data(), a.dtype, a.tokens, a.q_heads, a.head_dim}, forward.runs};
+    const backends::KvBlock block{{forward.k.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim},
+                                  {forward.v.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim},
+                                  forward.runs};
+    backends::attend_backward(queries, block, forward.params, {d_out_view, forward.state.lse(), delta}, {dq.view()},
+                              {dk.view(), dv.view()});
+  }
+};
+
+void add_attention_backward(Comm& world, const ProbePlan& plan, std::vector<PendingProbe>& out) {
+  for (const AttentionProbeSpec& a : plan.attention_backward) {
+    const int active = a.active_ranks > 0 ? std::min(a.active_ranks, world.size()) : world.size();
+    const bool computes = world.rank() < active;
+    const int64_t T = a.tokens, D = a.head_dim;
+    auto in = std::make_shared<BackwardProbeInputs>(a, plan.seed);
+    PendingProbe p;
+    p.probe.kind = ProbeKind::attention_bwd;
+    p.probe.label = fmt::format("attention backward {} tokens, {}/{} heads, D {}, {}, {}, {} of {} ranks", T,
+                                a.q_heads, a.kv_heads, D, to_string(a.mask), to_string(a.dtype), active, world.size());
+    p.probe.flops = mask_pairs(a.mask, T, 0, T, 0, T) * 2 * (D + D) * a.q_heads;  // the forward's, as predict() scales it
+    p.probe.node.flops_ranks = {{p.probe.flops, active}};
+    p.probe.dtype = a.dtype;
+    p.before = [in] { in->clear(); };
+    p.run = [in, computes, a] {
+      if (computes) in->attend_backward(a);
+    };
+    out.push_back(std::move(p));
+  }
+}
+
 // The slowest rank's attention, or the node's when its ranks share compute units (as predict()).
 double compute_s(const Probe& probe, const sim::Hardware& hw) {
   return std::max(sim::attention_time_s(probe.flops, probe.dtype, hw),
@@ -292,6 +346,7 @@ std::string_view to_string(ProbeKind kind) {
     case ProbeKind::attention: return "attention";
     case ProbeKind::copy: return "copy";
     case ProbeKind::gather: return "gather";
+    case ProbeKind::attention_bwd: return "attention-bwd";
   }
   return "?";
 }
@@ -303,6 +358,7 @@ double predict_probe(const Probe& probe, const sim::Hardware& hw) {
     case ProbeKind::gather: return sim::gather_time_s(probe.exchange, hw, MetadataChannel::cpu);
     case ProbeKind::ring_hop: return sim::hop_time_s(sim::LevelBytes{probe.hop_bytes}, hw);
     case ProbeKind::attention: return compute_s(probe, hw);
+    case ProbeKind::attention_bwd: return hw.backward_compute_factor * compute_s(probe, hw);
     case ProbeKind::ring_step: return sim::ring_step_time_s(sim::hop_time_s(sim::LevelBytes{probe.hop_bytes}, hw), compute_s(probe, hw), hw);
   }
   return 0;
@@ -321,6 +377,15 @@ std::vector<AttentionProbeSpec> default_attention_probes() {
   return out;
 }
 
+std::vector<AttentionProbeSpec> default_attention_backward_probes() {
+  std::vector<AttentionProbeSpec> out;
+  const Mask full{MaskKind::full, 0}, causal{MaskKind::causal, 0};
+  for (int64_t tokens : {768, 1536})
+    for (Mask mask : {full, causal}) out.push_back({tokens, 2, 2, 64, mask, DType::bf16, 0});
+  out.push_back({1024, 4, 1, 128, causal, DType::bf16, 0});  // GQA, D 128
+  return out;
+}
+
 std::vector<RingStepProbeSpec> default_ring_step_probes() {
   const Mask full{MaskKind::full, 0};
   std::vector<RingStepProbeSpec> out;
@@ -334,7 +399,8 @@ ProbePlan ProbePlan::scaled(double factor) const {
   auto scale = [&](int64_t n, int64_t least) { return std::max<int64_t>(least, int64_t(std::llround(double(n) * factor))); };
   for (auto* list : {&p.alltoallv_bytes, &p.ring_bytes, &p.copy_bytes})
     for (int64_t& n : *list) n = scale(n, 1);
-  for (AttentionProbeSpec& a : p.attention) a.tokens = scale(a.tokens, 16);
+  for (auto* list : {&p.attention, &p.attention_backward})
+    for (AttentionProbeSpec& a : *list) a.tokens = scale(a.tokens, 16);
   for (RingStepProbeSpec& r : p.ring_steps) {
     r.attention.tokens = scale(r.attention.tokens, 16);
     r.bytes = scale(r.bytes, 1);
@@ -353,6 +419,7 @@ std::vector<Probe> measure_probes(Comm& world, const ProbePlan& plan) {
   add_copy(plan, messages);
   add_attention(world, plan, compute);
   add_ring_steps(world, plan, compute);
+  add_attention_backward(world, plan, compute);
   std::vector<Probe> out;
   // Messages and copies take milliseconds and scatter with the scheduler: many per iteration.
   runner.run(messages, kMessagesPerIteration, plan.warmups, plan.comm_iterations, plan.fastest, out);

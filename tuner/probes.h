@@ -19,10 +19,13 @@ class Comm;
 
 namespace cptune::tuner {
 
-enum class ProbeKind { alltoallv, ring_hop, attention, ring_step, copy, gather };
+// attention_bwd: one attention backward call (D = rowsum(dO o O) and attend_backward), priced
+// as backward_compute_factor times the same call's forward.
+enum class ProbeKind { alltoallv, ring_hop, attention, ring_step, copy, gather, attention_bwd };
 inline constexpr ProbeKind kAllProbeKinds[] = {ProbeKind::alltoallv, ProbeKind::ring_hop, ProbeKind::attention,
-                                               ProbeKind::ring_step, ProbeKind::copy, ProbeKind::gather};
-// "alltoallv", "ring-hop", "attention", "ring-step", "copy", "gather"
+                                               ProbeKind::ring_step, ProbeKind::copy,     ProbeKind::gather,
+                                               ProbeKind::attention_bwd};
+// "alltoallv", "ring-hop", "attention", "ring-step", "copy", "gather", "attention-bwd"
 std::string_view to_string(ProbeKind kind);
 
 struct Probe {
@@ -30,9 +33,9 @@ struct Probe {
   std::string label;            // what ran, e.g. "alltoallv group 4, 64 KiB per peer"
   sim::ExchangeLoad exchange;   // alltoallv, copy, gather: one rank's load
   int64_t hop_bytes = 0;        // ring_hop, ring_step: bytes each rank sends to its neighbour
-  int64_t flops = 0;            // attention, ring_step: forward FLOPs of one rank, as the Layout counts them
-  sim::NodeWork node;           // attention, ring_step: every computing rank's FLOPs (one node)
-  DType dtype = DType::bf16;    // attention, ring_step
+  int64_t flops = 0;            // attention, ring_step, attention_bwd: forward FLOPs of one rank, as the Layout counts them
+  sim::NodeWork node;           // attention, ring_step, attention_bwd: every computing rank's FLOPs (one node)
+  DType dtype = DType::bf16;    // attention, ring_step, attention_bwd
   double measured_s = 0;        // first rank's start to last rank's end: median (or min) over iterations
 };
 
@@ -62,6 +65,9 @@ struct RingStepProbeSpec {
 // fp32 on fewer; one size on 1, 2, ... ranks at once.
 std::vector<AttentionProbeSpec> default_attention_probes();
 
+// The backward of a few forward probes' shapes (bf16, every rank): what backward_compute_factor needs.
+std::vector<AttentionProbeSpec> default_attention_backward_probes();
+
 // Hop and compute of comparable length, hop shorter and longer: what the overlap term needs.
 std::vector<RingStepProbeSpec> default_ring_step_probes();
 
@@ -73,8 +79,9 @@ struct ProbePlan {
   std::vector<int64_t> copy_bytes{256 << 10, 2 << 20, 16 << 20};
   std::vector<AttentionProbeSpec> attention = default_attention_probes();
   std::vector<RingStepProbeSpec> ring_steps = default_ring_step_probes();
+  std::vector<AttentionProbeSpec> attention_backward = default_attention_backward_probes();
   int warmups = 1;
-  int iterations = 5;        // attention
+  int iterations = 5;        // attention, forward and backward, and ring steps
   int comm_iterations = 7;   // messages, copies, gathers: each iteration 10 back to back
   // What a probe's time is over its iterations: the median (the default), or the minimum, the
   // least disturbed run on a machine shared with other work.

@@ -84,7 +84,7 @@ void print_fit(const tuner::FitResult& fit, const sim::Hardware& base, std::ostr
                        human_seconds(r.predicted_s), 100 * r.relative());
   out << "\nresiduals |predicted - measured| / measured:\n";
   for (const tuner::ResidualSummary& s : tuner::summarize(fit.residuals))
-    out << fmt::format("  {:<10} {:>3} probes  median {:>5.1f}%  worst {:>5.1f}%\n", s.kind, s.probes,
+    out << fmt::format("  {:<13} {:>3} probes  median {:>5.1f}%  worst {:>5.1f}%\n", s.kind, s.probes,
                        100 * s.median_abs, 100 * s.max_abs);
   const Eigen::VectorXd before = sim::to_vector(base), after = sim::to_vector(fit.hardware);
   out << fmt::format("\n{:<32} {:>12} {:>12}  ({} Levenberg-Marquardt steps)\n", "parameter", base.name, "fitted",
