@@ -214,13 +214,13 @@ struct AttentionInputs {
     params.seq_lens = lens;
     params.heads = {0, 0, a.q_heads / a.kv_heads};
   }
-  void attend(const AttentionProbeSpec& a) {
-    const backends::Queries queries{{q.data(), a.dtype, a.tokens, a.q_heads, a.head_dim}, runs};
-    const backends::KvBlock block{{k.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim},
-                                  {v.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim},
-                                  runs};
-    backends::attend(queries, block, params, state);
+  backends::Queries queries(const AttentionProbeSpec& a) const {
+    return {{q.data(), a.dtype, a.tokens, a.q_heads, a.head_dim}, runs};
   }
+  backends::KvBlock block(const AttentionProbeSpec& a) const {
+    return {{k.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim}, {v.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim}, runs};
+  }
+  void attend(const AttentionProbeSpec& a) { backends::attend(queries(a), block(a), params, state); }
 };
 
 // Hop and attention at once, as RankExecution::attend_ring runs a step: post the transfers,
@@ -255,19 +255,32 @@ void add_ring_steps(Comm& world, const ProbePlan& plan, std::vector<PendingProbe
   }
 }
 
+// An attention probe's load on `active` ranks of the world (the others wait), in the Layout's
+// forward FLOPs: a backward probe is priced as backward_compute_factor times them.
+Probe attention_load(const Comm& world, const AttentionProbeSpec& a, ProbeKind kind, int active) {
+  const int64_t T = a.tokens, D = a.head_dim;
+  Probe probe;
+  probe.kind = kind;
+  probe.label = fmt::format("attention{} {} tokens, {}/{} heads, D {}, {}, {}, {} of {} ranks",
+                            kind == ProbeKind::attention_bwd ? " backward" : "", T, a.q_heads, a.kv_heads, D,
+                            to_string(a.mask), to_string(a.dtype), active, world.size());
+  probe.flops = mask_pairs(a.mask, T, 0, T, 0, T) * 2 * (D + D) * a.q_heads;
+  probe.node.flops_ranks = {{probe.flops, active}};
+  probe.dtype = a.dtype;
+  return probe;
+}
+
+int active_ranks(const Comm& world, const AttentionProbeSpec& a) {
+  return a.active_ranks > 0 ? std::min(a.active_ranks, world.size()) : world.size();
+}
+
 void add_attention(Comm& world, const ProbePlan& plan, std::vector<PendingProbe>& out) {
   for (const AttentionProbeSpec& a : plan.attention) {
-    const int active = a.active_ranks > 0 ? std::min(a.active_ranks, world.size()) : world.size();
+    const int active = active_ranks(world, a);
     const bool computes = world.rank() < active;
-    const int64_t T = a.tokens, D = a.head_dim;
     auto in = std::make_shared<AttentionInputs>(a, plan.seed);
     PendingProbe p;
-    p.probe.kind = ProbeKind::attention;
-    p.probe.label = fmt::format("attention {} tokens, {}/{} heads, D {}, {}, {}, {} of {} ranks", T, a.q_heads,
-                                a.kv_heads, D, to_string(a.mask), to_string(a.dtype), active, world.size());
-    p.probe.flops = mask_pairs(a.mask, T, 0, T, 0, T) * 2 * (D + D) * a.q_heads;  // the Layout's count
-    p.probe.node.flops_ranks = {{p.probe.flops, active}};
-    p.probe.dtype = a.dtype;
+    p.probe = attention_load(world, a, ProbeKind::attention, active);
     p.before = [in] { in->state.clear(); };
     p.run = [in, computes, a] {
       if (computes) in->attend(a);
@@ -300,28 +313,18 @@ struct BackwardProbeInputs {
   void attend_backward(const AttentionProbeSpec& a) {
     const backends::TensorView d_out_view{d_out.data(), a.dtype, a.tokens, a.q_heads, a.head_dim};
     backends::compute_delta(backends::output_view(forward.state), d_out_view, forward.runs, delta);
-    const backends::Queries queries{{forward.q.data(), a.dtype, a.tokens, a.q_heads, a.head_dim}, forward.runs};
-    const backends::KvBlock block{{forward.k.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim},
-                                  {forward.v.data(), a.dtype, a.tokens, a.kv_heads, a.head_dim},
-                                  forward.runs};
-    backends::attend_backward(queries, block, forward.params, {d_out_view, forward.state.lse(), delta}, {dq.view()},
-                              {dk.view(), dv.view()});
+    backends::attend_backward(forward.queries(a), forward.block(a), forward.params,
+                              {d_out_view, forward.state.lse(), delta}, {dq.view()}, {dk.view(), dv.view()});
   }
 };
 
 void add_attention_backward(Comm& world, const ProbePlan& plan, std::vector<PendingProbe>& out) {
   for (const AttentionProbeSpec& a : plan.attention_backward) {
-    const int active = a.active_ranks > 0 ? std::min(a.active_ranks, world.size()) : world.size();
+    const int active = active_ranks(world, a);
     const bool computes = world.rank() < active;
-    const int64_t T = a.tokens, D = a.head_dim;
     auto in = std::make_shared<BackwardProbeInputs>(a, plan.seed);
     PendingProbe p;
-    p.probe.kind = ProbeKind::attention_bwd;
-    p.probe.label = fmt::format("attention backward {} tokens, {}/{} heads, D {}, {}, {}, {} of {} ranks", T,
-                                a.q_heads, a.kv_heads, D, to_string(a.mask), to_string(a.dtype), active, world.size());
-    p.probe.flops = mask_pairs(a.mask, T, 0, T, 0, T) * 2 * (D + D) * a.q_heads;  // the forward's, as predict() scales it
-    p.probe.node.flops_ranks = {{p.probe.flops, active}};
-    p.probe.dtype = a.dtype;
+    p.probe = attention_load(world, a, ProbeKind::attention_bwd, active);
     p.before = [in] { in->clear(); };
     p.run = [in, computes, a] {
       if (computes) in->attend_backward(a);
