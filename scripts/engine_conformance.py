@@ -184,7 +184,7 @@ def cptune_python(cptune, engine, world, seq, heads, kv, mask, strategy=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cptune", default=os.path.join(ROOT, "build", "bin", "cptune"))
+    ap.add_argument("--cptune", default=os.path.join(ROOT, "build", "tuner", "cptune"))
     ap.add_argument("--venv", default=os.path.join(ROOT, "build", "engine-venv"))
     ap.add_argument("--install", action="store_true", help="create the venv and pip-install the engines first")
     ap.add_argument("--ranks", type=int, default=4, help="local Gloo ranks for the CPU attention runs")
