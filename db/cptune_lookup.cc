@@ -203,15 +203,19 @@ int cptune_lookup_open(const char* db_path, const cptune_fingerprint* fp, cptune
 
 namespace {
 
-// No database: db_path NULL or "" (CPTUNE_LOOKUP_NO_DATABASE); hardware then defaults to the
-// preset the fingerprint names. Every path goes through db::open_lookup, as `cptune lookup` does.
-bool no_database(const char* db_path) { return !db_path || !*db_path; }
-
+// No database: db_path NULL or "" (CPTUNE_LOOKUP_NO_DATABASE, request.db_path empty); hardware
+// then defaults to the preset the fingerprint names. Every path goes through db::open_lookup, as
+// `cptune lookup` does.
 // A hardware description that cannot be read, or a GPU question without one, is the caller's
 // argument (INVALID_ARGUMENT), not the database's.
 // With a database, "auto" that names no preset leaves the measured answers (open_lookup says why
 // on a miss); without one it is the caller's error.
-void resolve_hardware(cptune::db::LookupRequest& request) {
+// `hardware` NULL or "" is the default: "auto" without a database, none (the measured answers
+// alone) with one.
+void resolve_hardware(cptune::db::LookupRequest& request, const char* hardware) {
+  request.hardware = hardware && *hardware                 ? std::string(hardware)
+                     : request.db_path.empty()             ? std::string(cptune::db::kHardwareAuto)
+                                                           : std::string();
   if (request.db_path.empty()) request.hardware = cptune::db::lookup_hardware(request);
   if (!request.hardware.empty() && request.hardware != cptune::db::kHardwareAuto)
     cptune::sim::load_hardware(request.hardware);
@@ -238,10 +242,7 @@ int cptune_lookup_open_with_simulator(const char* db_path, const cptune_fingerpr
   if (int status = guarded(CPTUNE_LOOKUP_ERROR_INVALID_ARGUMENT, [&] {
         request.db_path = or_empty(db_path);
         request.fingerprint = to_fingerprint(*fp);
-        request.hardware = hardware && *hardware ? hardware
-                           : no_database(db_path) ? std::string(cptune::db::kHardwareAuto)
-                                                  : std::string();
-        resolve_hardware(request);
+        resolve_hardware(request, hardware);
         return CPTUNE_LOOKUP_OK;
       }))
     return status;
@@ -264,10 +265,7 @@ int cptune_lookup_open_local_pass(const char* db_path, const char* backend, int6
         request.db_path = or_empty(db_path);
         request.fingerprint = cptune::db::local_hardware_fingerprint(backend, world, ranks_per_node);
         if (engine && *engine) cptune::sim::apply_engine(request.constraints, engine);
-        request.hardware = hardware && *hardware ? hardware
-                           : no_database(db_path) ? std::string(cptune::db::kHardwareAuto)
-                                                  : std::string();
-        resolve_hardware(request);
+        resolve_hardware(request, hardware);
         return CPTUNE_LOOKUP_OK;
       }))
     return status;

@@ -53,13 +53,9 @@ std::string config(const LayoutChoice& c, const ShapeView&, ConfigFormat f) {
   return render(fields, f, "ParallelismConfig");
 }
 
+// The pad heads travel and are computed.
 AttentionShape wire(const LayoutChoice& c, const AttentionShape& s) {
-  AttentionShape out = s;
-  if (uses_ulysses(c.strategy)) {  // the pad heads travel and are computed
-    out.q_heads = padded_heads(s.q_heads, c.ulysses);
-    out.kv_heads = padded_heads(s.kv_heads, c.ulysses);
-  }
-  return out;
+  return uses_ulysses(c.strategy) ? with_padded_heads(s, c.ulysses) : s;
 }
 
 }  // namespace

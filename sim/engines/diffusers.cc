@@ -59,12 +59,7 @@ std::string config(const LayoutChoice& c, const ShapeView& s, ConfigFormat f) {
 // UAA pads Q and K/V heads to a multiple of U and sends the pad heads through the all-to-all
 // and the attention kernel (_maybe_pad_qkv_head).
 AttentionShape wire(const LayoutChoice& c, const AttentionShape& s) {
-  AttentionShape out = s;
-  if (c.strategy == Strategy::uaa) {
-    out.q_heads = padded_heads(s.q_heads, c.ulysses);
-    out.kv_heads = padded_heads(s.kv_heads, c.ulysses);
-  }
-  return out;
+  return c.strategy == Strategy::uaa ? with_padded_heads(s, c.ulysses) : s;
 }
 
 }  // namespace

@@ -48,6 +48,13 @@ std::string heads_multiple(const ShapeView& s, int64_t U, std::string_view sourc
 
 int64_t padded_heads(int64_t heads, int64_t U) { return (heads + U - 1) / U * U; }
 
+AttentionShape with_padded_heads(const AttentionShape& s, int64_t U) {
+  AttentionShape out = s;
+  out.q_heads = padded_heads(s.q_heads, U);
+  out.kv_heads = padded_heads(s.kv_heads, U);
+  return out;
+}
+
 std::string head_pad(int64_t heads, int64_t U, std::string_view which, std::string_view source) {
   if (U <= 1) return "";
   const int64_t local = (heads + U - 1) / U, pad = local * U - heads;

@@ -37,6 +37,9 @@ std::string heads_multiple(const ShapeView& s, int64_t U, std::string_view sourc
 // `assert H_PAD < NEW_H_LOCAL`: pad = ceil(H/U)·U − H must be below ceil(H/U).
 std::string head_pad(int64_t heads, int64_t U, std::string_view which, std::string_view source);
 int64_t padded_heads(int64_t heads, int64_t U);  // ceil(H/U)·U
+// The shape with query and key/value heads each padded to ceil(H/U)·U: what a padding engine's
+// all-to-all moves and its kernel computes.
+AttentionShape with_padded_heads(const AttentionShape& s, int64_t U);
 // Key/value heads equal query heads.
 std::string no_gqa(const ShapeView& s, std::string_view source);
 // The mask is one of `runs`; otherwise names it and what the engine runs.
