@@ -203,15 +203,13 @@ int cptune_lookup_open(const char* db_path, const cptune_fingerprint* fp, cptune
 
 namespace {
 
-// No database: db_path NULL or "" (CPTUNE_LOOKUP_NO_DATABASE, request.db_path empty); hardware
-// then defaults to the preset the fingerprint names. Every path goes through db::open_lookup, as
+// The caller's `hardware`, or its default when NULL or "": with no database (db_path NULL or "",
+// CPTUNE_LOOKUP_NO_DATABASE) the preset the fingerprint names ("auto"); with one, none (the
+// measured answers alone). With a database, "auto" that names no preset leaves the measured
+// answers (open_lookup says why on a miss); without one it is the caller's error. A hardware
+// description that cannot be read, or a GPU question without one, is the caller's argument
+// (INVALID_ARGUMENT), not the database's. Every path goes through db::open_lookup, as
 // `cptune lookup` does.
-// A hardware description that cannot be read, or a GPU question without one, is the caller's
-// argument (INVALID_ARGUMENT), not the database's.
-// With a database, "auto" that names no preset leaves the measured answers (open_lookup says why
-// on a miss); without one it is the caller's error.
-// `hardware` NULL or "" is the default: "auto" without a database, none (the measured answers
-// alone) with one.
 void resolve_hardware(cptune::db::LookupRequest& request, const char* hardware) {
   request.hardware = hardware && *hardware                 ? std::string(hardware)
                      : request.db_path.empty()             ? std::string(cptune::db::kHardwareAuto)
